@@ -1,0 +1,253 @@
+"""The Llama model in one file: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code and llama2.c, so
+that export.py can write llama2.c's .bin files and run.c can run them.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 288
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: Optional[int] = None  # None: same as n_heads (plain multi-head attention)
+    vocab_size: int = 32000
+    hidden_dim: Optional[int] = None  # None: llama2.c's rule, see ffn_hidden_dim()
+    multiple_of: int = 32  # the FFN hidden size is rounded up to a multiple of this
+    norm_eps: float = 1e-5
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # the classifier shares the token embedding matrix
+
+
+def ffn_hidden_dim(args: ModelArgs) -> int:
+    """SwiGLU hidden size: explicit, or 2/3 of 4*dim rounded up to multiple_of (as llama2.c does)."""
+    if args.hidden_dim is not None:
+        return args.hidden_dim
+    hidden = int(2 * (4 * args.dim) / 3)
+    return args.multiple_of * ((hidden + args.multiple_of - 1) // args.multiple_of)
+
+
+def check_args(args: ModelArgs) -> None:
+    """Raise ValueError naming the field when a shape cannot make a model."""
+    n_kv = args.n_kv_heads or args.n_heads
+    for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(args, name)}")
+    if args.dim % args.n_heads:
+        raise ValueError(f"dim={args.dim} must be divisible by n_heads={args.n_heads}")
+    if (args.dim // args.n_heads) % 2:
+        raise ValueError(f"head size dim/n_heads={args.dim // args.n_heads} must be even for rotary embeddings")
+    if n_kv <= 0 or args.n_heads % n_kv:
+        raise ValueError(f"n_kv_heads={n_kv} must divide n_heads={args.n_heads}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {args.dropout}")
+    if ffn_hidden_dim(args) <= 0:
+        raise ValueError(f"hidden_dim must be positive, got {ffn_hidden_dim(args)}")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # fp32 inside: the mean of squares loses too much in bf16/fp16
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_tables(head_size: int, max_seq_len: int, theta: float):
+    """cos and sin of pos * theta^(-2i/head_size), each (max_seq_len, head_size/2)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2).float() / head_size))
+    angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate interleaved pairs (x[2i], x[2i+1]); x (B, T, H, hs), cos/sin (T, hs/2)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads or args.n_heads
+        self.head_size = args.dim // args.n_heads
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_size, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_size, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_size, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_size, args.dim, bias=False)
+        self.dropout = args.dropout
+
+    def forward(self, x, cos, sin, cache=None, start_pos=0):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_size)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_size)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_size)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hs)
+        mask, causal = None, T > 1
+        if cache is not None:
+            # cache: (k, v), each (B, n_kv_heads, max_seq_len, hs), filled up to start_pos
+            cache[0][:B, :, start_pos:start_pos + T] = k
+            cache[1][:B, :, start_pos:start_pos + T] = v
+            k, v = cache[0][:B, :, :start_pos + T], cache[1][:B, :, :start_pos + T]
+            if start_pos > 0 and T > 1:
+                # queries sit at the end of the keys: is_causal would align them to the start
+                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
+                causal = False
+            elif start_pos > 0:
+                causal = False  # one new query sees every cached key
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:
+            # each kv head serves `rep` consecutive query heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        # No dropout on attention probabilities: any dropout_p > 0 sends SDPA to the slow path that
+        # materialises the (T, T) matrix. The residual dropout below regularises at full speed.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size)
+        return F.dropout(self.wo(y), self.dropout, self.training)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hidden = ffn_hidden_dim(args)
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)
+        self.dropout = args.dropout
+
+    def forward(self, x):
+        return F.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x, cos, sin, cache=None, start_pos=0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        check_args(args)
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.dropout = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(args.dim // args.n_heads, args.max_seq_len, args.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # residual projections add into the stream once per layer: keep the sum's variance in check
+        for name, p in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * args.n_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, tokens, targets=None, cache=None, start_pos=0):
+        """tokens (B, T) -> (logits (B, T, vocab) fp32, mean cross-entropy or None).
+
+        cache: from new_cache(); tokens then sit at positions start_pos.. and fill the cache there.
+        """
+        B, T = tokens.shape
+        if start_pos + T > self.args.max_seq_len:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len={self.args.max_seq_len}")
+        h = self.dropout(self.tok_embeddings(tokens))
+        cos = self.rope_cos[start_pos:start_pos + T]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, None if cache is None else cache[i], start_pos)
+        logits = self.output(self.norm(h)).float()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size: int):
+        """Per layer a (k, v) pair of zeros, each (batch_size, n_kv_heads, max_seq_len, head_size)."""
+        a = self.args
+        shape = (batch_size, a.n_kv_heads or a.n_heads, a.max_seq_len, a.dim // a.n_heads)
+        w = self.tok_embeddings.weight
+        return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(1, 2),
+                 generator=None):
+        """Continue idx (B, T) by up to max_new_tokens tokens, with a KV cache.
+
+        temperature 0 is greedy. Generation ends when every row has produced a stop token (by default
+        BOS or EOS: the end of a story) or when the context is full; a finished row repeats its stop
+        token, so callers cut each row at its first stop token after the prompt.
+        """
+        B, T = idx.shape
+        max_new_tokens = min(max_new_tokens, self.args.max_seq_len - T)
+        cache = self.new_cache(B)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        last = torch.zeros(B, dtype=idx.dtype, device=idx.device)
+        logits, _ = self(idx, cache=cache, start_pos=0)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            nxt = torch.where(done, last, nxt)
+            idx = torch.cat((idx, nxt[:, None]), dim=1)
+            if stop_tokens:
+                hit = torch.isin(nxt, torch.tensor(stop_tokens, device=idx.device))
+                last = torch.where(hit & ~done, nxt, last)
+                done |= hit
+                if bool(done.all()):
+                    break
+            if step + 1 < max_new_tokens:
+                logits, _ = self(nxt[:, None], cache=cache, start_pos=T + step)
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else top-k/top-p sampling."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

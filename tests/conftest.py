@@ -1,0 +1,23 @@
+"""Shared pytest fixtures: where the repo and the shared TinyStories/model files are."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # flat scripts, no package: make `import model` work from tests/
+SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared():
+    """Path to ../shared/data, or skip when this checkout has none beside it."""
+    if not (SHARED / "models").is_dir():
+        pytest.skip(f"shared data not found at {SHARED} (set STORYLLAMA_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
