@@ -1,0 +1,583 @@
+"""Move models out of and into PyTorch: flat .bin files for run.c, and Hugging Face Llama directories.
+
+.bin versions (every one is read and written; /work/notes/README-export.md has the table):
+  v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
+  v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
+  v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)
+  v3  ours: v1 plus weight type (fp32, bf16, q8_0), rope_theta and norm_eps; 64-byte aligned arrays
+
+    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0] [--group_size=64]
+    python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
+    python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory
+    python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM loads
+                                                        (from --checkpoint, --bin or --hf)
+
+Nothing here needs transformers or safetensors: HF directories are written and read as config.json
+plus a safetensors file (a documented format: u64 header length, JSON header, raw little-endian data).
+"""
+import argparse
+import dataclasses
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+from model import ModelArgs, Transformer, ffn_hidden_dim, rope_tables
+
+MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
+HEADER_BYTES = 256  # v1..v3 header size
+ALIGN = 64  # v3: every array starts at a multiple of this file offset
+WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2}  # v3 header byte at offset 41
+LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
+
+
+# -----------------------------------------------------------------------------
+# file layout shared by the writers and the readers
+
+
+def _f32(x: float) -> float:
+    """x rounded to fp32 as a Python float (what a header f32 field can hold)."""
+    return float(np.float32(x))
+
+
+def _tensor_order(h: dict) -> list:
+    """[(name, shape)] in file order for header h; norms and RoPE tables are the 1-D/table entries."""
+    L, dim, hidden = h["n_layers"], h["dim"], h["hidden_dim"]
+    hs = dim // h["n_heads"]
+    kv_dim = h["n_kv_heads"] * hs
+
+    def per_layer(name, shape):
+        return [(f"layers.{i}.{name}.weight", shape) for i in range(L)]
+
+    att, ffn = per_layer("attention_norm", (dim,)), per_layer("ffn_norm", (dim,))
+    wq, wk = per_layer("attention.wq", (dim, dim)), per_layer("attention.wk", (kv_dim, dim))
+    wv, wo = per_layer("attention.wv", (kv_dim, dim)), per_layer("attention.wo", (dim, dim))
+    w1, w2 = per_layer("feed_forward.w1", (hidden, dim)), per_layer("feed_forward.w2", (dim, hidden))
+    w3 = per_layer("feed_forward.w3", (hidden, dim))
+    emb, norm = ("tok_embeddings.weight", (h["vocab_size"], dim)), ("norm.weight", (dim,))
+    if h["version"] == 0:  # Meta's order, the RoPE tables after the final norm
+        rope = [("freq_cis_real", (h["max_seq_len"], hs // 2)), ("freq_cis_imag", (h["max_seq_len"], hs // 2))]
+        order = [emb, *att, *wq, *wk, *wv, *wo, *ffn, *w1, *w2, *w3, norm, *rope]
+    else:  # "v1 order": every norm first (they stay fp32 when the rest is quantised)
+        order = [*att, *ffn, norm, emb, *wq, *wk, *wv, *wo, *w1, *w2, *w3]
+    if not h["shared"]:
+        order.append(("output.weight", (h["vocab_size"], dim)))
+    return order
+
+
+def _layout(h: dict):
+    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0."""
+    version, wtype, gs = h["version"], h["weight_type"], h["group_size"]
+    off = 28 if version == 0 else HEADER_BYTES
+    align = ALIGN if version == 3 else 1
+    entries = []
+    for name, shape in _tensor_order(h):
+        n = int(np.prod(shape))
+        kind = "fp32" if (len(shape) == 1 or name.startswith("freq_cis")) else wtype
+        off = -(-off // align) * align
+        data_off, scales_off = off, None
+        off += {"fp32": 4, "bf16": 2, "q8_0": 1}[kind] * n
+        if kind == "q8_0":
+            off = -(-off // align) * align
+            scales_off = off
+            off += 4 * (n // gs)
+        entries.append((name, shape, kind, data_off, scales_off))
+    return entries, off
+
+
+def pick_group_size(requested: int, dim: int, hidden_dim: int) -> int:
+    """Largest power of two <= requested dividing dim and hidden_dim (every matmul input length).
+
+    llama2.c only checked dim, so its Q8_0 groups straddled rows of w2 when hidden_dim was not a
+    multiple (stories260K: hidden_dim 172 = 4*43). A group of 1 would cost more than fp32: refuse.
+    """
+    if not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"group_size must be a positive integer, got {requested!r}")
+    gs = 1 << (requested.bit_length() - 1)
+    while gs > 1 and (dim % gs or hidden_dim % gs):
+        gs //= 2
+    if gs < 2:
+        raise ValueError(f"no group_size >= 2 divides both dim={dim} and hidden_dim={hidden_dim}: "
+                         f"use --dtype=fp32 or bf16")
+    return gs
+
+
+# -----------------------------------------------------------------------------
+# Q8_0 and bf16 encodings
+
+
+def quantize_q80(w: torch.Tensor, group_size: int):
+    """Flattened w -> (int8 q, fp32 scales): llama2.c's Q8_0, scale = max|w|/127 per group.
+
+    Requantising a dequantised tensor gives back the same bytes: the group maximum dequantises to
+    fl(127*s), and fl(fl(127*s)/127) == s for every s of the form fl(x/127) (checked exhaustively
+    over all fp32 mantissas), so load -> export is byte-identical for q8 files too.
+    """
+    w = w.detach().to("cpu", torch.float32).reshape(-1, group_size)
+    s = w.abs().amax(dim=1) / 127.0
+    q = torch.round(w / s[:, None])  # llama2.c divides (not multiplies by 1/s): same bytes
+    # an all-zero group has scale 0: q = 0, where llama2.c wrote the int8 cast of NaN
+    q = torch.where(s[:, None] > 0, q, torch.zeros_like(q)).clamp(-127, 127).to(torch.int8)
+    return q.reshape(-1), s
+
+
+def dequantize_q80(q: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
+    """int8 q, fp32 scales -> fp32 tensor of shape: q * s, the product run.c computes."""
+    gs = q.numel() // s.numel()
+    return (q.float().reshape(-1, gs) * s[:, None]).reshape(shape)
+
+
+# -----------------------------------------------------------------------------
+# writers
+
+
+def _atomic_write(path, write_fn):
+    """Call write_fn(file) on a temporary file beside path, then rename it into place."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _unwrap(model):
+    """The Transformer inside a torch.compile (._orig_mod) or DDP (.module) wrapper."""
+    while hasattr(model, "_orig_mod") or (hasattr(model, "module") and not hasattr(model, "args")):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
+
+
+def _header(model, version, dtype, group_size) -> dict:
+    """The header fields for model in the given format, or ValueError when it cannot hold it."""
+    args = model.args
+    if version not in (0, 1, 2, 3):
+        raise ValueError(f"version must be 0, 1, 2 or 3, got {version!r}")
+    allowed = {0: ("fp32",), 1: ("fp32",), 2: ("q8_0",), 3: tuple(WEIGHT_TYPES)}[version]
+    dtype = allowed[0] if dtype is None else dtype
+    if dtype not in allowed:
+        raise ValueError(f"dtype {dtype!r} is not possible in version {version} (it takes {'|'.join(allowed)}; "
+                         f"version 3 takes fp32|bf16|q8_0)")
+    if version < 3:
+        for name, legacy in (("rope_theta", LEGACY_THETA), ("norm_eps", LEGACY_EPS)):
+            if _f32(getattr(args, name)) != _f32(legacy):
+                raise ValueError(f"{name}={getattr(args, name)} cannot be stored in version {version} "
+                                 f"(its readers assume {legacy}): use --version=3")
+    sd = model.state_dict()
+    hidden = ffn_hidden_dim(args)
+    h = dict(version=version, dim=args.dim, hidden_dim=hidden, n_layers=args.n_layers, n_heads=args.n_heads,
+             n_kv_heads=args.n_kv_heads or args.n_heads, vocab_size=args.vocab_size, max_seq_len=args.max_seq_len,
+             shared=bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"])),
+             weight_type=dtype, group_size=0, rope_theta=_f32(args.rope_theta), norm_eps=_f32(args.norm_eps))
+    if dtype == "q8_0":
+        h["group_size"] = pick_group_size(group_size, args.dim, hidden)
+        if h["group_size"] != group_size:
+            print(f"export: group_size {group_size} -> {h['group_size']} so that it divides dim={args.dim} "
+                  f"and hidden_dim={hidden}", file=sys.stderr)
+    return h
+
+
+def _pack_header(h: dict) -> bytes:
+    vocab = h["vocab_size"] if (h["shared"] or h["version"] > 0) else -h["vocab_size"]
+    params = struct.pack("<7i", h["dim"], h["hidden_dim"], h["n_layers"], h["n_heads"], h["n_kv_heads"],
+                         vocab, h["max_seq_len"])
+    if h["version"] == 0:
+        return params
+    b = struct.pack("<Ii", MAGIC, h["version"]) + params + struct.pack("<B", int(h["shared"]))
+    if h["version"] >= 2:
+        b += struct.pack("<i", h["group_size"])
+    if h["version"] == 3:
+        b += struct.pack("<Bff", WEIGHT_TYPES[h["weight_type"]], h["rope_theta"], h["norm_eps"])
+    return b.ljust(HEADER_BYTES, b"\0")
+
+
+def model_export(model, path, version=3, dtype=None, group_size=64):
+    """Write model to path as .bin version 0|1|2|3 (atomically; the model is never modified).
+
+    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0.
+    group_size (q8_0): the largest power of two <= it that divides dim and hidden_dim.
+    """
+    model = _unwrap(model)
+    h = _header(model, version, dtype, group_size)
+    entries, total = _layout(h)
+    sd = model.state_dict()
+    hs = h["dim"] // h["n_heads"]
+    cos, sin = rope_tables(hs, h["max_seq_len"], model.args.rope_theta) if version == 0 else (None, None)
+
+    def write(f):
+        f.write(_pack_header(h))
+        for name, shape, kind, data_off, scales_off in entries:
+            if name.startswith("freq_cis"):
+                w = cos if name == "freq_cis_real" else sin
+            else:
+                w = sd[name].detach().to("cpu", torch.float32)
+            f.write(b"\0" * (data_off - f.tell()))
+            if kind == "fp32":
+                f.write(w.contiguous().numpy().tobytes())
+            elif kind == "bf16":  # .to(bfloat16) rounds to nearest even, as the format says
+                f.write(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+            else:
+                q, s = quantize_q80(w, h["group_size"])
+                f.write(q.numpy().tobytes())
+                f.write(b"\0" * (scales_off - f.tell()))
+                f.write(s.numpy().tobytes())
+        assert f.tell() == total, (f.tell(), total)
+
+    _atomic_write(path, write)
+
+
+# -----------------------------------------------------------------------------
+# readers
+
+
+def _sane(h: dict) -> str:
+    """'' when the shape fields make a model, else what is wrong."""
+    for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+        if not 0 < h[k] < 1 << 24:
+            return f"{k}={h[k]} out of range"
+    if h["dim"] % h["n_heads"] or (h["dim"] // h["n_heads"]) % 2:
+        return f"dim={h['dim']} is not n_heads={h['n_heads']} times an even head size"
+    if h["n_heads"] % h["n_kv_heads"]:
+        return f"n_kv_heads={h['n_kv_heads']} does not divide n_heads={h['n_heads']}"
+    return ""
+
+
+def read_header(path) -> dict:
+    """Parse and check the header of a .bin file; ValueError naming the file when it is not one."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if len(head) < 28:
+        raise ValueError(f"{path}: truncated: {size} bytes, too short for any .bin header")
+    names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
+    magic = struct.unpack_from("<I", head, 0)[0]
+    if magic != MAGIC:  # v0 has no magic: accept only a header that makes sense
+        h = dict(zip(names, struct.unpack_from("<7i", head, 0)), version=0, weight_type="fp32", group_size=0,
+                 rope_theta=LEGACY_THETA, norm_eps=LEGACY_EPS)
+        h["shared"] = h["vocab_size"] > 0
+        h["vocab_size"] = abs(h["vocab_size"])
+        if _sane(h):
+            raise ValueError(f"{path}: bad magic 0x{magic:08x}: not a .bin model (expected magic 0x{MAGIC:08x} "
+                             f"or a legacy v0 header; as v0: {_sane(h)})")
+    else:
+        if len(head) < HEADER_BYTES:
+            raise ValueError(f"{path}: truncated: {size} bytes, the header alone needs {HEADER_BYTES}")
+        version = struct.unpack_from("<i", head, 4)[0]
+        if version not in (1, 2, 3):
+            raise ValueError(f"{path}: unknown version {version} (this reader knows 0, 1, 2, 3)")
+        h = dict(zip(names, struct.unpack_from("<7i", head, 8)), version=version, weight_type="fp32",
+                 group_size=0, rope_theta=LEGACY_THETA, norm_eps=LEGACY_EPS)
+        shared = head[36]
+        if shared not in (0, 1):
+            raise ValueError(f"{path}: shared_classifier byte is {shared}, expected 0 or 1")
+        h["shared"] = bool(shared)
+        if _sane(h):
+            raise ValueError(f"{path}: header field {_sane(h)}")
+        if version == 2:
+            h["weight_type"], h["group_size"] = "q8_0", struct.unpack_from("<i", head, 37)[0]
+        if version == 3:
+            h["group_size"], wt, theta, eps = struct.unpack_from("<iBff", head, 37)
+            types = {v: k for k, v in WEIGHT_TYPES.items()}
+            if wt not in types:
+                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0)")
+            if not (np.isfinite(theta) and theta > 0 and np.isfinite(eps) and 0 < eps < 1):
+                raise ValueError(f"{path}: rope_theta={theta} or norm_eps={eps} out of range")
+            # the shortest decimal that is this f32 (1e-05, not 9.99999974738e-06), so it re-exports the same
+            h["weight_type"] = types[wt]
+            h["rope_theta"], h["norm_eps"] = float(str(np.float32(theta))), float(str(np.float32(eps)))
+            if types[wt] != "q8_0" and h["group_size"] != 0:
+                raise ValueError(f"{path}: group_size={h['group_size']} but weight_type is {types[wt]} (expected 0)")
+        if h["weight_type"] == "q8_0":
+            gs = h["group_size"]
+            if gs < 1 or h["dim"] % gs or h["hidden_dim"] % gs:
+                raise ValueError(f"{path}: group_size={gs} must be positive and divide dim={h['dim']} and "
+                                 f"hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
+    _, expected = _layout(h)
+    if size < expected:
+        raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies {expected}")
+    if size != expected:
+        raise ValueError(f"{path}: size {size} bytes does not match the {expected} the v{h['version']} header implies")
+    return h
+
+
+def load_bin(path) -> Transformer:
+    """Read a .bin of any version into a Transformer (eval mode, fp32 weights exactly as stored)."""
+    h = read_header(path)
+    entries, _ = _layout(h)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    sd = {}
+    for name, shape, kind, off, soff in entries:
+        n = int(np.prod(shape))
+        if name.startswith("freq_cis"):
+            continue  # recomputed from rope_theta: the same bytes (llama2.c used the same formula)
+        if kind == "fp32":
+            w = torch.from_numpy(np.frombuffer(data, np.float32, n, off).copy())
+        elif kind == "bf16":
+            u16 = np.frombuffer(data, np.uint16, n, off).astype(np.uint32) << 16
+            w = torch.from_numpy(u16.view(np.float32))
+        else:
+            q = torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy())
+            s = torch.from_numpy(np.frombuffer(data, np.float32, n // h["group_size"], soff).copy())
+            w = dequantize_q80(q, s, shape)
+        sd[name] = w.reshape(shape)
+    del data
+    if h["shared"]:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    args = ModelArgs(dim=h["dim"], n_layers=h["n_layers"], n_heads=h["n_heads"], n_kv_heads=h["n_kv_heads"],
+                     vocab_size=h["vocab_size"], hidden_dim=h["hidden_dim"], max_seq_len=h["max_seq_len"],
+                     norm_eps=h["norm_eps"], rope_theta=h["rope_theta"], tie_embeddings=h["shared"])
+    return _build(args, sd)
+
+
+def _build(args: ModelArgs, sd: dict) -> Transformer:
+    model = Transformer(args)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def load_checkpoint(path) -> Transformer:
+    """The model of a train.py checkpoint (only "model" and "model_args" are used)."""
+    try:
+        # train.py also pickles optimizer/RNG state: full unpickling of the user's own checkpoint
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sd, margs = ckpt["model"], ckpt["model_args"]
+    except Exception as e:  # torch.load raises many types (pickle errors, zip errors, ...)
+        raise ValueError(f"{path}: not a train.py checkpoint ({type(e).__name__}: {e})") from None
+    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
+    fields = {f.name for f in dataclasses.fields(ModelArgs)}
+    args = ModelArgs(**{k: v for k, v in margs.items() if k in fields})
+    if args.tie_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    return _build(args, {k: v.float() for k, v in sd.items()})
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face interop (LlamaForCausalLM directories)
+#
+# HF rotates the halves (x[j], x[j + hs/2]) of each head where Meta/llama2.c rotate the pairs
+# (x[2j], x[2j+1]); the same model is had by reordering the rows of wq and wk inside each head:
+# interleaved row 2j -> HF row j, row 2j+1 -> HF row j + hs/2.
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _to_hf_rows(w, n_heads):
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _from_hf_rows(w, n_heads):
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _hf_names(i):
+    """Our per-layer names -> HF's (w1 gate, w3 up, w2 down)."""
+    return {f"layers.{i}.attention_norm.weight": f"model.layers.{i}.input_layernorm.weight",
+            f"layers.{i}.attention.wq.weight": f"model.layers.{i}.self_attn.q_proj.weight",
+            f"layers.{i}.attention.wk.weight": f"model.layers.{i}.self_attn.k_proj.weight",
+            f"layers.{i}.attention.wv.weight": f"model.layers.{i}.self_attn.v_proj.weight",
+            f"layers.{i}.attention.wo.weight": f"model.layers.{i}.self_attn.o_proj.weight",
+            f"layers.{i}.ffn_norm.weight": f"model.layers.{i}.post_attention_layernorm.weight",
+            f"layers.{i}.feed_forward.w1.weight": f"model.layers.{i}.mlp.gate_proj.weight",
+            f"layers.{i}.feed_forward.w2.weight": f"model.layers.{i}.mlp.down_proj.weight",
+            f"layers.{i}.feed_forward.w3.weight": f"model.layers.{i}.mlp.up_proj.weight"}
+
+
+def _name_map(n_layers, tied):
+    m = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    for i in range(n_layers):
+        m.update(_hf_names(i))
+    if not tied:
+        m["output.weight"] = "lm_head.weight"
+    return m
+
+
+def write_safetensors(path, tensors: dict):
+    """tensors {name: fp32 tensor} -> a .safetensors file (atomically)."""
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name, t in tensors.items():
+        b = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)  # data starts 8-byte aligned
+
+    def write(f):
+        f.write(struct.pack("<Q", len(hj)) + hj)
+        for b in blobs:
+            f.write(b)
+
+    _atomic_write(path, write)
+
+
+def read_safetensors(path) -> dict:
+    """A .safetensors file -> {name: tensor} (F32/F16/BF16/F64)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        (n,) = struct.unpack_from("<Q", raw, 0)
+        header = json.loads(raw[8:8 + n])
+    except (struct.error, ValueError) as e:
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {meta['dtype']}, expected F32, F16, BF16 or F64")
+        a, b = meta["data_offsets"]
+        buf = bytearray(raw[8 + n + a:8 + n + b])
+        if len(buf) != b - a:
+            raise ValueError(f"{path}: truncated in tensor {name}")
+        t = torch.frombuffer(buf, dtype=_ST_DTYPES[meta["dtype"]]) if buf else torch.empty(0)
+        out[name] = t.reshape(meta["shape"])
+    return out
+
+
+def hf_export(model, dirpath):
+    """Write model as a Hugging Face LlamaForCausalLM directory: config.json + model.safetensors."""
+    model = _unwrap(model)
+    a = model.args
+    n_kv = a.n_kv_heads or a.n_heads
+    sd = model.state_dict()
+    tied = bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"]))
+    tensors = {}
+    for ours, theirs in _name_map(a.n_layers, tied).items():
+        w = sd[ours].detach().to("cpu", torch.float32)
+        if ours.endswith("attention.wq.weight"):
+            w = _to_hf_rows(w, a.n_heads)
+        elif ours.endswith("attention.wk.weight"):
+            w = _to_hf_rows(w, n_kv)
+        tensors[theirs] = w
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": a.dim, "intermediate_size": ffn_hidden_dim(a), "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads, "num_key_value_heads": n_kv, "head_dim": a.dim // a.n_heads,
+        "vocab_size": a.vocab_size, "max_position_embeddings": a.max_seq_len,
+        "rms_norm_eps": a.norm_eps, "hidden_act": "silu", "tie_word_embeddings": tied,
+        # transformers < 5 reads rope_theta, 5.x rope_parameters (and still accepts rope_theta)
+        "rope_theta": a.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta},
+        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32", "dtype": "float32",
+        "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
+    }
+    os.makedirs(dirpath, exist_ok=True)
+    write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
+    text = json.dumps(config, indent=2) + "\n"
+    _atomic_write(os.path.join(dirpath, "config.json"), lambda f: f.write(text.encode()))
+
+
+def _hf_weights(dirpath) -> dict:
+    """Every tensor of an HF directory: (sharded) safetensors or (sharded) pytorch_model.bin."""
+    p = lambda name: os.path.join(dirpath, name)  # noqa: E731
+    for index, single, read in (("model.safetensors.index.json", "model.safetensors", read_safetensors),
+                                ("pytorch_model.bin.index.json", "pytorch_model.bin",
+                                 lambda f: torch.load(f, map_location="cpu", weights_only=True))):
+        if os.path.exists(p(index)):
+            with open(p(index)) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            out = {}
+            for name in files:
+                out.update(read(p(name)))
+            return out
+        if os.path.exists(p(single)):
+            return read(p(single))
+    raise ValueError(f"{dirpath}: no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def hf_import(dirpath) -> Transformer:
+    """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32)."""
+    try:
+        with open(os.path.join(dirpath, "config.json")) as f:
+            c = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{dirpath}: cannot read config.json ({e})") from None
+    rope = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise ValueError(f"{dirpath}: rope scaling {rope or scaling} is not supported (plain RoPE only)")
+    if c.get("attention_bias") or c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{dirpath}: biases or an activation other than silu are not supported")
+    try:
+        dim, n_heads = c["hidden_size"], c["num_attention_heads"]
+        args = ModelArgs(dim=dim, n_layers=c["num_hidden_layers"], n_heads=n_heads,
+                         n_kv_heads=c.get("num_key_value_heads") or n_heads, vocab_size=c["vocab_size"],
+                         hidden_dim=c["intermediate_size"], max_seq_len=c.get("max_position_embeddings", 2048),
+                         norm_eps=c.get("rms_norm_eps", 1e-6),
+                         rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+                         tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise ValueError(f"{dirpath}: config.json lacks {e}") from None
+    if c.get("head_dim") not in (None, dim // n_heads):
+        raise ValueError(f"{dirpath}: head_dim={c['head_dim']} != hidden_size/num_attention_heads: not supported")
+    hf = _hf_weights(dirpath)
+    sd = {}
+    for ours, theirs in _name_map(args.n_layers, args.tie_embeddings).items():
+        if theirs not in hf:
+            raise ValueError(f"{dirpath}: weight {theirs} missing")
+        w = hf[theirs].float()
+        if ours.endswith("attention.wq.weight"):
+            w = _from_hf_rows(w, args.n_heads)
+        elif ours.endswith("attention.wk.weight"):
+            w = _from_hf_rows(w, args.n_kv_heads)
+        sd[ours] = w
+    if args.tie_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    return _build(args, sd)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Export models to .bin (v0..v3) or a Hugging Face directory.")
+    p.add_argument("out", nargs="?", help="output .bin file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="train.py checkpoint (.pt)")
+    src.add_argument("--bin", help="a .bin file of any version")
+    src.add_argument("--hf", help="a Hugging Face Llama directory")
+    p.add_argument("--to_hf", help="also (or only) write a Hugging Face directory here")
+    p.add_argument("--version", type=int, default=3, choices=(0, 1, 2, 3))
+    p.add_argument("--dtype", choices=tuple(WEIGHT_TYPES), default=None,
+                   help="v3: fp32 (default), bf16 or q8_0; v0/v1 are fp32, v2 is q8_0")
+    p.add_argument("--group_size", type=int, default=64)
+    p.error = lambda msg: sys.exit(f"export.py: error: {msg}")  # one line, no usage dump
+    a = p.parse_args(argv)
+    if not (a.checkpoint or a.bin or a.hf):
+        p.error("give a source: --checkpoint=CKPT.pt, --bin=IN.bin or --hf=DIR")
+    if not (a.out or a.to_hf):
+        p.error("give an output: OUT.bin and/or --to_hf=DIR")
+    try:
+        if a.checkpoint:
+            model = load_checkpoint(a.checkpoint)
+        elif a.bin:
+            model = load_bin(a.bin)
+        else:
+            model = hf_import(a.hf)
+        if a.out:
+            model_export(model, a.out, a.version, a.dtype, a.group_size)
+            print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
+        if a.to_hf:
+            hf_export(model, a.to_hf)
+            print(f"wrote {a.to_hf}/config.json and model.safetensors")
+    except (ValueError, OSError) as e:
+        sys.exit(f"export.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
