@@ -1,0 +1,297 @@
+"""Download tests against a real HTTP server on 127.0.0.1: resume with Range after a dropped
+connection or a killed client, completeness and sha256 checks, mirrors, local sources, extraction."""
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import tinystories as ts
+from tinystories import DataError
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # not a multiple of any chunk size
+
+
+class Server:
+    """Serves self.files[name] at /name, honouring "Range: bytes=N-". Knobs for misbehaviour:
+    drop_after[i] = send only that many body bytes on request i, then close the connection;
+    sha = sha256 to advertise as ETag; corrupt = flip a byte of every body; ignore_range;
+    slow = seconds to sleep per 64 KiB; lie_total = a wrong total size in Content-Range; redirect = serve /resolve/NAME as a 302 to /cdn/NAME
+    with the sha in X-Linked-ETag (as Hugging Face does)."""
+
+    def __init__(self):
+        self.files, self.requests, self.drop_after = {}, [], {}
+        self.sha, self.corrupt, self.ignore_range, self.slow = {}, False, False, 0.0
+        self.lie_total = None  # a wrong file size to announce in Content-Range
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                n = len(server.requests)
+                server.requests.append((self.path, self.headers.get("Range")))
+                path = self.path.lstrip("/")
+                if path.startswith("resolve/"):
+                    name = path[len("resolve/"):]
+                    self.send_response(302)
+                    self.send_header("Location", f"/cdn/{name}")
+                    if name in server.sha:
+                        self.send_header("X-Linked-ETag", f'"{server.sha[name]}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                name = path[len("cdn/"):] if path.startswith("cdn/") else path
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                if server.corrupt:
+                    body = body[:100] + bytes([body[100] ^ 1]) + body[101:]
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and not server.ignore_range:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    total = server.lie_total or len(body)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                if name in server.sha and not path.startswith("cdn/"):
+                    self.send_header("ETag", f'"{server.sha[name]}"')
+                self.end_headers()
+                data = body[start:]
+                if n in server.drop_after:
+                    data = data[:server.drop_after[n]]
+                for i in range(0, len(data), 65536):
+                    self.wfile.write(data[i:i + 65536])
+                    if server.slow:
+                        time.sleep(server.slow)
+                self.wfile.flush()
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    s.files["blob.bin"] = PAYLOAD
+    yield s
+    s.close()
+
+
+def test_resume_after_dropped_connection(server, tmp_path):
+    server.drop_after = {0: 1_000_000}
+    dest = tmp_path / "blob.bin"
+    with pytest.raises(DataError, match="stopped at 1000000 of"):
+        ts.http_download(server.url + "blob.bin", dest, retries=0)
+    part = tmp_path / "blob.bin.part"
+    assert part.stat().st_size == 1_000_000 and not dest.exists()
+    ts.http_download(server.url + "blob.bin", dest, retries=0)
+    assert server.requests[1][1] == "bytes=1000000-"  # the second request resumed, not restarted
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_retries_resume_within_one_call(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(ts.time, "sleep", lambda s: None)  # no back-off waits in tests
+    server.drop_after = {0: 70_000, 1: 500_000}
+    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
+    assert [r for _, r in server.requests] == [None, "bytes=70000-", "bytes=570000-"]
+    assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+
+
+def test_resume_after_killed_client(server, tmp_path):
+    server.slow = 0.02  # ~3 MB/s: slow enough to kill the client mid-transfer
+    dest = tmp_path / "blob.bin"
+    part = tmp_path / "blob.bin.part"
+    code = f"import tinystories; tinystories.http_download({server.url + 'blob.bin'!r}, {str(dest)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ts.REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not (part.exists() and part.stat().st_size > 300_000) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = part.stat().st_size
+    assert 0 < partial < len(PAYLOAD) and not dest.exists()
+    server.slow = 0.0
+    ts.http_download(server.url + "blob.bin", dest)
+    assert server.requests[-1][1] == f"bytes={partial}-"
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_sha256_mismatch_is_detected(server, tmp_path):
+    server.sha["blob.bin"] = hashlib.sha256(PAYLOAD).hexdigest()
+    server.corrupt = True
+    with pytest.raises(DataError, match="corrupt: sha256"):
+        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    assert not (tmp_path / "blob.bin").exists() and not (tmp_path / "blob.bin.part").exists()
+    server.corrupt = False  # the next run starts over and succeeds
+    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+
+
+def test_sha256_from_redirect_header(server, tmp_path):
+    # Hugging Face: the sha256 is on the 302 (X-Linked-ETag), the CDN answer has none
+    server.sha["blob.bin"] = hashlib.sha256(PAYLOAD).hexdigest()
+    server.corrupt = True
+    with pytest.raises(DataError, match="sha256"):
+        ts.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
+    server.corrupt = False
+    ts.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
+    assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+
+
+def test_part_longer_than_file_restarts(server, tmp_path):
+    (tmp_path / "blob.bin.part").write_bytes(PAYLOAD + b"junk from an older, longer file")
+    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+
+
+def test_server_without_range_restarts(server, tmp_path):
+    (tmp_path / "blob.bin.part").write_bytes(b"x" * 1000)  # wrong bytes: must not be kept
+    server.ignore_range = True
+    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+
+
+def test_size_mismatch_is_detected(server, tmp_path):
+    (tmp_path / "blob.bin.part").write_bytes(PAYLOAD[:1000])
+    server.lie_total = len(PAYLOAD) - 100  # the bytes sent and the size announced disagree
+    with pytest.raises(DataError, match=f"corrupt: {len(PAYLOAD)} bytes, the server said {len(PAYLOAD) - 100}"):
+        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    assert not (tmp_path / "blob.bin").exists() and not (tmp_path / "blob.bin.part").exists()
+
+
+def test_short_body_is_detected(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(ts.time, "sleep", lambda s: None)
+    server.drop_after = {i: 10 for i in range(10)}  # every answer stops early
+    with pytest.raises(DataError, match="stopped at .* run the same command again"):
+        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
+    assert not (tmp_path / "blob.bin").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_network_failure_names_url_and_source(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_free_port()}/"
+    rc = ts.main(["download", "--dataset", "v2", "--source", url, "--data_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("error: could not download " + url + "TinyStoriesV2-GPT4-train.txt")
+    assert "--source" in err[-1]
+
+
+def test_http_404_names_url(server, tmp_path, capsys):
+    rc = ts.main(["download", "--dataset", "v2", "--source", server.url, "--data_dir", str(tmp_path)])
+    assert rc == 1
+    assert "HTTP 404" in capsys.readouterr().err and not list(tmp_path.glob("*.txt"))
+
+
+@pytest.fixture
+def v2_files(shared):
+    d = shared / "tinystories"
+    return {"TinyStoriesV2-GPT4-train.txt": (d / "TinyStoriesV2-GPT4-train.head-10k-lines.txt").read_bytes(),
+            "TinyStoriesV2-GPT4-valid.txt": (d / "TinyStoriesV2-GPT4-train.sample.txt").read_bytes()}
+
+
+def test_download_v2_from_mirror_then_nothing_to_do(server, v2_files, tmp_path, capsys):
+    server.files.update(v2_files)
+    args = ["download", "--dataset", "v2", "--source", server.url, "--data_dir", str(tmp_path)]
+    assert ts.main(args) == 0
+    for name, data in v2_files.items():
+        assert (tmp_path / name).read_bytes() == data
+    n = len(server.requests)
+    capsys.readouterr()
+    assert ts.main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(server.requests) == n
+
+
+def _all_data_tar(shared):
+    texts = json.loads((shared / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
+    shards = {f"data{i:02d}.json": json.dumps([{"story": t, "source": "x"} for t in texts[i::2]]).encode()
+              for i in range(2)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in shards.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), shards, texts
+
+
+def test_download_v1_extracts_via_env_source(server, shared, tmp_path, monkeypatch, capsys):
+    archive, shards, texts = _all_data_tar(shared)
+    server.files["TinyStories_all_data.tar.gz"] = archive
+    server.sha["TinyStories_all_data.tar.gz"] = hashlib.sha256(archive).hexdigest()
+    monkeypatch.setenv("STORYLLAMA_SOURCE", server.url)
+    assert ts.main(["download", "--data_dir", str(tmp_path)]) == 0
+    for name, data in shards.items():
+        assert (tmp_path / ts.V1_DIR / name).read_bytes() == data
+    files = ts.input_files(tmp_path, "v1")
+    assert [f.name for f in files] == ["data00.json", "data01.json"]
+    stories = [s for f in files for s in ts.iter_stories(f)]
+    assert sorted(stories) == sorted(t.strip() for t in texts if t.strip())
+    capsys.readouterr()
+    assert ts.main(["download", "--data_dir", str(tmp_path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_local_folder_and_file_sources(v2_files, tmp_path, capsys):
+    src = tmp_path / "offline"
+    src.mkdir()
+    for name, data in v2_files.items():
+        (src / name).write_bytes(data)
+    out = tmp_path / "data"
+    assert ts.main(["download", "--dataset", "v2", "--source", str(src), "--data_dir", str(out)]) == 0
+    assert all((out / n).read_bytes() == d for n, d in v2_files.items())
+    # a single file stands in only for the file of the same name
+    one = tmp_path / "one"
+    assert ts.main(["download", "--dataset", "v2", "--source", str(src / "TinyStoriesV2-GPT4-train.txt"),
+                    "--data_dir", str(one)]) == 1
+    assert "need a file named TinyStoriesV2-GPT4-valid.txt" in capsys.readouterr().err
+    assert (one / "TinyStoriesV2-GPT4-train.txt").read_bytes() == v2_files["TinyStoriesV2-GPT4-train.txt"]
+
+
+def test_unsafe_archive_is_refused(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../evil.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"[]"))
+    (tmp_path / "TinyStories_all_data.tar.gz").write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match="cannot extract"):
+        ts.download("v1", tmp_path)
+    assert not (tmp_path.parent / "evil.json").exists() and not (tmp_path / ts.V1_DIR).exists()
