@@ -4,6 +4,7 @@ Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code 
 that export.py can write llama2.c's .bin files and run.c can run them.
 """
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -114,14 +115,13 @@ class Attention(nn.Module):
                 causal = False
             elif start_pos > 0:
                 causal = False  # one new query sees every cached key
-        rep = self.n_heads // self.n_kv_heads
-        if rep > 1:
-            # each kv head serves `rep` consecutive query heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+        # enable_gqa: kv head j serves the `n_heads // n_kv_heads` consecutive query heads from
+        # j * rep on, the same grouping as repeat_interleave(rep, dim=1), without copying k and v.
         # No dropout on attention probabilities: any dropout_p > 0 sends SDPA to the slow path that
-        # materialises the (T, T) matrix. The residual dropout below regularises at full speed.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        # materialises the (T, T) matrix (bench/bench_train.py: about 4x slower for stories260K).
+        # The embedding and residual dropout regularise at full speed.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_size)
         return F.dropout(self.wo(y), self.dropout, self.training)
 
@@ -194,7 +194,7 @@ class Transformer(nn.Module):
         logits = self.output(self.norm(h)).float()
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_cache(self, batch_size: int):
@@ -203,6 +203,32 @@ class Transformer(nn.Module):
         shape = (batch_size, a.n_kv_heads or a.n_heads, a.max_seq_len, a.dim // a.n_heads)
         w = self.tok_embeddings.weight
         return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices (>= 2-D: embeddings and linear weights) only.
+
+        Norm weights are not decayed: pulling gains towards 0 only fights the normalisation. The fused
+        kernel (one launch for every tensor) is used on CPU and CUDA; it is deterministic.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]  # a tied matrix appears once
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward), the PaLM appendix B count.
+
+        6 per weight of every matmul (the classifier included, the embedding lookup excluded) plus
+        12 * n_layers * dim * seq_len for the attention scores and their weighted sum.
+        """
+        a = self.args
+        n = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * n + 12 * a.n_layers * a.dim * (seq_len or a.max_seq_len)
+
+    def estimate_mfu(self, tokens_per_s, peak, seq_len=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak FLOP/s."""
+        return self.flops_per_token(seq_len) * tokens_per_s / peak
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(1, 2),
@@ -244,10 +270,58 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # Tokens below (1 - top_p) / (vocab - 1) hold less than 1 - top_p together, so the nucleus lies
+        # among the others: sort only those (run.c's trick; 32000 tokens take milliseconds to sort).
+        n = probs.size(-1)
+        k = max(int((probs >= (1.0 - top_p) / max(n - 1, 1)).sum(dim=-1).max()), 1)
+        if 2 * k < n:
+            sorted_p, order = torch.topk(probs, k, dim=-1)  # descending
+        else:  # a flat distribution: a full sort is faster than topk of most of it
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# Dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity), matched by substring
+# of torch.cuda.get_device_name(); more specific names first. fp32 training runs on TF32 tensor cores
+# (train.py allows TF32), whose dense peak is half of these on Ampere and Hopper.
+GPU_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
+                   ("L40S", 362.0), ("L4", 121.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0)]
+
+
+def measured_peak_flops(device="cpu", dtype=torch.float32, n=None, seconds=0.3):
+    """The best square-matmul FLOP/s reached in about `seconds` on device: a practical peak for MFU."""
+    n = n or (4096 if str(device).startswith("cuda") else 1024)  # big enough to fill the device
+    # constant operands: matmul speed does not depend on the values, and the RNG stays untouched
+    a = torch.full((n, n), 0.5, device=device, dtype=dtype)
+    b = torch.full((n, n), 0.25, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while True:
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        t1 = time.perf_counter()
+        best = max(best, 2 * n ** 3 / (t1 - t0))
+        if t1 > t_end:
+            return best
+
+
+def peak_flops(device, dtype):
+    """Peak FLOP/s of `device` for training in `dtype`: a datasheet table for known GPUs, else measured.
+
+    A CPU has no trustworthy datasheet number (clocks and vector units vary, and a VM hides both),
+    so CPU MFU is measured against the best fp32/bf16 matmul this process reaches.
+    """
+    device = str(device)
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, tflops in GPU_PEAK_TFLOPS:
+            if key in name:
+                return tflops * 1e12 / (2 if dtype == torch.float32 else 1)
+    return measured_peak_flops(device, dtype)

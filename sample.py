@@ -1,0 +1,135 @@
+"""Sample stories from a checkpoint written by train.py.
+
+    python sample.py --checkpoint=out/ckpt.pt
+    python sample.py --checkpoint=out/ckpt.pt --start="Once upon a time" --num_samples=3 --temperature=0.8
+    python sample.py --checkpoint=out/ckpt.pt --start=FILE:prompt.txt --temperature=0   # greedy
+
+Every sample begins with BOS and the prompt, and ends at the end of the story (EOS, or a BOS that
+starts the next one), after max_new_tokens tokens, or when the context is full. The tokenizer is
+the one the checkpoint was trained with (its vocab_source and vocab_size; --tokenizer overrides).
+The checkpoint must match the model exactly: a missing, extra or misshapen weight is an error.
+"""
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import configure_or_exit
+from model import ModelArgs, Transformer, check_args
+
+defaults = dict(
+    checkpoint="out/ckpt.pt",
+    start="",  # prompt text, or FILE:path to read it from a file
+    num_samples=1,
+    max_new_tokens=256,
+    temperature=1.0,  # 0: greedy
+    top_k=None,  # keep the k most likely tokens (None: all)
+    top_p=0.9,  # keep the smallest set of tokens whose probability reaches top_p (1.0: all)
+    seed=1337,
+    device="cuda" if torch.cuda.is_available() else "cpu",
+    dtype="float32",  # float32, bfloat16, float16 (autocast; the weights stay fp32)
+    compile=False,
+    tokenizer=None,  # a sentencepiece .model instead of the checkpoint's own
+)
+
+
+def die(msg):
+    print(f"sample.py: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def load_model(path, device="cpu"):
+    """The Transformer in a train.py checkpoint, loaded strictly, and the checkpoint's training config."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
+    try:
+        args = ModelArgs(**ckpt["model_args"])
+        check_args(args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+    model = Transformer(args)
+    # torch.compile'd models save their weights under "_orig_mod."
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
+    return model.to(device).eval(), ckpt.get("config", {})
+
+
+def find_tokenizer(config, override):
+    if override:
+        return override
+    import tinystories
+    return str(tinystories.tokenizer_path(config.get("vocab_size", 32000), config.get("vocab_source", "llama2"),
+                                          config.get("data_dir")))
+
+
+def main():
+    cfg = configure_or_exit(defaults, prog="sample.py", none_types={"top_k": int, "tokenizer": str})
+    if cfg["temperature"] < 0 or not 0 < cfg["top_p"] <= 1 or (cfg["top_k"] is not None and cfg["top_k"] < 1):
+        die(f"need --temperature >= 0, 0 < --top_p <= 1 and --top_k >= 1 (got {cfg['temperature']}, "
+            f"{cfg['top_p']}, {cfg['top_k']})")
+    if cfg["num_samples"] < 1 or cfg["max_new_tokens"] < 1:
+        die("--num_samples and --max_new_tokens must be >= 1")
+    if cfg["dtype"] not in ("float32", "bfloat16", "float16"):
+        die(f"--dtype={cfg['dtype']!r}: expected float32, bfloat16 or float16")
+    device = cfg["device"]
+    try:
+        model, train_config = load_model(cfg["checkpoint"], device)
+    except ValueError as e:
+        die(str(e))
+
+    from tokenizer import Tokenizer
+    tok_path = find_tokenizer(train_config, cfg["tokenizer"])
+    try:
+        tok = Tokenizer(tok_path)
+    except (OSError, ValueError) as e:
+        die(f"{e} (the checkpoint's vocabulary; pass --tokenizer=PATH to use another)")
+    if tok.n_words != model.args.vocab_size:
+        die(f"tokenizer {tok_path} has {tok.n_words} tokens, the model {model.args.vocab_size}")
+
+    start = cfg["start"]
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            die(f"--start={cfg['start']}: {e.strerror}")
+    ids = tok.encode(start, bos=True, eos=False)
+    if len(ids) >= model.args.max_seq_len:
+        die(f"--start is {len(ids)} tokens, the context holds {model.args.max_seq_len}")
+
+    torch.manual_seed(cfg["seed"])
+    if cfg["compile"]:
+        model.compile()
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg["dtype"]]
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    amp = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    stops = (tok.bos_id, tok.eos_id)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    n_tokens, t0 = 0, time.perf_counter()
+    for i in range(cfg["num_samples"]):
+        with amp:
+            y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
+                               top_p=cfg["top_p"], stop_tokens=stops)
+        new = y[0, len(ids):].tolist()
+        story = new[:next((k for k, t in enumerate(new) if t in stops), len(new))]
+        n_tokens += len(new)
+        print(tok.decode(ids[1:] + story))
+        if i + 1 < cfg["num_samples"]:
+            print("---------------")
+    print(f"achieved {n_tokens / (time.perf_counter() - t0):.1f} tok/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

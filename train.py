@@ -1,0 +1,441 @@
+"""Train a Llama on pretokenized TinyStories, in one process or several (DDP via torchrun).
+
+    python train.py --dim=64 --n_layers=5 --n_kv_heads=4      # a stories260K-shaped model
+    python train.py config/stories15M.py --batch_size=16       # a preset, with one setting changed
+    python train.py --init_from=resume                         # continue out/ckpt.pt exactly
+    torchrun --standalone --nproc_per_node=4 train.py config/stories42M.py
+
+Needs pretokenized data (tinystories.py): download, train_vocab --vocab_size=N, pretokenize
+--vocab_size=N. Every setting below can be changed by a config file or --key=value
+(configurator.py); `python train.py --help` lists them.
+
+What a run writes to out_dir: ckpt.pt (model, optimizer, iteration, RNG and data position, written
+to a temp file and renamed), metrics.jsonl (one JSON object per log line and per evaluation).
+The data order is a pure function of (seed, iteration, micro-batch): micro-batch j of iteration i
+is batch i of the data iterator's "rank j of gradient_accumulation_steps". Any split of the
+micro-batches over DDP processes therefore trains on exactly the same data, and a resumed run
+continues the very same stream. Ctrl-C (or SIGTERM) stops after the current iteration and saves
+a checkpoint; a second Ctrl-C stops at once.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from datetime import datetime
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from configurator import configure_or_exit
+from model import ModelArgs, Transformer, check_args, peak_flops
+
+# -----------------------------------------------------------------------------
+# settings (defaults: a run that finishes on a laptop CPU; config/ holds the real recipes)
+# I/O
+out_dir = "out"
+eval_interval = 500  # evaluate (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a log line every this many iterations
+eval_iters = 20  # batches per split in an evaluation
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = False  # checkpoint at every evaluation, not only when val loss improves
+init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
+# wandb logging (needs `pip install wandb`; imported only when enabled)
+wandb_log = False
+wandb_project = "storyllama"
+wandb_run_name = "run" + datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
+# data
+batch_size = 32  # micro-batch size: sequences per forward/backward
+max_seq_len = 256
+vocab_source = "custom"  # "custom" (data/tok{vocab_size}.model) or "llama2" (Meta's 32000 tokens)
+vocab_size = 512
+data_dir = None  # None: $STORYLLAMA_DATA or data/
+seed = 1337  # model init, dropout and data order
+bos_aligned = False  # start every training window at the start of a story
+# model
+dim = 288
+n_layers = 6
+n_heads = 8
+n_kv_heads = None  # None: n_heads (no grouped-query attention)
+multiple_of = 32
+dropout = 0.0
+tie_embeddings = True
+# AdamW optimizer
+gradient_accumulation_steps = 1  # micro-batches per iteration, over all processes together
+learning_rate = 1e-3  # the peak learning rate
+max_iters = 5000  # iterations (optimizer steps) to train for
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the gradient norm at this value; 0 disables
+# learning rate schedule: linear warm-up, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = None  # None: max_iters
+min_lr = None  # None: learning_rate / 10
+# system
+device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:1, mps
+dtype = "auto"  # float32, bfloat16, float16 (with a GradScaler); auto: bf16/fp16 on CUDA, fp32 elsewhere
+compile = False  # torch.compile the model
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items()
+               if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))]
+defaults = {k: globals()[k] for k in config_keys}
+none_types = {"data_dir": str, "n_kv_heads": int, "lr_decay_iters": int, "min_lr": float}
+# where a run's machine and mode are set, not its recipe: never taken from a checkpoint
+SYSTEM_KEYS = ("out_dir", "init_from", "eval_only", "device", "dtype", "compile", "wandb_log", "wandb_run_name")
+
+
+def die(msg, code=1):
+    print(f"train.py: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+config = configure_or_exit(defaults, prog="train.py", none_types=none_types)
+ckpt, ckpt_path = None, os.path.join(config["out_dir"], "ckpt.pt")
+if config["init_from"] == "resume":
+    # a resumed run keeps the checkpoint's recipe; arguments given now still override it
+    if not os.path.isfile(ckpt_path):
+        die(f"--init_from=resume: no checkpoint at {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        die(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})")
+    recipe = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in SYSTEM_KEYS}
+    config = configure_or_exit({**defaults, **recipe}, prog="train.py", none_types=none_types)
+globals().update(config)
+lr_decay_iters = max_iters if lr_decay_iters is None else lr_decay_iters
+min_lr = learning_rate / 10 if min_lr is None else min_lr
+
+for name, lo in (("batch_size", 1), ("max_seq_len", 1), ("gradient_accumulation_steps", 1), ("max_iters", 0),
+                 ("eval_interval", 1), ("log_interval", 1), ("eval_iters", 1), ("warmup_iters", 0)):
+    if config[name] < lo:
+        die(f"--{name}={config[name]}: must be >= {lo}", 2)
+if init_from not in ("scratch", "resume"):
+    die(f"--init_from={init_from!r}: expected 'scratch' or 'resume'", 2)
+if vocab_source not in ("custom", "llama2"):
+    die(f"--vocab_source={vocab_source!r}: expected 'custom' or 'llama2'", 2)
+if vocab_source == "llama2" and vocab_size != 32000:
+    die(f"--vocab_size={vocab_size}: the Llama 2 vocabulary (vocab_source=llama2) has 32000 tokens", 2)
+if dtype not in ("auto", "float32", "bfloat16", "float16"):
+    die(f"--dtype={dtype!r}: expected float32, bfloat16, float16 or auto", 2)
+
+# -----------------------------------------------------------------------------
+# processes, devices, precision
+ddp = "RANK" in os.environ  # launched by torchrun
+rank, local_rank, world_size = 0, 0, 1
+if ddp:
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if gradient_accumulation_steps % world_size:
+        die(f"--gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the "
+            f"{world_size} processes: each process runs an equal share of the micro-batches", 2)
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+master = rank == 0  # logs, evaluates and writes files
+micro_steps = gradient_accumulation_steps // world_size  # micro-batches of this process per iteration
+device_type = "cuda" if device.startswith("cuda") else ("mps" if device.startswith("mps") else "cpu")
+if dtype == "auto":
+    dtype = "float32" if device_type != "cuda" else ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+amp = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # fp16 needs loss scaling
+torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (peak_flops assumes it)
+torch.backends.cudnn.allow_tf32 = True
+torch.manual_seed(seed + rank)  # each rank its own dropout stream; DDP copies rank 0's weights
+tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
+
+# -----------------------------------------------------------------------------
+# data
+try:
+    import tinystories
+except ImportError as e:
+    die(f"cannot import tinystories.py (the data pipeline): {e}")
+
+
+def no_data_message(split):
+    n = 0 if vocab_source == "llama2" else vocab_size
+    folder = tinystories.shard_dir(vocab_size, vocab_source, data_dir)
+    steps = "python tinystories.py download; "
+    if n:
+        steps += f"python tinystories.py train_vocab --vocab_size={n}; "
+    steps += f"python tinystories.py pretokenize --vocab_size={n}"
+    return f"no {split} data for vocab_source={vocab_source} vocab_size={vocab_size} in {folder}; prepare it with: {steps}"
+
+
+for split in ("train", "val"):
+    if not any(tinystories.shard_dir(vocab_size, vocab_source, data_dir).glob(f"{split}_*.bin")):
+        die(no_data_message(split))
+
+
+def batches(split, start, micro, micro_batches, data_seed):
+    return tinystories.iter_batches(split, batch_size, max_seq_len, vocab_size, vocab_source, data_dir,
+                                    device=device, seed=data_seed, rank=micro, world_size=micro_batches,
+                                    start=start, bos_aligned=bos_aligned)
+
+
+try:  # shards of another vocabulary, or a split too small for one window: say so now, not mid-run
+    bytes_per_token = tinystories.split_bytes_per_token("val", vocab_size, vocab_source, data_dir)
+    for split in ("train", "val"):
+        batches(split, 0, 0, 1, seed)
+except tinystories.DataError as e:
+    die(str(e))
+
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
+          f"({world_size} processes x {micro_steps}) x {batch_size} x {max_seq_len}; device {device}, {dtype}")
+
+# -----------------------------------------------------------------------------
+# model, optimizer, checkpoint
+model_args = dict(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab_size,
+                  multiple_of=multiple_of, max_seq_len=max_seq_len, dropout=dropout, tie_embeddings=tie_embeddings)
+iter_num, best_val_loss = 0, float("inf")
+if ckpt is not None:
+    model_args = {**ckpt["model_args"], **model_args}  # fields train.py has no setting for stay as saved
+    iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+try:
+    margs = ModelArgs(**model_args)
+    check_args(margs)
+except (TypeError, ValueError) as e:
+    die(f"bad model shape: {e}", 2)
+raw_model = Transformer(margs)
+if ckpt is not None:
+    try:
+        raw_model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        die(f"{ckpt_path} does not fit the model {asdict(margs)}: {str(e).splitlines()[0]}")
+raw_model.to(device)
+optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+model = torch.compile(raw_model) if compile else raw_model
+eval_model = model  # evaluation runs on the master only: never through DDP and its collectives
+if ddp:
+    # the rope tables are constants: no need to broadcast buffers before every forward
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
+if master:
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    print(f"model: {n_params:,} parameters, {asdict(margs)}")
+
+
+def rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if device_type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def data_state():
+    return {"iter": iter_num, "micro_batches": gradient_accumulation_steps, "batch_size": batch_size,
+            "max_seq_len": max_seq_len, "seed": seed, "bos_aligned": bos_aligned}
+
+
+def save_checkpoint():
+    """Every rank calls this (the RNG states are gathered); the master writes ckpt.pt atomically."""
+    rngs = [None] * world_size
+    if ddp:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs[0] = rng_state()
+    if not master:
+        return
+    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": asdict(margs),
+            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "rng": rngs,
+            "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    tmp = ckpt_path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_path)
+
+
+def everyone(flag):
+    """True on every rank when flag is True on any rank (the ranks must agree on saving and stopping)."""
+    if not ddp:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches of each split (the same batches at every evaluation)."""
+    out = {}
+    eval_model.eval()
+    for split in ("train", "val"):
+        data = batches(split, 0, 0, 1, seed + 1)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = next(data)
+            with amp:
+                _, loss = eval_model(x, y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    eval_model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warm-up to learning_rate over warmup_iters, then cosine decay to min_lr at lr_decay_iters."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+# -----------------------------------------------------------------------------
+# Ctrl-C: finish the iteration, save, exit
+stop_requested = False
+
+
+def request_stop(signum, frame):
+    global stop_requested
+    stop_requested = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+    if master:
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration and saving {ckpt_path}")
+
+
+signal.signal(signal.SIGINT, request_stop)
+signal.signal(signal.SIGTERM, request_stop)
+
+# -----------------------------------------------------------------------------
+# training loop
+if ckpt is not None:
+    ds = ckpt.get("data_state") or {}
+    if master and any(ds.get(k) != v for k, v in data_state().items() if k != "iter"):
+        print(f"note: the data layout changed since the checkpoint ({ds}); the data order will not "
+              "continue the old run's exactly")
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == world_size:
+        set_rng_state(rngs[rank])
+    elif master:
+        print(f"note: the checkpoint holds RNG states for {len(rngs)} processes, this run has {world_size}")
+    ckpt = None  # free the memory
+train_data = [batches("train", iter_num, rank * micro_steps + m, gradient_accumulation_steps, seed)
+              for m in range(micro_steps)]
+peak = peak_flops(device, ptdtype) if master else 1.0
+metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if master else None
+wandb = None
+if wandb_log and master:
+    try:
+        import wandb
+    except ImportError:
+        die("--wandb_log=True needs the wandb package (pip install wandb)")
+    wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+
+def record(entry):
+    metrics.write(json.dumps(entry) + "\n")
+    metrics.flush()
+    if wandb is not None:
+        wandb.log(entry, step=entry["iter"])
+
+
+if master and init_from == "resume":
+    record({"iter": iter_num, "event": "resume"})
+resumed_at = iter_num if init_from == "resume" else None
+# the bar shows on a terminal only (disable=None): in log files the log lines say it all
+bar = tqdm(total=max_iters, initial=iter_num, disable=None if master else True, unit="it", dynamic_ncols=True)
+# since the last log line: training loss summed over iterations (on device: no sync per step), and
+# the iterations timed since t_log (an evaluation restarts the clock: it is not training speed)
+loss_acc, loss_iters = torch.zeros((), device=device), 0
+t_log, timed_iters = time.perf_counter(), 0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != resumed_at):
+        improved = False
+        if master:
+            losses = estimate_loss()
+            bpb = losses["val"] / math.log(2) / bytes_per_token
+            tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                       f"val {bpb:.4f} bits/byte")
+            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
+                    "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+        if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
+            if master:
+                tqdm.write(f"saving checkpoint to {ckpt_path}")
+            save_checkpoint()
+        t_log, timed_iters = time.perf_counter(), 0
+    if eval_only or iter_num >= max_iters:
+        break
+
+    # forward, backward, update: micro_steps micro-batches, gradients averaged over all of them
+    for m in range(micro_steps):
+        x, y = next(train_data[m])
+        # DDP: only the last micro-batch's backward all-reduces the gradients
+        sync = model.no_sync() if ddp and m < micro_steps - 1 else nullcontext()
+        with sync:
+            with amp:
+                _, loss = model(x, y)
+                loss = loss / micro_steps
+            scaler.scale(loss).backward()
+        loss_acc += loss.detach()
+    if grad_clip > 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    loss_iters += 1
+    timed_iters += 1
+    bar.update(1)
+
+    if iter_num % log_interval == 0 or iter_num == max_iters:
+        if ddp:
+            dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
+            loss_acc /= world_size
+        lossf = loss_acc.item() / loss_iters
+        dt = (time.perf_counter() - t_log) / timed_iters
+        tok_s = tokens_per_iter / dt
+        mfu = raw_model.estimate_mfu(tok_s / world_size, peak)
+        if master:
+            tqdm.write(f"iter {iter_num} | loss {lossf:.4f} | lr {lr:.3e} | {dt * 1000:.1f} ms/iter | "
+                       f"{tok_s:,.0f} tok/s | mfu {mfu * 100:.1f}%")
+            bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tok_s:,.0f}")
+            record({"iter": iter_num, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tok_per_s": tok_s,
+                    "mfu": mfu})
+        loss_acc, loss_iters = torch.zeros((), device=device), 0
+        t_log, timed_iters = time.perf_counter(), 0
+
+    # DDP: the ranks agree at log iterations only, to spare a host sync per iteration on GPUs
+    if (not ddp or iter_num % log_interval == 0) and everyone(stop_requested):
+        save_checkpoint()
+        if master:
+            tqdm.write(f"interrupted at iteration {iter_num}: saved {ckpt_path}; "
+                       "continue with --init_from=resume")
+        bar.close()
+        if ddp:
+            dist.destroy_process_group()
+        sys.exit(130)
+
+bar.close()
+if metrics is not None:
+    metrics.close()
+if ddp:
+    dist.destroy_process_group()
