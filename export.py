@@ -1,6 +1,6 @@
 """Move models out of and into PyTorch: flat .bin files for run.c, and Hugging Face Llama directories.
 
-.bin versions (every one is read and written; /work/notes/README-export.md has the table):
+.bin versions (every one is read and written; README.md has the table):
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
   v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
   v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)

@@ -1,0 +1,1656 @@
+/*
+run.c: inference for storyllama and llama2.c Llama models in one dependency-free C file.
+
+    make run && ./run model.bin [options]            (./run with no arguments lists the options)
+
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0; the README has the byte
+layouts), memory-maps the weights, and generates with llama2.c's sampler: the same seed,
+temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
+optional (make runomp). Vector code (AVX-512 F/BW/VL, VNNI, BF16) is chosen at compile time and
+every kernel has a plain C twin that the tests compare it against; -DPLAIN forces the plain twins.
+*/
+
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if !defined(PLAIN) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
+#if defined(__AVX512VNNI__)
+#define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
+#endif
+#if defined(__AVX512BF16__)
+#define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
+#endif
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#error "the .bin formats are little-endian: run.c reads them in place and needs a little-endian CPU"
+#endif
+
+// ----------------------------------------------------------------------------
+// errors: one line naming the file or flag, then a non-zero exit
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "run: error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(EXIT_FAILURE);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) { die("out of memory allocating %zu bytes", n); }
+    return p;
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) { die("out of memory allocating %zu x %zu bytes", n, size); }
+    return p;
+}
+
+// a*b and a+b that stick at UINT64_MAX instead of wrapping: sizes computed from a hostile header
+// then simply fail to match the file size
+static uint64_t mul_sat(uint64_t a, uint64_t b) { return (a && b > UINT64_MAX / a) ? UINT64_MAX : a * b; }
+static uint64_t add_sat(uint64_t a, uint64_t b) { return (b > UINT64_MAX - a) ? UINT64_MAX : a + b; }
+
+// unaligned little-endian header fields
+static int32_t rd_i32(const unsigned char *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static uint32_t rd_u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static float rd_f32(const unsigned char *p) { float v; memcpy(&v, p, 4); return v; }
+
+static double time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// the model: hyperparameters, weights (pointers into the memory map) and the mapping itself
+
+#define MAGIC 0x616b3432u   // "ak42" read as a little-endian u32
+#define HEADER_V1 256       // v1..v3 header bytes
+#define BOS 1               // sentencepiece ids shared by every llama2.c tokenizer
+#define EOS 2
+
+enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
+static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0"};
+
+typedef struct {
+    int version;      // 0..3, from the magic and version fields
+    int dim;          // transformer width
+    int hidden_dim;   // SwiGLU hidden width
+    int n_layers;
+    int n_heads;      // query heads
+    int n_kv_heads;   // key/value heads (n_heads / n_kv_heads query heads share one)
+    int vocab_size;
+    int seq_len;      // longest context the model was built for
+    int head_size;    // dim / n_heads
+    int kv_dim;       // n_kv_heads * head_size
+    int shared;       // 1: the classifier is the token embedding matrix
+    int wtype;        // W_F32, W_BF16 or W_Q8 for every matrix (norms are always fp32)
+    int group_size;   // q8_0: weights per scale; 0 otherwise
+    float rope_theta; // RoPE base
+    float norm_eps;   // RMSNorm epsilon
+} Config;
+
+typedef struct {
+    const void *w;   // (rows, cols) row-major: float, uint16_t (bf16) or int8_t (q8_0)
+    const float *s;  // q8_0: (rows * cols / group_size) scales, row-major groups; NULL otherwise
+} Mat;
+
+typedef struct {
+    const float *rms_att; // (dim)
+    const float *rms_ffn; // (dim)
+    Mat wq;               // (n_heads * head_size, dim)
+    Mat wk;               // (kv_dim, dim)
+    Mat wv;               // (kv_dim, dim)
+    Mat wo;               // (dim, n_heads * head_size)
+    Mat w1;               // (hidden_dim, dim)   gate
+    Mat w2;               // (dim, hidden_dim)   down
+    Mat w3;               // (hidden_dim, dim)   up
+} Layer;
+
+typedef struct {
+    Layer *layers;          // (n_layers)
+    const float *rms_final; // (dim)
+    Mat tok_embeddings;     // (vocab_size, dim)
+    Mat wcls;               // (vocab_size, dim): tok_embeddings itself when shared
+} Weights;
+
+typedef struct {
+    Config c;
+    Weights w;
+    const char *path;
+    unsigned char *data; // the memory map, file_size bytes
+    size_t file_size;
+    void **owned;        // realigned copies of fp32 arrays the file stores misaligned (v2 only)
+    int n_owned;
+} Transformer;
+
+// Walks the tensor layout of a file: with base == NULL it only adds up the size the header
+// implies; with the mapping it hands out pointers. v3 starts every array at a multiple of 64.
+typedef struct {
+    const unsigned char *base;
+    uint64_t off;
+    uint64_t align;
+    Transformer *t;
+} Cursor;
+
+static const void *take(Cursor *cur, uint64_t bytes) {
+    cur->off = mul_sat((add_sat(cur->off, cur->align - 1)) / cur->align, cur->align);
+    const void *p = cur->base ? cur->base + cur->off : NULL;
+    cur->off = add_sat(cur->off, bytes);
+    return p;
+}
+
+static const float *take_f32(Cursor *cur, uint64_t n) {
+    const float *p = take(cur, mul_sat(n, 4));
+    if (!p || (uintptr_t)p % sizeof(float) == 0) { return p; }
+    // a v2 file with tiny groups can leave scales off 4-byte alignment: copy those few arrays
+    Transformer *t = cur->t;
+    float *copy = xmalloc(n * sizeof(float));
+    memcpy(copy, p, n * sizeof(float));
+    t->owned = realloc(t->owned, (t->n_owned + 1) * sizeof(void *));
+    if (!t->owned) { die("out of memory"); }
+    t->owned[t->n_owned++] = copy;
+    return copy;
+}
+
+static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint64_t cols) {
+    uint64_t n = mul_sat(rows, cols);
+    Mat m = {NULL, NULL};
+    if (wtype == W_F32) { m.w = take_f32(cur, n); }
+    else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
+    else { m.w = take(cur, n); m.s = take_f32(cur, n / group_size); }
+    return m;
+}
+
+// every tensor in file order; also used with base == NULL to compute the expected file size
+static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
+    Config *c = &t->c;
+    Weights *w = &t->w;
+    int L = c->n_layers, wt = c->wtype, gs = c->group_size;
+    uint64_t dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, vocab = c->vocab_size;
+    Cursor cur = {base, c->version == 0 ? 28 : HEADER_V1, c->version == 3 ? 64 : 1, t};
+    Layer scratch;  // while measuring, every layer's pointers land here
+    #define LAYER(l) (base ? &w->layers[l] : &scratch)
+    if (c->version == 0) {
+        // Meta's order, all fp32, with the RoPE tables (recomputed here, so skipped) after the norm
+        w->tok_embeddings = take_mat(&cur, W_F32, 0, vocab, dim);
+        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, W_F32, 0, dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, W_F32, 0, kv_dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, W_F32, 0, kv_dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, W_F32, 0, dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, W_F32, 0, hidden, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, W_F32, 0, dim, hidden); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, W_F32, 0, hidden, dim); }
+        w->rms_final = take_f32(&cur, dim);
+        take(&cur, mul_sat(mul_sat(c->seq_len, c->head_size / 2), 8));  // freq_cis_real, freq_cis_imag
+    } else {
+        // "v1 order": the fp32 norms first, then the matrices in the file's weight type
+        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
+        w->rms_final = take_f32(&cur, dim);
+        w->tok_embeddings = take_mat(&cur, wt, gs, vocab, dim);
+        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, wt, gs, dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, wt, gs, kv_dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, wt, gs, kv_dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, wt, gs, dim, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, wt, gs, hidden, dim); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, wt, gs, dim, hidden); }
+        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, wt, gs, hidden, dim); }
+    }
+    #undef LAYER
+    w->wcls = c->shared ? w->tok_embeddings : take_mat(&cur, wt, gs, vocab, dim);
+    return cur.off;
+}
+
+// Parse and check the header (c->version and the shape fields); dies naming the file.
+static void read_header(Transformer *t) {
+    Config *c = &t->c;
+    const unsigned char *h = t->data;
+    size_t size = t->file_size;
+    const char *path = t->path;
+    if (size < 28) { die("%s: truncated: %zu bytes is too short for any .bin header", path, size); }
+    int32_t p[7];
+    uint32_t magic = rd_u32(h);
+    memset(c, 0, sizeof(*c));
+    c->wtype = W_F32;
+    c->rope_theta = 10000.0f;  // what llama2.c's readers assume for v0..v2
+    c->norm_eps = 1e-5f;
+    if (magic == MAGIC) {
+        if (size < HEADER_V1) { die("%s: truncated: %zu bytes, the header alone needs %d", path, size, HEADER_V1); }
+        c->version = rd_i32(h + 4);
+        if (c->version < 1 || c->version > 3) {
+            die("%s: unknown version %d (this run.c reads versions 0, 1, 2 and 3)", path, c->version);
+        }
+        for (int i = 0; i < 7; i++) { p[i] = rd_i32(h + 8 + 4 * i); }
+        if (h[36] > 1) { die("%s: shared_classifier byte is %d, expected 0 or 1", path, h[36]); }
+        c->shared = h[36];
+        if (c->version == 2) { c->wtype = W_Q8; c->group_size = rd_i32(h + 37); }
+        if (c->version == 3) {
+            c->group_size = rd_i32(h + 37);
+            c->wtype = h[41];
+            c->rope_theta = rd_f32(h + 42);
+            c->norm_eps = rd_f32(h + 46);
+            if (c->wtype > W_Q8) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0)", path, c->wtype); }
+            if (!(isfinite(c->rope_theta) && c->rope_theta > 0)) {
+                die("%s: rope_theta=%g out of range (expected a positive number)", path, c->rope_theta);
+            }
+            if (!(isfinite(c->norm_eps) && c->norm_eps > 0 && c->norm_eps < 1)) {
+                die("%s: norm_eps=%g out of range (expected 0 < norm_eps < 1)", path, c->norm_eps);
+            }
+            if (c->wtype != W_Q8 && c->group_size != 0) {
+                die("%s: group_size=%d but weight_type is %s (expected 0)", path, c->group_size, WTYPE_NAME[c->wtype]);
+            }
+        }
+    } else {
+        // v0 has no magic: only a header whose fields make a model is taken for one
+        for (int i = 0; i < 7; i++) { p[i] = rd_i32(h + 4 * i); }
+        c->version = 0;
+        c->shared = p[5] > 0;
+        p[5] = p[5] == INT32_MIN ? 0 : abs(p[5]);  // negative vocab_size: unshared classifier
+    }
+    c->dim = p[0]; c->hidden_dim = p[1]; c->n_layers = p[2]; c->n_heads = p[3];
+    c->n_kv_heads = p[4]; c->vocab_size = p[5]; c->seq_len = p[6];
+    static const char *names[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"};
+    const char *problem = NULL;
+    char buf[160];
+    for (int i = 0; i < 7 && !problem; i++) {
+        int v = i == 5 ? c->vocab_size : p[i];
+        if (v <= 0 || v >= (1 << 24)) {
+            snprintf(buf, sizeof(buf), "%s=%d out of range (expected 1 .. 2^24-1)", names[i], p[i]);
+            problem = buf;
+        }
+    }
+    if (!problem && (c->dim % c->n_heads || (c->dim / c->n_heads) % 2)) {
+        snprintf(buf, sizeof(buf), "dim=%d is not n_heads=%d times an even head size", c->dim, c->n_heads);
+        problem = buf;
+    }
+    if (!problem && c->n_heads % c->n_kv_heads) {
+        snprintf(buf, sizeof(buf), "n_kv_heads=%d does not divide n_heads=%d", c->n_kv_heads, c->n_heads);
+        problem = buf;
+    }
+    if (problem && c->version == 0) {
+        die("%s: bad magic 0x%08x: not a .bin model (expected magic 0x%08x, or a legacy v0 header; as v0: %s)",
+            path, magic, MAGIC, problem);
+    }
+    if (problem) { die("%s: header field %s", path, problem); }
+    if (c->wtype == W_Q8 && (c->group_size < 1 || c->dim % c->group_size || c->hidden_dim % c->group_size)) {
+        die("%s: group_size=%d must be positive and divide dim=%d and hidden_dim=%d", path, c->group_size,
+            c->dim, c->hidden_dim);
+    }
+    c->head_size = c->dim / c->n_heads;
+    c->kv_dim = c->n_kv_heads * c->head_size;
+}
+
+static void build_transformer(Transformer *t, const char *path) {
+    memset(t, 0, sizeof(*t));
+    t->path = path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { die("cannot open checkpoint %s: %s", path, strerror(errno)); }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file", path); }
+    t->file_size = (size_t)st.st_size;
+    if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
+    // MAP_PRIVATE + PROT_READ: the weights are read in place, paged in on demand and shared
+    // with the page cache, so a second run starts instantly
+    t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (t->data == MAP_FAILED) { die("cannot mmap %s: %s", path, strerror(errno)); }
+    read_header(t);
+    uint64_t expected = walk_layout(t, NULL);
+    if (t->file_size < expected) {
+        die("%s: truncated: %zu bytes, the v%d header implies %llu", path, t->file_size, t->c.version,
+            (unsigned long long)expected);
+    }
+    if (t->file_size != expected) {
+        die("%s: size %zu bytes does not match the %llu the v%d header implies", path, t->file_size,
+            (unsigned long long)expected, t->c.version);
+    }
+    t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
+    walk_layout(t, t->data);
+}
+
+static void free_transformer(Transformer *t) {
+    for (int i = 0; i < t->n_owned; i++) { free(t->owned[i]); }
+    free(t->owned);
+    free(t->w.layers);
+    munmap(t->data, t->file_size);
+}
+
+// ----------------------------------------------------------------------------
+// small vector helpers, written so that compilers vectorise them without -ffast-math
+// (16 independent partial sums instead of one serial sum)
+
+#define LANES 16
+
+static float dot_plain(const float *a, const float *b, int n) {
+    float acc[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { acc[k] += a[j + k] * b[j + k]; }
+    }
+    float sum = 0.0f;
+    for (; j < n; j++) { sum += a[j] * b[j]; }
+    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
+    return sum;
+}
+
+static float dot_f32(const float *a, const float *b, int n) {
+#ifdef HAVE_AVX512
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 64 <= n; j += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(b + j + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 48), _mm512_loadu_ps(b + j + 48), s3);
+    }
+    for (; j + 16 <= n; j += 16) { s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0); }
+    if (j < n) {  // masked loads never touch the lanes beyond n
+        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#else
+    return dot_plain(a, b, n);
+#endif
+}
+
+// exp for the attention softmax and SiLU: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, and a
+// degree-7 Taylor polynomial for exp(r) (error < 1 ulp). Unlike libm's expf this vectorises.
+static inline float exp_fast(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float kf = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // adding 1.5 * 2^23 rounds to an integer
+    float r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;   // ln 2 split into two parts
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    uint32_t bits = (uint32_t)((int32_t)kf + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+static void rmsnorm(float *o, const float *x, const float *weight, int n, float eps) {
+    float ss = dot_plain(x, x, n) / n + eps;
+    float inv = 1.0f / sqrtf(ss);
+    for (int j = 0; j < n; j++) { o[j] = weight[j] * (inv * x[j]); }
+}
+
+// softmax in place for the attention scores (exp_fast); the sampler keeps libm's expf
+static void softmax_fast(float *x, int n) {
+    float lane[LANES], mx = x[0], sum = 0.0f;
+    int j = 0;
+    for (int k = 0; k < LANES; k++) { lane[k] = x[0]; }
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { lane[k] = x[j + k] > lane[k] ? x[j + k] : lane[k]; }
+    }
+    for (; j < n; j++) { mx = x[j] > mx ? x[j] : mx; }
+    for (int k = 0; k < LANES; k++) { mx = lane[k] > mx ? lane[k] : mx; lane[k] = 0.0f; }
+    for (j = 0; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { x[j + k] = exp_fast(x[j + k] - mx); lane[k] += x[j + k]; }
+    }
+    for (; j < n; j++) { x[j] = exp_fast(x[j] - mx); sum += x[j]; }
+    for (int k = 0; k < LANES; k++) { sum += lane[k]; }
+    float inv = 1.0f / sum;
+    for (j = 0; j < n; j++) { x[j] *= inv; }
+}
+
+// ----------------------------------------------------------------------------
+// matmul inputs: the activation vector x in the form the weight type's kernel wants
+
+typedef struct {
+    const float *f;   // (n) x itself
+    int8_t *q;        // q8_0: (n) x quantised in groups of group_size
+    float *s;         // q8_0: (n / group_size) the groups' scales, max|x|/127
+    int32_t *corr;    // q8_0 VNNI: -128 * sums of q over each dot-product lane, 8 lanes per group
+                      //   (group_size >= 32) or per 32-byte chunk (group_size 4, 8, 16); see dot_q8
+    uint16_t *hi;     // bf16 with AVX-512 BF16: (n) bf16(x)
+    uint16_t *lo;     //   (n) bf16(x - hi): hi + lo carries 16 significant bits of x
+} Input;
+
+static void build_input(Input *in, int n_max, const Config *c) {
+    memset(in, 0, sizeof(*in));
+    if (c->wtype == W_Q8) {
+        in->q = xmalloc(n_max);
+        in->s = xmalloc((n_max / c->group_size + 1) * sizeof(float));
+        in->corr = xmalloc((n_max / 4 + 8) * sizeof(int32_t));
+    }
+    if (c->wtype == W_BF16) {
+        in->hi = xmalloc(n_max * sizeof(uint16_t));
+        in->lo = xmalloc(n_max * sizeof(uint16_t));
+    }
+}
+
+static void free_input(Input *in) { free(in->q); free(in->s); free(in->corr); free(in->hi); free(in->lo); }
+
+#ifdef HAVE_BF16
+static uint16_t bf16_round(float f) {  // round to nearest even; activations are finite
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+#endif
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void prepare_input(Input *in, const float *x, int n, const Config *c) {
+    in->f = x;
+    if (c->wtype == W_Q8) {
+        int gs = c->group_size;
+        for (int g = 0; g < n / gs; g++) {
+            const float *xg = x + g * gs;
+            float amax[LANES] = {0};
+            int j = 0;
+            for (; j + LANES <= gs; j += LANES) {
+                for (int k = 0; k < LANES; k++) { float a = fabsf(xg[j + k]); amax[k] = a > amax[k] ? a : amax[k]; }
+            }
+            float m = 0.0f;
+            for (; j < gs; j++) { float a = fabsf(xg[j]); m = a > m ? a : m; }
+            for (int k = 0; k < LANES; k++) { m = amax[k] > m ? amax[k] : m; }
+            float scale = m / 127.0f;
+            float inv = scale > 0 ? 1.0f / scale : 0.0f;
+            in->s[g] = scale;
+            int8_t *qg = in->q + g * gs;
+            for (j = 0; j < gs; j++) {
+                float v = xg[j] * inv;  // in [-127, 127]: round half away from zero
+                qg[j] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+            }
+        }
+#ifdef HAVE_VNNI
+        // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3
+        int span = gs > 32 ? gs : 32, nc = (n + span - 1) / span;
+        memset(in->corr, 0, (size_t)nc * 8 * sizeof(int32_t));
+        for (int j = 0; j < n; j++) { in->corr[(j / span) * 8 + (j % 32) / 4] += in->q[j]; }
+        for (int k = 0; k < nc * 8; k++) { in->corr[k] *= -128; }
+#endif
+    }
+#ifdef HAVE_BF16
+    if (c->wtype == W_BF16) {
+        for (int j = 0; j < n; j++) {
+            uint16_t hi = bf16_round(x[j]);
+            in->hi[j] = hi;
+            in->lo[j] = bf16_round(x[j] - bf16_to_f32(hi));
+        }
+    }
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// matmul kernels: W (rows, n) @ x (n) -> out (rows), one row or four rows at a time
+
+static float dot_bf16(const uint16_t *w, const Input *x, int n) {
+#ifdef HAVE_BF16
+    // vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo keeps the
+    // activations at 16 significant bits, so only the weights are rounded
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m512i wv = _mm512_loadu_si512(w + j);
+        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->hi + j));
+        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->lo + j));
+    }
+    if (j < n) {
+        __mmask32 m = (__mmask32)((1u << (n - j)) - 1);
+        __m512i wv = _mm512_maskz_loadu_epi16(m, w + j);
+        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j));
+        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#else
+    const float *xf = x->f;
+    float acc[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { acc[k] += bf16_to_f32(w[j + k]) * xf[j + k]; }
+    }
+    float sum = 0.0f;
+    for (; j < n; j++) { sum += bf16_to_f32(w[j]) * xf[j]; }
+    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
+    return sum;
+#endif
+}
+
+// q8_0: sum over groups of (int dot of the group) * w_scale * x_scale, like llama2.c's runq
+static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+    float sum = 0.0f;
+    for (int g = 0; g < n / gs; g++) {
+        const int8_t *wg = w + g * gs, *xg = x->q + g * gs;
+        int32_t isum = 0;
+        for (int j = 0; j < gs; j++) { isum += (int32_t)wg[j] * xg[j]; }
+        sum += (float)isum * ws[g] * x->s[g];
+    }
+    return sum;
+}
+
+static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+#ifdef HAVE_VNNI
+    if (gs % 32 == 0) {
+        // vpdpbusd multiplies unsigned by signed bytes. Flipping the top bit of a weight gives
+        // w + 128 as unsigned; the extra 128 * sum(x) per lane is precomputed in x->corr.
+        // 256-bit vectors: on this CPU they cost half a 512-bit one, and a group's scale then
+        // spans one vector for gs = 32 as well as 64.
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        __m256 acc = _mm256_setzero_ps();
+        for (int g = 0; g < n / gs; g++) {
+            __m256i isum = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8));
+            for (int j = g * gs; j < (g + 1) * gs; j += 32) {
+                __m256i wu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j)), flip);
+                isum = _mm256_dpbusd_epi32(isum, wu, _mm256_loadu_si256((const __m256i *)(x->q + j)));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(ws[g] * x->s[g]), acc);
+        }
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        return _mm_cvtss_f32(h);
+    }
+    if (gs == 4 || gs == 8 || gs == 16) {
+        // small groups: a 32-byte chunk holds 32/gs groups of gs/4 lanes each, so each lane is
+        // scaled by its own group's scales, spread over the lanes by a permute; the last chunk
+        // is masked when n is not a multiple of 32 (stories260K's hidden_dim 172)
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
+        __m256 acc = _mm256_setzero_ps();
+        int per_chunk = 32 / gs, ng = n / gs;
+        for (int j = 0, g = 0; j < n; j += 32, g += per_chunk) {
+            __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
+            __mmask8 mg = ng - g >= 8 ? 0xFF : (__mmask8)((1u << (ng - g)) - 1);
+            __m256i wu = _mm256_xor_si256(_mm256_maskz_loadu_epi8(m, w + j), flip);  // masked bytes: 128 * 0
+            __m256i isum = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(x->corr + (j / 32) * 8)), wu,
+                                               _mm256_maskz_loadu_epi8(m, x->q + j));
+            __m256 sc = _mm256_mul_ps(_mm256_maskz_loadu_ps(mg, ws + g), _mm256_maskz_loadu_ps(mg, x->s + g));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutexvar_ps(spread, sc), acc);
+        }
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        return _mm_cvtss_f32(h);
+    }
+#endif
+    return dot_q8_plain(w, ws, x, n, gs);
+}
+
+#ifdef HAVE_AVX512
+// Four rows at a time: each load of x serves four rows and the four sums are reduced together. The
+// four rows come from the four quarters of the rows being computed (r, r+q, r+2q, r+3q), so that
+// each is read as its own sequential stream: interleaving adjacent rows instead halves the DRAM
+// bandwidth of this CPU's prefetchers (measured: 11 against 21 GB/s on one core).
+
+static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
+// out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
+static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    __m128 sum = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+    float o[4];
+    _mm_storeu_ps(o, sum);
+    out[0] = o[0], out[q] = o[1], out[2 * q] = o[2], out[3 * q] = o[3];
+}
+
+// rows w, w + ws, w + 2 ws, w + 3 ws (each n long) times x into out[0], out[q], out[2q], out[3q]
+static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
+    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, s0);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, s1);
+        s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, s2);
+        s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
+    }
+    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#endif
+
+#ifdef HAVE_BF16
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 32) {
+        __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
+        __m512bh hi = (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j);
+        __m512bh lo = (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j);
+        __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + j), v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, w1 + j);
+        __m512bh v2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + j), v3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + j);
+        s0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s0, v0, hi), v0, lo);
+        s1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s1, v1, hi), v1, lo);
+        s2 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s2, v2, hi), v2, lo);
+        s3 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s3, v3, hi), v3, lo);
+    }
+    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#endif
+
+#ifdef HAVE_VNNI
+static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    // as dot_q8, four rows sharing each load of x, its correction and its scale
+    int ng = n / gs;
+    const int8_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    const float *ws0 = ws, *ws1 = ws + q * ng, *ws2 = ws + 2 * q * ng, *ws3 = ws + 3 * q * ng;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i i0 = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)), i1 = i0, i2 = i0, i3 = i0;
+        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
+            i0 = _mm256_dpbusd_epi32(i0, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w0 + j)), flip), xq);
+            i1 = _mm256_dpbusd_epi32(i1, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w1 + j)), flip), xq);
+            i2 = _mm256_dpbusd_epi32(i2, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w2 + j)), flip), xq);
+            i3 = _mm256_dpbusd_epi32(i3, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w3 + j)), flip), xq);
+        }
+        float xs = x->s[g];
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_set1_ps(ws0[g] * xs), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(ws1[g] * xs), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_set1_ps(ws2[g] * xs), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), _mm256_set1_ps(ws3[g] * xs), a3);
+    }
+    store_sum4(out, q, a0, a1, a2, a3);
+}
+#endif
+
+// rows [r0, r1) of W @ x
+static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
+    int r = r0, q = (r1 - r0) / 4;  // vector kernels: rows r, r+q, r+2q, r+3q for r in the first quarter
+    (void)q;
+    if (c->wtype == W_F32) {
+        const float *w = m.w;
+#ifdef HAVE_AVX512
+        for (; r < r0 + q; r++) { matmul4_f32(out + r, q, w + (size_t)r * n, (size_t)q * n, x->f, n); }
+        r = r0 + 4 * q;
+#endif
+        for (; r < r1; r++) { out[r] = dot_f32(w + (size_t)r * n, x->f, n); }
+    } else if (c->wtype == W_BF16) {
+        const uint16_t *w = m.w;
+#ifdef HAVE_BF16
+        for (; r < r0 + q; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, q); }
+        r = r0 + 4 * q;
+#endif
+        for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
+    } else {
+        const int8_t *w = m.w;
+        int gs = c->group_size;
+#ifdef HAVE_VNNI
+        if (gs % 32 == 0) {
+            for (; r < r0 + q; r++) { matmul4_q8(out + r, w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs, q); }
+            r = r0 + 4 * q;
+        }
+#endif
+        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs); }
+    }
+}
+
+// The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
+// (which keeps RoPE pairs inside one thread's part).
+static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
+    *lo = (int)((long)rows * tid / nt) & ~3;
+    *hi = tid == nt - 1 ? rows : (int)((long)rows * (tid + 1) / nt) & ~3;
+}
+
+// ----------------------------------------------------------------------------
+// the forward pass, one token at a time with a KV cache
+//
+// With threads, the whole forward pass is one parallel region. Every thread keeps private copies of
+// the small vectors (the residual stream, the normed input, the matmul input) and computes them
+// redundantly, which is cheaper than handing them over; each matmul's rows and the attention heads
+// are split between the threads, and the threads meet at one barrier after each of them.
+
+typedef struct {
+    float *x;  // (dim) residual stream
+    float *xb; // (dim) normed input of a branch
+    Input in;  // the current matmul input in the weight type's form
+} ThreadState;
+
+typedef struct {
+    ThreadState *ts;    // (n_threads) private state of each thread
+    int n_threads;
+    float *q;           // (dim) query
+    float *k;           // (kv_dim) key of this position
+    float *v;           // (kv_dim) value of this position
+    float *att_out;     // (dim) attention output, heads side by side
+    float *xb2;         // (dim) branch output (wo or w2), added to the residual stream
+    float *hb;          // (hidden_dim) w1 x, then silu(w1 x) * w3 x
+    float *hb2;         // (hidden_dim) w3 x
+    float *att;         // (n_heads, cache_len) attention scores
+    float *logits;      // (vocab_size)
+    // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
+    // 16 positions, (head_size, 16) floats, component-major. Attention then runs along positions,
+    // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
+    float *key_cache;   // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    float *value_cache; // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    float *rope_cos;    // (max_pos, head_size / 2)
+    float *rope_sin;    // (max_pos, head_size / 2)
+    int max_pos;        // positions this run can reach
+    int cache_len;      // max_pos rounded up to a multiple of 16
+    int parallel;       // 1: big enough for threads (see build_run_state)
+} RunState;
+
+// Below this many multiply-adds per barrier a model runs on one thread: a barrier costs around
+// a microsecond, more than stories260K's matmuls take (its biggest is 512 x 64).
+#define PAR_MIN_WORK 65536
+
+static void build_run_state(RunState *s, const Config *c, int max_pos) {
+    s->max_pos = max_pos;
+    s->cache_len = (max_pos + 15) / 16 * 16;
+    size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
+    if (cache > ((size_t)1 << 40)) { die("KV cache for %d positions is too large: lower -n", max_pos); }
+    s->n_threads = 1;
+#ifdef _OPENMP
+    s->n_threads = omp_get_max_threads();
+#endif
+    double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
+                + (double)c->vocab_size * c->dim;
+    s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
+    s->ts = xcalloc(s->n_threads, sizeof(ThreadState));
+    int n_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
+    for (int i = 0; i < s->n_threads; i++) {
+        s->ts[i].x = xcalloc(c->dim, sizeof(float));
+        s->ts[i].xb = xcalloc(c->dim, sizeof(float));
+        build_input(&s->ts[i].in, n_max, c);
+    }
+    s->q = xcalloc(c->dim, sizeof(float));
+    s->k = xcalloc(c->kv_dim, sizeof(float));
+    s->v = xcalloc(c->kv_dim, sizeof(float));
+    s->att_out = xcalloc(c->dim, sizeof(float));
+    s->xb2 = xcalloc(c->dim, sizeof(float));
+    s->hb = xcalloc(c->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
+    s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
+    s->logits = xcalloc(c->vocab_size, sizeof(float));
+    s->key_cache = xcalloc(cache, sizeof(float));
+    s->value_cache = xcalloc(cache, sizeof(float));
+    // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
+    int half = c->head_size / 2;
+    s->rope_cos = xmalloc((size_t)max_pos * half * sizeof(float));
+    s->rope_sin = xmalloc((size_t)max_pos * half * sizeof(float));
+    for (int i = 0; i < half; i++) {
+        float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_size);
+        for (int pos = 0; pos < max_pos; pos++) {
+            float angle = (float)pos * freq;
+            s->rope_cos[(size_t)pos * half + i] = (float)cos((double)angle);
+            s->rope_sin[(size_t)pos * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+static void free_run_state(RunState *s) {
+    for (int i = 0; i < s->n_threads; i++) { free(s->ts[i].x); free(s->ts[i].xb); free_input(&s->ts[i].in); }
+    free(s->ts); free(s->q); free(s->k); free(s->v); free(s->att_out); free(s->xb2); free(s->hb); free(s->hb2);
+    free(s->att); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->rope_cos); free(s->rope_sin);
+}
+
+static void embed(float *x, const Transformer *t, int token) {
+    const Config *c = &t->c;
+    Mat e = t->w.tok_embeddings;
+    size_t off = (size_t)token * c->dim;
+    if (c->wtype == W_F32) {
+        memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
+    } else if (c->wtype == W_BF16) {
+        for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
+    } else {
+        const int8_t *q = e.w;
+        for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
+    }
+}
+
+// rows [lo, hi) of W @ x for this thread; returns lo and hi for the caller's follow-up work
+static void matmul_part(float *out, Mat m, const Input *x, int n, int rows, int tid, int nt, const Config *c,
+                        int *lo, int *hi) {
+    thread_rows(rows, tid, nt, lo, hi);
+    matmul_rows(out, m, x, n, *lo, *hi, c);
+}
+
+static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int head_size) {
+    // interleaved pairs (v[2i], v[2i+1]) of every head rotated by the angle of pair i; lo is even
+    for (int j = lo; j < hi; j += 2) {
+        int i = (j % head_size) / 2;
+        float v0 = v[j], v1 = v[j + 1];
+        v[j] = v0 * cs[i] - v1 * sn[i];
+        v[j + 1] = v0 * sn[i] + v1 * cs[i];
+    }
+}
+
+// the (cache_len / 16, head_size, 16) tiles of layer l, kv head kvh
+static float *cache_tiles(float *cache, const RunState *s, const Config *c, int l, int kvh) {
+    return cache + ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
+}
+
+static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
+    int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
+    const float *q = s->q + h * hs;
+    const float *kt = cache_tiles(s->key_cache, s, c, l, kvh), *vt = cache_tiles(s->value_cache, s, c, l, kvh);
+    size_t tile = (size_t)hs * 16;
+    float *att = s->att + (size_t)h * s->cache_len;
+    float scale = 1.0f / sqrtf((float)hs);
+    // score[t] = q . k_t, 16 positions at a time: a sum over i of q[i] times the tile's row i. The
+    // last tile may run past pos into zeros; those scores are dropped below.
+#ifdef HAVE_AVX512
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {  // four tiles at a time against the fma latency
+        const float *k0 = kt + b * tile;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (int i = 0; i < hs; i++) {
+            __m512 qi = _mm512_set1_ps(q[i]);
+            a0 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + i * 16), a0);
+            a1 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + tile + i * 16), a1);
+            a2 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + 2 * tile + i * 16), a2);
+            a3 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + 3 * tile + i * 16), a3);
+        }
+        __m512 sc = _mm512_set1_ps(scale);
+        _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, sc));
+        _mm512_storeu_ps(att + b * 16 + 16, _mm512_mul_ps(a1, sc));
+        _mm512_storeu_ps(att + b * 16 + 32, _mm512_mul_ps(a2, sc));
+        _mm512_storeu_ps(att + b * 16 + 48, _mm512_mul_ps(a3, sc));
+    }
+    for (; b < nb; b++) {
+        __m512 a0 = _mm512_setzero_ps();
+        for (int i = 0; i < hs; i++) { a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_loadu_ps(kt + b * tile + i * 16), a0); }
+        _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, _mm512_set1_ps(scale)));
+    }
+#else
+    for (int t = 0; t < nb * 16; t++) { att[t] = 0.0f; }
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < hs; i++) {
+            const float *kr = kt + b * tile + i * 16;
+            float *ab = att + b * 16, qi = q[i];
+            for (int k = 0; k < 16; k++) { ab[k] += qi * kr[k]; }
+        }
+    }
+    for (int t = 0; t < n; t++) { att[t] *= scale; }
+#endif
+    softmax_fast(att, n);
+    for (int t = n; t < nb * 16; t++) { att[t] = 0.0f; }  // so whole tiles can be summed below
+    // out[i] = sum over t of att[t] * v_t[i]: per tile, row i of the tile dotted with att
+    float *out = s->att_out + h * hs;
+    int i = 0;
+#ifdef HAVE_AVX512
+    for (; i + 4 <= hs; i += 4) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const float *v = vt + b * tile + i * 16;
+            __m512 av = _mm512_loadu_ps(att + b * 16);
+            a0 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v), a0);
+            a1 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 16), a1);
+            a2 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 32), a2);
+            a3 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 48), a3);
+        }
+        store_sum4(out + i, 1, lo_plus_hi(a0), lo_plus_hi(a1), lo_plus_hi(a2), lo_plus_hi(a3));
+    }
+#endif
+    for (; i < hs; i++) {
+        float lane[16] = {0};
+        for (int b = 0; b < nb; b++) {
+            const float *v = vt + b * tile + i * 16, *ab = att + b * 16;
+            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * v[k]; }
+        }
+        float sum = 0.0f;
+        for (int k = 0; k < 16; k++) { sum += lane[k]; }
+        out[i] = sum;
+    }
+}
+
+static void barrier(void) {
+#ifdef _OPENMP
+    #pragma omp barrier
+#endif
+}
+
+static void forward_thread(const Transformer *t, RunState *s, int token, int pos, int tid, int nt) {
+    const Config *c = &t->c;
+    const Weights *w = &t->w;
+    ThreadState *me = &s->ts[tid];
+    int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
+    const float *cs = s->rope_cos + (size_t)pos * (hs / 2), *sn = s->rope_sin + (size_t)pos * (hs / 2);
+    float *x = me->x;
+    embed(x, t, token);
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *ly = &w->layers[l];
+        // attention: q, k, v with RoPE; k and v into the caches
+        rmsnorm(me->xb, x, ly->rms_att, dim, c->norm_eps);
+        prepare_input(&me->in, me->xb, dim, c);
+        matmul_part(s->q, ly->wq, &me->in, dim, dim, tid, nt, c, &lo, &hi);
+        rope(s->q, lo, hi, cs, sn, hs);
+        matmul_part(s->k, ly->wk, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
+        rope(s->k, lo, hi, cs, sn, hs);
+        // k and v of this position into component i of the tile holding pos, for this thread's rows
+        size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
+        for (int i = lo; i < hi; i++) { cache_tiles(s->key_cache, s, c, l, i / hs)[in_tile + (i % hs) * 16] = s->k[i]; }
+        matmul_part(s->v, ly->wv, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
+        for (int i = lo; i < hi; i++) { cache_tiles(s->value_cache, s, c, l, i / hs)[in_tile + (i % hs) * 16] = s->v[i]; }
+        barrier();
+        for (int h = tid; h < c->n_heads; h += nt) { attention_head(s, c, l, h, pos); }
+        barrier();
+        prepare_input(&me->in, s->att_out, dim, c);
+        matmul_part(s->xb2, ly->wo, &me->in, dim, dim, tid, nt, c, &lo, &hi);
+        barrier();
+        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+        // SwiGLU feed-forward: w2(silu(w1 x) * w3 x)
+        rmsnorm(me->xb, x, ly->rms_ffn, dim, c->norm_eps);
+        prepare_input(&me->in, me->xb, dim, c);
+        matmul_part(s->hb, ly->w1, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
+        matmul_part(s->hb2, ly->w3, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
+        for (int i = lo; i < hi; i++) { s->hb[i] = s->hb[i] / (1.0f + exp_fast(-s->hb[i])) * s->hb2[i]; }
+        barrier();
+        prepare_input(&me->in, s->hb, hidden, c);
+        matmul_part(s->xb2, ly->w2, &me->in, hidden, dim, tid, nt, c, &lo, &hi);
+        barrier();
+        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+    }
+    rmsnorm(me->xb, x, w->rms_final, dim, c->norm_eps);
+    prepare_input(&me->in, me->xb, dim, c);
+    matmul_part(s->logits, w->wcls, &me->in, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+}
+
+static float *forward(const Transformer *t, RunState *s, int token, int pos) {
+#ifdef _OPENMP
+    if (s->parallel) {
+        #pragma omp parallel
+        forward_thread(t, s, token, pos, omp_get_thread_num(), omp_get_num_threads());
+        return s->logits;
+    }
+#endif
+    forward_thread(t, s, token, pos, 0, 1);  // its barriers are no-ops outside a parallel region
+    return s->logits;
+}
+
+// ----------------------------------------------------------------------------
+// the tokenizer: llama2.c's tokenizer .bin, and a sentencepiece-exact BPE encoder
+
+typedef struct {
+    int vocab_size;
+    char **vocab;        // (vocab_size) pieces, NUL-terminated ("▁" already turned into ' ')
+    int *len;            // (vocab_size) piece lengths in bytes
+    float *scores;       // (vocab_size) merge priority: higher merges first
+    int byte_id[256];    // id of the <0xHH> piece of each byte, -1 if the vocab has none
+    short *byte_val;     // (vocab_size) the byte a <0xHH> piece stands for, -1 for other pieces
+    int *table;          // hash table (table_size slots) of mergeable piece ids, -1 = empty
+    int table_size;      // a power of two, at least twice vocab_size
+    int max_len;         // longest mergeable piece in bytes
+    int collapse_spaces; // sentencepiece's remove_extra_whitespaces (see build_tokenizer)
+    char *data;          // the file's bytes: pieces point into it
+} Tokenizer;
+
+static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < n; i++) { h = (h ^ (unsigned char)s[i]) * 16777619u; }
+    return h;
+}
+
+static int lookup(const Tokenizer *tk, const char *s, int n) {
+    if (n > tk->max_len) { return -1; }
+    uint32_t mask = tk->table_size - 1;
+    for (uint32_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
+        int id = tk->table[i];
+        if (id < 0) { return -1; }
+        if (tk->len[id] == n && memcmp(tk->vocab[id], s, n) == 0) { return id; }
+    }
+}
+
+static int parse_byte_piece(const char *p, int n) {  // "<0xHH>" -> HH, else -1
+    if (n != 6 || p[0] != '<' || p[1] != '0' || p[2] != 'x' || p[5] != '>') { return -1; }
+    int v = 0;
+    for (int i = 3; i < 5; i++) {
+        char ch = p[i];
+        int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+        if (d < 0) { return -1; }
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
+    memset(tk, 0, sizeof(*tk));
+    FILE *f = fopen(path, "rb");
+    if (!f) { die("cannot open tokenizer %s: %s", path, strerror(errno)); }
+    if (fseek(f, 0, SEEK_END) != 0) { die("%s: cannot seek", path); }
+    long size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { die("%s: cannot read", path); }
+    tk->data = xmalloc((size_t)size + 1);
+    if (fread(tk->data, 1, (size_t)size, f) != (size_t)size) { die("%s: read failed", path); }
+    fclose(f);
+    if (size < 4 || rd_i32((unsigned char *)tk->data) < 0) {
+        die("%s: not a tokenizer .bin (expected i32 max_token_length, then score/length/bytes per token)", path);
+    }
+    tk->vocab_size = vocab_size;
+    tk->vocab = xmalloc(vocab_size * sizeof(char *));
+    tk->len = xmalloc(vocab_size * sizeof(int));
+    tk->scores = xmalloc(vocab_size * sizeof(float));
+    tk->byte_val = xmalloc(vocab_size * sizeof(short));
+    // the pieces are copied out NUL-terminated right behind each other; they never grow
+    char *pieces = xmalloc((size_t)size + vocab_size);
+    size_t off = 4, pout = 0;
+    for (int i = 0; i < vocab_size; i++) {
+        if (off + 8 > (size_t)size) {
+            die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, i, vocab_size);
+        }
+        tk->scores[i] = rd_f32((unsigned char *)tk->data + off);
+        int32_t n = rd_i32((unsigned char *)tk->data + off + 4);
+        off += 8;
+        if (n < 0 || (size_t)n > (size_t)size - off) { die("%s: token %d has length %d, past the end of the file", path, i, n); }
+        tk->vocab[i] = pieces + pout;
+        tk->len[i] = n;
+        memcpy(pieces + pout, tk->data + off, n);
+        pieces[pout + n] = '\0';
+        pout += n + 1;
+        off += n;
+    }
+    if (off != (size_t)size) {
+        die("%s holds more than the model's %d tokens: use the model's own tokenizer (-z)", path, vocab_size);
+    }
+    free(tk->data);
+    tk->data = pieces;
+    // Mergeable pieces are the normal ones: not <unk>/<s>/</s> (ids 0..2), not <0xHH> bytes.
+    for (int b = 0; b < 256; b++) { tk->byte_id[b] = -1; }
+    tk->table_size = 1;
+    while (tk->table_size < 2 * vocab_size) { tk->table_size *= 2; }
+    tk->table = xmalloc(tk->table_size * sizeof(int));
+    for (int i = 0; i < tk->table_size; i++) { tk->table[i] = -1; }
+    int multi_space = 0;
+    for (int id = 0; id < vocab_size; id++) {
+        int b = parse_byte_piece(tk->vocab[id], tk->len[id]);
+        tk->byte_val[id] = (short)b;
+        if (b >= 0) { if (tk->byte_id[b] < 0) { tk->byte_id[b] = id; } continue; }
+        if (id <= EOS || tk->len[id] == 0) { continue; }
+        tk->max_len = tk->len[id] > tk->max_len ? tk->len[id] : tk->max_len;
+        uint32_t mask = tk->table_size - 1, i = hash_bytes(tk->vocab[id], tk->len[id]) & mask;
+        int dup = 0;
+        for (; tk->table[i] >= 0; i = (i + 1) & mask) {
+            int o = tk->table[i];
+            if (tk->len[o] == tk->len[id] && memcmp(tk->vocab[o], tk->vocab[id], tk->len[id]) == 0) { dup = 1; break; }
+        }
+        if (!dup) { tk->table[i] = id; }  // the first of duplicate pieces wins
+        int spaces = 0;
+        while (spaces < tk->len[id] && tk->vocab[id][spaces] == ' ') { spaces++; }
+        multi_space |= spaces >= 2 && spaces == tk->len[id];
+    }
+    // The .bin does not carry sentencepiece's remove_extra_whitespaces flag. A vocabulary trained
+    // with it on cannot contain a piece of two or more spaces, one trained with it off (Llama 2)
+    // nearly always does: so collapse whitespace exactly when there is no such piece.
+    tk->collapse_spaces = !multi_space;
+}
+
+static void free_tokenizer(Tokenizer *tk) {
+    free(tk->vocab); free(tk->len); free(tk->scores); free(tk->byte_val); free(tk->table); free(tk->data);
+}
+
+// sentencepiece's identity normalisation: "▁" (U+2581) and ' ' are the same symbol; with
+// collapse_spaces, leading spaces are dropped, runs of spaces become one and trailing ones go;
+// a dummy space is prefixed to any non-empty text. out needs strlen(text) + 2 bytes.
+static int normalize(const Tokenizer *tk, const char *text, char *out) {
+    int n = 0;
+    const unsigned char *p = (const unsigned char *)text;
+    if (tk->collapse_spaces) { while (*p == ' ') { p++; } }
+    if (*p == '\0') { return 0; }
+    out[n++] = ' ';
+    int prev_space = tk->collapse_spaces;  // the dummy prefix counts as a space
+    for (; *p; p++) {
+        if (*p == ' ') {
+            if (!prev_space) { out[n++] = ' '; }
+            prev_space = tk->collapse_spaces;
+        } else if (p[0] == 0xE2 && p[1] == 0x96 && p[2] == 0x81) {
+            out[n++] = ' ';  // a literal "▁" is a space to the pieces, but not to the collapsing
+            prev_space = 0;
+            p += 2;
+        } else {
+            out[n++] = (char)*p;
+            prev_space = 0;
+        }
+    }
+    if (tk->collapse_spaces) { while (n > 0 && out[n - 1] == ' ') { n--; } }
+    return n;
+}
+
+static int utf8_len(const unsigned char *s, int n) {
+    // length of the well-formed UTF-8 character at s, or 1 for a stray byte
+    int len = s[0] < 0x80 ? 1 : (s[0] >> 5) == 0x6 ? 2 : (s[0] >> 4) == 0xE ? 3 : (s[0] >> 3) == 0x1E ? 4 : 1;
+    if (len > n) { return 1; }
+    for (int i = 1; i < len; i++) { if ((s[i] & 0xC0) != 0x80) { return 1; } }
+    return len;
+}
+
+typedef struct { int start, len, prev, next; } Symbol;    // a span of the normalised text
+typedef struct { float score; int left, right, len, id; } Merge;  // a candidate pair of symbols
+
+static int merge_before(const Merge *a, const Merge *b) {  // sentencepiece's order: score, then leftmost
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+static void heap_push(Merge *heap, int *n, Merge m) {
+    int i = (*n)++;
+    while (i > 0 && merge_before(&m, &heap[(i - 1) / 2])) { heap[i] = heap[(i - 1) / 2]; i = (i - 1) / 2; }
+    heap[i] = m;
+}
+
+static Merge heap_pop(Merge *heap, int *n) {
+    Merge top = heap[0], last = heap[--(*n)];
+    int i = 0;
+    for (;;) {
+        int child = 2 * i + 1;
+        if (child >= *n) { break; }
+        if (child + 1 < *n && merge_before(&heap[child + 1], &heap[child])) { child++; }
+        if (!merge_before(&heap[child], &last)) { break; }
+        heap[i] = heap[child];
+        i = child;
+    }
+    if (*n > 0) { heap[i] = last; }
+    return top;
+}
+
+static void push_pair(const Tokenizer *tk, const char *norm, const Symbol *sym, int l, Merge *heap, int *nh) {
+    if (l < 0 || sym[l].next < 0) { return; }
+    int r = sym[l].next, len = sym[l].len + sym[r].len;
+    int id = lookup(tk, norm + sym[l].start, len);
+    if (id >= 0) { Merge m = {tk->scores[id], l, r, len, id}; heap_push(heap, nh, m); }
+}
+
+// text -> token ids (BOS first if bos), as sentencepiece's BPE would: start from characters, then
+// repeatedly merge the adjacent pair whose union is the highest-scoring piece (leftmost on ties);
+// leftovers not in the vocab become their <0xHH> byte pieces. A heap of candidate pairs keeps it
+// O(n log n). Returns a malloc'd array of *n_out ids.
+static int *encode(const Tokenizer *tk, const char *text, int bos, int *n_out) {
+    size_t tlen = strlen(text);
+    if (tlen > (size_t)INT_MAX / 8) { die("prompt of %zu bytes is too long", tlen); }
+    char *norm = xmalloc(tlen + 2);
+    int n = normalize(tk, text, norm);
+    Symbol *sym = xmalloc((n + 1) * sizeof(Symbol));
+    int ns = 0;
+    for (int i = 0; i < n;) {
+        int len = utf8_len((const unsigned char *)norm + i, n - i);
+        sym[ns] = (Symbol){i, len, ns - 1, -1};
+        if (ns > 0) { sym[ns - 1].next = ns; }
+        ns++;
+        i += len;
+    }
+    Merge *heap = xmalloc((3 * (size_t)ns + 1) * sizeof(Merge));  // ns initial pairs + 2 per merge
+    int nh = 0;
+    for (int i = 0; i + 1 < ns; i++) { push_pair(tk, norm, sym, i, heap, &nh); }
+    while (nh > 0) {
+        Merge m = heap_pop(heap, &nh);
+        Symbol *a = &sym[m.left], *b = &sym[m.right];
+        // stale: one side was merged away since this pair was queued
+        if (a->len == 0 || b->len == 0 || a->next != m.right || a->len + b->len != m.len) { continue; }
+        a->len += b->len;
+        b->len = 0;
+        a->next = b->next;
+        if (b->next >= 0) { sym[b->next].prev = m.left; }
+        push_pair(tk, norm, sym, a->prev, heap, &nh);
+        push_pair(tk, norm, sym, m.left, heap, &nh);
+    }
+    int *ids = xmalloc(((size_t)n + 2) * sizeof(int));
+    int k = 0;
+    if (bos) { ids[k++] = BOS; }
+    for (int i = ns > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
+        int id = lookup(tk, norm + sym[i].start, sym[i].len);
+        if (id >= 0) { ids[k++] = id; continue; }
+        for (int j = 0; j < sym[i].len; j++) {  // byte fallback, <unk> (0) if the vocab has no byte pieces
+            int b = tk->byte_id[(unsigned char)norm[sym[i].start + j]];
+            ids[k++] = b >= 0 ? b : 0;
+        }
+    }
+    free(norm); free(sym); free(heap);
+    *n_out = k;
+    return ids;
+}
+
+// print the text of token `next` that follows token `prev`
+static void print_piece(const Tokenizer *tk, int prev, int next) {
+    const char *p = tk->vocab[next];
+    int b = tk->byte_val[next];
+    if (b >= 0) {
+        // raw byte pieces: UTF-8 bytes and printable ASCII pass, control codes are dropped
+        if (b >= 0x80 || isprint(b) || isspace(b)) { putchar(b); }
+        return;
+    }
+    if (prev == BOS && p[0] == ' ') { p++; }  // sentencepiece drops the dummy prefix of the first word
+    fputs(p, stdout);
+}
+
+// ----------------------------------------------------------------------------
+// the sampler: exactly llama2.c's procedure and random stream, plus an optional top-k
+
+typedef struct { float prob; int index; } ProbIndex;
+
+typedef struct {
+    int vocab_size;
+    ProbIndex *probindex;         // (vocab_size) scratch for top-p / top-k
+    float temperature;            // 0: greedy
+    float topp;                   // nucleus mass; <= 0 or >= 1: off
+    int topk;                     // keep the k most likely tokens; 0: off
+    unsigned long long rng_state; // xorshift64* state
+} Sampler;
+
+static void build_sampler(Sampler *sp, int vocab_size, float temperature, float topp, int topk,
+                          unsigned long long seed) {
+    sp->vocab_size = vocab_size;
+    sp->probindex = xmalloc(vocab_size * sizeof(ProbIndex));
+    sp->temperature = temperature;
+    sp->topp = topp;
+    sp->topk = topk;
+    sp->rng_state = seed;
+}
+
+static void free_sampler(Sampler *sp) { free(sp->probindex); }
+
+static uint32_t random_u32(unsigned long long *state) {  // xorshift64*, the top 32 bits
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *v, int n) {  // the first index of the maximum, in 16 lanes
+    float lane_max[LANES];
+    int lane_idx[LANES], j = 0, best = 0;
+    for (int k = 0; k < LANES; k++) { lane_max[k] = v[0]; lane_idx[k] = 0; }
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) {
+            int better = v[j + k] > lane_max[k];
+            lane_max[k] = better ? v[j + k] : lane_max[k];
+            lane_idx[k] = better ? j + k : lane_idx[k];
+        }
+    }
+    for (; j < n; j++) { if (v[j] > v[best]) { best = j; } }
+    for (int k = 0; k < LANES; k++) {
+        if (lane_max[k] > v[best] || (lane_max[k] == v[best] && lane_idx[k] < best)) { best = lane_idx[k]; }
+    }
+    return best;
+}
+
+static void softmax(float *x, int n) {  // libm's expf and a serial sum: llama2.c's numbers exactly
+    float mx = x[0];
+    for (int i = 1; i < n; i++) { if (x[i] > mx) { mx = x[i]; } }
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    for (int i = 0; i < n; i++) { x[i] /= sum; }
+}
+
+static int sample_mult(const float *probs, int n, float coin) {
+    float cdf = 0.0f;
+    for (int i = 0; i < n; i++) {
+        cdf += probs[i];
+        if (coin < cdf) { return i; }
+    }
+    return n - 1;  // rounding
+}
+
+// descending probability; equal ones by index, which is what llama2.c's stable glibc qsort gives
+static int cmp_prob(const void *a, const void *b) {
+    const ProbIndex *x = a, *y = b;
+    if (x->prob != y->prob) { return x->prob > y->prob ? -1 : 1; }
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+// nucleus sampling from the first n0 entries of pi, sorted descending, holding `mass` in all
+static int sample_nucleus(const ProbIndex *pi, int n0, float topp, float mass, float coin) {
+    float cum = 0.0f;
+    int last = n0 - 1;
+    for (int i = 0; i < n0; i++) {
+        cum += pi[i].prob;
+        if (topp > 0 && topp < 1 && cum > topp * mass) { last = i; break; }
+    }
+    float r = coin * cum, cdf = 0.0f;
+    for (int i = 0; i <= last; i++) {
+        cdf += pi[i].prob;
+        if (r < cdf) { return pi[i].index; }
+    }
+    return pi[last].index;
+}
+
+static int sample_topp(const float *probs, int n, float topp, ProbIndex *pi, float coin) {
+    // a token below (1 - topp) / (n - 1) can never be in the nucleus: sort only the others
+    const float cutoff = (1.0f - topp) / (n - 1);
+    int n0 = 0;
+    for (int i = 0; i < n; i++) {
+        if (probs[i] >= cutoff) { pi[n0].index = i; pi[n0].prob = probs[i]; n0++; }
+    }
+    qsort(pi, n0, sizeof(ProbIndex), cmp_prob);
+    return sample_nucleus(pi, n0, topp, 1.0f, coin);
+}
+
+static int sample_topk(const float *probs, int n, int k, float topp, ProbIndex *pi, float coin) {
+    // quickselect the k most likely to the front, sort them, then top-p within them
+    for (int i = 0; i < n; i++) { pi[i].index = i; pi[i].prob = probs[i]; }
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        ProbIndex pivot = pi[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (cmp_prob(&pi[i], &pivot) < 0) { i++; }
+            while (cmp_prob(&pi[j], &pivot) > 0) { j--; }
+            if (i <= j) { ProbIndex tmp = pi[i]; pi[i] = pi[j]; pi[j] = tmp; i++; j--; }
+        }
+        if (k - 1 <= j) { hi = j; } else if (k - 1 >= i) { lo = i; } else { break; }
+    }
+    qsort(pi, k, sizeof(ProbIndex), cmp_prob);
+    float mass = 0.0f;
+    for (int i = 0; i < k; i++) { mass += pi[i].prob; }
+    return sample_nucleus(pi, k, topp, mass, coin);
+}
+
+static int sample(Sampler *sp, float *logits) {
+    int n = sp->vocab_size;
+    if (sp->temperature == 0.0f) { return argmax(logits, n); }
+    for (int i = 0; i < n; i++) { logits[i] /= sp->temperature; }
+    softmax(logits, n);
+    float coin = random_f32(&sp->rng_state);  // one draw per sampled token, as in llama2.c
+    if (sp->topk > 0 && sp->topk < n) { return sample_topk(logits, n, sp->topk, sp->topp, sp->probindex, coin); }
+    if (sp->topp <= 0 || sp->topp >= 1) { return sample_mult(logits, n, coin); }
+    return sample_topp(logits, n, sp->topp, sp->probindex, coin);
+}
+
+// ----------------------------------------------------------------------------
+// the modes: generate, chat, and two for tests and tools (logits, tokenize)
+
+static void check_prompt_fits(int n_tokens, const Config *c) {
+    if (n_tokens > c->seq_len) {
+        die("prompt is %d tokens (with BOS), longer than the model's context of %d tokens: shorten -i", n_tokens,
+            c->seq_len);
+    }
+}
+
+static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *prompt, int steps) {
+    int n_prompt;
+    int *prompt_tokens = encode(tk, prompt ? prompt : "", 1, &n_prompt);
+    check_prompt_fits(n_prompt, &t->c);
+    int token = prompt_tokens[0], pos = 0;
+    double start = 0.0;
+    while (pos < steps) {
+        float *logits = forward(t, s, token, pos);
+        // the prompt is forced token by token; after it, the sampler picks
+        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample(sp, logits);
+        pos++;
+        if (next == BOS || next == EOS) { break; }  // the end of a story
+        print_piece(tk, token, next);
+        fflush(stdout);
+        token = next;
+        if (start == 0.0) { start = time_s(); }  // the first step is slower (page faults): not timed
+    }
+    printf("\n");
+    if (pos > 1 && start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - 1) / (time_s() - start)); }
+    free(prompt_tokens);
+}
+
+// one line from stdin without its newline, any length; NULL at end of input
+static char *read_line(const char *guide) {
+    printf("%s", guide);
+    fflush(stdout);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) { free(line); return NULL; }
+    if (n > 0 && line[n - 1] == '\n') { line[--n] = '\0'; }
+    return line;
+}
+
+static char *strdup_or_empty(const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    char *d = xmalloc(n + 1);
+    memcpy(d, s ? s : "", n);
+    d[n] = '\0';
+    return d;
+}
+
+// Llama 2 chat: [INST] <<SYS>> system <</SYS>> user [/INST], the assistant answers until EOS
+static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *cli_user,
+                 const char *cli_system, int steps) {
+    int *prompt_tokens = NULL, n_prompt = 0, user_idx = 0, user_turn = 1, next = 0, token, pos = 0;
+    while (pos < steps) {
+        if (user_turn) {
+            char *system = NULL, *user;
+            if (pos == 0) {
+                system = cli_system ? strdup_or_empty(cli_system) : read_line("Enter system prompt (optional): ");
+                if (!system) { break; }
+            }
+            user = (pos == 0 && cli_user) ? strdup_or_empty(cli_user) : read_line("User: ");
+            if (!user) { free(system); break; }
+            size_t need = strlen(user) + (system ? strlen(system) : 0) + 64;
+            char *rendered = xmalloc(need);
+            if (system && system[0]) {
+                snprintf(rendered, need, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", system, user);
+            } else {
+                snprintf(rendered, need, "[INST] %s [/INST]", user);
+            }
+            free(prompt_tokens);
+            prompt_tokens = encode(tk, rendered, 1, &n_prompt);
+            free(rendered); free(user); free(system);
+            if (pos + n_prompt > s->max_pos) {
+                die("conversation of %d tokens no longer fits the context of %d tokens (-n)", pos + n_prompt, s->max_pos);
+            }
+            user_idx = 0;
+            user_turn = 0;
+            printf("Assistant: ");
+        }
+        token = user_idx < n_prompt ? prompt_tokens[user_idx++] : next;
+        if (token == EOS) { user_turn = 1; }
+        float *logits = forward(t, s, token, pos);
+        next = sample(sp, logits);
+        pos++;
+        if (user_idx >= n_prompt && next != EOS) { print_piece(tk, token, next); fflush(stdout); }
+        if (next == EOS) { printf("\n"); }
+    }
+    printf("\n");
+    free(prompt_tokens);
+}
+
+// -m logits: every position's logits for the token ids in -i, as raw fp32 (n, vocab_size) in -o
+static void write_logits(const Transformer *t, RunState *s, const int *ids, int n, const char *path) {
+    size_t plen = strlen(path);
+    char *tmp = xmalloc(plen + 32);
+    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { die("cannot write %s: %s", tmp, strerror(errno)); }
+    for (int pos = 0; pos < n; pos++) {
+        float *logits = forward(t, s, ids[pos], pos);
+        if (fwrite(logits, sizeof(float), t->c.vocab_size, f) != (size_t)t->c.vocab_size) { die("write to %s failed", tmp); }
+    }
+    if (fclose(f) != 0 || rename(tmp, path) != 0) { die("cannot write %s: %s", path, strerror(errno)); }
+    free(tmp);
+}
+
+static int *parse_ids(const char *text, int vocab_size, int *n_out) {
+    size_t cap = strlen(text) / 2 + 1;
+    int *ids = xmalloc(cap * sizeof(int));
+    int n = 0;
+    const char *p = text;
+    for (;;) {
+        while (isspace((unsigned char)*p) || *p == ',') { p++; }
+        if (!*p) { break; }
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v >= vocab_size) {
+            die("-i: with -m logits, expected token ids in 0..%d separated by spaces, got '%.20s'", vocab_size - 1, p);
+        }
+        ids[n++] = (int)v;
+        p = end;
+    }
+    if (n == 0) { die("-i: with -m logits, give at least one token id"); }
+    *n_out = n;
+    return ids;
+}
+
+// ----------------------------------------------------------------------------
+// command line
+
+static void usage(void) {
+    fprintf(stderr,
+        "Usage:   run <checkpoint> [options]\n"
+        "Example: run model.bin -n 256 -i \"Once upon a time\"\n"
+        "Options:\n"
+        "  -t <float>  temperature in [0,inf), default 1.0 (0 = greedy)\n"
+        "  -p <float>  p value in top-p (nucleus) sampling in [0,1], default 0.9 (0 or 1 = off)\n"
+        "  -k <int>    top-k: sample among the k most likely tokens, default 0 (off); -p applies within them\n"
+        "  -s <int>    random seed, default time(NULL)\n"
+        "  -n <int>    number of steps to run for, default 256; 0 = the model's max_seq_len\n"
+        "  -i <string> input prompt (-m logits: token ids separated by spaces)\n"
+        "  -z <string> tokenizer .bin; default: tok<vocab_size>.bin, then tokenizer.bin,\n"
+        "              looked for next to the checkpoint, then in the current directory\n"
+        "  -m <string> mode: generate|chat (default generate); logits|tokenize for tests and tools:\n"
+        "              logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
+        "              tokenize prints the ids of -i (no BOS) on one line\n"
+        "  -y <string> (optional) system prompt in chat mode\n"
+        "  -o <string> output file for -m logits\n");
+}
+
+static float parse_float(const char *flag, const char *v, float lo, float hi, const char *expect) {
+    char *end;
+    errno = 0;
+    float f = strtof(v, &end);
+    if (end == v || *end || errno || !isfinite(f) || f < lo || f > hi) { die("%s expects %s, got '%s'", flag, expect, v); }
+    return f;
+}
+
+static long long parse_int(const char *flag, const char *v, long long lo, long long hi, const char *expect) {
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || *end || errno || n < lo || n > hi) { die("%s expects %s, got '%s'", flag, expect, v); }
+    return n;
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// tok<vocab>.bin then tokenizer.bin, beside the checkpoint, then in the current directory
+static char *find_tokenizer(const char *checkpoint, int vocab_size) {
+    const char *slash = strrchr(checkpoint, '/');
+    int dirlen = slash ? (int)(slash - checkpoint) + 1 : 0;
+    char names[2][32];
+    snprintf(names[0], sizeof(names[0]), "tok%d.bin", vocab_size);
+    snprintf(names[1], sizeof(names[1]), "tokenizer.bin");
+    for (int n = 0; n < 2; n++) {
+        for (int d = 0; d < 2; d++) {
+            int dl = d == 0 ? dirlen : 0;
+            char *path = xmalloc(dl + strlen(names[n]) + 1);
+            memcpy(path, checkpoint, dl);
+            strcpy(path + dl, names[n]);
+            if (file_exists(path)) { return path; }
+            free(path);
+        }
+    }
+    die("no tokenizer for %s: looked for %s and tokenizer.bin beside it and in the current directory; pass -z",
+        checkpoint, names[0]);
+    return NULL;
+}
+
+int main(int argc, char *argv[]) {
+    const char *checkpoint = NULL, *tokenizer_path = NULL, *prompt = NULL, *system_prompt = NULL;
+    const char *mode = "generate", *out_path = NULL;
+    float temperature = 1.0f, topp = 0.9f;
+    int steps = 256, topk = 0;
+    unsigned long long seed = 0;
+    if (argc < 2 || argv[1][0] == '-') {
+        usage();
+        return (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) ? 0 : 1;
+    }
+    checkpoint = argv[1];
+    for (int i = 2; i < argc; i += 2) {
+        const char *flag = argv[i];
+        if (flag[0] != '-' || strlen(flag) != 2) { die("expected an option like -t, got '%s' (run with no arguments for help)", flag); }
+        if (i + 1 >= argc) { die("option %s needs a value", flag); }
+        const char *v = argv[i + 1];
+        switch (flag[1]) {
+        case 't': temperature = parse_float("-t", v, 0.0f, INFINITY, "a temperature >= 0"); break;
+        case 'p': topp = parse_float("-p", v, 0.0f, 1.0f, "a top-p value in [0, 1]"); break;
+        case 'k': topk = (int)parse_int("-k", v, 0, INT_MAX, "a top-k count >= 0"); break;
+        case 's': seed = (unsigned long long)parse_int("-s", v, 0, LLONG_MAX, "a seed >= 0"); break;
+        case 'n': steps = (int)parse_int("-n", v, 0, INT_MAX, "a number of steps >= 0"); break;
+        case 'i': prompt = v; break;
+        case 'z': tokenizer_path = v; break;
+        case 'y': system_prompt = v; break;
+        case 'o': out_path = v; break;
+        case 'm':
+            if (strcmp(v, "generate") && strcmp(v, "chat") && strcmp(v, "logits") && strcmp(v, "tokenize")) {
+                die("-m expects generate, chat, logits or tokenize, got '%s'", v);
+            }
+            mode = v;
+            break;
+        default: die("unknown option %s (run with no arguments for help)", flag);
+        }
+    }
+    if (!strcmp(mode, "logits") && !out_path) { die("-m logits needs -o <file> for the logits"); }
+    if (seed == 0) { seed = (unsigned int)time(NULL); }
+
+    Transformer t;
+    build_transformer(&t, checkpoint);
+    const Config *c = &t.c;
+    if (steps == 0 || steps > c->seq_len) { steps = c->seq_len; }
+
+    if (!strcmp(mode, "logits")) {
+        int n;
+        int *ids = parse_ids(prompt ? prompt : "", c->vocab_size, &n);
+        check_prompt_fits(n, c);
+        RunState s;
+        build_run_state(&s, c, n);
+        write_logits(&t, &s, ids, n, out_path);
+        free(ids);
+        free_run_state(&s);
+        free_transformer(&t);
+        return 0;
+    }
+
+    char *found = tokenizer_path ? NULL : find_tokenizer(checkpoint, c->vocab_size);
+    Tokenizer tk;
+    build_tokenizer(&tk, tokenizer_path ? tokenizer_path : found, c->vocab_size);
+    free(found);
+    if (!strcmp(mode, "tokenize")) {
+        int n;
+        int *ids = encode(&tk, prompt ? prompt : "", 0, &n);
+        for (int i = 0; i < n; i++) { printf(i ? " %d" : "%d", ids[i]); }
+        printf("\n");
+        free(ids);
+        free_tokenizer(&tk);
+        free_transformer(&t);
+        return 0;
+    }
+
+    RunState s;
+    build_run_state(&s, c, steps);
+    Sampler sp;
+    build_sampler(&sp, c->vocab_size, temperature, topp, topk, seed);
+    if (!strcmp(mode, "chat")) {
+        chat(&t, &s, &tk, &sp, prompt, system_prompt, steps);
+    } else {
+        generate(&t, &s, &tk, &sp, prompt, steps);
+    }
+    free_sampler(&sp);
+    free_run_state(&s);
+    free_tokenizer(&tk);
+    free_transformer(&t);
+    return 0;
+}
