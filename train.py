@@ -292,6 +292,12 @@ def estimate_loss():
     return out
 
 
+def eta(iters_left, sec_per_iter):
+    """Time left as h:mm:ss, for log lines that go to files where the tqdm bar is hidden."""
+    s = int(iters_left * sec_per_iter)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def get_lr(it):
     """Linear warm-up to learning_rate over warmup_iters, then cosine decay to min_lr at lr_decay_iters."""
     if it < warmup_iters:
@@ -416,7 +422,7 @@ while True:
         mfu = raw_model.estimate_mfu(tok_s / world_size, peak)
         if master:
             tqdm.write(f"iter {iter_num} | loss {lossf:.4f} | lr {lr:.3e} | {dt * 1000:.1f} ms/iter | "
-                       f"{tok_s:,.0f} tok/s | mfu {mfu * 100:.1f}%")
+                       f"{tok_s:,.0f} tok/s | mfu {mfu * 100:.1f}% | eta {eta(max_iters - iter_num, dt)}")
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tok_s:,.0f}")
             record({"iter": iter_num, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tok_per_s": tok_s,
                     "mfu": mfu})
