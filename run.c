@@ -486,11 +486,18 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
             }
         }
 #ifdef HAVE_VNNI
-        // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3
-        int span = gs > 32 ? gs : 32, nc = (n + span - 1) / span;
-        memset(in->corr, 0, (size_t)nc * 8 * sizeof(int32_t));
-        for (int j = 0; j < n; j++) { in->corr[(j / span) * 8 + (j % 32) / 4] += in->q[j]; }
-        for (int k = 0; k < nc * 8; k++) { in->corr[k] *= -128; }
+        // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3; a group's lane k gets -128
+        // times the sum of those bytes over the group's chunks (vpdpbusd of bytes 128 and q)
+        int span = gs > 32 ? gs : 32;
+        const __m256i c128 = _mm256_set1_epi8((char)0x80);
+        for (int j = 0; j < n; j += span) {
+            __m256i sum = _mm256_setzero_si256();
+            for (int i = j; i < j + span && i < n; i += 32) {
+                __mmask32 m = n - i >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - i)) - 1);
+                sum = _mm256_dpbusd_epi32(sum, c128, _mm256_maskz_loadu_epi8(m, in->q + i));
+            }
+            _mm256_storeu_si256((__m256i *)(in->corr + (j / span) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+        }
 #endif
     }
 #ifdef HAVE_BF16
@@ -846,6 +853,17 @@ static float *cache_tiles(float *cache, const RunState *s, const Config *c, int 
     return cache + ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
 }
 
+// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
+static void cache_put(float *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
+    int hs = c->head_size;
+    size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
+    for (int h = lo / hs; h * hs < hi; h++) {
+        float *t = cache_tiles(cache, s, c, l, h) + in_tile;  // t[d * 16]: component d of head h
+        int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
+        for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) { t[(i - h * hs) * 16] = kv[i]; }
+    }
+}
+
 static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
     int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
     const float *q = s->q + h * hs;
@@ -933,6 +951,9 @@ static void forward_thread(const Transformer *t, RunState *s, int token, int pos
     int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
     const float *cs = s->rope_cos + (size_t)pos * (hs / 2), *sn = s->rope_sin + (size_t)pos * (hs / 2);
     float *x = me->x;
+    // When every thread's share of the q, k and v rows is whole heads (and the kv heads its q heads
+    // read), each thread can run the attention of its own heads with no barrier before it.
+    int own_heads = c->n_kv_heads % nt == 0 && hs % 4 == 0;
     embed(x, t, token);
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *ly = &w->layers[l];
@@ -944,12 +965,15 @@ static void forward_thread(const Transformer *t, RunState *s, int token, int pos
         matmul_part(s->k, ly->wk, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
         rope(s->k, lo, hi, cs, sn, hs);
         // k and v of this position into component i of the tile holding pos, for this thread's rows
-        size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
-        for (int i = lo; i < hi; i++) { cache_tiles(s->key_cache, s, c, l, i / hs)[in_tile + (i % hs) * 16] = s->k[i]; }
+        cache_put(s->key_cache, s->k, s, c, l, pos, lo, hi);
         matmul_part(s->v, ly->wv, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        for (int i = lo; i < hi; i++) { cache_tiles(s->value_cache, s, c, l, i / hs)[in_tile + (i % hs) * 16] = s->v[i]; }
-        barrier();
-        for (int h = tid; h < c->n_heads; h += nt) { attention_head(s, c, l, h, pos); }
+        cache_put(s->value_cache, s->v, s, c, l, pos, lo, hi);
+        if (own_heads) {
+            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { attention_head(s, c, l, h, pos); }
+        } else {
+            barrier();
+            for (int h = tid; h < c->n_heads; h += nt) { attention_head(s, c, l, h, pos); }
+        }
         barrier();
         prepare_input(&me->in, s->att_out, dim, c);
         matmul_part(s->xb2, ly->wo, &me->in, dim, dim, tid, nt, c, &lo, &hi);
@@ -1271,6 +1295,23 @@ static uint32_t random_u32(unsigned long long *state) {  // xorshift64*, the top
 
 static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
 
+#ifdef HAVE_AVX512
+static int argmax(const float *v, int n) {  // the first index of the maximum, as the plain twin below
+    // two vector passes: the maximum, then the first position equal to it (the compiler turns the
+    // twin's lane loop into scalar code, and this runs on one thread once per token)
+    __m512 m = _mm512_set1_ps(v[0]);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) { m = _mm512_max_ps(_mm512_loadu_ps(v + j), m); }  // v > m ? v : m
+    float mx = _mm512_reduce_max_ps(m);
+    for (; j < n; j++) { mx = v[j] > mx ? v[j] : mx; }
+    for (j = 0; j + 16 <= n; j += 16) {
+        __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + j), _mm512_set1_ps(mx), _CMP_EQ_OQ);
+        if (eq) { return j + __builtin_ctz(eq); }
+    }
+    for (; j < n; j++) { if (v[j] == mx) { return j; } }
+    return 0;  // v[0] is NaN: nothing compares greater than it
+}
+#else
 static int argmax(const float *v, int n) {  // the first index of the maximum, in 16 lanes
     float lane_max[LANES];
     int lane_idx[LANES], j = 0, best = 0;
@@ -1288,6 +1329,7 @@ static int argmax(const float *v, int n) {  // the first index of the maximum, i
     }
     return best;
 }
+#endif
 
 static void softmax(float *x, int n) {  // libm's expf and a serial sum: llama2.c's numbers exactly
     float mx = x[0];
