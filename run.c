@@ -752,10 +752,13 @@ typedef struct {
     float *att;         // (n_heads, cache_len) attention scores
     float *logits;      // (vocab_size)
     // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
-    // 16 positions, (head_size, 16) floats, component-major. Attention then runs along positions,
+    // 16 positions, (head_size, 16) elements, component-major. Attention then runs along positions,
     // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
-    float *key_cache;   // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
-    float *value_cache; // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    // Elements are fp32, or fp16 for q8_0 models (kv_f16), whose weights are small enough that the
+    // cache is a sizeable share of the bytes a token reads.
+    void *key_cache;    // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    void *value_cache;  // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    int kv_f16;         // 1: the caches hold fp16 (uint16_t), 0: fp32
     float *rope_cos;    // (max_pos, head_size / 2)
     float *rope_sin;    // (max_pos, head_size / 2)
     int max_pos;        // positions this run can reach
@@ -795,8 +798,9 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
     s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
     s->logits = xcalloc(c->vocab_size, sizeof(float));
-    s->key_cache = xcalloc(cache, sizeof(float));
-    s->value_cache = xcalloc(cache, sizeof(float));
+    s->kv_f16 = c->wtype == W_Q8;
+    s->key_cache = xcalloc(cache, s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    s->value_cache = xcalloc(cache, s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
     // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
     int half = c->head_size / 2;
     s->rope_cos = xmalloc((size_t)max_pos * half * sizeof(float));
@@ -848,27 +852,75 @@ static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int
     }
 }
 
-// the (cache_len / 16, head_size, 16) tiles of layer l, kv head kvh
-static float *cache_tiles(float *cache, const RunState *s, const Config *c, int l, int kvh) {
-    return cache + ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
+// fp16 <-> fp32 for the caches of q8_0 models, in plain C so that every build stores the same bits
+static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf, NaN stays NaN
+    uint32_t u, a, sign;
+    memcpy(&u, &f, 4);
+    sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) { return (uint16_t)(sign | 0x7E00u); }
+    if (a >= 0x38800000u) {  // normal in fp16 (>= 2^-14): rebias the exponent, round off 13 bits
+        a -= 0x38000000u;
+        a = (a + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+        return (uint16_t)(sign | (a < 0x7C00u ? a : 0x7C00u));
+    }
+    int e = (int)(a >> 23);
+    if (e < 102) { return (uint16_t)sign; }  // below 2^-25: rounds to zero
+    uint32_t m = (a & 0x7FFFFFu) | 0x800000u, shift = (uint32_t)(126 - e);  // subnormal: m * 2^-(shift) units of 2^-24
+    uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    r += rem > half || (rem == half && (r & 1u));
+    return (uint16_t)(sign | r);
+}
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    if (e == 0x1F) { u = sign | 0x7F800000u | (m << 13); }
+    else if (e != 0) { u = sign | ((e + 112) << 23) | (m << 13); }
+    else {  // zero or subnormal: m * 2^-24, exact in fp32
+        float f = (float)m * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// element i of a cache, and 16 of them from i on (a row of a tile)
+static inline float cache_get(const void *cache, size_t i, int f16) {
+    return f16 ? f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+#ifdef HAVE_AVX512
+static inline __m512 cache_load16(const void *cache, size_t i, int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + i)))
+               : _mm512_loadu_ps((const float *)cache + i);
+}
+#endif
+
+// index of the (cache_len / 16, head_size, 16) tiles of layer l, kv head kvh in a cache
+static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
+    return ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
 }
 
 // components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
-static void cache_put(float *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
+static void cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
     int hs = c->head_size;
     size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
     for (int h = lo / hs; h * hs < hi; h++) {
-        float *t = cache_tiles(cache, s, c, l, h) + in_tile;  // t[d * 16]: component d of head h
+        size_t t = cache_tiles(s, c, l, h) + in_tile;  // t + d * 16: component d of head h
         int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
-        for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) { t[(i - h * hs) * 16] = kv[i]; }
+        for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) {
+            size_t at = t + (size_t)(i - h * hs) * 16;
+            if (s->kv_f16) { ((uint16_t *)cache)[at] = f16_round(kv[i]); }
+            else { ((float *)cache)[at] = kv[i]; }
+        }
     }
 }
 
 static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
     int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
     const float *q = s->q + h * hs;
-    const float *kt = cache_tiles(s->key_cache, s, c, l, kvh), *vt = cache_tiles(s->value_cache, s, c, l, kvh);
-    size_t tile = (size_t)hs * 16;
+    const void *kc = s->key_cache, *vc = s->value_cache;
+    size_t kt = cache_tiles(s, c, l, kvh), vt = kt, tile = (size_t)hs * 16;  // kt, vt: indices into kc, vc
+    int f16 = s->kv_f16;
     float *att = s->att + (size_t)h * s->cache_len;
     float scale = 1.0f / sqrtf((float)hs);
     // score[t] = q . k_t, 16 positions at a time: a sum over i of q[i] times the tile's row i. The
@@ -876,14 +928,14 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
 #ifdef HAVE_AVX512
     int b = 0;
     for (; b + 4 <= nb; b += 4) {  // four tiles at a time against the fma latency
-        const float *k0 = kt + b * tile;
+        size_t k0 = kt + b * tile;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
         for (int i = 0; i < hs; i++) {
             __m512 qi = _mm512_set1_ps(q[i]);
-            a0 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + i * 16), a0);
-            a1 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + tile + i * 16), a1);
-            a2 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + 2 * tile + i * 16), a2);
-            a3 = _mm512_fmadd_ps(qi, _mm512_loadu_ps(k0 + 3 * tile + i * 16), a3);
+            a0 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + i * 16, f16), a0);
+            a1 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + tile + i * 16, f16), a1);
+            a2 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + 2 * tile + i * 16, f16), a2);
+            a3 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + 3 * tile + i * 16, f16), a3);
         }
         __m512 sc = _mm512_set1_ps(scale);
         _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, sc));
@@ -893,16 +945,16 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
     }
     for (; b < nb; b++) {
         __m512 a0 = _mm512_setzero_ps();
-        for (int i = 0; i < hs; i++) { a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_loadu_ps(kt + b * tile + i * 16), a0); }
+        for (int i = 0; i < hs; i++) { a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), cache_load16(kc, kt + b * tile + i * 16, f16), a0); }
         _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, _mm512_set1_ps(scale)));
     }
 #else
     for (int t = 0; t < nb * 16; t++) { att[t] = 0.0f; }
     for (int b = 0; b < nb; b++) {
         for (int i = 0; i < hs; i++) {
-            const float *kr = kt + b * tile + i * 16;
+            size_t kr = kt + b * tile + i * 16;
             float *ab = att + b * 16, qi = q[i];
-            for (int k = 0; k < 16; k++) { ab[k] += qi * kr[k]; }
+            for (int k = 0; k < 16; k++) { ab[k] += qi * cache_get(kc, kr + k, f16); }
         }
     }
     for (int t = 0; t < n; t++) { att[t] *= scale; }
@@ -916,12 +968,12 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
     for (; i + 4 <= hs; i += 4) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
         for (int b = 0; b < nb; b++) {
-            const float *v = vt + b * tile + i * 16;
+            size_t v = vt + b * tile + i * 16;
             __m512 av = _mm512_loadu_ps(att + b * 16);
-            a0 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v), a0);
-            a1 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 16), a1);
-            a2 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 32), a2);
-            a3 = _mm512_fmadd_ps(av, _mm512_loadu_ps(v + 48), a3);
+            a0 = _mm512_fmadd_ps(av, cache_load16(vc, v, f16), a0);
+            a1 = _mm512_fmadd_ps(av, cache_load16(vc, v + 16, f16), a1);
+            a2 = _mm512_fmadd_ps(av, cache_load16(vc, v + 32, f16), a2);
+            a3 = _mm512_fmadd_ps(av, cache_load16(vc, v + 48, f16), a3);
         }
         store_sum4(out + i, 1, lo_plus_hi(a0), lo_plus_hi(a1), lo_plus_hi(a2), lo_plus_hi(a3));
     }
@@ -929,8 +981,9 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
     for (; i < hs; i++) {
         float lane[16] = {0};
         for (int b = 0; b < nb; b++) {
-            const float *v = vt + b * tile + i * 16, *ab = att + b * 16;
-            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * v[k]; }
+            size_t v = vt + b * tile + i * 16;
+            const float *ab = att + b * 16;
+            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * cache_get(vc, v + k, f16); }
         }
         float sum = 0.0f;
         for (int k = 0; k < 16; k++) { sum += lane[k]; }
