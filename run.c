@@ -4,13 +4,14 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
 Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0; the README has the byte
-layouts), memory-maps the weights, and generates with llama2.c's sampler: the same seed,
+layouts), reads the weights onto huge pages, and generates with llama2.c's sampler: the same seed,
 temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
 optional (make runomp). Vector code (AVX-512 F/BW/VL, VNNI, BF16) is chosen at compile time and
 every kernel has a plain C twin that the tests compare it against; -DPLAIN forces the plain twins.
 */
 
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE  // glibc: madvise's MADV_HUGEPAGE
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -66,6 +67,20 @@ static void *xmalloc(size_t n) {
 static void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) { die("out of memory allocating %zu x %zu bytes", n, size); }
+    return p;
+}
+
+// The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
+// kernel has transparent huge pages: one TLB entry then covers 512 times as much, and the weights
+// read faster (measured, 110M, 2 threads: fp32 +14%, q8_0 +17% against 4 KB pages). Free with free().
+static void *big_alloc(size_t n) {
+    size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    n = (n + huge - 1) / huge * huge;
+    if (posix_memalign(&p, huge, n) != 0) { die("out of memory allocating %zu bytes", n); }
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP this is plain memory
+#endif
     return p;
 }
 
@@ -142,7 +157,7 @@ typedef struct {
     Config c;
     Weights w;
     const char *path;
-    unsigned char *data; // the memory map, file_size bytes
+    unsigned char *data; // the whole file, file_size bytes (big_alloc)
     size_t file_size;
     void **owned;        // realigned copies of fp32 arrays the file stores misaligned (v2 only)
     int n_owned;
@@ -307,6 +322,16 @@ static void read_header(Transformer *t) {
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
+// n bytes from fd's current offset, or die naming the file
+static void read_fully(int fd, unsigned char *buf, size_t n, const char *path) {
+    while (n > 0) {
+        ssize_t got = read(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
+        if (got < 0 && errno == EINTR) { continue; }
+        if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
+        buf += got, n -= (size_t)got;
+    }
+}
+
 static void build_transformer(Transformer *t, const char *path) {
     memset(t, 0, sizeof(*t));
     t->path = path;
@@ -316,11 +341,10 @@ static void build_transformer(Transformer *t, const char *path) {
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file", path); }
     t->file_size = (size_t)st.st_size;
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
-    // MAP_PRIVATE + PROT_READ: the weights are read in place, paged in on demand and shared
-    // with the page cache, so a second run starts instantly
-    t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (t->data == MAP_FAILED) { die("cannot mmap %s: %s", path, strerror(errno)); }
+    // the header first, so that a wrong file is refused before anything big is allocated or read
+    unsigned char header[HEADER_V1] = {0};
+    read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, path);
+    t->data = header;
     read_header(t);
     uint64_t expected = walk_layout(t, NULL);
     if (t->file_size < expected) {
@@ -331,6 +355,11 @@ static void build_transformer(Transformer *t, const char *path) {
         die("%s: size %zu bytes does not match the %llu the v%d header implies", path, t->file_size,
             (unsigned long long)expected, t->c.version);
     }
+    // read, not mmap: a private copy can sit on huge pages (see big_alloc), a file mapping mostly not
+    t->data = big_alloc(t->file_size);
+    memcpy(t->data, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1);
+    if (t->file_size > HEADER_V1) { read_fully(fd, t->data + HEADER_V1, t->file_size - HEADER_V1, path); }
+    close(fd);
     t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
     walk_layout(t, t->data);
 }
@@ -339,7 +368,7 @@ static void free_transformer(Transformer *t) {
     for (int i = 0; i < t->n_owned; i++) { free(t->owned[i]); }
     free(t->owned);
     free(t->w.layers);
-    munmap(t->data, t->file_size);
+    free(t->data);
 }
 
 // ----------------------------------------------------------------------------
@@ -799,8 +828,11 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
     s->logits = xcalloc(c->vocab_size, sizeof(float));
     s->kv_f16 = c->wtype == W_Q8;
-    s->key_cache = xcalloc(cache, s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
-    s->value_cache = xcalloc(cache, s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
+    // as the positions fill the tiles (3% of a 110M q8_0 token)
+    size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    s->key_cache = memset(big_alloc(cache_bytes), 0, cache_bytes);
+    s->value_cache = memset(big_alloc(cache_bytes), 0, cache_bytes);
     // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
     int half = c->head_size / 2;
     s->rope_cos = xmalloc((size_t)max_pos * half * sizeof(float));
