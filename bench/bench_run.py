@@ -6,14 +6,16 @@
 What it does, all in one run so the numbers compare:
   1. builds `runomp` (vector kernels + OpenMP) and a baseline: the same run.c with -DPLAIN (its plain C
      row-dot kernels, what a straightforward implementation does) at -O3 -march=native -fopenmp;
-  2. compiles a streaming-read C kernel (bench/out/bandwidth.c) for the machine's memory read bandwidth:
-     the roofline is that bandwidth divided by the weight bytes a token reads;
+  2. compiles a streaming-read C kernel (bench/out/bandwidth.c) for the machine's memory read bandwidth
+     on transparent huge pages (where run.c keeps the weights), measured just before and just after every
+     run: the roofline is that bandwidth divided by the weight bytes a token reads;
   3. exports random-weight models of llama2.c's 15M/42M/110M shapes (dim 288/512/768, 6/8/12 layers and
      heads, vocab 32000) as v3 fp32/bf16/q8_0 under bench/out/ (kept for the next run), plus the real
      stories260K (v0 fp32 as shipped, and re-exported bf16/q8_0);
   4. runs each at -t 0 -n 256 from BOS with 1 thread and all cores, --runs rounds; within a model size
      every measurement (all dtypes, baseline, bandwidth) is interleaved round by round, because this
-     VM's bandwidth drifts; prints a markdown table of medians, then the int8/bf16 quality against fp32
+     VM's bandwidth drifts; prints a markdown table of medians (ratios and roofline fractions are paired
+     within a round, then the median taken), then the int8/bf16 quality against fp32
      on real text (stories260K).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
@@ -217,15 +219,17 @@ def main():
     load = os.getloadavg()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    huge = {t: bandwidth(t, huge=True) for t in threads}
+    small = {t: bandwidth(t, huge=False) for t in threads}
     print(f"\nmachine: {cpu}, {cores} cores, {platform.system()} {platform.release()}; load average at start {load:.2f}")
     print(f"command: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./runomp MODEL.bin -t 0 -n 256, median of {a.runs} runs "
           f"interleaved with the other columns; baseline: run.c -DPLAIN (plain C kernels) -O3 -march=native -fopenmp, "
           f"{max(threads)} threads; vs baseline and vs fp32 at {max(threads)} threads")
-    print("roofline: read bandwidth of bench/out/bandwidth.c on 4 KB pages (as the memory-mapped weights get), "
-          "median of measurements interleaved with the runs (it drifts on this shared VM), divided by "
-          "the weight bytes a token reads; on transparent huge pages it reads "
-          + ", ".join(f"{huge[t]:.1f}" for t in threads) + " GB/s (" + ", ".join(f"{t}T" for t in threads) + ")\n")
+    print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages (where run.c keeps the "
+          "weights), median of measurements interleaved with the runs (it drifts on this shared VM), divided by "
+          "the weight bytes a token reads (% roofline: median over runs of tok/s against the mean of the bandwidth "
+          "measured just before and just after that run); on 4 KB pages it reads "
+          + ", ".join(f"{small[t]:.1f}" for t in threads) + " GB/s (" + ", ".join(f"{t}T" for t in threads) + "); "
+          "vs baseline and vs fp32: median over rounds of the ratio within a round\n")
     head = ["model", "dtype", "MB/token"]
     if not a.no_baseline:
         head += ["baseline tok/s"]
@@ -247,10 +251,15 @@ def main():
             for d in dtypes:
                 if not a.no_baseline:
                     samples.setdefault((d, "base"), []).append(tok_per_s(bins["baseline"], paths[d], max(threads), tok))
-                for t in threads:
-                    samples.setdefault((d, "bw", t), []).append(bandwidth(t, huge=False, mb=256, reps=2))
+                for t in threads:  # the bandwidth just before and just after each run
+                    bw0 = bandwidth(t, huge=True, mb=256, reps=2)
                     samples.setdefault((d, t), []).append(tok_per_s(bins["fast"], paths[d], t, tok))
+                    samples.setdefault((d, "bw", t), []).append((bw0 + bandwidth(t, huge=True, mb=256, reps=2)) / 2)
         med = {k: statistics.median(v) for k, v in samples.items()}
+        top = max(threads)
+
+        def ratio(d, key):  # paired within each round: the drift between rounds cancels
+            return statistics.median(x / y for x, y in zip(samples[(d, top)], samples[key]))
         for d in dtypes:
             wb = weight_bytes_per_token(paths[d])
             row = [name, d, f"{wb / 1e6:.1f}"]
@@ -258,10 +267,10 @@ def main():
                 row.append(f"{med[(d, 'base')]:,.0f}")
             for t in threads:
                 bw, v = med[(d, "bw", t)], med[(d, t)]
-                row += [f"{bw:.1f}", f"{v:,.0f}", f"{100 * v * wb / (bw * 1e9):.0f}%"]
-            top = max(threads)
-            row.append(f"{med[(d, top)] / med[(d, 'base')]:.2f}x" if not a.no_baseline else "-")
-            row.append(f"{med[(d, top)] / med[('fp32', top)]:.2f}x" if "fp32" in dtypes else "-")
+                roof = statistics.median(x * wb / (y * 1e9) for x, y in zip(samples[(d, t)], samples[(d, "bw", t)]))
+                row += [f"{bw:.1f}", f"{v:,.0f}", f"{100 * roof:.0f}%"]
+            row.append(f"{ratio(d, (d, 'base')):.2f}x" if not a.no_baseline else "-")
+            row.append(f"{ratio(d, ('fp32', top)):.2f}x" if "fp32" in dtypes else "-")
             print("| " + " | ".join(row) + " |", flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     if a.no_quality:
