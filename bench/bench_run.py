@@ -158,7 +158,9 @@ def stories_model(dtype):
     if dtype == "fp32":
         return src
     path = OUT / f"stories260K_{dtype}.bin"
-    if not path.exists():
+    try:
+        read_header(path)  # raises when missing, or written by an older export.py (the size no longer matches)
+    except (OSError, ValueError):
         model_export(load_bin(src), path, version=3, dtype=dtype)
     return path
 

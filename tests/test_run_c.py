@@ -76,13 +76,29 @@ def fake_quant_inputs(model, group_size):
     return [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
+class F16KVCache(torch.overrides.TorchFunctionMode):
+    """Attention sees k and v rounded to fp16, as run.c's KV cache holds them for q8_0 models
+    (rounding on use equals rounding on store: it is idempotent)."""
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q, k, v, *rest = args
+            args = (q, k.half().float(), v.half().float(), *rest)
+        return func(*args, **(kwargs or {}))
+
+
 def reference_for(path):
     """The PyTorch model run.c should match for a .bin: its weights as stored (load_bin), with
-    run.c's activation quantisation emulated for q8_0 files."""
+    run.c's activation quantisation and fp16 KV cache emulated for q8_0 files."""
     h = read_header(path)
     ref = load_bin(path)
     if h["weight_type"] == "q8_0":
         fake_quant_inputs(ref, h["group_size"])
+        forward = ref.forward
+
+        def forward_f16kv(*args, **kwargs):
+            with F16KVCache():
+                return forward(*args, **kwargs)
+        ref.forward = forward_f16kv  # nn.Module.__call__ (and so generate) calls the instance's forward
     return ref
 
 
