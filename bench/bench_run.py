@@ -249,14 +249,18 @@ def main():
         for d in dtypes:  # warm the page cache
             tok_per_s(bins["fast"], paths[d], max(threads), tok)
         samples = {}
-        for _ in range(a.runs):
-            for d in dtypes:
-                if not a.no_baseline:
+        # The VM's bandwidth also depends on what ran just before (a heavy run after lighter ones went
+        # up to 1.6x faster), so each round starts the list at a different place; the dtypes of one
+        # thread count run back to back, so the ratios between them compare runs seconds apart.
+        jobs = [(d, t) for t in (["base"] if not a.no_baseline else []) + threads for d in dtypes]
+        for r in range(a.runs):
+            for d, t in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
+                if t == "base":
                     samples.setdefault((d, "base"), []).append(tok_per_s(bins["baseline"], paths[d], max(threads), tok))
-                for t in threads:  # the bandwidth just before and just after each run
-                    bw0 = bandwidth(t, huge=True, mb=256, reps=2)
-                    samples.setdefault((d, t), []).append(tok_per_s(bins["fast"], paths[d], t, tok))
-                    samples.setdefault((d, "bw", t), []).append((bw0 + bandwidth(t, huge=True, mb=256, reps=2)) / 2)
+                    continue
+                bw0 = bandwidth(t, huge=True, mb=256, reps=2)  # the bandwidth just before and just after each run
+                samples.setdefault((d, t), []).append(tok_per_s(bins["fast"], paths[d], t, tok))
+                samples.setdefault((d, "bw", t), []).append((bw0 + bandwidth(t, huge=True, mb=256, reps=2)) / 2)
         med = {k: statistics.median(v) for k, v in samples.items()}
         top = max(threads)
 
