@@ -2,7 +2,8 @@
 
 Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0), greedy generation,
 llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/bf16 quality on
-real text, the vector kernels against the plain C ones, and a sanitizer build. Two builds are made
+real text, the vector kernels against the plain C ones, the fp16 conversions of the q8_0 KV cache
+against numpy, and a sanitizer build. Two builds are made
 once per session: `run` (portable: plain C kernels, one thread) and `runomp` (-march=native vector
 kernels + OpenMP); every C check runs on both.
 """
@@ -514,3 +515,59 @@ def test_sanitizer_build_runs_clean(stories, shared, tiny, llama_vocab_model, tm
         err = r.stderr.decode(errors="replace")
         assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
         assert r.returncode == code, (args[:4], r.returncode, err[-500:])
+
+
+F16_HARNESS = r"""
+// run.c's fp16 conversions (the q8_0 KV cache) on their own: argv[1] float32 file -> argv[2] f16_round
+// of each, argv[3] f16_to_f32 of every one of the 65536 halves
+#define main run_main
+#include "run.c"
+#undef main
+int main(int argc, char **argv) {
+    (void)argc;
+    FILE *in = fopen(argv[1], "rb"), *out = fopen(argv[2], "wb"), *all = fopen(argv[3], "wb");
+    float f;
+    while (fread(&f, 4, 1, in) == 1) { uint16_t h = f16_round(f); fwrite(&h, 2, 1, out); }
+    for (uint32_t h = 0; h < 65536; h++) { float g = f16_to_f32((uint16_t)h); fwrite(&g, 4, 1, all); }
+    fclose(in); fclose(out); fclose(all);
+    return 0;
+}
+"""
+
+
+def test_fp16_kv_conversions_round_to_nearest_even(tmp_path):
+    """q8_0 models keep the KV cache in fp16 through run.c's own plain-C conversions (so every build
+    stores the same bits): checked against numpy's IEEE conversions on every half, every tie between
+    neighbouring halves and the floats either side of it, overflow, subnormals and random bit patterns."""
+    src = tmp_path / "f16.c"
+    src.write_text(F16_HARNESS)
+    exe = tmp_path / "f16"
+    r = subprocess.run([os.environ.get("CC", "cc"), "-O2", "-I", str(REPO), "-o", str(exe), str(src), "-lm"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = np.sort(halves[np.isfinite(halves)].astype(np.float32))
+    finite = np.unique(finite)  # -0 and +0 once
+    ties = (finite[:-1] + finite[1:]) / np.float32(2)  # exact: 12 significant bits
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([
+        halves.astype(np.float32), ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)),
+        np.array([65504, 65519.996, 65520, 1e6, np.inf, -np.inf, np.nan, 2.0 ** -25, 2.0 ** -25 * 1.0000001,
+                  2.0 ** -26, -(2.0 ** -25), 1e-30, 0.0, -0.0], dtype=np.float32),
+        rng.integers(0, 2 ** 32, 1 << 20, dtype=np.uint64).astype(np.uint32).view(np.float32),
+    ]).astype(np.float32)
+    (tmp_path / "in.bin").write_bytes(xs.tobytes())
+    r = subprocess.run([str(exe), tmp_path / "in.bin", tmp_path / "out.bin", tmp_path / "all.bin"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.uint16)
+    with np.errstate(over="ignore"):
+        want = xs.astype(np.float16)
+    nan = np.isnan(xs)
+    assert np.isnan(got[nan].view(np.float16)).all()
+    bad = np.flatnonzero(got[~nan] != want[~nan].view(np.uint16))
+    assert bad.size == 0, [(float(xs[~nan][i]), hex(got[~nan][i]), hex(want[~nan].view(np.uint16)[i])) for i in bad[:5]]
+    back = np.frombuffer((tmp_path / "all.bin").read_bytes(), np.float32)
+    ref = halves.astype(np.float32)
+    assert np.array_equal(np.isnan(back), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    assert np.array_equal(back[ok].view(np.uint32), ref[ok].view(np.uint32))
