@@ -72,12 +72,13 @@ static void *xcalloc(size_t n, size_t size) {
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
 // kernel has transparent huge pages: one TLB entry then covers 512 times as much, and the weights
-// read faster (measured, 110M, 2 threads: fp32 +14%, q8_0 +17% against 4 KB pages). Free with free().
-static void *big_alloc(size_t n) {
+// read faster (measured, 110M, 2 threads: fp32 +6-14%, q8_0 +7-17% against 4 KB pages, depending on
+// the VM's bandwidth at the time). what names the buffer in the error. Free with free().
+static void *big_alloc(size_t n, const char *what) {
     size_t huge = (size_t)2 << 20;
     void *p = NULL;
     n = (n + huge - 1) / huge * huge;
-    if (posix_memalign(&p, huge, n) != 0) { die("out of memory allocating %zu bytes", n); }
+    if (posix_memalign(&p, huge, n) != 0) { die("%s: out of memory allocating %zu bytes", what, n); }
 #ifdef MADV_HUGEPAGE
     madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP this is plain memory
 #endif
@@ -356,7 +357,7 @@ static void build_transformer(Transformer *t, const char *path) {
             (unsigned long long)expected, t->c.version);
     }
     // read, not mmap: a private copy can sit on huge pages (see big_alloc), a file mapping mostly not
-    t->data = big_alloc(t->file_size);
+    t->data = big_alloc(t->file_size, path);
     memcpy(t->data, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1);
     if (t->file_size > HEADER_V1) { read_fully(fd, t->data + HEADER_V1, t->file_size - HEADER_V1, path); }
     close(fd);
@@ -831,8 +832,8 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
     // as the positions fill the tiles (3% of a 110M q8_0 token)
     size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
-    s->key_cache = memset(big_alloc(cache_bytes), 0, cache_bytes);
-    s->value_cache = memset(big_alloc(cache_bytes), 0, cache_bytes);
+    s->key_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
+    s->value_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
     int half = c->head_size / 2;
     s->rope_cos = xmalloc((size_t)max_pos * half * sizeof(float));

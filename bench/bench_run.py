@@ -14,9 +14,9 @@ What it does, all in one run so the numbers compare:
      stories260K (v0 fp32 as shipped, and re-exported bf16/q8_0);
   4. runs each at -t 0 -n 256 from BOS with 1 thread and all cores, --runs rounds; within a model size
      every measurement (all dtypes, baseline, bandwidth) is interleaved round by round, each round
-     starting at a different place, because this VM's bandwidth drifts; prints a markdown table of medians (ratios and roofline fractions are paired
-     within a round, then the median taken), then the int8/bf16 quality against fp32
-     on real text (stories260K).
+     starting at a different place, because this VM's bandwidth drifts; prints a markdown table of
+     medians (ratios and roofline fractions are paired within a round, then the median taken), then
+     the int8/bf16 quality against fp32 on real text (stories260K).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 """

@@ -1,6 +1,8 @@
 """run.c on bad input: every broken checkpoint, tokenizer, prompt or flag gets one clear error line
 naming the file or flag, and exit status 1; never a crash, a hang or a silently wrong answer."""
 import os
+import re
+import resource
 import shutil
 import struct
 import subprocess
@@ -118,6 +120,25 @@ def test_bad_checkpoint(run_bin, files, case):
     path = variant(files, src, f"{case}.bin", **kw)
     line = expect_error(run_bin, [path, "-z", files["tok512"]], needle)
     assert str(path) in line  # the error names the file
+
+
+def test_model_too_big_for_memory(run_bin, files):
+    """run.c reads the whole file into memory: one that does not fit is a clear error naming it, not a
+    crash. A sparse 1 GB model under a 512 MB address-space limit (nothing is read before the failure)."""
+    big = {FIELD["dim"]: i32(2048), FIELD["hidden_dim"]: i32(8192), FIELD["n_layers"]: i32(4),
+           FIELD["n_heads"]: i32(16), FIELD["n_kv_heads"]: i32(16)}
+    path = variant(files, "v1", "big.bin", patch=big)
+    need = int(re.search(r"the v1 header implies (\d+)", expect_error(run_bin, [path], "truncated")).group(1))
+    assert need > 1 << 30
+    with open(path, "r+b") as f:
+        f.truncate(need)  # sparse: no disk used
+    limit = 512 << 20
+    r = subprocess.run([str(run_bin), str(path), "-z", str(files["tok512"])], capture_output=True, timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    err = r.stderr.decode(errors="replace").strip()
+    assert r.returncode == 1 and len(err.splitlines()) == 1, (r.returncode, err)
+    assert err.startswith(f"run: error: {path}: out of memory allocating"), err
+    path.unlink()
 
 
 def test_missing_empty_and_directory_checkpoints(run_bin, files):

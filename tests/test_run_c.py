@@ -3,9 +3,8 @@
 Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0), greedy generation,
 llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/bf16 quality on
 real text, the vector kernels against the plain C ones, the fp16 conversions of the q8_0 KV cache
-against numpy, and a sanitizer build. Two builds are made
-once per session: `run` (portable: plain C kernels, one thread) and `runomp` (-march=native vector
-kernels + OpenMP); every C check runs on both.
+against numpy, and a sanitizer build. Two builds are made once per session: `run` (portable: plain C
+kernels, one thread) and `runomp` (-march=native vector kernels + OpenMP); every C check runs on both.
 """
 import json
 import os
@@ -546,8 +545,7 @@ def test_fp16_kv_conversions_round_to_nearest_even(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
-    finite = np.sort(halves[np.isfinite(halves)].astype(np.float32))
-    finite = np.unique(finite)  # -0 and +0 once
+    finite = np.unique(halves[np.isfinite(halves)].astype(np.float32))  # sorted; -0 and +0 once
     ties = (finite[:-1] + finite[1:]) / np.float32(2)  # exact: 12 significant bits
     rng = np.random.default_rng(0)
     xs = np.concatenate([
