@@ -16,7 +16,6 @@ Nothing here needs transformers or safetensors: HF directories are written and r
 plus a safetensors file (a documented format: u64 header length, JSON header, raw little-endian data).
 """
 import argparse
-import dataclasses
 import json
 import os
 import struct
@@ -25,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from model import ModelArgs, Transformer, ffn_hidden_dim, rope_tables
+from model import ModelArgs, Transformer, ffn_hidden_dim, load_checkpoint, rope_tables
 
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
@@ -346,22 +345,6 @@ def _build(args: ModelArgs, sd: dict) -> Transformer:
     return model.eval()
 
 
-def load_checkpoint(path) -> Transformer:
-    """The model of a train.py checkpoint (only "model" and "model_args" are used)."""
-    try:
-        # train.py also pickles optimizer/RNG state: full unpickling of the user's own checkpoint
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        sd, margs = ckpt["model"], ckpt["model_args"]
-    except Exception as e:  # torch.load raises many types (pickle errors, zip errors, ...)
-        raise ValueError(f"{path}: not a train.py checkpoint ({type(e).__name__}: {e})") from None
-    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
-    fields = {f.name for f in dataclasses.fields(ModelArgs)}
-    args = ModelArgs(**{k: v for k, v in margs.items() if k in fields})
-    if args.tie_embeddings:
-        sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, {k: v.float() for k, v in sd.items()})
-
-
 # -----------------------------------------------------------------------------
 # Hugging Face interop (LlamaForCausalLM directories)
 #
@@ -564,7 +547,7 @@ def main(argv=None):
         p.error("give an output: OUT.bin and/or --to_hf=DIR")
     try:
         if a.checkpoint:
-            model = load_checkpoint(a.checkpoint)
+            model, _ = load_checkpoint(a.checkpoint)
         elif a.bin:
             model = load_bin(a.bin)
         else:

@@ -4,6 +4,7 @@ Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code 
 that export.py can write llama2.c's .bin files and run.c can run them.
 """
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -258,6 +259,56 @@ class Transformer(nn.Module):
             if step + 1 < max_new_tokens:
                 logits, _ = self(nxt[:, None], cache=cache, start_pos=T + step)
         return idx
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: train.py writes them; train.py (resume), sample.py and export.py read them here
+
+def read_checkpoint(path, device="cpu"):
+    """The dict in a train.py checkpoint, or ValueError in one line naming the file.
+
+    weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
+    ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable train.py checkpoint ({type(e).__name__}: {first})") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("model_args"), dict)):
+        raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
+    return ckpt
+
+
+def checkpoint_args(ckpt, path):
+    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model)."""
+    try:
+        args = ModelArgs(**ckpt["model_args"])
+        check_args(args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+    return args
+
+
+def load_weights(model, ckpt, path):
+    """Copy a checkpoint's weights into model, strictly: a missing, extra or misshapen one is a ValueError."""
+    # torch.compile'd models save their weights under "_orig_mod."
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
+        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model in eval mode on device, the checkpoint dict) of a train.py checkpoint."""
+    ckpt = read_checkpoint(path, device)
+    model = Transformer(checkpoint_args(ckpt, path))
+    load_weights(model, ckpt, path)
+    return model.to(device).eval(), ckpt
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

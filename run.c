@@ -1674,7 +1674,9 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-// tok<vocab>.bin then tokenizer.bin, beside the checkpoint, then in the current directory
+// tok<vocab>.bin then tokenizer.bin, beside the checkpoint, then in the current directory. This
+// restates the .bin half of the vocabulary rule, which is written once in dataloader.py: a custom
+// vocabulary of N tokens is tok{N}, Meta's Llama 2 vocabulary keeps llama2.c's name tokenizer.
 static char *find_tokenizer(const char *checkpoint, int vocab_size) {
     const char *slash = strrchr(checkpoint, '/');
     int dirlen = slash ? (int)(slash - checkpoint) + 1 : 0;

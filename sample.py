@@ -9,7 +9,6 @@ starts the next one), after max_new_tokens tokens, or when the context is full. 
 the one the checkpoint was trained with (its vocab_source and vocab_size; --tokenizer overrides).
 The checkpoint must match the model exactly: a missing, extra or misshapen weight is an error.
 """
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -17,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure_or_exit
-from model import ModelArgs, Transformer, check_args
+from model import load_checkpoint
 
 defaults = dict(
     checkpoint="out/ckpt.pt",
@@ -40,38 +39,15 @@ def die(msg):
     sys.exit(1)
 
 
-def load_model(path, device="cpu"):
-    """The Transformer in a train.py checkpoint, loaded strictly, and the checkpoint's training config."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-        raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
-    try:
-        args = ModelArgs(**ckpt["model_args"])
-        check_args(args)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
-    model = Transformer(args)
-    # torch.compile'd models save their weights under "_orig_mod."
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
-        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
-    return model.to(device).eval(), ckpt.get("config", {})
+def find_tokenizer(model, train_config):
+    """The checkpoint's own tokenizer, by dataloader.py's vocabulary rule."""
+    import dataloader
 
-
-def find_tokenizer(config, override):
-    if override:
-        return override
-    import tinystories
-    return str(tinystories.tokenizer_path(config.get("vocab_size", 32000), config.get("vocab_source", "llama2"),
-                                          config.get("data_dir")))
+    source = train_config.get("vocab_source", "custom")  # train.py's default
+    try:
+        return str(dataloader.tokenizer_path(model.args.vocab_size, source, train_config.get("data_dir")))
+    except dataloader.DataError as e:
+        die(f"the checkpoint's vocabulary: {e}; pass --tokenizer=PATH")
 
 
 def main():
@@ -85,12 +61,14 @@ def main():
         die(f"--dtype={cfg['dtype']!r}: expected float32, bfloat16 or float16")
     device = cfg["device"]
     try:
-        model, train_config = load_model(cfg["checkpoint"], device)
+        model, ckpt = load_checkpoint(cfg["checkpoint"], device)
     except ValueError as e:
         die(str(e))
+    train_config = ckpt.get("config") or {}
+    del ckpt  # the optimizer state is not needed here
 
     from tokenizer import Tokenizer
-    tok_path = find_tokenizer(train_config, cfg["tokenizer"])
+    tok_path = cfg["tokenizer"] or find_tokenizer(model, train_config)
     try:
         tok = Tokenizer(tok_path)
     except (OSError, ValueError) as e:

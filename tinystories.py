@@ -1,9 +1,9 @@
 """
-tinystories.py: the TinyStories data pipeline, from the download to the batches train.py eats.
+tinystories.py: the TinyStories data commands, from the download to the token shards.
 
     python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH]
     python tinystories.py train_vocab --vocab_size=512
-    python tinystories.py pretokenize --vocab_size=512      # --vocab_size=0: the Llama 2 tokenizer
+    python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
 
 Every command shows progress, and a second run with the same inputs does nothing and says so.
 Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
@@ -11,37 +11,24 @@ Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
     TinyStoriesV2-GPT4-{train,valid}.txt     V2 (GPT-4 only)
     tok{N}.model, tok{N}.vocab               a trained sentencepiece vocabulary
     tok{N}/ or llama2/                       token shards: {train,val}_0000.bin ..., manifest.json
+Where a vocabulary's files live, and the shard format, are dataloader.py's (train.py reads the
+shards through it); the HTTP client is download.py's.
 
 Story files: "<|endoftext|>"-separated text, JSON lists of objects with a "story" field (the
 all_data shards), or JSON {"texts": [...]}; each plain or .gz/.xz compressed. See iter_stories.
-
-Shard file (.bin, little-endian): a 256-byte header, then n_tokens uint16 token ids:
-    off 0  8 bytes magic b"STORYTOK" | 8 u32 version=1 | 12 u32 vocab_size | 16 u32 bos_id
-    20 u32 eos_id | 24 u64 n_tokens | 32 u64 n_stories | 40 u64 n_bytes | 48 32 bytes tokenizer
-    sha256 | 80..255 zero
-Every story is BOS, its tokens, EOS. n_bytes counts the UTF-8 bytes of the story texts (for
-bits-per-byte); n_tokens counts BOS and EOS too. The header lets the iterator refuse shards made
-with another tokenizer or vocabulary instead of training on garbage.
-
-train.py uses iter_batches() (also as Task.iter_batches) and split_bytes_per_token().
 """
 import argparse
 import hashlib
-import http.client
 import io
-import itertools
 import json
 import lzma
 import multiprocessing
 import os
 import re
 import shutil
-import struct
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -51,11 +38,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
+                        pack_header, shard_dir, tokenizer_path)
+from download import fetch
 from tokenizer import Tokenizer
-
-REPO = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data"))
-LLAMA2_TOKENIZER = SHARED / "models" / "tokenizer.model"  # the 32000-token Llama 2 vocabulary
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 DATASET_FILES = {
@@ -63,43 +49,10 @@ DATASET_FILES = {
     "v2": ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"],
 }
 V1_DIR = "TinyStories_all_data"  # where the V1 archive is extracted, inside the data dir
-SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
-               "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
 
 SEP = "<|endoftext|>"
 VAL_BUCKETS = 100  # without a *valid* file, 1 story in VAL_BUCKETS (by hash) is held out
 MAX_VOCAB = 65535  # token ids are stored as uint16 (the spec's limit: 65535 tokens at most)
-HEADER_SIZE = 256
-HEADER_FMT = "<8sIIIIQQQ32s"
-MAGIC = b"STORYTOK"
-
-
-class DataError(ValueError):
-    """Bad input or state: the message names the file or flag and says what was expected."""
-
-
-def default_data_dir(data_dir=None):
-    return Path(data_dir or os.environ.get("STORYLLAMA_DATA") or REPO / "data")
-
-
-def shard_dir(vocab_size, vocab_source="custom", data_dir=None):
-    name = "llama2" if vocab_source == "llama2" or vocab_size == 0 else f"tok{vocab_size}"
-    return default_data_dir(data_dir) / name
-
-
-def tokenizer_path(vocab_size, vocab_source="custom", data_dir=None):
-    """The sentencepiece model that goes with a vocabulary: data/tok{N}.model or Llama 2's."""
-    if vocab_source == "llama2" or vocab_size == 0:
-        return LLAMA2_TOKENIZER
-    return default_data_dir(data_dir) / f"tok{vocab_size}.model"
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -----------------------------------------------------------------------------
@@ -284,147 +237,6 @@ def input_files(data_dir, dataset="v1", inputs=None):
 # -----------------------------------------------------------------------------
 # download
 
-class _RecordRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects like urllib does, but keeps each hop's headers: Hugging Face puts the
-    file's sha256 (X-Linked-ETag) on the redirect, not on the final CDN response."""
-
-    def __init__(self):
-        self.headers = []
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        self.headers.append(headers)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _server_sha256(all_headers):
-    for headers in all_headers:
-        for key in ("X-Linked-ETag", "ETag"):
-            value = (headers.get(key) or "").strip()
-            value = value[2:] if value.startswith("W/") else value
-            value = value.strip('"').lower()
-            if re.fullmatch(r"[0-9a-f]{64}", value):
-                return value
-    return None
-
-
-def http_download(url, dest, retries=3, timeout=60):
-    """
-    Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
-    retrying an interrupted transfer up to `retries` times. The file is complete when its size
-    is the total from Content-Length/Content-Range and, if the server gives a sha256 (as an ETag
-    or X-Linked-ETag), its hash matches; only then is it renamed to dest.
-    """
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
-    failures = 0
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
-        if have:
-            request.add_header("Range", f"bytes={have}-")
-        redirects = _RecordRedirects()
-        try:
-            resp = urllib.request.build_opener(redirects).open(request, timeout=timeout)
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # nothing left to send: .part may be complete, or too long
-                total = _range_total(e.headers.get("Content-Range"))
-                e.close()
-                if total == have:
-                    sha = _server_sha256(redirects.headers + [e.headers])
-                    break
-                part.unlink()
-                continue
-            raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}. {SOURCE_HINT}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            raise DataError(f"could not download {url}: {reason}. {SOURCE_HINT}") from None
-        with resp:
-            sha = _server_sha256(redirects.headers + [resp.headers])
-            if resp.status == 206:
-                start, total = _range_start(resp.headers.get("Content-Range")), _range_total(
-                    resp.headers.get("Content-Range"))
-                if start != have:
-                    raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
-            else:  # 200: the whole file (a server without Range support restarts us from zero)
-                have = 0
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length is not None else None
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=dest.name, leave=False) as bar:
-                try:
-                    while chunk := resp.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-                except (OSError, http.client.HTTPException):
-                    pass  # an interrupted transfer: what we got stays in .part, checked below
-        got = part.stat().st_size
-        if total is None or got >= total:
-            break
-        failures += 1
-        if failures > retries:
-            raise DataError(f"download of {url} stopped at {got} of {total} bytes; "
-                            "run the same command again to resume it")
-        time.sleep(min(0.5 * failures, 5))
-    got = part.stat().st_size
-    if total is not None and got != total:
-        part.unlink()
-        raise DataError(f"download of {url} is corrupt: {got} bytes, the server said {total}; "
-                        "deleted it, run again")
-    if sha is not None:
-        actual = file_sha256(part)
-        if actual != sha:
-            part.unlink()
-            raise DataError(f"download of {url} is corrupt: sha256 {actual}, the server said {sha}; "
-                            "deleted it, run again")
-    os.replace(part, dest)
-    return dest
-
-
-def _range_total(content_range):
-    # "bytes 100-199/1234" or "bytes */1234"
-    m = re.search(r"/(\d+)\s*$", content_range or "")
-    return int(m.group(1)) if m else None
-
-
-def _range_start(content_range):
-    m = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
-    return int(m.group(1)) if m else None
-
-
-def _copy_local(src, dest):
-    part = dest.with_name(dest.name + ".part")
-    size = src.stat().st_size
-    with open(src, "rb") as fi, open(part, "wb") as fo, tqdm(
-            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, leave=False) as bar:
-        while block := fi.read(1 << 20):
-            fo.write(block)
-            bar.update(len(block))
-    if part.stat().st_size != size:
-        raise DataError(f"copy of {src} is incomplete ({part.stat().st_size} of {size} bytes)")
-    os.replace(part, dest)
-
-
-def fetch(name, data_dir, source=None, retries=3):
-    """Get data_dir/name from Hugging Face, a mirror URL, a local folder or a local file."""
-    dest = data_dir / name
-    if source is None or "://" in source:
-        base = source or HF_BASE
-        url = base if base.endswith(name) else base.rstrip("/") + "/" + name
-        print(f"downloading {url}")
-        return http_download(url, dest, retries=retries)
-    src = Path(source)
-    if src.is_dir():
-        src = src / name
-    elif src.name != name:  # a single local file stands in for the file of the same name only
-        raise DataError(f"--source {source}: need a file named {name} (or a folder holding it)")
-    if not src.is_file():
-        raise DataError(f"--source: {src} not found (the folder must hold {name})")
-    print(f"copying {src}")
-    _copy_local(src, dest)
-    return dest
-
-
 def extract_v1(archive, data_dir):
     """Unpack the all_data shards into data_dir/TinyStories_all_data, via a temp folder + rename."""
     final = data_dir / V1_DIR
@@ -451,7 +263,7 @@ def download(dataset="v1", data_dir=None, source=None, retries=3):
             continue  # extracted already; the archive itself is not needed any more
         for name in DATASET_FILES[ds]:
             if not (data_dir / name).is_file():
-                fetch(name, data_dir, source, retries)
+                fetch(name, data_dir, HF_BASE, source, retries)
                 did = True
         if ds == "v1":
             extract_v1(data_dir / DATASET_FILES["v1"][0], data_dir)
@@ -589,7 +401,8 @@ class ShardWriter:
 
     def __init__(self, out_dir, split, tok, tok_sha, shard_tokens):
         self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
-        self.fixed = (tok.n_words, tok.bos_id, tok.eos_id, bytes.fromhex(tok_sha))
+        self.fixed = (tok.n_words, tok.bos_id, tok.eos_id)
+        self.tok_sha = tok_sha
         self.shards = {}  # file name -> n_tokens
         self.f = None
 
@@ -608,10 +421,8 @@ class ShardWriter:
             self._finish()
 
     def _finish(self):
-        vocab, bos, eos, sha = self.fixed
-        header = struct.pack(HEADER_FMT, MAGIC, 1, vocab, bos, eos, *self.counts, sha)
         self.f.seek(0)
-        self.f.write(header.ljust(HEADER_SIZE, b"\0"))
+        self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha))
         self.f.close()
         self.f = None
         os.replace(self.tmp, self.out_dir / self.name)
@@ -635,28 +446,29 @@ def _batched(iterable, n):
 
 
 def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, shard_tokens=1 << 26,
-                chunk_stories=512):
+                chunk_stories=512, vocab_source="custom"):
     """
     Encode every story of files as BOS + tokens + EOS into uint16 shards in data/tok{N}/ (or
-    data/llama2/ for vocab_size 0). Stories are cut into chunks of chunk_stories in input order,
+    data/llama2/ for vocab_source="llama2"; see dataloader.py). Stories are cut into chunks of chunk_stories in input order,
     encoded by `workers` processes and written in input order, so the shards are byte-identical
     for any worker count. Everything is written to a temp folder that replaces the old one.
     """
     data_dir = default_data_dir(data_dir)
+    check_vocab(vocab_size, vocab_source)
     _check_vocab_size(vocab_size)
     workers = workers or os.cpu_count()
-    model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, data_dir=data_dir)
+    model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
     if not model.is_file():
-        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}` first"
-                if vocab_size else "pass --tokenizer PATH")
+        where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
+        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
+                if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH")
         raise DataError(f"tokenizer {model} not found: {hint}")
     tok = Tokenizer(model)
-    if vocab_size and tok.n_words != vocab_size:
+    if tok.n_words != vocab_size:
         raise DataError(f"tokenizer {model} has {tok.n_words} tokens, but --vocab_size={vocab_size}")
-    _check_vocab_size(tok.n_words)
     tok_sha = file_sha256(model)
     files = [Path(f) for f in files]
-    out = shard_dir(vocab_size, data_dir=data_dir)
+    out = shard_dir(vocab_size, vocab_source, data_dir)
     signature = {
         "tokenizer_sha256": tok_sha, "vocab_size": tok.n_words, "shard_tokens": shard_tokens,
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
@@ -748,206 +560,6 @@ def _read_manifest(out):
 
 
 # -----------------------------------------------------------------------------
-# training batches
-
-def read_header(path):
-    """The header of a shard as a dict; DataError when it is not a complete storyllama shard."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(HEADER_SIZE)
-    if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
-        raise DataError(f"{path}: not a storyllama token shard (bad magic); re-run pretokenize")
-    magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha = struct.unpack_from(HEADER_FMT, raw)
-    if version != 1:
-        raise DataError(f"{path}: shard format version {version}, this code reads version 1")
-    size = path.stat().st_size
-    if size != HEADER_SIZE + 2 * n_tokens:
-        raise DataError(f"{path}: {size} bytes, the header says {HEADER_SIZE + 2 * n_tokens} "
-                        "(truncated?); re-run pretokenize")
-    return {"vocab_size": vocab, "bos_id": bos, "eos_id": eos, "n_tokens": n_tokens,
-            "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex()}
-
-
-def load_shard(path):
-    """The tokens of a shard as a read-only uint16 memmap."""
-    n = read_header(path)["n_tokens"]
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_SIZE, shape=(n,))
-
-
-def split_shards(split, vocab_size, vocab_source="custom", data_dir=None):
-    """[(path, header)] of a split, after checking every shard matches the vocabulary asked for
-    and the tokenizer model that goes with it (when that model file is there)."""
-    if split not in ("train", "val"):
-        raise DataError(f"split={split!r}: expected 'train' or 'val'")
-    if vocab_source not in ("custom", "llama2"):
-        raise DataError(f"vocab_source={vocab_source!r}: expected 'custom' or 'llama2'")
-    if vocab_source == "custom" and vocab_size <= 0:
-        raise DataError(f"vocab_size={vocab_size}: a custom vocabulary needs a positive size")
-    folder = shard_dir(vocab_size, vocab_source, data_dir)
-    paths = sorted(folder.glob(f"{split}_*.bin"))
-    if not paths:
-        flag = 0 if vocab_source == "llama2" else vocab_size
-        raise DataError(f"no {split} shards in {folder}: run `python tinystories.py pretokenize "
-                        f"--vocab_size={flag}` first")
-    model = tokenizer_path(vocab_size, vocab_source, data_dir)
-    want_sha = file_sha256(model) if model.is_file() else None
-    out = []
-    for p in paths:
-        h = read_header(p)
-        if h["vocab_size"] != vocab_size:
-            raise DataError(f"{p}: made with a {h['vocab_size']}-token vocabulary, but vocab_size="
-                            f"{vocab_size}; re-run pretokenize or fix vocab_size")
-        if want_sha and h["tokenizer_sha256"] != want_sha:
-            raise DataError(f"{p}: made with another tokenizer (sha256 {h['tokenizer_sha256'][:12]}...) "
-                            f"than {model} ({want_sha[:12]}...); re-run pretokenize")
-        if out and h["tokenizer_sha256"] != out[0][1]["tokenizer_sha256"]:
-            raise DataError(f"{p}: made with another tokenizer than {out[0][0]}; re-run pretokenize")
-        out.append((p, h))
-    return out
-
-
-def split_bytes_per_token(split, vocab_size, vocab_source="custom", data_dir=None):
-    """UTF-8 bytes of story text per token (BOS/EOS included) in a split: for bits per byte,
-    bpb = loss_in_nats / ln(2) / bytes_per_token."""
-    shards = split_shards(split, vocab_size, vocab_source, data_dir)
-    return sum(h["n_bytes"] for _, h in shards) / sum(h["n_tokens"] for _, h in shards)
-
-
-class Batches:
-    """
-    Batch number k of one rank, as a pure function of (seed, rank, world_size, k) and the data;
-    a map-style dataset, so torch's DataLoader can spread batches over worker processes.
-
-    Windows are max_seq_len+1 tokens inside one shard. Default: a shard holds n // L windows
-    side by side (L = max_seq_len+1), shifted by a random offset in [0, n % L] that changes every
-    epoch; bos_aligned: one window starting at every BOS that has L tokens after it (such
-    windows can run into the next story). An epoch is a seeded random permutation of all
-    windows; the batches of all ranks are read from it in turn: batch k of rank r takes
-    positions ((k * world_size + r) * batch_size ...) of the endless stream of epochs.
-    So within an epoch no window is given twice, to any rank or DataLoader worker.
-    """
-
-    def __init__(self, shards, batch_size, max_seq_len, seed, rank, world_size, bos_aligned):
-        self.paths = [str(p) for p, _ in shards]
-        self.batch_size, self.L = batch_size, max_seq_len + 1
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.bos_aligned = bos_aligned
-        self._mm = None
-        lengths = np.array([h["n_tokens"] for _, h in shards], dtype=np.int64)
-        if bos_aligned:
-            # story starts that have a whole window after them, in global (concatenated) order
-            starts = [np.flatnonzero(self._tokens(i)[: max(n - self.L + 1, 0)] == h["bos_id"])
-                      for i, ((_, h), n) in enumerate(zip(shards, lengths))]
-            self.counts = np.array([len(s) for s in starts], dtype=np.int64)
-            self.bos_starts = np.concatenate(starts)
-            self.slack = np.zeros(len(shards), dtype=np.int64)
-        else:
-            self.counts = lengths // self.L
-            self.slack = lengths - self.counts * self.L  # room to shift the window grid
-        self.offsets = np.cumsum(self.counts) - self.counts  # first global window of each shard
-        self.n_windows = int(self.counts.sum())
-        self._epochs = {}
-
-    def __getstate__(self):  # DataLoader workers (spawn) reopen the memmaps themselves
-        state = dict(self.__dict__)
-        state["_mm"] = None
-        return state
-
-    def _tokens(self, i):
-        if self._mm is None:
-            self._mm = [load_shard(p) for p in self.paths]
-        return self._mm[i]
-
-    def _epoch(self, e):
-        if e not in self._epochs:
-            if len(self._epochs) >= 2:  # a batch rarely spans more than two epochs
-                self._epochs.pop(min(self._epochs))
-            rng = np.random.default_rng([self.seed, int(e)])
-            self._epochs[e] = (rng.permutation(self.n_windows), rng.integers(0, self.slack + 1))
-        return self._epochs[e]
-
-    def windows(self, k):
-        """(shard index, start token) of the batch_size windows of batch k."""
-        pos = (k * self.world_size + self.rank) * self.batch_size + np.arange(self.batch_size)
-        epoch, idx = pos // self.n_windows, pos % self.n_windows
-        shard = np.empty(self.batch_size, dtype=np.int64)
-        start = np.empty(self.batch_size, dtype=np.int64)
-        for e in np.unique(epoch):
-            perm, shifts = self._epoch(e)
-            sel = epoch == e
-            g = perm[idx[sel]]  # global window numbers
-            s = np.searchsorted(self.offsets, g, side="right") - 1
-            shard[sel] = s
-            if self.bos_aligned:
-                start[sel] = self.bos_starts[g]
-            else:
-                start[sel] = shifts[s] + (g - self.offsets[s]) * self.L
-        return shard, start
-
-    def __getitem__(self, k):
-        # torch is imported here, not at the top: the download/train_vocab/pretokenize commands
-        # and their worker processes then start without it (1-2 s and ~190 MB RSS less each)
-        import torch
-
-        shard, start = self.windows(k)
-        rows = np.empty((self.batch_size, self.L), dtype=np.int64)
-        cols = np.arange(self.L)
-        for s in np.unique(shard):
-            sel = shard == s
-            rows[sel] = self._tokens(s)[start[sel, None] + cols]
-        rows = torch.from_numpy(rows)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-
-
-def iter_batches(split, batch_size, max_seq_len, vocab_size, vocab_source="custom", data_dir=None,
-                 device="cpu", num_workers=0, seed=1337, rank=0, world_size=1, start=0,
-                 bos_aligned=False):
-    """
-    Endless (x, y) int64 batches of shape (batch_size, max_seq_len) on device, y = x shifted by
-    one token; see Batches for the sampling. Batch k (counting from 0) depends only on (seed,
-    rank, world_size, split, k, data), so a run resumes exactly by passing start=<batches
-    already consumed>, and num_workers > 0 gives the very same batches in the same order.
-    """
-    if batch_size < 1 or max_seq_len < 1:
-        raise DataError(f"batch_size={batch_size}, max_seq_len={max_seq_len}: both must be >= 1")
-    if not 0 <= rank < world_size:
-        raise DataError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
-    if start < 0 or num_workers < 0 or seed < 0:
-        raise DataError(f"start={start}, num_workers={num_workers}, seed={seed}: must be >= 0")
-    shards = split_shards(split, vocab_size, vocab_source, data_dir)
-    batches = Batches(shards, batch_size, max_seq_len, seed, rank, world_size, bos_aligned)
-    if batches.n_windows == 0:
-        raise DataError(f"the {split} split of {shard_dir(vocab_size, vocab_source, data_dir)} has no "
-                        f"window of max_seq_len+1={max_seq_len + 1} tokens")
-    return _generate(batches, device, num_workers, start)
-
-
-def _generate(batches, device, num_workers, start):
-    import torch  # imported where batches are made, see Batches.__getitem__
-
-    device = torch.device(device)
-    if num_workers == 0:
-        source = (batches[k] for k in itertools.count(start))
-    else:
-        # batch_size=None: the dataset already returns whole batches; the sampler hands out
-        # batch numbers round-robin and the loader returns them in order.
-        source = torch.utils.data.DataLoader(batches, batch_size=None, sampler=itertools.count(start),
-                                             num_workers=num_workers, pin_memory=device.type == "cuda")
-    for x, y in source:
-        if device.type == "cuda":  # pinned memory lets the copy overlap with compute
-            x = x.pin_memory().to(device, non_blocking=True)
-            y = y.pin_memory().to(device, non_blocking=True)
-        elif device.type != "cpu":
-            x, y = x.to(device), y.to(device)
-        yield x, y
-
-
-class Task:
-    """The nanoGPT/llama2.c-style name for the same iterator."""
-    iter_batches = staticmethod(iter_batches)
-
-
-# -----------------------------------------------------------------------------
 # command line
 
 def main(argv=None):
@@ -985,7 +597,10 @@ def main(argv=None):
     p = sub.add_parser("pretokenize", help="encode stories into uint16 token shards", description="encode stories into uint16 token shards")
     common(p)
     inputs(p)
-    p.add_argument("--vocab_size", type=int, required=True, help="N for data/tok{N}.model, 0 for Llama 2")
+    p.add_argument("--vocab_source", choices=["custom", "llama2"], default="custom",
+                   help="custom: data/tok{N}.model (default); llama2: Meta's 32000-token data/tokenizer.model")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help="N for data/tok{N}.model (required for custom; llama2 has 32000)")
     p.add_argument("--tokenizer", default=None, help="sentencepiece model to use instead")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard_tokens", type=int, default=1 << 26, help="tokens per shard file (about)")
@@ -998,11 +613,16 @@ def main(argv=None):
             files = input_files(args.data_dir, args.dataset, args.input)
             train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)
         else:
-            if args.vocab_size < 0 or (args.workers is not None and args.workers < 1):
-                raise DataError("--vocab_size must be >= 0 and --workers >= 1")
+            if args.workers is not None and args.workers < 1:
+                raise DataError(f"--workers={args.workers}: must be >= 1")
+            vocab_size = args.vocab_size
+            if vocab_size is None:
+                if args.vocab_source == "custom":
+                    raise DataError("pretokenize needs --vocab_size=N (data/tok{N}.model) or --vocab_source=llama2")
+                vocab_size = LLAMA2_VOCAB
             files = input_files(args.data_dir, args.dataset, args.input)
-            pretokenize(args.vocab_size, files, args.data_dir, args.tokenizer, args.workers,
-                        args.shard_tokens)
+            pretokenize(vocab_size, files, args.data_dir, args.tokenizer, args.workers, args.shard_tokens,
+                        vocab_source=args.vocab_source)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

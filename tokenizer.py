@@ -37,7 +37,6 @@ class Tokenizer:
         self.n_words = self.sp_model.vocab_size()  # vocabulary size, every id is < n_words
         self.bos_id = self.sp_model.bos_id()
         self.eos_id = self.sp_model.eos_id()
-        self.pad_id = self.sp_model.pad_id()  # -1 for all our models: no padding token
 
     def encode(self, s, bos, eos):
         assert isinstance(s, str), "encode takes one string"

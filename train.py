@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from configurator import configure_or_exit
-from model import ModelArgs, Transformer, check_args, peak_flops
+import dataloader
+from model import ModelArgs, Transformer, check_args, load_weights, peak_flops, read_checkpoint
 
 # -----------------------------------------------------------------------------
 # settings (defaults: a run that finishes on a laptop CPU; config/ holds the real recipes)
@@ -103,9 +104,9 @@ if config["init_from"] == "resume":
     if not os.path.isfile(ckpt_path):
         die(f"--init_from=resume: no checkpoint at {ckpt_path}")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        die(f"{ckpt_path}: cannot read the checkpoint ({type(e).__name__}: {e})")
+        ckpt = read_checkpoint(ckpt_path)
+    except ValueError as e:
+        die(str(e))
     recipe = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in SYSTEM_KEYS}
     config = configure_or_exit({**defaults, **recipe}, prog="train.py", none_types=none_types)
 globals().update(config)
@@ -118,10 +119,10 @@ for name, lo in (("batch_size", 1), ("max_seq_len", 1), ("gradient_accumulation_
         die(f"--{name}={config[name]}: must be >= {lo}", 2)
 if init_from not in ("scratch", "resume"):
     die(f"--init_from={init_from!r}: expected 'scratch' or 'resume'", 2)
-if vocab_source not in ("custom", "llama2"):
-    die(f"--vocab_source={vocab_source!r}: expected 'custom' or 'llama2'", 2)
-if vocab_source == "llama2" and vocab_size != 32000:
-    die(f"--vocab_size={vocab_size}: the Llama 2 vocabulary (vocab_source=llama2) has 32000 tokens", 2)
+try:
+    dataloader.check_vocab(vocab_size, vocab_source)
+except dataloader.DataError as e:
+    die(f"--{e}", 2)
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype={dtype!r}: expected float32, bfloat16, float16 or auto", 2)
 
@@ -152,39 +153,14 @@ torch.manual_seed(seed + rank)  # each rank its own dropout stream; DDP copies r
 tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
 
 # -----------------------------------------------------------------------------
-# data
+# data: each split's shards are checked and indexed once; the evaluation batches are fixed
 try:
-    import tinystories
-except ImportError as e:
-    die(f"cannot import tinystories.py (the data pipeline): {e}")
-
-
-def no_data_message(split):
-    n = 0 if vocab_source == "llama2" else vocab_size
-    folder = tinystories.shard_dir(vocab_size, vocab_source, data_dir)
-    steps = "python tinystories.py download; "
-    if n:
-        steps += f"python tinystories.py train_vocab --vocab_size={n}; "
-    steps += f"python tinystories.py pretokenize --vocab_size={n}"
-    return f"no {split} data for vocab_source={vocab_source} vocab_size={vocab_size} in {folder}; prepare it with: {steps}"
-
-
-for split in ("train", "val"):
-    if not any(tinystories.shard_dir(vocab_size, vocab_source, data_dir).glob(f"{split}_*.bin")):
-        die(no_data_message(split))
-
-
-def batches(split, start, micro, micro_batches, data_seed):
-    return tinystories.iter_batches(split, batch_size, max_seq_len, vocab_size, vocab_source, data_dir,
-                                    device=device, seed=data_seed, rank=micro, world_size=micro_batches,
-                                    start=start, bos_aligned=bos_aligned)
-
-
-try:  # shards of another vocabulary, or a split too small for one window: say so now, not mid-run
-    bytes_per_token = tinystories.split_bytes_per_token("val", vocab_size, vocab_source, data_dir)
-    for split in ("train", "val"):
-        batches(split, 0, 0, 1, seed)
-except tinystories.DataError as e:
+    shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir) for split in ("train", "val")}
+    bytes_per_token = dataloader.bytes_per_token(shards["val"])
+    train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
+    eval_batches = {split: dataloader.Batches(shards[split], batch_size, max_seq_len, seed + 1, bos_aligned)
+                    for split in ("train", "val")}
+except dataloader.DataError as e:
     die(str(e))
 
 if master:
@@ -208,9 +184,9 @@ except (TypeError, ValueError) as e:
 raw_model = Transformer(margs)
 if ckpt is not None:
     try:
-        raw_model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as e:
-        die(f"{ckpt_path} does not fit the model {asdict(margs)}: {str(e).splitlines()[0]}")
+        load_weights(raw_model, ckpt, ckpt_path)
+    except ValueError as e:
+        die(f"{e} (the model now: {asdict(margs)})")
 raw_model.to(device)
 optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if ckpt is not None:
@@ -280,10 +256,9 @@ def estimate_loss():
     out = {}
     eval_model.eval()
     for split in ("train", "val"):
-        data = batches(split, 0, 0, 1, seed + 1)
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y = next(data)
+            x, y = (t.to(device) for t in eval_batches[split][k])
             with amp:
                 _, loss = eval_model(x, y)
             losses[k] = loss.item()
@@ -337,7 +312,7 @@ if ckpt is not None:
     elif master:
         print(f"note: the checkpoint holds RNG states for {len(rngs)} processes, this run has {world_size}")
     ckpt = None  # free the memory
-train_data = [batches("train", iter_num, rank * micro_steps + m, gradient_accumulation_steps, seed)
+train_data = [dataloader.stream(train_batches, device, rank * micro_steps + m, gradient_accumulation_steps, iter_num)
               for m in range(micro_steps)]
 peak = peak_flops(device, ptdtype) if master else 1.0
 metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if master else None

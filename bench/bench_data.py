@@ -1,7 +1,7 @@
 """
 bench/bench_data.py: pretokenize throughput (stories/s) and peak memory, 1 worker vs all cores.
 
-    python bench/bench_data.py [--repeats 5] [--scale 8] [--vocabs 512,0]
+    python bench/bench_data.py [--repeats 5] [--scale 8] [--vocabs 512,llama2]
 
 Runs `python tinystories.py pretokenize` as a fresh process on the shared TinyStories text
 (../shared/data/tinystories, about 7,000 stories), for our 512-token vocabulary and for the Llama 2
@@ -24,7 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-import tinystories as ts  # noqa: E402  (flat scripts: the repo root is not a package)
+import dataloader  # noqa: E402  (flat scripts: the repo root is not a package)
+import tinystories as ts  # noqa: E402
+
+SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data"))
 
 OUT = REPO / "bench" / "out" / "data"
 
@@ -72,10 +75,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=int, default=8)
-    parser.add_argument("--vocabs", default="512,0", help="vocab sizes to time (0: Llama 2)")
+    parser.add_argument("--vocabs", default="512,llama2", help="vocabularies to time: sizes, or llama2")
     args = parser.parse_args()
 
-    src = ts.SHARED / "tinystories"
+    src = SHARED / "tinystories"
     files = sorted(src.iterdir())
     shutil.rmtree(OUT, ignore_errors=True)
     scaled = OUT / f"x{args.scale}"
@@ -91,23 +94,26 @@ def main():
     data = OUT / "d"
     subprocess.run([sys.executable, "tinystories.py", "train_vocab", "--vocab_size=512", "--input", str(src),
                     "--data_dir", str(data)], cwd=REPO, check=True, capture_output=True)
+    shutil.copy(SHARED / "models" / "tokenizer.model", dataloader.tokenizer_path(32000, "llama2", data))
     print("| vocab | input | workers | wall s | stories/s | speed-up | CPU s | peak RSS (tree) |")
     print("|---|---|---|---|---|---|---|---|")
-    for vocab in map(int, args.vocabs.split(",")):
+    for vocab in args.vocabs.split(","):
+        source, size = ("llama2", 32000) if vocab == "llama2" else ("custom", int(vocab))
+        flag = "--vocab_source=llama2" if vocab == "llama2" else f"--vocab_size={size}"
         for inp, n in ((src, n_stories), (scaled, n_stories * args.scale)):
             base = None
             for workers in (1, os.cpu_count()):
                 times, cpus, peaks = [], [], []
                 for _ in range(args.repeats):
-                    shutil.rmtree(ts.shard_dir(vocab, data_dir=data), ignore_errors=True)
-                    s, c, p = run([sys.executable, "tinystories.py", "pretokenize", f"--vocab_size={vocab}",
+                    shutil.rmtree(dataloader.shard_dir(size, source, data), ignore_errors=True)
+                    s, c, p = run([sys.executable, "tinystories.py", "pretokenize", flag,
                                 "--input", str(inp), "--data_dir", str(data), f"--workers={workers}"])
                     times.append(s)
                     cpus.append(c)
                     peaks.append(p)
                 s, c, p = statistics.median(times), statistics.median(cpus), statistics.median(peaks)
                 base = base or s
-                name = "llama2 (32000)" if vocab == 0 else str(vocab)
+                name = "llama2 (32000)" if vocab == "llama2" else vocab
                 label = "shared" if inp == src else f"shared x{args.scale}"
                 print(f"| {name} | {label} | {workers} | {s:.2f} | {n / s:,.0f} | {base / s:.2f}x | {c:.2f} | "
                       f"{p / 2**20:.0f} MiB |", flush=True)

@@ -3,7 +3,7 @@
 # tokens per iteration, learning rate 4e-4, dropout 0.1, 200K iterations (the 8 micro-batches are
 # split over the torchrun processes).
 # Parameters: 109,529,856 (tied classifier; FFN hidden 2048).
-# Data: python tinystories.py pretokenize --vocab_size=0
+# Data: python tinystories.py pretokenize --vocab_source=llama2 (with data/tokenizer.model)
 _parameters = 109_529_856
 out_dir = "out110M"
 vocab_source = "llama2"

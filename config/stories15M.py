@@ -1,7 +1,7 @@
 # stories15M: llama2.c's "OG" TinyStories model: dim 288, 6 layers, 6 heads, the Llama 2 vocabulary
 # (32000 tokens), 256-token context, with llama2.c train.py's default recipe (131,072 tokens/iter).
 # Parameters: 15,191,712 (tied classifier; FFN hidden 768).
-# Data: python tinystories.py pretokenize --vocab_size=0
+# Data: python tinystories.py pretokenize --vocab_source=llama2 (with data/tokenizer.model)
 _parameters = 15_191_712
 out_dir = "out15M"
 vocab_source = "llama2"

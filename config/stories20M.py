@@ -1,7 +1,7 @@
 # stories20M: dim 256, 6 layers, 4 heads (head size 64), the Llama 2 vocabulary with an untied
 # classifier, a short 128-token context.
 # Parameters: 21,204,224 (FFN hidden 704).
-# Data: python tinystories.py pretokenize --vocab_size=0
+# Data: python tinystories.py pretokenize --vocab_source=llama2 (with data/tokenizer.model)
 _parameters = 21_204_224
 out_dir = "out20M"
 vocab_source = "llama2"

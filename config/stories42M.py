@@ -1,7 +1,7 @@
 # stories42M: llama2.c's 42M TinyStories model: dim 512, 8 layers, 8 heads, the Llama 2 vocabulary,
 # 1024-token context; 131,072 tokens per iteration (32 x 1024 x 4).
 # Parameters: 41,689,600 (tied classifier; FFN hidden 1376).
-# Data: python tinystories.py pretokenize --vocab_size=0
+# Data: python tinystories.py pretokenize --vocab_source=llama2 (with data/tokenizer.model)
 _parameters = 41_689_600
 out_dir = "out42M"
 vocab_source = "llama2"

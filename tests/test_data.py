@@ -1,6 +1,6 @@
 """Data pipeline tests on the shared TinyStories files: readers and their errors, train_vocab,
 pretokenize (round trip, split, determinism, atomicity), and the batch iterator (determinism,
-exact resume, disjoint ranks and DataLoader workers, BOS alignment, tokenizer checks)."""
+exact resume, disjoint ranks and DataLoader workers, BOS alignment, tokenizer checks: dataloader.py)."""
 import gzip
 import hashlib
 import json
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+import dataloader as dl
 import tinystories as ts
-from tinystories import DataError
+from dataloader import DataError
 from tokenizer import Tokenizer
 
 
@@ -126,7 +127,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 
     def run(*args):
         r = subprocess.run([sys.executable, "tinystories.py", *args, "--data_dir", str(tmp_path / "d")],
-                           cwd=ts.REPO, capture_output=True, text=True, timeout=60)
+                           cwd=dl.REPO, capture_output=True, text=True, timeout=60)
         lines = [line for line in r.stderr.splitlines()
                  if line.strip() and not line.startswith(("note:", "vocab sample"))]
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
@@ -137,18 +138,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         "train_vocab", "--vocab_size=300", "--input", str(tmp_path / "bad.json"))
     assert "must be at least 260" in run("train_vocab", "--vocab_size=100", "--input", str(tmp_path))
     assert "at most 65535" in run("pretokenize", "--vocab_size=65536", "--input", str(tmp_path))
-    assert "tok300.model not found: run `python tinystories.py train_vocab --vocab_size=300`" in run(
-        "pretokenize", "--vocab_size=300", "--input", str(tmp_path / "good.txt"))
-    assert "--input" in run("pretokenize", "--vocab_size=0", "--input", str(tmp_path / "missing"))
+    # the hint keeps the user's --data_dir
+    assert (f"tok300.model not found: run `python tinystories.py train_vocab --vocab_size=300 "
+            f"--data_dir={tmp_path / 'd'}`") in run("pretokenize", "--vocab_size=300", "--input", str(tmp_path / "good.txt"))
+    assert "--input" in run("pretokenize", "--vocab_source=llama2", "--input", str(tmp_path / "missing"))
     assert "run `python tinystories.py download --dataset=v2` first" in run(
-        "pretokenize", "--vocab_size=0", "--dataset=v2")
+        "pretokenize", "--vocab_source=llama2", "--dataset=v2")
+    assert "needs --vocab_size=N" in run("pretokenize", "--input", str(tmp_path / "good.txt"))
+    assert "tokenizer.model not found" in run("pretokenize", "--vocab_source=llama2", "--input", str(tmp_path))
     assert "sentencepiece could not train" in run(
         "train_vocab", "--vocab_size=5000", "--input", str(tmp_path / "good.txt"))
 
 
 def test_help_for_every_command():
     for cmd in ("download", "train_vocab", "pretokenize"):
-        r = subprocess.run([sys.executable, "tinystories.py", cmd, "--help"], cwd=ts.REPO,
+        r = subprocess.run([sys.executable, "tinystories.py", cmd, "--help"], cwd=dl.REPO,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "--data_dir" in r.stdout
 
@@ -179,7 +183,7 @@ def test_train_vocab_is_deterministic_with_special_tokens(corpus, tmp_path, caps
 
 def decode_shards(folder, split, tok):
     """Stories back from the shards of a split, checking the BOS ... EOS framing."""
-    tokens = np.concatenate([ts.load_shard(p) for p in sorted(folder.glob(f"{split}_*.bin"))])
+    tokens = np.concatenate([dl.load_shard(p) for p in sorted(folder.glob(f"{split}_*.bin"))])
     bos = np.flatnonzero(tokens == tok.bos_id)
     eos = np.flatnonzero(tokens == tok.eos_id)
     assert bos[0] == 0 and eos[-1] == len(tokens) - 1 and len(bos) == len(eos)
@@ -194,10 +198,10 @@ def test_whole_chain_round_trip(built, corpus):
     for name, is_val in (("train", False), ("val", True)):
         want = [s for s, v in split if v == is_val]
         assert decode_shards(built / "tok512", name, tok) == want
-        headers = [ts.read_header(p) for p in (built / "tok512").glob(f"{name}_*.bin")]
+        headers = [dl.read_header(p) for p in (built / "tok512").glob(f"{name}_*.bin")]
         assert sum(h["n_stories"] for h in headers) == len(want)
         assert sum(h["n_bytes"] for h in headers) == sum(len(s.encode()) for s in want)
-        assert ts.split_bytes_per_token(name, 512, data_dir=built) == pytest.approx(
+        assert dl.split_bytes_per_token(name, 512, data_dir=built) == pytest.approx(
             sum(len(s.encode()) for s in want) / sum(h["n_tokens"] for h in headers))
     assert not list(built.rglob("*.tmp"))
 
@@ -261,7 +265,7 @@ def test_pretokenize_is_idempotent_and_atomic(shared, tmp_path, built, monkeypat
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
     monkeypatch.setattr(ts, "_encode_chunk", real)
     ts.pretokenize(512, more, tmp_path, workers=1)  # new inputs: the shards are rebuilt
-    assert sum(ts.read_header(p)["n_stories"] for p in out.glob("*.bin")) == 3005
+    assert sum(dl.read_header(p)["n_stories"] for p in out.glob("*.bin")) == 3005
 
 
 def _dies_on_second_chunk(chunk):
@@ -286,14 +290,15 @@ def test_dead_worker_is_an_error_not_a_hang(shared, tmp_path, built, monkeypatch
 
 def test_llama2_tokenizer_shards(shared, tmp_path):
     files = [shared / "tinystories" / "TinyStoriesV2-GPT4-train.sample.txt"]
-    out = ts.pretokenize(0, files, tmp_path, workers=1)
+    shutil.copy(shared / "models" / "tokenizer.model", dl.tokenizer_path(32000, "llama2", tmp_path))
+    out = ts.pretokenize(32000, files, tmp_path, workers=1, vocab_source="llama2")
     assert out == tmp_path / "llama2"
-    tok = Tokenizer(shared / "models" / "tokenizer.model")
-    h = ts.read_header(out / "train_0000.bin")
-    assert h["vocab_size"] == 32000 and h["tokenizer_sha256"] == ts.file_sha256(tok.model_path)
+    tok = Tokenizer(tmp_path / "tokenizer.model")
+    h = dl.read_header(out / "train_0000.bin")
+    assert h["vocab_size"] == 32000 and h["tokenizer_sha256"] == dl.file_sha256(tok.model_path)
     split = list(ts.iter_split(files))
     assert decode_shards(out, "train", tok) == [s for s, v in split if not v]
-    x, y = next(ts.iter_batches("train", 2, 16, 32000, "llama2", data_dir=tmp_path))
+    x, y = next(dl.iter_batches("train", 2, 16, 32000, "llama2", data_dir=tmp_path))
     assert x.shape == (2, 16) and int(x.max()) < 32000
 
 
@@ -309,7 +314,7 @@ def test_refuses_vocab_over_uint16(tmp_path, corpus):
 def take(n, **kw):
     args = dict(split="train", batch_size=4, max_seq_len=64, vocab_size=512)
     args.update(kw)
-    return [b for _, b in zip(range(n), ts.iter_batches(**args))]
+    return [b for _, b in zip(range(n), dl.iter_batches(**args))]
 
 
 def same(a, b):
@@ -334,23 +339,23 @@ def test_deterministic_and_exact_resume(built):
     assert same(v[41:], take(19, split="val", data_dir=built, batch_size=16, start=41))
 
 
-def windows_of(built, split, world_size, rank, batch_size, seq, bos_aligned=False):
-    shards = ts.split_shards(split, 512, data_dir=built)
-    return ts.Batches(shards, batch_size, seq, 1337, rank, world_size, bos_aligned), shards
+def windows_of(built, split, batch_size, seq, bos_aligned=False):
+    shards = dl.split_shards(split, 512, data_dir=built)
+    return dl.Batches(shards, batch_size, seq, 1337, bos_aligned), shards
 
 
 def test_ranks_share_no_tokens_within_an_epoch(built):
     seq, bs, world = 255, 8, 3
     seen = []
     for rank in range(world):
-        b, shards = windows_of(built, "train", world, rank, bs, seq)
+        b, shards = windows_of(built, "train", bs, seq)
         per_epoch = b.n_windows // (bs * world)
         for k in range(per_epoch):
-            s, st = b.windows(k)
+            s, st = b.windows(k * world + rank)  # rank r's batch k is global batch k * world + r
             seen += list(zip(s.tolist(), st.tolist()))
         x, _ = take(1, data_dir=built, batch_size=bs, max_seq_len=seq, world_size=world, rank=rank, start=3)[0]
-        s, st = b.windows(3)  # the iterator really serves these windows
-        tokens = [ts.load_shard(p) for p, _ in shards]
+        s, st = b.windows(3 * world + rank)  # the iterator really serves these windows
+        tokens = [dl.load_shard(p) for p, _ in shards]
         assert all(torch.equal(x[i], torch.from_numpy(tokens[s[i]][st[i]:st[i] + seq].astype(np.int64)))
                    for i in range(bs))
     assert len(seen) == len(set(seen)) and len(seen) > 0.99 * b.n_windows - bs * world
@@ -362,7 +367,7 @@ def test_ranks_share_no_tokens_within_an_epoch(built):
 def test_dataloader_workers_give_the_same_disjoint_batches(built):
     serial = take(9, data_dir=built, seed=3, start=2)
     assert same(serial, take(9, data_dir=built, seed=3, start=2, num_workers=2))
-    b, _ = windows_of(built, "train", 1, 0, 4, 64)
+    b, _ = windows_of(built, "train", 4, 64)
     b.seed = 3
     w = [tuple(zip(*map(np.ndarray.tolist, b.windows(k)))) for k in range(2, 11)]
     by_worker = [set().union(*w[0::2]), set().union(*w[1::2])]  # batches k, k+2.. go to one worker
@@ -375,11 +380,11 @@ def test_bos_aligned_windows(built):
             assert (x[:, 0] == 1).all()
     starts = [set(), set()]
     for rank in range(2):
-        b, _ = windows_of(built, "train", 2, rank, 16, 64, bos_aligned=True)
+        b, _ = windows_of(built, "train", 16, 64, bos_aligned=True)
         for k in range(b.n_windows // 32):
-            starts[rank] |= set(zip(*map(np.ndarray.tolist, b.windows(k))))
+            starts[rank] |= set(zip(*map(np.ndarray.tolist, b.windows(k * 2 + rank))))
     assert not starts[0] & starts[1] and len(starts[0]) == len(starts[1]) == (b.n_windows // 32) * 16
-    n_stories = sum(h["n_stories"] for _, h in ts.split_shards("train", 512, data_dir=built))
+    n_stories = sum(h["n_stories"] for _, h in dl.split_shards("train", 512, data_dir=built))
     assert n_stories - 10 <= b.n_windows <= n_stories  # one window per story start
 
 
@@ -388,14 +393,14 @@ def test_refuses_other_tokenizer_or_vocab(built, corpus, tmp_path):
     shutil.copytree(built / "tok512", other / "tok512")
     ts.train_vocab(512, corpus, other, max_stories=300)  # a different 512-token model
     with pytest.raises(DataError, match="made with another tokenizer"):
-        ts.iter_batches("train", 4, 64, 512, data_dir=other)
+        dl.iter_batches("train", 4, 64, 512, data_dir=other)
     with pytest.raises(DataError, match="made with another tokenizer"):
-        ts.split_bytes_per_token("val", 512, data_dir=other)
+        dl.split_bytes_per_token("val", 512, data_dir=other)
     shutil.copytree(built / "tok512", tmp_path / "wrong" / "tok600")
     with pytest.raises(DataError, match="made with a 512-token vocabulary, but vocab_size=600"):
-        ts.iter_batches("train", 4, 64, 600, data_dir=tmp_path / "wrong")
+        dl.iter_batches("train", 4, 64, 600, data_dir=tmp_path / "wrong")
     with pytest.raises(DataError, match="no train shards in .*pretokenize --vocab_size=1024"):
-        ts.iter_batches("train", 4, 64, 1024, data_dir=built)
+        dl.iter_batches("train", 4, 64, 1024, data_dir=built)
 
 
 def test_refuses_damaged_shards(built, tmp_path):
@@ -405,16 +410,11 @@ def test_refuses_damaged_shards(built, tmp_path):
     data = (d / "val_0000.bin").read_bytes()
     (d / "val_0000.bin").write_bytes(data[:-2])
     with pytest.raises(DataError, match="val_0000.bin: .* bytes, the header says .*truncated"):
-        ts.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
+        dl.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
     (d / "val_0000.bin").write_bytes(data[256:])  # a raw llama2.c-style uint16 file, no header
     with pytest.raises(DataError, match="not a storyllama token shard"):
-        ts.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
+        dl.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
     with pytest.raises(DataError, match="no window of max_seq_len"):
-        ts.iter_batches("train", 4, 10**8, 512, data_dir=built)
+        dl.iter_batches("train", 4, 10**8, 512, data_dir=built)
     with pytest.raises(DataError, match="rank=2, world_size=2"):
-        ts.iter_batches("train", 4, 64, 512, data_dir=built, rank=2, world_size=2)
-
-
-def test_task_alias(built):
-    a = [b for _, b in zip(range(2), ts.Task.iter_batches("val", 2, 32, 512, data_dir=built))]
-    assert same(a, take(2, split="val", batch_size=2, max_seq_len=32, data_dir=built))
+        dl.iter_batches("train", 4, 64, 512, data_dir=built, rank=2, world_size=2)

@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import download as dl
 import tinystories as ts
-from tinystories import DataError
+from dataloader import DataError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # not a multiple of any chunk size
 
@@ -110,18 +111,18 @@ def test_resume_after_dropped_connection(server, tmp_path):
     server.drop_after = {0: 1_000_000}
     dest = tmp_path / "blob.bin"
     with pytest.raises(DataError, match="stopped at 1000000 of"):
-        ts.http_download(server.url + "blob.bin", dest, retries=0)
+        dl.http_download(server.url + "blob.bin", dest, retries=0)
     part = tmp_path / "blob.bin.part"
     assert part.stat().st_size == 1_000_000 and not dest.exists()
-    ts.http_download(server.url + "blob.bin", dest, retries=0)
+    dl.http_download(server.url + "blob.bin", dest, retries=0)
     assert server.requests[1][1] == "bytes=1000000-"  # the second request resumed, not restarted
     assert dest.read_bytes() == PAYLOAD and not part.exists()
 
 
 def test_retries_resume_within_one_call(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(ts.time, "sleep", lambda s: None)  # no back-off waits in tests
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)  # no back-off waits in tests
     server.drop_after = {0: 70_000, 1: 500_000}
-    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
+    dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
     assert [r for _, r in server.requests] == [None, "bytes=70000-", "bytes=570000-"]
     assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
 
@@ -130,8 +131,8 @@ def test_resume_after_killed_client(server, tmp_path):
     server.slow = 0.02  # ~3 MB/s: slow enough to kill the client mid-transfer
     dest = tmp_path / "blob.bin"
     part = tmp_path / "blob.bin.part"
-    code = f"import tinystories; tinystories.http_download({server.url + 'blob.bin'!r}, {str(dest)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ts.REPO,
+    code = f"import download; download.http_download({server.url + 'blob.bin'!r}, {str(dest)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(dl.__file__)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
@@ -143,7 +144,7 @@ def test_resume_after_killed_client(server, tmp_path):
     partial = part.stat().st_size
     assert 0 < partial < len(PAYLOAD) and not dest.exists()
     server.slow = 0.0
-    ts.http_download(server.url + "blob.bin", dest)
+    dl.http_download(server.url + "blob.bin", dest)
     assert server.requests[-1][1] == f"bytes={partial}-"
     assert dest.read_bytes() == PAYLOAD
 
@@ -152,10 +153,10 @@ def test_sha256_mismatch_is_detected(server, tmp_path):
     server.sha["blob.bin"] = hashlib.sha256(PAYLOAD).hexdigest()
     server.corrupt = True
     with pytest.raises(DataError, match="corrupt: sha256"):
-        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+        dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
     assert not (tmp_path / "blob.bin").exists() and not (tmp_path / "blob.bin.part").exists()
     server.corrupt = False  # the next run starts over and succeeds
-    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
     assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
 
 
@@ -164,22 +165,22 @@ def test_sha256_from_redirect_header(server, tmp_path):
     server.sha["blob.bin"] = hashlib.sha256(PAYLOAD).hexdigest()
     server.corrupt = True
     with pytest.raises(DataError, match="sha256"):
-        ts.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
+        dl.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
     server.corrupt = False
-    ts.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
+    dl.http_download(server.url + "resolve/blob.bin", tmp_path / "blob.bin")
     assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
 
 
 def test_part_longer_than_file_restarts(server, tmp_path):
     (tmp_path / "blob.bin.part").write_bytes(PAYLOAD + b"junk from an older, longer file")
-    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
     assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
 
 
 def test_server_without_range_restarts(server, tmp_path):
     (tmp_path / "blob.bin.part").write_bytes(b"x" * 1000)  # wrong bytes: must not be kept
     server.ignore_range = True
-    ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+    dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
     assert (tmp_path / "blob.bin").read_bytes() == PAYLOAD
 
 
@@ -187,15 +188,15 @@ def test_size_mismatch_is_detected(server, tmp_path):
     (tmp_path / "blob.bin.part").write_bytes(PAYLOAD[:1000])
     server.lie_total = len(PAYLOAD) - 100  # the bytes sent and the size announced disagree
     with pytest.raises(DataError, match=f"corrupt: {len(PAYLOAD)} bytes, the server said {len(PAYLOAD) - 100}"):
-        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
+        dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin")
     assert not (tmp_path / "blob.bin").exists() and not (tmp_path / "blob.bin.part").exists()
 
 
 def test_short_body_is_detected(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(ts.time, "sleep", lambda s: None)
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)
     server.drop_after = {i: 10 for i in range(10)}  # every answer stops early
     with pytest.raises(DataError, match="stopped at .* run the same command again"):
-        ts.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
+        dl.http_download(server.url + "blob.bin", tmp_path / "blob.bin", retries=2)
     assert not (tmp_path / "blob.bin").exists()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sample import load_model
+from model import load_checkpoint
 from test_model import load_v0_bin, tiny
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,12 +64,12 @@ def test_strict_loading(tmp_path):
     m = tiny()
     good = {"model": m.state_dict(), "model_args": asdict(m.args), "config": {}}
     torch.save(good, tmp_path / "good.pt")
-    loaded, _ = load_model(str(tmp_path / "good.pt"))
+    loaded, _ = load_checkpoint(str(tmp_path / "good.pt"))
     x = torch.randint(0, 64, (1, 8))
     torch.testing.assert_close(loaded(x)[0], m.eval()(x)[0])
     compiled = {**good, "model": {"_orig_mod." + k: v for k, v in m.state_dict().items()}}
     torch.save(compiled, tmp_path / "compiled.pt")
-    load_model(str(tmp_path / "compiled.pt"))
+    load_checkpoint(str(tmp_path / "compiled.pt"))
     cases = {
         "missing": ({**good, "model": {k: v for k, v in m.state_dict().items() if "layers.1.ffn_norm" not in k}},
                     "Missing key"),
@@ -81,8 +81,36 @@ def test_strict_loading(tmp_path):
     for name, (ckpt, words) in cases.items():
         torch.save(ckpt, tmp_path / f"{name}.pt")
         with pytest.raises(ValueError, match=words):
-            load_model(str(tmp_path / f"{name}.pt"))
+            load_checkpoint(str(tmp_path / f"{name}.pt"))
     r = sample(f"--checkpoint={tmp_path / 'missing.pt'}", ok=False)
     assert r.returncode == 1 and r.stdout == ""
     err = r.stderr.strip()
     assert "\n" not in err and "missing.pt" in err and "layers.1.ffn_norm.weight" in err, err
+
+
+class _RunsCode:
+    """Unpickling this object calls os.system: what a crafted ckpt.pt can do to weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_every_reader_refuses_a_checkpoint_that_runs_code(tmp_path):
+    m = tiny()
+    marker = tmp_path / "pwned"
+    ckpt = {"model": m.state_dict(), "model_args": asdict(m.args), "config": {}, "evil": _RunsCode(marker)}
+    (tmp_path / "out").mkdir()
+    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
+    path = tmp_path / "out" / "ckpt.pt"
+    for cmd in (["sample.py", f"--checkpoint={path}"], ["export.py", str(tmp_path / "m.bin"), f"--checkpoint={path}"],
+                ["train.py", "--init_from=resume", f"--out_dir={tmp_path / 'out'}"]):
+        r = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:]], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        err = r.stderr.strip()
+        assert r.returncode == 1 and "\n" not in err and "ckpt.pt" in err, (cmd, err)
+        assert not marker.exists(), cmd
+    assert not (tmp_path / "m.bin").exists()

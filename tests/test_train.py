@@ -67,7 +67,7 @@ def test_no_data_says_how_to_prepare_it(tmp_path):
 
 
 def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
-    import tinystories
+    import dataloader
     out = tmp_path / "out"
     train(*TINY, "--dim=64", "--max_seq_len=64", "--batch_size=16", "--learning_rate=3e-3", "--max_iters=60",
           "--eval_interval=60", "--log_interval=20", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=tmp_path)
@@ -77,7 +77,7 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     assert evals[0]["val_loss"] == pytest.approx(math.log(512), abs=0.15)  # uniform at init
     assert evals[1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals
     assert logs[-1]["loss"] < logs[0]["loss"]
-    bpt = tinystories.split_bytes_per_token("val", 512, "custom", data_dir)
+    bpt = dataloader.split_bytes_per_token("val", 512, "custom", data_dir)
     assert evals[1]["val_bpb"] == pytest.approx(evals[1]["val_loss"] / math.log(2) / bpt)
     assert all(m["tok_per_s"] > 0 and 0 < m["mfu"] < 1 for m in logs)
     ckpt = load(out)

@@ -1,0 +1,314 @@
+"""
+dataloader.py: where a vocabulary's files live, the token shard format, and the training batches.
+
+train.py and sample.py import this file alone; tinystories.py (which makes the shards) uses its
+shard writer helpers, so the format is defined here once for both sides.
+
+The vocabulary rule (the only place it is written; run.c's find_tokenizer restates the .bin half):
+    vocab_source="custom", vocab_size=N   data/tok{N}.model (run.c: tok{N}.bin), shards in data/tok{N}/
+    vocab_source="llama2" (32000 tokens)  data/tokenizer.model (llama2.c's name; run.c: tokenizer.bin),
+                                          shards in data/llama2/
+data/ is $STORYLLAMA_DATA or the repo's data/ unless a data_dir is given.
+
+Shard file (.bin, little-endian): a 256-byte header, then n_tokens uint16 token ids:
+    off 0  8 bytes magic b"STORYTOK" | 8 u32 version=1 | 12 u32 vocab_size | 16 u32 bos_id
+    20 u32 eos_id | 24 u64 n_tokens | 32 u64 n_stories | 40 u64 n_bytes | 48 32 bytes tokenizer
+    sha256 | 80..255 zero
+Every story is BOS, its tokens, EOS. n_bytes counts the UTF-8 bytes of the story texts (for
+bits-per-byte); n_tokens counts BOS and EOS too. The header lets the reader refuse shards made
+with another tokenizer or vocabulary instead of training on garbage.
+
+    shards = split_shards("train", 512)            # checked once
+    batches = Batches(shards, batch_size, max_seq_len, seed)
+    x, y = batches[g]                              # global batch g, a pure function of (seed, g, data)
+    for x, y in iter_batches("train", batch_size, max_seq_len, 512): ...   # one rank's stream
+"""
+import hashlib
+import itertools
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent
+LLAMA2_VOCAB = 32000  # tokens in Meta's Llama 2 vocabulary
+HEADER_SIZE = 256
+HEADER_FMT = "<8sIIIIQQQ32s"  # magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha256
+MAGIC = b"STORYTOK"
+VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad input or state: the message names the file or flag and says what was expected."""
+
+
+# -----------------------------------------------------------------------------
+# the vocabulary rule
+
+def default_data_dir(data_dir=None):
+    return Path(data_dir or os.environ.get("STORYLLAMA_DATA") or REPO / "data")
+
+
+def check_vocab(vocab_size, vocab_source="custom"):
+    """DataError unless (vocab_source, vocab_size) names a vocabulary."""
+    if vocab_source not in ("custom", "llama2"):
+        raise DataError(f"vocab_source={vocab_source!r}: expected 'custom' or 'llama2'")
+    if vocab_source == "llama2" and vocab_size != LLAMA2_VOCAB:
+        raise DataError(f"vocab_size={vocab_size}: the Llama 2 vocabulary (vocab_source=llama2) has "
+                        f"{LLAMA2_VOCAB} tokens")
+    if vocab_source == "custom" and vocab_size <= 0:
+        raise DataError(f"vocab_size={vocab_size}: a custom vocabulary needs a positive size")
+
+
+def _vocab_name(vocab_size, vocab_source):
+    check_vocab(vocab_size, vocab_source)
+    return "llama2" if vocab_source == "llama2" else f"tok{vocab_size}"
+
+
+def shard_dir(vocab_size, vocab_source="custom", data_dir=None):
+    """The folder of a vocabulary's token shards: data/tok{N}/ or data/llama2/."""
+    return default_data_dir(data_dir) / _vocab_name(vocab_size, vocab_source)
+
+
+def tokenizer_path(vocab_size, vocab_source="custom", data_dir=None):
+    """The sentencepiece model of a vocabulary: data/tok{N}.model or data/tokenizer.model (Llama 2)."""
+    name = "tokenizer" if vocab_source == "llama2" else _vocab_name(vocab_size, vocab_source)
+    return default_data_dir(data_dir) / f"{name}.model"
+
+
+def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
+    """The commands that make a vocabulary's shards, with the user's data_dir kept."""
+    check_vocab(vocab_size, vocab_source)
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    vocab = "--vocab_source=llama2" if vocab_source == "llama2" else f"--vocab_size={vocab_size}"
+    steps = [f"python tinystories.py download{where}"]
+    if vocab_source == "llama2":
+        model = tokenizer_path(vocab_size, vocab_source, data_dir)
+        steps.append(f"put Meta's Llama 2 tokenizer.model at {model}")
+    else:
+        steps.append(f"python tinystories.py train_vocab {vocab}{where}")
+    steps.append(f"python tinystories.py pretokenize {vocab}{where}")
+    return "; ".join(steps)
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# the shard format
+
+def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokenizer_sha256):
+    """The 256-byte header of a shard (tokenizer_sha256 as a hex string)."""
+    raw = struct.pack(HEADER_FMT, MAGIC, VERSION, vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes,
+                      bytes.fromhex(tokenizer_sha256))
+    return raw.ljust(HEADER_SIZE, b"\0")
+
+
+def read_header(path):
+    """The header of a shard as a dict; DataError when it is not a complete storyllama shard."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_SIZE)
+    if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
+        raise DataError(f"{path}: not a storyllama token shard (bad magic); re-run pretokenize")
+    magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha = struct.unpack_from(HEADER_FMT, raw)
+    if version != VERSION:
+        raise DataError(f"{path}: shard format version {version}, this code reads version {VERSION}")
+    size = path.stat().st_size
+    if size != HEADER_SIZE + 2 * n_tokens:
+        raise DataError(f"{path}: {size} bytes, the header says {HEADER_SIZE + 2 * n_tokens} "
+                        "(truncated?); re-run pretokenize")
+    return {"vocab_size": vocab, "bos_id": bos, "eos_id": eos, "n_tokens": n_tokens,
+            "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex()}
+
+
+def load_shard(path):
+    """The tokens of a shard as a read-only uint16 memmap."""
+    n = read_header(path)["n_tokens"]
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_SIZE, shape=(n,))
+
+
+def split_shards(split, vocab_size, vocab_source="custom", data_dir=None):
+    """[(path, header)] of a split, after checking every shard matches the vocabulary asked for
+    and the tokenizer model that goes with it (when that model file is there)."""
+    if split not in ("train", "val"):
+        raise DataError(f"split={split!r}: expected 'train' or 'val'")
+    folder = shard_dir(vocab_size, vocab_source, data_dir)
+    paths = sorted(folder.glob(f"{split}_*.bin"))
+    if not paths:
+        raise DataError(f"no {split} shards in {folder} for vocab_source={vocab_source} vocab_size={vocab_size}; "
+                        f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir)}")
+    model = tokenizer_path(vocab_size, vocab_source, data_dir)
+    want_sha = file_sha256(model) if model.is_file() else None
+    out = []
+    for p in paths:
+        h = read_header(p)
+        if h["vocab_size"] != vocab_size:
+            raise DataError(f"{p}: made with a {h['vocab_size']}-token vocabulary, but vocab_size="
+                            f"{vocab_size}; re-run pretokenize or fix vocab_size")
+        if want_sha and h["tokenizer_sha256"] != want_sha:
+            raise DataError(f"{p}: made with another tokenizer (sha256 {h['tokenizer_sha256'][:12]}...) "
+                            f"than {model} ({want_sha[:12]}...); re-run pretokenize")
+        if out and h["tokenizer_sha256"] != out[0][1]["tokenizer_sha256"]:
+            raise DataError(f"{p}: made with another tokenizer than {out[0][0]}; re-run pretokenize")
+        out.append((p, h))
+    return out
+
+
+def bytes_per_token(shards):
+    """UTF-8 bytes of story text per token (BOS/EOS included) in shards, for bits per byte:
+    bpb = loss_in_nats / ln(2) / bytes_per_token."""
+    return sum(h["n_bytes"] for _, h in shards) / sum(h["n_tokens"] for _, h in shards)
+
+
+def split_bytes_per_token(split, vocab_size, vocab_source="custom", data_dir=None):
+    return bytes_per_token(split_shards(split, vocab_size, vocab_source, data_dir))
+
+
+# -----------------------------------------------------------------------------
+# batches
+
+class Batches:
+    """
+    Global batch number g as a pure function of (seed, g) and the data; a map-style dataset, so
+    torch's DataLoader can spread batches over worker processes.
+
+    Windows are max_seq_len+1 tokens inside one shard. Default: a shard holds n // L windows
+    side by side (L = max_seq_len+1), shifted by a random offset in [0, n % L] that changes every
+    epoch; bos_aligned: one window starting at every BOS that has L tokens after it (such
+    windows can run into the next story). An epoch is a seeded random permutation of all
+    windows; batch g takes positions g * batch_size ... of the endless stream of epochs. Rank r
+    of world_size takes the global batches k * world_size + r (k = 0, 1, ...), so within an
+    epoch no window is given twice, to any rank or DataLoader worker.
+    """
+
+    def __init__(self, shards, batch_size, max_seq_len, seed, bos_aligned=False):
+        if batch_size < 1 or max_seq_len < 1 or seed < 0:
+            raise DataError(f"batch_size={batch_size}, max_seq_len={max_seq_len}, seed={seed}: "
+                            "need batch_size, max_seq_len >= 1 and seed >= 0")
+        self.paths = [str(p) for p, _ in shards]
+        self.batch_size, self.L = batch_size, max_seq_len + 1
+        self.seed = seed
+        self.bos_aligned = bos_aligned
+        self._mm = None
+        lengths = np.array([h["n_tokens"] for _, h in shards], dtype=np.int64)
+        if bos_aligned:
+            # story starts that have a whole window after them, in global (concatenated) order
+            starts = [np.flatnonzero(self._tokens(i)[: max(n - self.L + 1, 0)] == h["bos_id"])
+                      for i, ((_, h), n) in enumerate(zip(shards, lengths))]
+            self.counts = np.array([len(s) for s in starts], dtype=np.int64)
+            self.bos_starts = np.concatenate(starts)
+            self.slack = np.zeros(len(shards), dtype=np.int64)
+        else:
+            self.counts = lengths // self.L
+            self.slack = lengths - self.counts * self.L  # room to shift the window grid
+        self.offsets = np.cumsum(self.counts) - self.counts  # first global window of each shard
+        self.n_windows = int(self.counts.sum())
+        if self.n_windows == 0:
+            folder = Path(self.paths[0]).parent if self.paths else "the data"
+            raise DataError(f"the shards in {folder} have no window of max_seq_len+1={self.L} tokens")
+        self._epochs = {}
+
+    def __getstate__(self):  # DataLoader workers (spawn) reopen the memmaps themselves
+        state = dict(self.__dict__)
+        state["_mm"] = None
+        return state
+
+    def _tokens(self, i):
+        if self._mm is None:
+            self._mm = [load_shard(p) for p in self.paths]
+        return self._mm[i]
+
+    def _epoch(self, e):
+        if e not in self._epochs:
+            if len(self._epochs) >= 2:  # a batch rarely spans more than two epochs
+                self._epochs.pop(min(self._epochs))
+            rng = np.random.default_rng([self.seed, int(e)])
+            self._epochs[e] = (rng.permutation(self.n_windows), rng.integers(0, self.slack + 1))
+        return self._epochs[e]
+
+    def windows(self, g):
+        """(shard index, start token) of the batch_size windows of global batch g."""
+        pos = g * self.batch_size + np.arange(self.batch_size)
+        epoch, idx = pos // self.n_windows, pos % self.n_windows
+        shard = np.empty(self.batch_size, dtype=np.int64)
+        start = np.empty(self.batch_size, dtype=np.int64)
+        for e in np.unique(epoch):
+            perm, shifts = self._epoch(e)
+            sel = epoch == e
+            w = perm[idx[sel]]  # global window numbers
+            s = np.searchsorted(self.offsets, w, side="right") - 1
+            shard[sel] = s
+            if self.bos_aligned:
+                start[sel] = self.bos_starts[w]
+            else:
+                start[sel] = shifts[s] + (w - self.offsets[s]) * self.L
+        return shard, start
+
+    def __getitem__(self, g):
+        # torch is imported here, not at the top: tinystories.py's commands and their worker
+        # processes, which use this file's shard helpers, then start without it
+        import torch
+
+        shard, start = self.windows(g)
+        rows = np.empty((self.batch_size, self.L), dtype=np.int64)
+        cols = np.arange(self.L)
+        for s in np.unique(shard):
+            sel = shard == s
+            rows[sel] = self._tokens(s)[start[sel, None] + cols]
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+def stream(batches, device="cpu", rank=0, world_size=1, start=0, num_workers=0):
+    """
+    Endless (x, y) int64 batches on device for rank `rank` of `world_size`: its batches number
+    start, start+1, ..., which are the global batches k * world_size + rank. num_workers > 0 gives
+    the very same batches in the same order from DataLoader worker processes.
+    """
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+    if start < 0 or num_workers < 0:
+        raise DataError(f"start={start}, num_workers={num_workers}: must be >= 0")
+    return _stream(batches, device, rank, world_size, start, num_workers)  # checked now, not at next()
+
+
+def _stream(batches, device, rank, world_size, start, num_workers):
+    import torch  # imported where batches are made, see Batches.__getitem__
+
+    device = torch.device(device)
+    numbers = itertools.count(start * world_size + rank, world_size)
+    if num_workers == 0:
+        source = (batches[g] for g in numbers)
+    else:
+        # batch_size=None: the dataset already returns whole batches; the sampler hands out
+        # batch numbers round-robin and the loader returns them in order.
+        source = torch.utils.data.DataLoader(batches, batch_size=None, sampler=numbers,
+                                             num_workers=num_workers, pin_memory=device.type == "cuda")
+    for x, y in source:
+        if device.type == "cuda":  # pinned memory lets the copy overlap with compute
+            x = x.pin_memory().to(device, non_blocking=True)
+            y = y.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            x, y = x.to(device), y.to(device)
+        yield x, y
+
+
+def iter_batches(split, batch_size, max_seq_len, vocab_size, vocab_source="custom", data_dir=None,
+                 device="cpu", num_workers=0, seed=1337, rank=0, world_size=1, start=0,
+                 bos_aligned=False):
+    """
+    Endless (x, y) int64 batches of shape (batch_size, max_seq_len) on device, y = x shifted by
+    one token, for one rank; see Batches for the sampling. Batch k (counting from 0) depends only
+    on (seed, rank, world_size, split, k, data), so a run resumes exactly by passing
+    start=<batches already consumed>.
+    """
+    shards = split_shards(split, vocab_size, vocab_source, data_dir)
+    batches = Batches(shards, batch_size, max_seq_len, seed, bos_aligned)
+    return stream(batches, device, rank, world_size, start, num_workers)

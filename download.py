@@ -1,0 +1,166 @@
+"""
+download.py: resumable, verified HTTP downloads (and local copies) for the data commands.
+
+    http_download(url, dest)         # dest.part, resumed with Range requests, renamed when complete
+    fetch(name, dest_dir, source)    # from a base URL, a mirror URL, a local folder or a local file
+
+A file is complete when its size is the total the server gave (Content-Length/Content-Range) and,
+if the server gives a sha256 (Hugging Face sends X-Linked-ETag on its redirect), its hash matches.
+"""
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataloader import DataError, file_sha256
+
+SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
+               "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
+
+
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib does, but keeps each hop's headers: Hugging Face puts the
+    file's sha256 (X-Linked-ETag) on the redirect, not on the final CDN response."""
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _server_sha256(all_headers):
+    for headers in all_headers:
+        for key in ("X-Linked-ETag", "ETag"):
+            value = (headers.get(key) or "").strip()
+            value = value[2:] if value.startswith("W/") else value
+            value = value.strip('"').lower()
+            if re.fullmatch(r"[0-9a-f]{64}", value):
+                return value
+    return None
+
+
+def http_download(url, dest, retries=3, timeout=60):
+    """
+    Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
+    retrying an interrupted transfer up to `retries` times. The file is complete when its size
+    is the total from Content-Length/Content-Range and, if the server gives a sha256 (as an ETag
+    or X-Linked-ETag), its hash matches; only then is it renamed to dest.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    failures = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        redirects = _RecordRedirects()
+        try:
+            resp = urllib.request.build_opener(redirects).open(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # nothing left to send: .part may be complete, or too long
+                total = _range_total(e.headers.get("Content-Range"))
+                e.close()
+                if total == have:
+                    sha = _server_sha256(redirects.headers + [e.headers])
+                    break
+                part.unlink()
+                continue
+            raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}. {SOURCE_HINT}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise DataError(f"could not download {url}: {reason}. {SOURCE_HINT}") from None
+        with resp:
+            sha = _server_sha256(redirects.headers + [resp.headers])
+            if resp.status == 206:
+                start, total = _range_start(resp.headers.get("Content-Range")), _range_total(
+                    resp.headers.get("Content-Range"))
+                if start != have:
+                    raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
+            else:  # 200: the whole file (a server without Range support restarts us from zero)
+                have = 0
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length is not None else None
+            with open(part, "ab" if have else "wb") as f, tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=dest.name, leave=False) as bar:
+                try:
+                    while chunk := resp.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                except (OSError, http.client.HTTPException):
+                    pass  # an interrupted transfer: what we got stays in .part, checked below
+        got = part.stat().st_size
+        if total is None or got >= total:
+            break
+        failures += 1
+        if failures > retries:
+            raise DataError(f"download of {url} stopped at {got} of {total} bytes; "
+                            "run the same command again to resume it")
+        time.sleep(min(0.5 * failures, 5))
+    got = part.stat().st_size
+    if total is not None and got != total:
+        part.unlink()
+        raise DataError(f"download of {url} is corrupt: {got} bytes, the server said {total}; "
+                        "deleted it, run again")
+    if sha is not None:
+        actual = file_sha256(part)
+        if actual != sha:
+            part.unlink()
+            raise DataError(f"download of {url} is corrupt: sha256 {actual}, the server said {sha}; "
+                            "deleted it, run again")
+    os.replace(part, dest)
+    return dest
+
+
+def _range_total(content_range):
+    # "bytes 100-199/1234" or "bytes */1234"
+    m = re.search(r"/(\d+)\s*$", content_range or "")
+    return int(m.group(1)) if m else None
+
+
+def _range_start(content_range):
+    m = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
+    return int(m.group(1)) if m else None
+
+
+def _copy_local(src, dest):
+    part = dest.with_name(dest.name + ".part")
+    size = src.stat().st_size
+    with open(src, "rb") as fi, open(part, "wb") as fo, tqdm(
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, leave=False) as bar:
+        while block := fi.read(1 << 20):
+            fo.write(block)
+            bar.update(len(block))
+    if part.stat().st_size != size:
+        raise DataError(f"copy of {src} is incomplete ({part.stat().st_size} of {size} bytes)")
+    os.replace(part, dest)
+
+
+def fetch(name, dest_dir, base_url, source=None, retries=3):
+    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file."""
+    dest = Path(dest_dir) / name
+    if source is None or "://" in source:
+        base = source or base_url
+        url = base if base.endswith(name) else base.rstrip("/") + "/" + name
+        print(f"downloading {url}")
+        return http_download(url, dest, retries=retries)
+    src = Path(source)
+    if src.is_dir():
+        src = src / name
+    elif src.name != name:  # a single local file stands in for the file of the same name only
+        raise DataError(f"--source {source}: need a file named {name} (or a folder holding it)")
+    if not src.is_file():
+        raise DataError(f"--source: {src} not found (the folder must hold {name})")
+    print(f"copying {src}")
+    _copy_local(src, dest)
+    return dest
+
+
