@@ -767,6 +767,7 @@ typedef struct {
     float *x;  // (dim) residual stream
     float *xb; // (dim) normed input of a branch
     Input in;  // the current matmul input in the weight type's form
+    int kv_overflow; // fp16 cache: this thread stored a finite k or v beyond fp16's range
 } ThreadState;
 
 typedef struct {
@@ -933,19 +934,26 @@ static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
     return ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
 }
 
-// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
-static void cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
-    int hs = c->head_size;
+// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos;
+// returns 1 when an fp16 cache got a finite value beyond its range (stored as inf: see forward)
+static int cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
+    int hs = c->head_size, overflow = 0;
     size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
     for (int h = lo / hs; h * hs < hi; h++) {
         size_t t = cache_tiles(s, c, l, h) + in_tile;  // t + d * 16: component d of head h
         int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
         for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) {
             size_t at = t + (size_t)(i - h * hs) * 16;
-            if (s->kv_f16) { ((uint16_t *)cache)[at] = f16_round(kv[i]); }
-            else { ((float *)cache)[at] = kv[i]; }
+            if (s->kv_f16) {
+                uint16_t h = f16_round(kv[i]);
+                ((uint16_t *)cache)[at] = h;
+                overflow |= (h & 0x7C00u) == 0x7C00u && isfinite(kv[i]);
+            } else {
+                ((float *)cache)[at] = kv[i];
+            }
         }
     }
+    return overflow;
 }
 
 static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
@@ -1051,9 +1059,9 @@ static void forward_thread(const Transformer *t, RunState *s, int token, int pos
         matmul_part(s->k, ly->wk, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
         rope(s->k, lo, hi, cs, sn, hs);
         // k and v of this position into component i of the tile holding pos, for this thread's rows
-        cache_put(s->key_cache, s->k, s, c, l, pos, lo, hi);
+        me->kv_overflow |= cache_put(s->key_cache, s->k, s, c, l, pos, lo, hi);
         matmul_part(s->v, ly->wv, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        cache_put(s->value_cache, s->v, s, c, l, pos, lo, hi);
+        me->kv_overflow |= cache_put(s->value_cache, s->v, s, c, l, pos, lo, hi);
         if (own_heads) {
             for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { attention_head(s, c, l, h, pos); }
         } else {
@@ -1082,15 +1090,43 @@ static void forward_thread(const Transformer *t, RunState *s, int token, int pos
     matmul_part(s->logits, w->wcls, &me->in, dim, c->vocab_size, tid, nt, c, &lo, &hi);
 }
 
-static float *forward(const Transformer *t, RunState *s, int token, int pos) {
+static void forward_once(const Transformer *t, RunState *s, int token, int pos) {
 #ifdef _OPENMP
     if (s->parallel) {
         #pragma omp parallel
         forward_thread(t, s, token, pos, omp_get_thread_num(), omp_get_num_threads());
-        return s->logits;
+        return;
     }
 #endif
     forward_thread(t, s, token, pos, 0, 1);  // its barriers are no-ops outside a parallel region
+}
+
+// The fp16 caches of q8_0 models hold |x| <= 65504. When a k or v beyond that shows up, both caches
+// become fp32 (exactly: every half is a float) and the position is computed again, so the model
+// gives its fp32-cache answer rather than infinities; a note on stderr says so.
+static void widen_kv_cache(RunState *s, const Transformer *t, int pos) {
+    size_t n = (size_t)t->c.n_layers * s->cache_len * t->c.kv_dim;
+    void **caches[2] = {&s->key_cache, &s->value_cache};
+    for (int k = 0; k < 2; k++) {
+        const uint16_t *h = *caches[k];
+        float *f = big_alloc(n * sizeof(float), "KV cache (lower -n)");
+        for (size_t i = 0; i < n; i++) { f[i] = f16_to_f32(h[i]); }
+        free(*caches[k]);
+        *caches[k] = f;
+    }
+    s->kv_f16 = 0;
+    fprintf(stderr, "run: note: %s: keys or values beyond fp16's range at position %d: KV cache switched to fp32\n",
+            t->path, pos);
+}
+
+static float *forward(const Transformer *t, RunState *s, int token, int pos) {
+    forward_once(t, s, token, pos);
+    int overflow = 0;
+    for (int i = 0; i < s->n_threads; i++) { overflow |= s->ts[i].kv_overflow; s->ts[i].kv_overflow = 0; }
+    if (overflow) {
+        widen_kv_cache(s, t, pos);
+        forward_once(t, s, token, pos);  // overwrites this position's k and v in every layer
+    }
     return s->logits;
 }
 

@@ -274,6 +274,36 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
         assert re.search(rb"achieved tok/s: [0-9.]+", r.stderr)
 
 
+@pytest.mark.parametrize("which", ["wv", "wk"])
+def test_q8_fp16_kv_cache_never_overflows(builds, tmp_path, which):
+    """q8_0 models keep k and v in fp16 (|x| <= 65504). A model whose values (or keys) in its second layer
+    are ~1e6 used to store infinities and output garbage; run.c switches that run's cache to fp32 and
+    recomputes the position, so it matches PyTorch with run.c's activation quantisation and an fp32 cache."""
+    args = CONFIGS["gqa_tied_v97"]
+    model = make_model(args)
+    with torch.no_grad():
+        w = getattr(model.layers[1].attention, which).weight
+        w.mul_(2e6 / w.abs().max())  # |k| or |v| well past 65504 at every position
+    path = tmp_path / f"big_{which}_q8.bin"
+    model_export(model, path, version=3, dtype="q8_0")
+    ids = torch.randint(0, args.vocab_size, (1, args.max_seq_len), generator=torch.Generator().manual_seed(7))
+    ref = load_bin(path)
+    fake_quant_inputs(ref, read_header(path)["group_size"])  # the fp32 cache: no F16KVCache here
+    with torch.no_grad():
+        want = ref(ids)[0][0].numpy()
+        assert np.isfinite(want).all()
+        with F16KVCache():  # what an fp16 cache would hold: infinities
+            assert not np.isfinite(ref(ids)[0][0].numpy()).all()
+    for b in builds:
+        out = tmp_path / f"logits_{b}.bin"
+        r = run_c(b, path, "-m", "logits", "-i", " ".join(map(str, ids[0].tolist())), "-o", out)
+        got = np.fromfile(out, np.float32).reshape(args.max_seq_len, -1)
+        err = np.abs(got - want).max()
+        assert err < 0.05 * want.std(), f"{b}: max |C - PyTorch| = {err:.3g}"
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+        assert b"beyond fp16's range at position 0: KV cache switched to fp32" in r.stderr, r.stderr
+
+
 # -----------------------------------------------------------------------------
 # stories260K: the llama2.c reference model and its documented samples
 
