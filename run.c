@@ -302,6 +302,10 @@ static void read_header(Transformer *t) {
             problem = buf;
         }
     }
+    if (!problem && c->vocab_size <= EOS) {  // generation starts from BOS and stops at EOS: both are ids
+        snprintf(buf, sizeof(buf), "vocab_size=%d too small (expected at least 3: <unk>, BOS=1, EOS=2)", c->vocab_size);
+        problem = buf;
+    }
     if (!problem && (c->dim % c->n_heads || (c->dim / c->n_heads) % 2)) {
         snprintf(buf, sizeof(buf), "dim=%d is not n_heads=%d times an even head size", c->dim, c->n_heads);
         problem = buf;
@@ -1500,6 +1504,12 @@ static int sample_topp(const float *probs, int n, float topp, ProbIndex *pi, flo
     for (int i = 0; i < n; i++) {
         if (probs[i] >= cutoff) { pi[n0].index = i; pi[n0].prob = probs[i]; n0++; }
     }
+    if (n0 == 0) {
+        // the cutoff argument needs topp >= 1/n: below that a flat distribution can leave no token
+        // above it (llama2.c then reads pi[-1]), so sort them all
+        for (int i = 0; i < n; i++) { pi[i].index = i; pi[i].prob = probs[i]; }
+        n0 = n;
+    }
     qsort(pi, n0, sizeof(ProbIndex), cmp_prob);
     return sample_nucleus(pi, n0, topp, 1.0f, coin);
 }
@@ -1524,10 +1534,23 @@ static int sample_topk(const float *probs, int n, int k, float topp, ProbIndex *
     return sample_nucleus(pi, k, topp, mass, coin);
 }
 
+// The next token, or -1 when the logits are not all finite (a diverged or broken model: the
+// caller says so). On finite logits every step is llama2.c's, so the same seed gives its tokens.
 static int sample(Sampler *sp, float *logits) {
     int n = sp->vocab_size;
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(logits[i])) { return -1; }
+        amax = fabsf(logits[i]) > amax ? fabsf(logits[i]) : amax;
+    }
     if (sp->temperature == 0.0f) { return argmax(logits, n); }
-    for (int i = 0; i < n; i++) { logits[i] /= sp->temperature; }
+    if (isinf(amax / sp->temperature)) {
+        // a temperature so small that logits / t overflows: the same distribution, as (logit - max) / t
+        float mx = logits[argmax(logits, n)];
+        for (int i = 0; i < n; i++) { logits[i] = (logits[i] - mx) / sp->temperature; }
+    } else {
+        for (int i = 0; i < n; i++) { logits[i] /= sp->temperature; }
+    }
     softmax(logits, n);
     float coin = random_f32(&sp->rng_state);  // one draw per sampled token, as in llama2.c
     if (sp->topk > 0 && sp->topk < n) { return sample_topk(logits, n, sp->topk, sp->topp, sp->probindex, coin); }
@@ -1537,6 +1560,18 @@ static int sample(Sampler *sp, float *logits) {
 
 // ----------------------------------------------------------------------------
 // the modes: generate, chat, and two for tests and tools (logits, tokenize)
+
+// sample(), or one line naming the model and the position whose logits are NaN or infinite
+static int sample_or_die(Sampler *sp, float *logits, const Transformer *t, int pos) {
+    int next = sample(sp, logits);
+    if (next < 0) {
+        int nan = 0;
+        for (int i = 0; i < sp->vocab_size; i++) { nan |= isnan(logits[i]); }
+        die("%s: the model produced %s logits at position %d: is the checkpoint diverged?", t->path,
+            nan ? "NaN" : "infinite", pos);
+    }
+    return next;
+}
 
 static void check_prompt_fits(int n_tokens, const Config *c) {
     if (n_tokens > c->seq_len) {
@@ -1554,9 +1589,15 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
     while (pos < steps) {
         float *logits = forward(t, s, token, pos);
         // the prompt is forced token by token; after it, the sampler picks
-        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample(sp, logits);
+        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample_or_die(sp, logits, t, pos);
         pos++;
-        if (next == BOS || next == EOS) { break; }  // the end of a story
+        if (next == BOS || next == EOS) {  // the end of a story
+            if (pos == 1) {  // nothing printed: say why the story is empty (as llama2.c, it is not resampled)
+                fprintf(stderr, "run: note: the story ended before it began: the first token sampled was %s "
+                        "(try another seed -s, or a prompt -i)\n", next == EOS ? "EOS" : "BOS");
+            }
+            break;
+        }
         print_piece(tk, token, next);
         fflush(stdout);
         token = next;
@@ -1620,28 +1661,57 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
         token = user_idx < n_prompt ? prompt_tokens[user_idx++] : next;
         if (token == EOS) { user_turn = 1; }
         float *logits = forward(t, s, token, pos);
-        next = sample(sp, logits);
+        next = sample_or_die(sp, logits, t, pos);
         pos++;
         if (user_idx >= n_prompt && next != EOS) { print_piece(tk, token, next); fflush(stdout); }
         if (next == EOS) { printf("\n"); }
     }
     printf("\n");
+    if (pos >= steps) {
+        // the user's next line would not be read (it would go to the shell): an error, not an end
+        fflush(stdout);
+        if (steps < t->c.seq_len) {
+            die("-n: the conversation reached its %d tokens%s: start again with a larger -n (the context holds %d)",
+                steps, next == EOS ? "" : " in the middle of a reply", t->c.seq_len);
+        }
+        die("the conversation filled the model's context of %d tokens%s", steps,
+            next == EOS ? "" : " in the middle of a reply");
+    }
     free(prompt_tokens);
 }
 
 // -m logits: every position's logits for the token ids in -i, as raw fp32 (n, vocab_size) in -o
+// A regular file (or a new one) is replaced through a temp file beside it and a rename, so it is
+// never half written; a symlink is followed and its target replaced the same way (the link stays);
+// a device or FIFO (/dev/stdout, a pipe) is written in place: renaming over it would replace it.
 static void write_logits(const Transformer *t, RunState *s, const int *ids, int n, const char *path) {
-    size_t plen = strlen(path);
+    struct stat st;
+    char *target = NULL;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && !(target = realpath(path, NULL))) {
+        die("-o %s: a symlink to nowhere: %s", path, strerror(errno));
+    }
+    const char *dest = target ? target : path;
+    int exists = stat(dest, &st) == 0, in_place = exists && !S_ISREG(st.st_mode);
+    if (exists && S_ISDIR(st.st_mode)) { die("-o %s: is a directory, expected a file name", path); }
+    size_t plen = strlen(dest);
     char *tmp = xmalloc(plen + 32);
-    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { die("cannot write %s: %s", tmp, strerror(errno)); }
+    snprintf(tmp, plen + 32, "%s.tmp%ld", dest, (long)getpid());
+    const char *out = in_place ? dest : tmp;
+    FILE *f = fopen(out, "wb");
+    if (!f) { die("cannot write %s: %s", out, strerror(errno)); }
     for (int pos = 0; pos < n; pos++) {
         float *logits = forward(t, s, ids[pos], pos);
-        if (fwrite(logits, sizeof(float), t->c.vocab_size, f) != (size_t)t->c.vocab_size) { die("write to %s failed", tmp); }
+        if (fwrite(logits, sizeof(float), t->c.vocab_size, f) != (size_t)t->c.vocab_size) {
+            if (!in_place) { remove(tmp); }
+            die("write to %s failed: %s", out, strerror(errno));
+        }
     }
-    if (fclose(f) != 0 || rename(tmp, path) != 0) { die("cannot write %s: %s", path, strerror(errno)); }
+    if (fclose(f) != 0 || (!in_place && rename(tmp, dest) != 0)) {
+        if (!in_place) { remove(tmp); }
+        die("cannot write %s: %s", dest, strerror(errno));
+    }
     free(tmp);
+    free(target);
 }
 
 static int *parse_ids(const char *text, int vocab_size, int *n_out) {
