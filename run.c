@@ -85,6 +85,28 @@ static void *big_alloc(size_t n, const char *what) {
     return p;
 }
 
+// n bytes from fd's current offset, or die naming the file
+static void read_fully(int fd, unsigned char *buf, size_t n, const char *path) {
+    while (n > 0) {
+        ssize_t got = read(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
+        if (got < 0 && errno == EINTR) { continue; }
+        if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
+        buf += got, n -= (size_t)got;
+    }
+}
+
+// A file to read (what: "checkpoint", "tokenizer"), refused unless it is a regular file before
+// anything can block: open() of a FIFO waits for a writer, a directory reads as garbage.
+static int open_regular(const char *path, const char *what, size_t *size) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) { die("cannot open %s %s: %s", what, path, strerror(errno)); }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *size = (size_t)st.st_size;
+    return fd;
+}
+
 // a*b and a+b that stick at UINT64_MAX instead of wrapping: sizes computed from a hostile header
 // then simply fail to match the file size
 static uint64_t mul_sat(uint64_t a, uint64_t b) { return (a && b > UINT64_MAX / a) ? UINT64_MAX : a * b; }
@@ -327,24 +349,10 @@ static void read_header(Transformer *t) {
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
-// n bytes from fd's current offset, or die naming the file
-static void read_fully(int fd, unsigned char *buf, size_t n, const char *path) {
-    while (n > 0) {
-        ssize_t got = read(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
-        if (got < 0 && errno == EINTR) { continue; }
-        if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
-        buf += got, n -= (size_t)got;
-    }
-}
-
 static void build_transformer(Transformer *t, const char *path) {
     memset(t, 0, sizeof(*t));
     t->path = path;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { die("cannot open checkpoint %s: %s", path, strerror(errno)); }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file", path); }
-    t->file_size = (size_t)st.st_size;
+    int fd = open_regular(path, "checkpoint", &t->file_size);
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
     // the header first, so that a wrong file is refused before anything big is allocated or read
     unsigned char header[HEADER_V1] = {0};
@@ -1181,14 +1189,11 @@ static int parse_byte_piece(const char *p, int n) {  // "<0xHH>" -> HH, else -1
 
 static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     memset(tk, 0, sizeof(*tk));
-    FILE *f = fopen(path, "rb");
-    if (!f) { die("cannot open tokenizer %s: %s", path, strerror(errno)); }
-    if (fseek(f, 0, SEEK_END) != 0) { die("%s: cannot seek", path); }
-    long size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { die("%s: cannot read", path); }
-    tk->data = xmalloc((size_t)size + 1);
-    if (fread(tk->data, 1, (size_t)size, f) != (size_t)size) { die("%s: read failed", path); }
-    fclose(f);
+    size_t size;
+    int fd = open_regular(path, "tokenizer", &size);
+    tk->data = xmalloc(size + 1);
+    read_fully(fd, (unsigned char *)tk->data, size, path);
+    close(fd);
     if (size < 4 || rd_i32((unsigned char *)tk->data) < 0) {
         die("%s: not a tokenizer .bin (expected i32 max_token_length, then score/length/bytes per token)", path);
     }
@@ -1736,6 +1741,19 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
     return ids;
 }
 
+// A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
+// -n 0 sizes the KV cache by it. A cache over 1 GiB that is also more than 64 times the whole file
+// is taken for a corrupt header (a real model's full-context cache is at most a few times its
+// weights) and refused before it is allocated; -n lower still runs such a file.
+static void check_cache_size(const Transformer *t, int steps) {
+    const Config *c = &t->c;
+    double bytes = 2.0 * c->n_layers * ((steps + 15) / 16 * 16) * c->kv_dim * (c->wtype == W_Q8 ? 2 : 4);
+    if (bytes > (double)(1 << 30) && bytes > 64.0 * t->file_size) {
+        die("%s: max_seq_len=%d: a KV cache for %d steps would take %.1f GB, %.0f times the model file: a corrupt "
+            "header? (-n sets fewer steps)", t->path, c->seq_len, steps, bytes / 1e9, bytes / t->file_size);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // command line
 
@@ -1875,6 +1893,7 @@ int main(int argc, char *argv[]) {
         return 0;
     }
 
+    check_cache_size(&t, steps);
     RunState s;
     build_run_state(&s, c, steps);
     Sampler sp;
