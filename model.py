@@ -238,7 +238,8 @@ class Transformer(nn.Module):
 
         temperature 0 is greedy. Generation ends when every row has produced a stop token (by default
         BOS or EOS: the end of a story) or when the context is full; a finished row repeats its stop
-        token, so callers cut each row at its first stop token after the prompt.
+        token, so callers cut each row at its first stop token after the prompt. Non-finite logits are
+        a ValueError naming the position (see sample_next).
         """
         B, T = idx.shape
         max_new_tokens = min(max_new_tokens, self.args.max_seq_len - T)
@@ -247,7 +248,7 @@ class Transformer(nn.Module):
         last = torch.zeros(B, dtype=idx.dtype, device=idx.device)
         logits, _ = self(idx, cache=cache, start_pos=0)
         for step in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator, pos=T - 1 + step)
             nxt = torch.where(done, last, nxt)
             idx = torch.cat((idx, nxt[:, None]), dim=1)
             if stop_tokens:
@@ -311,11 +312,21 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else top-k/top-p sampling."""
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, pos=None):
+    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else top-k/top-p sampling.
+
+    NaN or infinite logits (a diverged model) are a ValueError naming `pos`, the position they are for.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        what = "NaN" if bool(torch.isnan(logits).any()) else "infinite"
+        where = "" if pos is None else f" at position {pos}"
+        raise ValueError(f"the model produced {what} logits{where}: is the checkpoint diverged?")
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()):  # a temperature so small that logits / t overflows
+        scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    logits = scaled
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

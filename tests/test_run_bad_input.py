@@ -331,6 +331,17 @@ def test_nonfinite_logits_are_an_error(run_bin, san_bin, files, broken_models, n
             assert r.stdout.strip() == b"", r.stdout[:100]
 
 
+def test_tiny_temperature_is_greedy_not_overflow(run_bin, san_bin, files):
+    """-t 2e-38 (about the smallest normal float) makes stories260K's logits / t overflow to inf (NaN
+    probabilities, then pi[-1]); sampling (logit - max) / t gives the argmax every time: the greedy story."""
+    greedy = subprocess.run([str(run_bin), files["stories"], "-t", "0", "-n", "40"], capture_output=True,
+                            timeout=60).stdout
+    assert greedy.startswith(b"Once upon a time")
+    for sampler in (["-p", "0.9"], ["-p", "0"], ["-k", "5"]):
+        for r in run_both(run_bin, san_bin, [files["stories"], "-t", "2e-38", "-n", "40", *sampler]):
+            assert r.returncode == 0 and r.stdout == greedy, (sampler, r.stdout, r.stderr)
+
+
 def write_v1(path, header, rnd):
     """A well-formed v1 file for any header (export.py refuses some of these shapes): random weights."""
     import export

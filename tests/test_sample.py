@@ -60,6 +60,20 @@ def test_prompt_file_samples_and_seed(ckpt260K, tmp_path):
     assert a.stdout == b.stdout and a.stdout != c.stdout and len(set(stories)) == 3
 
 
+def test_diverged_checkpoint_is_one_line(ckpt260K, tmp_path):
+    """A checkpoint with a NaN weight: sample.py says which checkpoint and position, in one line, exit 1."""
+    d, model = ckpt260K
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["norm.weight"][5] = float("nan")  # every logit at every position
+    ckpt = torch.load(d / "ckpt.pt", weights_only=True)
+    torch.save({**ckpt, "model": sd}, tmp_path / "nan.pt")
+    for extra in ("--temperature=0", "--top_k=5"):
+        r = sample(f"--checkpoint={tmp_path / 'nan.pt'}", extra, ok=False)
+        err = r.stderr.strip()
+        assert r.returncode == 1 and err == (f"sample.py: error: {tmp_path / 'nan.pt'}: the model produced NaN "
+                                             "logits at position 0: is the checkpoint diverged?"), err
+
+
 def test_strict_loading(tmp_path):
     m = tiny()
     good = {"model": m.state_dict(), "model_args": asdict(m.args), "config": {}}
