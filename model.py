@@ -271,8 +271,10 @@ def read_checkpoint(path, device="cpu"):
     weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
     ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"checkpoint {path} not found")
+    if not os.path.isfile(path):  # a FIFO would block the read, a directory is not one
+        raise ValueError(f"checkpoint {path}: not a regular file")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
@@ -284,13 +286,32 @@ def read_checkpoint(path, device="cpu"):
 
 
 def checkpoint_args(ckpt, path):
-    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model)."""
+    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model, or
+    not the model its weights are: see check_shapes)."""
     try:
         args = ModelArgs(**ckpt["model_args"])
         check_args(args)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+    check_shapes(args, ckpt, path)
     return args
+
+
+def check_shapes(args, ckpt, path):
+    """ValueError unless every weight in the checkpoint has the shape args give it. The model is
+    built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
+    instead of allocating terabytes before the weights are looked at."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
+    except RuntimeError as e:
+        raise ValueError(f"{path}: model_args make no model that fits in memory ({str(e).splitlines()[0]})") from None
+    for k, v in ckpt["model"].items():
+        k = k.removeprefix("_orig_mod.")
+        shape = tuple(getattr(v, "shape", ()))
+        if k in want and shape != want[k]:
+            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
+                             f"{want[k]}")
 
 
 def load_weights(model, ckpt, path):
