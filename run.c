@@ -49,12 +49,18 @@ every kernel has a plain C twin that the tests compare it against; -DPLAIN force
 // errors: one line naming the file or flag, then a non-zero exit
 
 static void die(const char *fmt, ...) {
+    char msg[1024];  // enough for any message; a longer one is cut
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "run: error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    // one line whatever the message quotes (a prompt, a flag value, a file name): controls escaped
+    fprintf(stderr, "run: error: ");
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) { fprintf(stderr, *p == '\n' ? "\\n" : "\\x%02x", *p); }
+        else { fputc(*p, stderr); }
+    }
+    fprintf(stderr, "\n");
     exit(EXIT_FAILURE);
 }
 
@@ -70,12 +76,16 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+#ifndef HUGE_PAGE_BYTES
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)  // the fuzz build makes it small: its runs are a few KB and short
+#endif
+
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
 // kernel has transparent huge pages: one TLB entry then covers 512 times as much, and the weights
 // read faster (measured, 110M, 2 threads: fp32 +6-14%, q8_0 +7-17% against 4 KB pages, depending on
 // the VM's bandwidth at the time). what names the buffer in the error. Free with free().
 static void *big_alloc(size_t n, const char *what) {
-    size_t huge = (size_t)2 << 20;
+    size_t huge = HUGE_PAGE_BYTES;
     void *p = NULL;
     n = (n + huge - 1) / huge * huge;
     if (posix_memalign(&p, huge, n) != 0) { die("%s: out of memory allocating %zu bytes", what, n); }
@@ -359,6 +369,13 @@ static void build_transformer(Transformer *t, const char *path) {
     read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, path);
     t->data = header;
     read_header(t);
+    // each layer holds at least its two fp32 norm vectors: a lower bound of the size in O(1), before
+    // the O(n_layers) walk (2^24 - 1 layers are a flipped bit away)
+    uint64_t at_least = mul_sat(t->c.n_layers, 8ull * t->c.dim);
+    if (t->file_size < at_least) {
+        die("%s: truncated: %zu bytes, the v%d header implies at least %llu", path, t->file_size, t->c.version,
+            (unsigned long long)at_least);
+    }
     uint64_t expected = walk_layout(t, NULL);
     if (t->file_size < expected) {
         die("%s: truncated: %zu bytes, the v%d header implies %llu", path, t->file_size, t->c.version,

@@ -229,6 +229,9 @@ FLAG_CASES = [
     (["--temperature", "1"], "expected an option like -t, got '--temperature'"),
     (["t", "1"], "expected an option like -t, got 't'"),
     (["-m", "logits", "-i", "1 2"], "-m logits needs -o"),
+    # a quoted value with a newline or a tab stays on the one error line (found by the fuzzer)
+    (["-t", "1\n2"], "-t expects a temperature >= 0, got '1\\n2'"),
+    (["-m", "logits", "-o", "x.bin", "-i", "1 </s>\n\t<"], "got '</s>\\n\\x09<'"),
 ]
 
 
