@@ -56,9 +56,10 @@ void __sanitizer_cov_trace_pc(void) {
 // the sanitizers' settings, read by their runtimes at start-up: reports get exit codes of their
 // own; huge allocations fail (run.c then says "out of memory") instead of filling the machine
 const char *__asan_default_options(void) {
-    return "exitcode=86:detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=64:abort_on_error=0";
+    return "exitcode=86:detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=64:abort_on_error=0:symbolize=0";
 }
-const char *__ubsan_default_options(void) { return "halt_on_error=1:exitcode=87:print_stacktrace=1"; }
+const char *__ubsan_default_options(void) { return "halt_on_error=1:exitcode=87:print_stacktrace=1:symbolize=0"; }
+// (symbolize=0: reports come fast, raw addresses in stderr.txt; a finding's repro.sh prints them symbolized)
 
 static uint8_t bucket(uint8_t n) {
     return n == 0 ? 0 : n == 1 ? 1 : n == 2 ? 2 : n == 3 ? 4 : n < 8 ? 8 : n < 16 ? 16 : n < 32 ? 32 : n < 128 ? 64 : 128;

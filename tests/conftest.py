@@ -8,6 +8,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # flat scripts, no package: make `import model` work from tests/
 SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data"))
+# The two run.c builds the C tests use: the portable one (plain kernels) and the vector + threads one.
+# make sanitize names its two sanitizer builds here, so that every C test runs under ASan + UBSan.
+PLAIN_BUILD, VECTOR_BUILD = os.environ.get("STORYLLAMA_BUILDS", "run runomp").split()
+SANITIZED = "sanitize" in PLAIN_BUILD + VECTOR_BUILD  # slower: time limits are relaxed
 
 
 @pytest.fixture(scope="session")
