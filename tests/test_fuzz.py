@@ -4,7 +4,6 @@ The real campaign runs in CI (.ci/run: make fuzz) and on demand (README)."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

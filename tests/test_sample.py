@@ -130,3 +130,18 @@ def test_every_reader_refuses_a_checkpoint_that_runs_code(tmp_path):
         assert r.returncode == 1 and "\n" not in err and "ckpt.pt" in err, (cmd, err)
         assert not marker.exists(), cmd
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_every_torch_load_is_weights_only():
+    """Every torch.load in the product code unpickles with weights_only=True (a crafted file cannot run
+    code through any of them, including ones added later)."""
+    import ast
+    calls = []
+    for path in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py")):
+        if path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                safe = any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords)
+                calls.append((path.name, node.lineno, safe))
+    assert calls and all(safe for *_, safe in calls), calls
