@@ -138,12 +138,13 @@ static const char *PROMPTS[] = {"", " ", "Once upon a time", "a  b   c", "\xe2\x
 static void put_i32(Buf *b, size_t off, int32_t v) { if (off + 4 <= b->n) { memcpy(b->p + off, &v, 4); } }
 static void put_f32(Buf *b, size_t off, float v) { if (off + 4 <= b->n) { memcpy(b->p + off, &v, 4); } }
 
-static int32_t near(int32_t v) {  // an edge value, or v moved a little
+static int32_t near(int32_t v) {  // an edge value, or v moved a little (wrapping, as a corrupt file would)
+    uint32_t u = (uint32_t)v;
     switch (below(4)) {
     case 0: return INTS[below(sizeof(INTS) / sizeof(INTS[0]))];
-    case 1: return v + (int32_t)below(5) - 2;
-    case 2: return v * 2;
-    default: return v ^ (int32_t)(1u << below(31));
+    case 1: return (int32_t)(u + below(5) - 2u);
+    case 2: return (int32_t)(u * 2u);
+    default: return (int32_t)(u ^ (1u << below(31)));
     }
 }
 
@@ -386,11 +387,17 @@ static void fork_server(Fuzzer *f) {
 static const char *verdict(int status, const char *err, size_t n) {
     if (WIFSIGNALED(status)) { return WTERMSIG(status) == SIGALRM ? "hang" : "crash"; }
     int code = WEXITSTATUS(status), errors = 0;
-    if (code == 86 || code == 87 || memmem(err, n, "Sanitizer", 9) || memmem(err, n, "runtime error", 13)) { return "sanitizer"; }
+    if (code == 86 || code == 87 || memmem(err, n, "ERROR: AddressSanitizer", 23) || memmem(err, n, "runtime error", 13)) {
+        return "sanitizer";
+    }
     if (code != 0 && code != 1) { return "exit status"; }
     for (const char *line = err; line < err + n;) {
         const char *end = memchr(line, '\n', (size_t)(err + n - line));
         size_t len = end ? (size_t)(end - line) : (size_t)(err + n - line);
+        // an allocation over max_allocation_size_mb (ours) returns NULL with this warning: run.c then
+        // says "out of memory", which is what is checked
+        if (memmem(line, len, "WARNING: AddressSanitizer failed to allocate", 44)) { line += len + 1; continue; }
+        if (memmem(line, len, "Sanitizer", 9)) { return "sanitizer"; }
         if (len >= 12 && !memcmp(line, "run: error: ", 12)) { errors++; }
         else if (!(len >= 11 && !memcmp(line, "run: note: ", 11)) && !(len >= 15 && !memcmp(line, "achieved tok/s:", 15))) {
             return "stderr";
