@@ -5,7 +5,7 @@ tokenizer.py: the vocabulary of a model, from any of the files it comes in, and 
     python tokenizer.py -t data/tok512.model --legacy        # llama2.c's format, byte-identical to its files
     python tokenizer.py -t hf_dir/tokenizer.json -o tok.bin  # a Hugging Face BPE tokenizer, for run.c
 
-A vocabulary (Vocab below) is read from a sentencepiece .model, a Hugging Face tokenizer.json (hf.py)
+A vocabulary (Vocab below) is read from a sentencepiece .model, a Hugging Face tokenizer.json (hf_tokenizer.py)
 or a run.c tokenizer file of either format, and encodes and decodes the same way from all of them:
 a .model through sentencepiece itself, the others through the BPE encoder below, which run.c's
 encoder mirrors step for step. The README has the tokenizer file's byte layout; in short:
@@ -515,8 +515,8 @@ def read_vocab(path):
     if not p.exists():
         raise FileNotFoundError(f"{p}: tokenizer not found")
     if p.is_dir() or p.suffix == ".json":
-        import hf
-        return hf.read_tokenizer(p), "hf", ""
+        import hf_tokenizer
+        return hf_tokenizer.read_tokenizer(p), "hf", ""
     with open(p, "rb") as f:
         head = f.read(4)
     if len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC or p.suffix == ".bin":
@@ -602,10 +602,11 @@ def check_identity(model_id, model_path, tok, note=print):
 
 
 def beside(model_path, vocab_size):
-    """Where a model's run.c tokenizer sits: tok{vocab_size}.bin, then tokenizer.bin, in the model's
-    folder (run.c's find_tokenizer looks there first, then in the current directory)."""
+    """Where run.c's find_tokenizer looks for a model's tokenizer, in its order: tok{vocab_size}.bin,
+    then tokenizer.bin (dataloader.py's names), each in the model's folder, then in the current one.
+    export.py writes the first of them."""
     folder = Path(model_path).parent
-    return [folder / f"tok{vocab_size}.bin", folder / "tokenizer.bin"]
+    return [d / name for name in (f"tok{vocab_size}.bin", "tokenizer.bin") for d in (folder, Path("."))]
 
 
 def vocabulary(path):
