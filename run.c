@@ -1134,6 +1134,7 @@ typedef struct {
     int n_classes;
     unsigned char identity[32];  // sha256 of the vocabulary; all zero: unknown (llama2.c's files)
     char *data;          // the token texts, back to back
+    unsigned char *file, *in_text;  // while reading: the file's bytes, (vocab_size) 1 = matched in text
 } Tokenizer;
 
 static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
@@ -1220,7 +1221,8 @@ static void read_llama2c(Tokenizer *tk, const unsigned char *b, size_t size, con
 }
 
 // storyllama's file (tokenizer.py and the README have the layout). Every field is checked before use.
-static void read_storyllama(Tokenizer *tk, const unsigned char *b, size_t size, unsigned char *in_text, const char *path) {
+static void read_storyllama(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
+    unsigned char *in_text = tk->in_text;
     if (size < TOK_HEADER) { die("%s: truncated: %zu bytes, the header alone needs %d", path, size, TOK_HEADER); }
     int version = rd_i32(b + 4), n = rd_i32(b + 8);
     if (version != 1) { die("%s: tokenizer file version %d, this run.c reads version 1 (and llama2.c's files)", path, version); }
@@ -1300,7 +1302,7 @@ static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { die("tokenizer %s: not a regular file", path); }
     size_t size = (size_t)st.st_size;
-    unsigned char *b = xmalloc(size + 1);
+    unsigned char *b = tk->file = xmalloc(size + 1);  // held in tk: an error exit leaves nothing unreachable
     if (fread(b, 1, size, f) != size) { die("%s: read failed", path); }
     fclose(f);
     int n = vocab_size;
@@ -1311,9 +1313,10 @@ static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     tk->type = xmalloc(n);
     tk->byte_val = xmalloc(n * sizeof(short));
     tk->data = xmalloc(size + n);  // the texts, NUL-terminated right behind each other; they never grow
-    unsigned char *in_text = xcalloc(n, 1);
-    if (size >= 4 && rd_u32(b) == TOK_MAGIC) { read_storyllama(tk, b, size, in_text, path); } else { read_llama2c(tk, b, size, path); }
+    unsigned char *in_text = tk->in_text = xcalloc(n, 1);
+    if (size >= 4 && rd_u32(b) == TOK_MAGIC) { read_storyllama(tk, b, size, path); } else { read_llama2c(tk, b, size, path); }
     free(b);
+    tk->file = NULL;
     // lookups: <0xHH> pieces, normal pieces (what BPE merges into), special tokens, ranked merges
     for (int i = 0; i < 256; i++) { tk->byte_id[i] = -1; }
     tk->table_size = 1;
@@ -1345,6 +1348,7 @@ static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     for (int i = 0; i < tk->n_special; i++) { tk->special[i] = order[2 * i + 1]; }
     free(order);
     free(in_text);
+    tk->in_text = NULL;
     tk->merge_table_size = 1;
     while (tk->merge_table_size < 2 * tk->n_merges) { tk->merge_table_size *= 2; }
     tk->merge_table = xmalloc(tk->merge_table_size * sizeof(int));

@@ -198,6 +198,8 @@ def read_bin(path):
             raise bad(f"vocab_size={n} or a special id (bos {bos}, eos {eos}, unk {unk}, end {end}) out of range")
         if prefix > PREFIX_ALWAYS or flags & ~ALL_FLAGS or not 0 <= n_merges < 1 << 24 or not 0 <= n_classes <= 0x110000:
             raise bad(f"prefix={prefix}, flags={flags}, n_merges={n_merges} or n_classes={n_classes} out of range")
+        if data[38:64] != bytes(26) or data[96:128] != bytes(32):
+            raise bad("header bytes 38..63 and 96..127 must be zero")
         pos, pieces, scores, types, in_text = HEADER_BYTES, [], [], [], []
         for i in range(n):
             if pos + 10 > len(data):

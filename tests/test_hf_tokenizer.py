@@ -68,13 +68,6 @@ def hf_tokenizers(shared, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def run_bin():
-    r = subprocess.run(["make", "-C", str(REPO), "run"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / "run"
-
-
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_import_matches_tokenizers(hf_tokenizers, run_bin, tmp_path, flavour):
     path = hf_tokenizers[flavour]

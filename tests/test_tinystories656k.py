@@ -77,13 +77,6 @@ def twin(shared, tmp_path_factory):
     return hf_dir, out / "model.bin", tok, ids, before
 
 
-@pytest.fixture(scope="module")
-def run_bin():
-    r = subprocess.run(["make", "-C", str(REPO), "run"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / "run"
-
-
 def test_template_ids_agree(twin, run_bin):
     from tokenizer import Tokenizer
     hf_dir, model_bin, tok, ids, _ = twin
