@@ -186,9 +186,13 @@ def _config_args(c, path):
             raise ValueError(f"{path}: config.json lacks {key!r}")
     dim, n_heads = get("hidden_size"), get("num_attention_heads")
     eps = get("rms_norm_eps", 1e-6, float)
-    theta = get("rope_theta", 10000.0, float) if "rope_theta" not in rope else rope["rope_theta"]
-    if not (type(theta) in (int, float) and math.isfinite(theta) and theta > 0):
-        raise ValueError(f"{path}: rope_theta={theta!r}: expected a positive finite number")
+    thetas = [v for v in (c.get("rope_theta"), rope.get("rope_theta")) if v is not None] or [10000.0]
+    for theta in thetas:  # transformers 4 reads rope_theta, 5 rope_parameters: each must be good
+        if not (type(theta) in (int, float) and math.isfinite(theta) and theta > 0):
+            raise ValueError(f"{path}: rope_theta={theta!r}: expected a positive finite number")
+    if len(set(thetas)) > 1:
+        raise ValueError(f"{path}: rope_theta={thetas[0]} and rope_parameters' rope_theta={thetas[1]} disagree")
+    theta = thetas[0]
     if eps >= 1:
         raise ValueError(f"{path}: rms_norm_eps={eps}: expected a number in (0, 1)")
     tied = c.get("tie_word_embeddings", False)
@@ -229,29 +233,27 @@ def _weight_files(dirpath):
 def hf_import(dirpath) -> Transformer:
     """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
     Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
-    from export import _build
+    from export import _build, _tensor_order
 
     dirpath = os.fspath(dirpath)
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
-    args = _config_args(read_json(os.path.join(dirpath, "config.json"), "config.json"), os.path.join(dirpath, "config.json"))
-    names = _name_map(args.n_layers, args.tie_embeddings)
-    dummy = {k: v.shape for k, v in _shapes(args).items()}
-    want = {theirs: dummy[ours] for ours, theirs in names.items()}
-    files = _weight_files(dirpath)
-    found = {}
+    cpath = os.path.join(dirpath, "config.json")
+    args = _config_args(read_json(cpath, "config.json"), cpath)
+    files, a = _weight_files(dirpath), args
+    # the files must be able to hold what config.json claims before any list or tensor of that size exists
+    n_tensors = 2 + 9 * a.n_layers + (not a.tie_embeddings)
+    kv_dim = a.n_kv_heads * (a.dim // a.n_heads)
+    n_params = a.vocab_size * a.dim * (1 + (not a.tie_embeddings)) + a.dim + a.n_layers * (
+        2 * a.dim + 2 * a.dim * a.dim + 2 * kv_dim * a.dim + 3 * a.hidden_dim * a.dim)
     if files[0][1] == "st":
-        for path, _ in files:
-            for name, entry in safetensors_header(path).items():
-                if name in want:
-                    found[name] = (path, entry)
+        held = {name: (path, entry) for path, _ in files for name, entry in safetensors_header(path).items()}
     else:  # pickled state dicts can only be bounded by their size: the fp64 model plus slack at most
-        limit = 8 * sum(math.prod(s) for s in want.values()) + (1 << 20)
+        limit = 8 * n_params + (1 << 20)
         total = sum(_regular_file(p, "weight file") for p, _ in files)
         if total > limit:
             raise ValueError(f"{dirpath}: the weight files hold {total:,} bytes, config.json's model at most {limit:,}")
-    hf = {}
-    if files[0][1] == "pt":
+        held = {}
         for path, _ in files:
             try:
                 part = torch.load(path, map_location="cpu", weights_only=True)
@@ -260,21 +262,27 @@ def hf_import(dirpath) -> Transformer:
                                  f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
             if not isinstance(part, dict):
                 raise ValueError(f"{path}: not a state dict")
-            hf.update({k: v for k, v in part.items() if k in want and isinstance(v, torch.Tensor)})
+            held.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
+    if n_tensors > len(held):
+        raise ValueError(f"{cpath}: num_hidden_layers={a.n_layers} needs {n_tensors} weights, the weight files hold "
+                         f"{len(held)} tensors")
+    h = dict(version=1, dim=a.dim, hidden_dim=a.hidden_dim, n_layers=a.n_layers, n_heads=a.n_heads,
+             n_kv_heads=a.n_kv_heads, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len, shared=a.tie_embeddings)
+    shapes = dict(_tensor_order(h))
+    names = _name_map(a.n_layers, a.tie_embeddings)
+    want = {theirs: shapes[ours] for ours, theirs in names.items()}
     sd = {}
     for ours, theirs in names.items():
+        if theirs not in held:
+            raise ValueError(f"{dirpath}: weight {theirs} missing")
         if files[0][1] == "st":
-            if theirs not in found:
-                raise ValueError(f"{dirpath}: weight {theirs} missing")
-            path, entry = found[theirs]
+            path, entry = held[theirs]
             if entry[0] not in ST_DTYPES or entry[1] != tuple(want[theirs]):
                 raise ValueError(f"{path}: weight {theirs} is {entry[0]} {list(entry[1])}, config.json implies "
                                  f"a float tensor of shape {list(want[theirs])}")
             w = _read_tensor(path, entry)
         else:
-            if theirs not in hf:
-                raise ValueError(f"{dirpath}: weight {theirs} missing")
-            w = hf[theirs]
+            w = held[theirs]
             if tuple(w.shape) != tuple(want[theirs]) or not w.is_floating_point():
                 raise ValueError(f"{dirpath}: weight {theirs} is {w.dtype} {list(w.shape)}, config.json implies "
                                  f"a float tensor of shape {list(want[theirs])}")
@@ -287,9 +295,3 @@ def hf_import(dirpath) -> Transformer:
     if args.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     return _build(args, sd)
-
-
-def _shapes(args):
-    """Every weight's shape for args, without allocating the model (a meta-device Transformer)."""
-    with torch.device("meta"):
-        return dict(Transformer(args).state_dict())
