@@ -532,7 +532,7 @@ class Tokenizer:
     .model, else this file's encoder (which run.c's mirrors)."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = self.model_path = Path(path)
         self.vocab, self.kind, self.problem = read_vocab(self.path)
         self.sp_model = None
         if self.kind == "sentencepiece":
