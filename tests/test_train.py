@@ -83,6 +83,9 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     ckpt = load(out)
     assert ckpt["iter_num"] == 60 and ckpt["model_args"]["dim"] == 64 and ckpt["config"]["learning_rate"] == 3e-3
     assert not (out / "ckpt.pt.tmp").exists()
+    import plot  # plot.py reads what train.py really writes
+    run = plot.load_run(out)
+    assert [p[0] for p in run["val"]] == [0, 60] and run["val"][1][1] == 60 * 16 * 64 and run["val"][1][2] > 0
 
 
 def test_resume_is_bitwise_identical(data_dir, tmp_path):
