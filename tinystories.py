@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
-                        pack_header, shard_dir, tokenizer_path)
+                        pack_header, shard_dir, smallest_vocab, tokenizer_path)
 from download import fetch
 from tokenizer import Tokenizer
 
@@ -366,7 +366,7 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     data_dir = default_data_dir(data_dir)
     special_tokens = list(special_tokens)
     _check_vocab_size(vocab_size)
-    smallest = 3 + 256 + len(special_tokens) + 1  # unk/bos/eos, 256 byte tokens, specials, a merge
+    smallest = smallest_vocab(len(special_tokens))
     if vocab_size < smallest:
         raise DataError(f"--vocab_size={vocab_size}: must be at least {smallest} "
                         "(3 control + 256 byte-fallback tokens + special tokens + 1)")
