@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure_or_exit
-from model import load_checkpoint
+from model import load_checkpoint, use_free_cores
 
 defaults = dict(
     checkpoint="out/ckpt.pt",
@@ -60,6 +60,8 @@ def main():
     if cfg["dtype"] not in ("float32", "bfloat16", "float16"):
         die(f"--dtype={cfg['dtype']!r}: expected float32, bfloat16 or float16")
     device = cfg["device"]
+    if device == "cpu":
+        use_free_cores()  # only the cores other processes leave free; OMP_NUM_THREADS wins
     try:
         model, ckpt = load_checkpoint(cfg["checkpoint"], device)
     except ValueError as e:
