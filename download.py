@@ -46,12 +46,12 @@ def _server_sha256(all_headers):
     return None
 
 
-def http_download(url, dest, retries=3, timeout=60):
+def http_download(url, dest, retries=3, timeout=60, sha256=None):
     """
     Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
     retrying an interrupted transfer up to `retries` times. The file is complete when its size
-    is the total from Content-Length/Content-Range and, if the server gives a sha256 (as an ETag
-    or X-Linked-ETag), its hash matches; only then is it renamed to dest.
+    is the total from Content-Length/Content-Range and its sha256 matches: the one given, else
+    the one the server gives (as an ETag or X-Linked-ETag), if any; only then is it renamed to dest.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -105,6 +105,7 @@ def http_download(url, dest, retries=3, timeout=60):
             raise DataError(f"download of {url} stopped at {got} of {total} bytes; "
                             "run the same command again to resume it")
         time.sleep(min(0.5 * failures, 5))
+    sha, said = (sha256, "expected") if sha256 else (sha, "the server said")
     got = part.stat().st_size
     if total is not None and got != total:
         part.unlink()
@@ -114,7 +115,7 @@ def http_download(url, dest, retries=3, timeout=60):
         actual = file_sha256(part)
         if actual != sha:
             part.unlink()
-            raise DataError(f"download of {url} is corrupt: sha256 {actual}, the server said {sha}; "
+            raise DataError(f"download of {url} is corrupt: sha256 {actual}, {said} {sha}; "
                             "deleted it, run again")
     os.replace(part, dest)
     return dest
@@ -131,7 +132,7 @@ def _range_start(content_range):
     return int(m.group(1)) if m else None
 
 
-def _copy_local(src, dest):
+def _copy_local(src, dest, sha256=None):
     part = dest.with_name(dest.name + ".part")
     size = src.stat().st_size
     with open(src, "rb") as fi, open(part, "wb") as fo, tqdm(
@@ -141,17 +142,21 @@ def _copy_local(src, dest):
             bar.update(len(block))
     if part.stat().st_size != size:
         raise DataError(f"copy of {src} is incomplete ({part.stat().st_size} of {size} bytes)")
+    if sha256 and file_sha256(part) != sha256:
+        part.unlink()
+        raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
     os.replace(part, dest)
 
 
-def fetch(name, dest_dir, base_url, source=None, retries=3):
-    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file."""
+def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None):
+    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file;
+    with sha256 given, only a file of that hash is accepted."""
     dest = Path(dest_dir) / name
     if source is None or "://" in source:
         base = source or base_url
         url = base if base.endswith(name) else base.rstrip("/") + "/" + name
         print(f"downloading {url}")
-        return http_download(url, dest, retries=retries)
+        return http_download(url, dest, retries=retries, sha256=sha256)
     src = Path(source)
     if src.is_dir():
         src = src / name
@@ -160,7 +165,7 @@ def fetch(name, dest_dir, base_url, source=None, retries=3):
     if not src.is_file():
         raise DataError(f"--source: {src} not found (the folder must hold {name})")
     print(f"copying {src}")
-    _copy_local(src, dest)
+    _copy_local(src, dest, sha256)
     return dest
 
 

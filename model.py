@@ -376,3 +376,53 @@ def peak_flops(device, dtype):
             if key in name:
                 return tflops * 1e12 / (2 if dtype == torch.float32 else 1)
     return measured_peak_flops(device, dtype)
+
+
+# -----------------------------------------------------------------------------
+# CPU threads beside other work
+#
+# torch's threads meet at a barrier after every op; when another process holds one of the cores,
+# the thread sharing it waits a scheduler time slice at each barrier, and two threads end up far
+# slower than one. So on a CPU train.py and sample.py use only the cores that are free.
+
+def _cpu_reading():
+    """(busy jiffies of the whole machine, this process's CPU seconds, wall seconds), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None  # not Linux: no reading, torch's own default stands
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    own = os.times()
+    return sum(fields) - idle, own.user + own.system, time.monotonic()
+
+
+def free_cores(prev=None, wait=0.2):
+    """(cores not busy with other processes since the reading prev, the new reading).
+
+    Without prev it samples for `wait` seconds. This process's own CPU time is not counted as busy,
+    so a running job measures what the others use. Returns (None, None) where /proc/stat is missing.
+    """
+    if prev is None:
+        prev = _cpu_reading()
+        if prev is None:
+            return None, None
+        time.sleep(wait)
+    now = _cpu_reading()
+    if now is None or now[2] <= prev[2]:
+        return None, now
+    hz = os.sysconf("SC_CLK_TCK")
+    others = ((now[0] - prev[0]) / hz - (now[1] - prev[1])) / (now[2] - prev[2])  # cores' worth
+    n = len(os.sched_getaffinity(0))
+    return max(1, min(n, n - round(max(others, 0.0)))), now
+
+
+def use_free_cores(prev=None):
+    """Set torch's thread count to the free cores (unless OMP_NUM_THREADS is set); returns the
+    reading to pass back next time, so a long run can follow the machine's load."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n, reading = free_cores(prev)
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return reading

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure_or_exit
-from model import load_checkpoint
+from model import load_checkpoint, use_free_cores
 import tokenizer as T
 
 defaults = dict(
@@ -95,6 +95,8 @@ def main():
     if cfg["dtype"] not in ("float32", "bfloat16", "float16"):
         die(f"--dtype={cfg['dtype']!r}: expected float32, bfloat16 or float16")
     device = cfg["device"]
+    if device == "cpu":
+        use_free_cores()  # only the cores other processes leave free; OMP_NUM_THREADS wins
     model, model_id, train_config, beside = load_model(cfg["checkpoint"], device)
     tok_path = cfg["tokenizer"] or beside or find_tokenizer(model, train_config)
     try:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from configurator import configure_or_exit
 import dataloader
-from model import ModelArgs, Transformer, check_args, load_weights, peak_flops, read_checkpoint
+from model import ModelArgs, Transformer, check_args, load_weights, peak_flops, read_checkpoint, use_free_cores
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -151,6 +151,8 @@ scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # fp16 n
 torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (peak_flops assumes it)
 torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed + rank)  # each rank its own dropout stream; DDP copies rank 0's weights
+# on a CPU, the cores other processes leave free (checked again at every log line); OMP_NUM_THREADS wins
+cpu_reading = use_free_cores() if device_type == "cpu" else None
 tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
 
 # -----------------------------------------------------------------------------
@@ -393,6 +395,8 @@ while True:
     bar.update(1)
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
+        if device_type == "cpu":
+            cpu_reading = use_free_cores(cpu_reading)
         if ddp:
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= world_size

@@ -1,6 +1,7 @@
 """model.py: shapes, weight names, parameter counts, RoPE layout, GQA, init, dropout, the KV cache and
 sampling, and a real llama2.c checkpoint (stories260K.bin) decoding to its documented story."""
 import math
+import os
 import runpy
 import struct
 from pathlib import Path
@@ -250,3 +251,27 @@ def test_stories260K_bin_greedy_story(shared):
     assert text.startswith("Once upon a time, there was a little girl named Lily. She loved to play outside in "
                            "the park. One day, she saw a big, red ball. She wanted to play with it, but it was "
                            "too high.\nLily's mom said, \"Lily, let's go to the park.\""), text
+
+
+def test_free_cores_counts_other_processes_only(monkeypatch):
+    """Busy jiffies of the machine minus this process's own CPU time, per wall second, in cores."""
+    import model
+    hz = os.sysconf("SC_CLK_TCK")
+    readings = iter([(0, 0.0, 0.0), (int(1.5 * hz), 0.5, 1.0), (int(2.1 * hz), 1.5, 2.0)])
+    monkeypatch.setattr(model, "_cpu_reading", lambda: next(readings))
+    monkeypatch.setattr(model.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(model.time, "sleep", lambda s: None)
+    n, r = model.free_cores()  # 1.5 cores busy, 0.5 of them ours: one other core busy
+    assert n == 1 and r == (int(1.5 * hz), 0.5, 1.0)
+    n, _ = model.free_cores(r)  # 0.6 cores busy, all ours (1.0 s of CPU in 1 s): nothing else runs
+    assert n == 2
+    monkeypatch.setattr(model, "_cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
+    assert model.free_cores() == (None, None)
+
+
+def test_use_free_cores_leaves_omp_num_threads_alone(monkeypatch):
+    import model
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(model, "free_cores", lambda prev=None: (_ for _ in ()).throw(AssertionError("read load")))
+    before = torch.get_num_threads()
+    assert model.use_free_cores() is None and torch.get_num_threads() == before

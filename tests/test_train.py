@@ -64,6 +64,12 @@ def test_no_data_says_how_to_prepare_it(tmp_path):
     for step in ("python tinystories.py download", "python tinystories.py train_vocab --vocab_size=512",
                  "python tinystories.py pretokenize --vocab_size=512"):
         assert step in err, err
+    # the hint keeps the user's --data_dir, and never suggests a command that would fail
+    for args, want, never in ((["--data_dir=elsewhere"], "train_vocab --vocab_size=512 --data_dir=elsewhere", None),
+                              (["--vocab_size=100"], "at least 260 tokens", "train_vocab --vocab_size=100")):
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=env(STORYLLAMA_DATA=str(tmp_path / "nodata")))
+        assert r.returncode == 1 and want in r.stderr and (never is None or never not in r.stderr), r.stderr
 
 
 def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
@@ -85,6 +91,9 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     from tokenizer import Tokenizer  # the checkpoint names its vocabulary, for sample.py, export.py and run.c
     assert ckpt["vocab_identity"] == Tokenizer(data_dir / "tok512.model").identity.hex()
     assert not (out / "ckpt.pt.tmp").exists()
+    import plot  # plot.py reads what train.py really writes
+    run = plot.load_run(out)
+    assert [p[0] for p in run["val"]] == [0, 60] and run["val"][1][1] == 60 * 16 * 64 and run["val"][1][2] > 0
 
 
 def test_resume_is_bitwise_identical(data_dir, tmp_path):
