@@ -32,7 +32,7 @@ run_sanitize: run.c
 		-fno-omit-frame-pointer $(WARN) -o $@ $< $(LDLIBS)
 
 test:
-	$(PYTHON) -m pytest -q tests/test_run_c.py tests/test_run_bad_input.py
+	$(PYTHON) -m pytest -q tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
 
 bench:
 	$(PYTHON) bench/bench_run.py

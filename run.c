@@ -106,8 +106,6 @@ static double time_s(void) {
 
 #define MAGIC 0x616b3432u   // "ak42" read as a little-endian u32
 #define HEADER_V1 256       // v1..v3 header bytes
-#define BOS 1               // sentencepiece ids shared by every llama2.c tokenizer
-#define EOS 2
 
 enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
 static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0"};
@@ -128,6 +126,7 @@ typedef struct {
     int group_size;   // q8_0: weights per scale; 0 otherwise
     float rope_theta; // RoPE base
     float norm_eps;   // RMSNorm epsilon
+    unsigned char vocab_id[32];  // v3: sha256 identity of the model's vocabulary (bytes 64..95); all zero: unknown
 } Config;
 
 typedef struct {
@@ -282,6 +281,7 @@ static void read_header(Transformer *t) {
             if (c->wtype != W_Q8 && c->group_size != 0) {
                 die("%s: group_size=%d but weight_type is %s (expected 0)", path, c->group_size, WTYPE_NAME[c->wtype]);
             }
+            memcpy(c->vocab_id, h + 64, 32);
         }
     } else {
         // v0 has no magic: only a header whose fields make a model is taken for one
@@ -1095,20 +1095,46 @@ static float *forward(const Transformer *t, RunState *s, int token, int pos) {
 }
 
 // ----------------------------------------------------------------------------
-// the tokenizer: llama2.c's tokenizer .bin, and a sentencepiece-exact BPE encoder
+// the tokenizer: storyllama's tokenizer file and llama2.c's, and a BPE encoder that gives
+// sentencepiece's ids (merges by score) and Hugging Face tokenizers' (ranked merges, byte-level BPE)
+
+enum { TK_NORMAL = 1, TK_UNKNOWN, TK_CONTROL, TK_USER, TK_UNUSED, TK_BYTE };  // sentencepiece's type numbers
+// Where the dummy space goes (a segment is the text between special tokens): nowhere; before the
+// whole text (sentencepiece); before the first segment unless it starts with a space (HF Metaspace
+// "first"); before every segment that does not (Metaspace "always", ByteLevel add_prefix_space);
+// before every segment (HF's Prepend normalizer).
+enum { PREFIX_NONE, PREFIX_TEXT, PREFIX_FIRST, PREFIX_EVERY, PREFIX_ALWAYS };
+enum { TF_COLLAPSE = 1, TF_BYTE_FALLBACK = 2, TF_BYTE_LEVEL = 4, TF_ADD_BOS = 8, TF_FUSE_UNK = 16,
+       TF_IGNORE_MERGES = 32, TF_SPLIT_SPACES = 64, TF_ALL = 127 };
+#define TOK_MAGIC 0x4b544c53u  // "SLTK" read as a little-endian u32
+#define TOK_HEADER 128         // header bytes of a storyllama tokenizer file
 
 typedef struct {
     int vocab_size;
-    char **vocab;        // (vocab_size) pieces, NUL-terminated ("▁" already turned into ' ')
-    int *len;            // (vocab_size) piece lengths in bytes
-    float *scores;       // (vocab_size) merge priority: higher merges first
+    char **vocab;        // (vocab_size) token text, NUL-terminated ("▁" already turned into ' ')
+    int *len;            // (vocab_size) text lengths in bytes
+    float *scores;       // (vocab_size) merge priority when there are no ranked merges: higher first
+    unsigned char *type; // (vocab_size) TK_*
+    int bos, eos, unk;   // special ids, -1 = none
+    int end;             // an end-of-story token besides EOS (e.g. <|end_story|>), -1 = none
+    int prefix, flags;   // PREFIX_*, TF_*
     int byte_id[256];    // id of the <0xHH> piece of each byte, -1 if the vocab has none
     short *byte_val;     // (vocab_size) the byte a <0xHH> piece stands for, -1 for other pieces
-    int *table;          // hash table (table_size slots) of mergeable piece ids, -1 = empty
+    int *table;          // hash table (table_size slots) of normal piece ids, -1 = empty
     int table_size;      // a power of two, at least twice vocab_size
-    int max_len;         // longest mergeable piece in bytes
-    int collapse_spaces; // sentencepiece's remove_extra_whitespaces (see build_tokenizer)
-    char *data;          // the file's bytes: pieces point into it
+    int max_len;         // longest normal piece in bytes
+    int *merges;         // (n_merges, 3) left, right, result ids, by rank: rank 0 merges first
+    int n_merges;
+    int *merge_table;    // hash table (merge_table_size slots) of ranks by (left, right), -1 = empty
+    int merge_table_size;
+    int *special;        // (n_special) ids matched as one token wherever they appear in a prompt, longest first
+    int n_special;
+    unsigned char special_lead[256];  // 1: some special token's text starts with this byte
+    uint32_t *classes;   // (n_classes) byte-level split: code point | class << 24 (0 other, 1 letter, 2 number)
+    int n_classes;
+    unsigned char identity[32];  // sha256 of the vocabulary; all zero: unknown (llama2.c's files)
+    char *data;          // the token texts, back to back
+    unsigned char *file, *in_text;  // while reading: the file's bytes, (vocab_size) 1 = matched in text
 } Tokenizer;
 
 static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
@@ -1117,13 +1143,25 @@ static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
     return h;
 }
 
-static int lookup(const Tokenizer *tk, const char *s, int n) {
+static uint32_t hash_pair(int a, int b) { return (uint32_t)a * 2654435761u ^ ((uint32_t)b * 2246822519u + 0x9e3779b9u); }
+
+static int lookup(const Tokenizer *tk, const char *s, int n) {  // the normal piece s[0..n), or -1
     if (n > tk->max_len) { return -1; }
     uint32_t mask = tk->table_size - 1;
     for (uint32_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
         int id = tk->table[i];
         if (id < 0) { return -1; }
         if (tk->len[id] == n && memcmp(tk->vocab[id], s, n) == 0) { return id; }
+    }
+}
+
+static int merge_rank(const Tokenizer *tk, int a, int b) {  // rank of the merge (a, b), or -1
+    if (tk->n_merges == 0 || a < 0 || b < 0) { return -1; }
+    uint32_t mask = tk->merge_table_size - 1;
+    for (uint32_t i = hash_pair(a, b) & mask;; i = (i + 1) & mask) {
+        int r = tk->merge_table[i];
+        if (r < 0) { return -1; }
+        if (tk->merges[3 * r] == a && tk->merges[3 * r + 1] == b) { return r; }
     }
 }
 
@@ -1139,59 +1177,163 @@ static int parse_byte_piece(const char *p, int n) {  // "<0xHH>" -> HH, else -1
     return v;
 }
 
+// token i's text: n bytes at src, copied NUL-terminated to tk->data + *pout
+static void take_piece(Tokenizer *tk, int i, const unsigned char *src, int n, size_t *pout) {
+    tk->vocab[i] = tk->data + *pout;
+    tk->len[i] = n;
+    memcpy(tk->vocab[i], src, n);
+    tk->vocab[i][n] = '\0';
+    *pout += (size_t)n + 1;
+}
+
+// llama2.c's file: i32 max_token_length, then per token f32 score, i32 len, len bytes. Its types are
+// guessed as llama2.c's run does: <unk>, <s>, </s> at 0, 1, 2, <0xHH> byte pieces, the rest normal.
+static void read_llama2c(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
+    if (size < 4 || rd_i32(b) < 0) {
+        die("%s: not a tokenizer .bin (expected storyllama's magic \"SLTK\", or llama2.c's i32 max_token_length, "
+            "then score/length/bytes per token)", path);
+    }
+    size_t off = 4, pout = 0;
+    int n = tk->vocab_size, multi_space = 0;
+    for (int i = 0; i < n; i++) {
+        if (off + 8 > size) { die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, i, n); }
+        tk->scores[i] = rd_f32(b + off);
+        int32_t len = rd_i32(b + off + 4);
+        off += 8;
+        if (len < 0 || (size_t)len > size - off) { die("%s: token %d has length %d, past the end of the file", path, i, len); }
+        take_piece(tk, i, b + off, len, &pout);
+        off += len;
+        tk->type[i] = parse_byte_piece(tk->vocab[i], len) >= 0 ? TK_BYTE : i == 0 ? TK_UNKNOWN : i <= 2 ? TK_CONTROL : TK_NORMAL;
+        int spaces = 0;
+        while (spaces < len && tk->vocab[i][spaces] == ' ') { spaces++; }
+        multi_space |= tk->type[i] == TK_NORMAL && spaces >= 2 && spaces == len;
+    }
+    if (off != size) { die("%s holds more than the model's %d tokens: use the model's own tokenizer (-z)", path, n); }
+    tk->unk = 0;
+    tk->bos = n > 1 ? 1 : -1;
+    tk->eos = n > 2 ? 2 : -1;
+    tk->end = -1;
+    tk->prefix = PREFIX_TEXT;
+    // The file does not carry sentencepiece's remove_extra_whitespaces flag. A vocabulary trained
+    // with it on cannot contain a piece of two or more spaces, one trained with it off (Llama 2)
+    // nearly always does: so collapse whitespace exactly when there is no such piece.
+    tk->flags = TF_ADD_BOS | TF_BYTE_FALLBACK | (multi_space ? 0 : TF_COLLAPSE);
+}
+
+// storyllama's file (tokenizer.py and the README have the layout). Every field is checked before use.
+static void read_storyllama(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
+    unsigned char *in_text = tk->in_text;
+    if (size < TOK_HEADER) { die("%s: truncated: %zu bytes, the header alone needs %d", path, size, TOK_HEADER); }
+    int version = rd_i32(b + 4), n = rd_i32(b + 8);
+    if (version != 1) { die("%s: tokenizer file version %d, this run.c reads version 1 (and llama2.c's files)", path, version); }
+    if (n != tk->vocab_size) {
+        die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, n, tk->vocab_size);
+    }
+    static const char *names[4] = {"bos_id", "eos_id", "unk_id", "end_id"};
+    int *ids[4] = {&tk->bos, &tk->eos, &tk->unk, &tk->end};
+    for (int k = 0; k < 4; k++) {
+        *ids[k] = rd_i32(b + 12 + 4 * k);
+        if (*ids[k] < -1 || *ids[k] >= n) { die("%s: %s=%d out of range (-1 or 0..%d)", path, names[k], *ids[k], n - 1); }
+    }
+    int n_merges = rd_i32(b + 28), n_classes = rd_i32(b + 32);
+    tk->prefix = b[36];
+    tk->flags = b[37];
+    if (n_merges < 0 || n_merges >= (1 << 24)) { die("%s: n_merges=%d out of range (0 .. 2^24-1)", path, n_merges); }
+    if (n_classes < 0 || n_classes > 0x110000) { die("%s: n_classes=%d out of range (0 .. 0x110000)", path, n_classes); }
+    if (tk->prefix > PREFIX_ALWAYS || (tk->flags & ~TF_ALL)) { die("%s: prefix=%d or flags=%d unknown", path, tk->prefix, tk->flags); }
+    for (int i = 38; i < TOK_HEADER; i++) {
+        if ((i < 64 || i >= 96) && b[i]) { die("%s: header byte %d is %d, expected 0", path, i, b[i]); }
+    }
+    memcpy(tk->identity, b + 64, 32);
+    size_t off = TOK_HEADER, pout = 0;
+    for (int i = 0; i < n; i++) {
+        if (size - off < 10) { die("%s: truncated in token %d of %d", path, i, n); }
+        tk->type[i] = b[off];
+        in_text[i] = b[off + 1];
+        tk->scores[i] = rd_f32(b + off + 2);
+        int32_t len = rd_i32(b + off + 6);
+        off += 10;
+        if (tk->type[i] < TK_NORMAL || tk->type[i] > TK_BYTE || in_text[i] > 1) {
+            die("%s: token %d has type %d and in_text %d (expected 1..6 and 0 or 1)", path, i, tk->type[i], in_text[i]);
+        }
+        if (len < 0 || (size_t)len > size - off) { die("%s: token %d has length %d, past the end of the file", path, i, len); }
+        take_piece(tk, i, b + off, len, &pout);
+        off += len;
+    }
+    if ((uint64_t)(size - off) != 12 * (uint64_t)n_merges + 4 * (uint64_t)n_classes) {
+        die("%s: size %zu bytes does not match its %d tokens, %d merges and %d character classes", path, size, n, n_merges, n_classes);
+    }
+    tk->n_merges = n_merges;
+    tk->merges = xmalloc((size_t)3 * n_merges * sizeof(int));
+    for (int r = 0; r < n_merges; r++, off += 12) {
+        int *m = tk->merges + 3 * r;
+        for (int k = 0; k < 3; k++) { m[k] = rd_i32(b + off + 4 * k); }
+        int ok = m[0] >= 0 && m[0] < n && m[1] >= 0 && m[1] < n && m[2] >= 0 && m[2] < n;
+        if (!ok || tk->len[m[2]] != tk->len[m[0]] + tk->len[m[1]] || memcmp(tk->vocab[m[2]], tk->vocab[m[0]], tk->len[m[0]]) ||
+            memcmp(tk->vocab[m[2]] + tk->len[m[0]], tk->vocab[m[1]], tk->len[m[1]])) {
+            die("%s: merge %d (%d, %d -> %d) does not join two tokens into a third", path, r, m[0], m[1], m[2]);
+        }
+    }
+    tk->n_classes = n_classes;
+    tk->classes = xmalloc((size_t)n_classes * sizeof(uint32_t));
+    for (int i = 0; i < n_classes; i++, off += 4) {
+        uint32_t c = rd_u32(b + off), cp = c & 0xffffff, prev = i ? tk->classes[i - 1] & 0xffffff : 0;
+        if ((c >> 24) > 2 || cp > 0x10ffff || (i == 0 ? cp != 0 : cp <= prev)) {
+            die("%s: character class %d (0x%08x) out of range or out of order", path, i, c);
+        }
+        tk->classes[i] = c;
+    }
+    int byte_level = tk->flags & TF_BYTE_LEVEL;
+    if ((byte_level != 0) != (n_classes > 0) || (byte_level && (tk->flags & (TF_BYTE_FALLBACK | TF_COLLAPSE)))) {
+        die("%s: flags=%d and %d character classes do not go together (byte-level vocabularies, and only they, "
+            "have classes, and no byte fallback or collapsing)", path, tk->flags, n_classes);
+    }
+}
+
+static int cmp_special(const void *a, const void *b) {  // longest first, then lowest id
+    const int *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] > y[0] ? -1 : 1) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
 static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     memset(tk, 0, sizeof(*tk));
     FILE *f = fopen(path, "rb");
     if (!f) { die("cannot open tokenizer %s: %s", path, strerror(errno)); }
-    if (fseek(f, 0, SEEK_END) != 0) { die("%s: cannot seek", path); }
-    long size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) { die("%s: cannot read", path); }
-    tk->data = xmalloc((size_t)size + 1);
-    if (fread(tk->data, 1, (size_t)size, f) != (size_t)size) { die("%s: read failed", path); }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { die("tokenizer %s: not a regular file", path); }
+    size_t size = (size_t)st.st_size;
+    unsigned char *b = tk->file = xmalloc(size + 1);  // held in tk: an error exit leaves nothing unreachable
+    if (fread(b, 1, size, f) != size) { die("%s: read failed", path); }
     fclose(f);
-    if (size < 4 || rd_i32((unsigned char *)tk->data) < 0) {
-        die("%s: not a tokenizer .bin (expected i32 max_token_length, then score/length/bytes per token)", path);
-    }
-    tk->vocab_size = vocab_size;
-    tk->vocab = xmalloc(vocab_size * sizeof(char *));
-    tk->len = xmalloc(vocab_size * sizeof(int));
-    tk->scores = xmalloc(vocab_size * sizeof(float));
-    tk->byte_val = xmalloc(vocab_size * sizeof(short));
-    // the pieces are copied out NUL-terminated right behind each other; they never grow
-    char *pieces = xmalloc((size_t)size + vocab_size);
-    size_t off = 4, pout = 0;
-    for (int i = 0; i < vocab_size; i++) {
-        if (off + 8 > (size_t)size) {
-            die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, i, vocab_size);
-        }
-        tk->scores[i] = rd_f32((unsigned char *)tk->data + off);
-        int32_t n = rd_i32((unsigned char *)tk->data + off + 4);
-        off += 8;
-        if (n < 0 || (size_t)n > (size_t)size - off) { die("%s: token %d has length %d, past the end of the file", path, i, n); }
-        tk->vocab[i] = pieces + pout;
-        tk->len[i] = n;
-        memcpy(pieces + pout, tk->data + off, n);
-        pieces[pout + n] = '\0';
-        pout += n + 1;
-        off += n;
-    }
-    if (off != (size_t)size) {
-        die("%s holds more than the model's %d tokens: use the model's own tokenizer (-z)", path, vocab_size);
-    }
-    free(tk->data);
-    tk->data = pieces;
-    // Mergeable pieces are the normal ones: not <unk>/<s>/</s> (ids 0..2), not <0xHH> bytes.
-    for (int b = 0; b < 256; b++) { tk->byte_id[b] = -1; }
+    int n = vocab_size;
+    tk->vocab_size = n;
+    tk->vocab = xmalloc(n * sizeof(char *));
+    tk->len = xmalloc(n * sizeof(int));
+    tk->scores = xmalloc(n * sizeof(float));
+    tk->type = xmalloc(n);
+    tk->byte_val = xmalloc(n * sizeof(short));
+    tk->data = xmalloc(size + n);  // the texts, NUL-terminated right behind each other; they never grow
+    unsigned char *in_text = tk->in_text = xcalloc(n, 1);
+    if (size >= 4 && rd_u32(b) == TOK_MAGIC) { read_storyllama(tk, b, size, path); } else { read_llama2c(tk, b, size, path); }
+    free(b);
+    tk->file = NULL;
+    // lookups: <0xHH> pieces, normal pieces (what BPE merges into), special tokens, ranked merges
+    for (int i = 0; i < 256; i++) { tk->byte_id[i] = -1; }
     tk->table_size = 1;
-    while (tk->table_size < 2 * vocab_size) { tk->table_size *= 2; }
+    while (tk->table_size < 2 * n) { tk->table_size *= 2; }
     tk->table = xmalloc(tk->table_size * sizeof(int));
     for (int i = 0; i < tk->table_size; i++) { tk->table[i] = -1; }
-    int multi_space = 0;
-    for (int id = 0; id < vocab_size; id++) {
-        int b = parse_byte_piece(tk->vocab[id], tk->len[id]);
-        tk->byte_val[id] = (short)b;
-        if (b >= 0) { if (tk->byte_id[b] < 0) { tk->byte_id[b] = id; } continue; }
-        if (id <= EOS || tk->len[id] == 0) { continue; }
+    int *order = xmalloc((size_t)2 * n * sizeof(int));  // (length, id) pairs of the special tokens
+    for (int id = 0; id < n; id++) {
+        int bv = tk->type[id] == TK_BYTE ? parse_byte_piece(tk->vocab[id], tk->len[id]) : -1;
+        tk->byte_val[id] = (short)bv;
+        if (bv >= 0 && tk->byte_id[bv] < 0) { tk->byte_id[bv] = id; }
+        if (in_text[id] && tk->len[id] > 0) {
+            order[2 * tk->n_special] = tk->len[id];
+            order[2 * tk->n_special++ + 1] = id;
+            tk->special_lead[(unsigned char)tk->vocab[id][0]] = 1;
+        }
+        if (tk->type[id] != TK_NORMAL || tk->len[id] == 0) { continue; }
         tk->max_len = tk->len[id] > tk->max_len ? tk->len[id] : tk->max_len;
         uint32_t mask = tk->table_size - 1, i = hash_bytes(tk->vocab[id], tk->len[id]) & mask;
         int dup = 0;
@@ -1200,34 +1342,46 @@ static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
             if (tk->len[o] == tk->len[id] && memcmp(tk->vocab[o], tk->vocab[id], tk->len[id]) == 0) { dup = 1; break; }
         }
         if (!dup) { tk->table[i] = id; }  // the first of duplicate pieces wins
-        int spaces = 0;
-        while (spaces < tk->len[id] && tk->vocab[id][spaces] == ' ') { spaces++; }
-        multi_space |= spaces >= 2 && spaces == tk->len[id];
     }
-    // The .bin does not carry sentencepiece's remove_extra_whitespaces flag. A vocabulary trained
-    // with it on cannot contain a piece of two or more spaces, one trained with it off (Llama 2)
-    // nearly always does: so collapse whitespace exactly when there is no such piece.
-    tk->collapse_spaces = !multi_space;
+    qsort(order, tk->n_special, 2 * sizeof(int), cmp_special);
+    tk->special = xmalloc((tk->n_special + 1) * sizeof(int));
+    for (int i = 0; i < tk->n_special; i++) { tk->special[i] = order[2 * i + 1]; }
+    free(order);
+    free(in_text);
+    tk->in_text = NULL;
+    tk->merge_table_size = 1;
+    while (tk->merge_table_size < 2 * tk->n_merges) { tk->merge_table_size *= 2; }
+    tk->merge_table = xmalloc(tk->merge_table_size * sizeof(int));
+    for (int i = 0; i < tk->merge_table_size; i++) { tk->merge_table[i] = -1; }
+    for (int r = 0; r < tk->n_merges; r++) {
+        int a = tk->merges[3 * r], c = tk->merges[3 * r + 1];
+        uint32_t mask = tk->merge_table_size - 1, i = hash_pair(a, c) & mask;
+        while (tk->merge_table[i] >= 0 && !(tk->merges[3 * tk->merge_table[i]] == a && tk->merges[3 * tk->merge_table[i] + 1] == c)) {
+            i = (i + 1) & mask;
+        }
+        if (tk->merge_table[i] < 0) { tk->merge_table[i] = r; }  // the lowest rank of a repeated pair wins
+    }
 }
 
 static void free_tokenizer(Tokenizer *tk) {
-    free(tk->vocab); free(tk->len); free(tk->scores); free(tk->byte_val); free(tk->table); free(tk->data);
+    free(tk->vocab); free(tk->len); free(tk->scores); free(tk->type); free(tk->byte_val); free(tk->table);
+    free(tk->merges); free(tk->merge_table); free(tk->special); free(tk->classes); free(tk->data);
 }
 
-// sentencepiece's identity normalisation: "▁" (U+2581) and ' ' are the same symbol; with
-// collapse_spaces, leading spaces are dropped, runs of spaces become one and trailing ones go;
-// a dummy space is prefixed to any non-empty text. out needs strlen(text) + 2 bytes.
-static int normalize(const Tokenizer *tk, const char *text, char *out) {
-    int n = 0;
+// sentencepiece's whole-text normalisation: "▁" (U+2581) and ' ' are the same symbol; with
+// TF_COLLAPSE, leading spaces are dropped, runs of spaces become one and trailing ones go; with
+// PREFIX_TEXT a dummy space is prefixed to any non-empty text. out needs strlen(text) + 2 bytes.
+static int squeeze(const Tokenizer *tk, const char *text, char *out) {
+    int n = 0, collapse = tk->flags & TF_COLLAPSE;
     const unsigned char *p = (const unsigned char *)text;
-    if (tk->collapse_spaces) { while (*p == ' ') { p++; } }
+    if (collapse) { while (*p == ' ') { p++; } }
     if (*p == '\0') { return 0; }
-    out[n++] = ' ';
-    int prev_space = tk->collapse_spaces;  // the dummy prefix counts as a space
+    if (tk->prefix == PREFIX_TEXT) { out[n++] = ' '; }
+    int prev_space = collapse;  // the dummy prefix counts as a space
     for (; *p; p++) {
         if (*p == ' ') {
             if (!prev_space) { out[n++] = ' '; }
-            prev_space = tk->collapse_spaces;
+            prev_space = collapse;
         } else if (p[0] == 0xE2 && p[1] == 0x96 && p[2] == 0x81) {
             out[n++] = ' ';  // a literal "▁" is a space to the pieces, but not to the collapsing
             prev_space = 0;
@@ -1237,7 +1391,7 @@ static int normalize(const Tokenizer *tk, const char *text, char *out) {
             prev_space = 0;
         }
     }
-    if (tk->collapse_spaces) { while (n > 0 && out[n - 1] == ' ') { n--; } }
+    if (collapse) { while (n > 0 && out[n - 1] == ' ') { n--; } }
     return n;
 }
 
@@ -1249,10 +1403,49 @@ static int utf8_len(const unsigned char *s, int n) {
     return len;
 }
 
-typedef struct { int start, len, prev, next; } Symbol;    // a span of the normalised text
-typedef struct { float score; int left, right, len, id; } Merge;  // a candidate pair of symbols
+// GPT-2 split class of the character at s: -1 whitespace (Unicode White_Space, the \s of HF's regex
+// engine), else 0 other, 1 letter, 2 number from the file's table; *n = its length in bytes
+static int char_class(const Tokenizer *tk, const unsigned char *s, int avail, int *n) {
+    int len = utf8_len(s, avail);
+    *n = len;
+    if (len == 1 && s[0] >= 0x80) { return 0; }  // a stray byte: neither letter, number nor space
+    uint32_t c = len == 1 ? s[0] : s[0] & (0x7f >> len);
+    for (int i = 1; i < len; i++) { c = c << 6 | (s[i] & 0x3f); }
+    if ((c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xa0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
+        c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000) { return -1; }
+    int lo = 0, hi = tk->n_classes - 1;  // the last class that starts at or before c (the first starts at 0)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if ((tk->classes[mid] & 0xffffff) <= c) { lo = mid; } else { hi = mid - 1; }
+    }
+    return (int)(tk->classes[lo] >> 24);
+}
 
-static int merge_before(const Merge *a, const Merge *b) {  // sentencepiece's order: score, then leftmost
+// length of the word at s by GPT-2's pre-tokenizer regex, written out by hand:
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+static int gpt2_word(const Tokenizer *tk, const unsigned char *s, int n) {
+    static const char *suffix[7] = {"s", "t", "re", "ve", "m", "ll", "d"};
+    if (s[0] == '\'') {
+        for (int k = 0; k < 7; k++) {
+            int l = (int)strlen(suffix[k]);
+            if (1 + l <= n && memcmp(s + 1, suffix[k], l) == 0) { return 1 + l; }
+        }
+    }
+    int j = s[0] == ' ' && n > 1, len, e;
+    int c = char_class(tk, s + j, n - j, &len);
+    if (c >= 0) {  // an optional space, then a run of letters, of numbers, or of other non-space characters
+        for (e = j + len; e < n && char_class(tk, s + e, n - e, &len) == c; e += len) {}
+        return e;
+    }
+    int last = 0;  // whitespace: all of it at the end of the text, else all but its last character if 2+
+    for (e = 0; e < n && char_class(tk, s + e, n - e, &len) < 0; e += len) { last = e; }
+    return e < n && last > 0 ? last : e;
+}
+
+typedef struct { int start, len, prev, next, id, word; } Symbol;  // a span of a segment; merges stay inside a word
+typedef struct { float score; int left, right, len, id; } Merge;   // a candidate pair of symbols
+
+static int merge_before(const Merge *a, const Merge *b) {  // best score (or rank) first, then leftmost
     return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
@@ -1277,73 +1470,168 @@ static Merge heap_pop(Merge *heap, int *n) {
     return top;
 }
 
-static void push_pair(const Tokenizer *tk, const char *norm, const Symbol *sym, int l, Merge *heap, int *nh) {
-    if (l < 0 || sym[l].next < 0) { return; }
+// queue the pair (symbol l, its next) if it may merge: by score, into the normal piece their union
+// spells (sentencepiece); or by rank, when (left id, right id) is a merge (Hugging Face)
+static void push_pair(const Tokenizer *tk, const char *seg, const Symbol *sym, int l, Merge *heap, int *nh) {
+    if (l < 0 || sym[l].next < 0 || sym[sym[l].next].word != sym[l].word) { return; }
     int r = sym[l].next, len = sym[l].len + sym[r].len;
-    int id = lookup(tk, norm + sym[l].start, len);
-    if (id >= 0) { Merge m = {tk->scores[id], l, r, len, id}; heap_push(heap, nh, m); }
+    if (tk->n_merges > 0) {
+        int rank = merge_rank(tk, sym[l].id, sym[r].id);
+        if (rank >= 0) { Merge m = {-(float)rank, l, r, len, tk->merges[3 * rank + 2]}; heap_push(heap, nh, m); }
+    } else {
+        int id = lookup(tk, seg + sym[l].start, len);
+        if (id >= 0) { Merge m = {tk->scores[id], l, r, len, id}; heap_push(heap, nh, m); }
+    }
 }
 
-// text -> token ids (BOS first if bos), as sentencepiece's BPE would: start from characters, then
-// repeatedly merge the adjacent pair whose union is the highest-scoring piece (leftmost on ties);
-// leftovers not in the vocab become their <0xHH> byte pieces. A heap of candidate pairs keeps it
-// O(n log n). Returns a malloc'd array of *n_out ids.
+static void add_symbol(Symbol *sym, int *ns, int start, int len, int id, int word) {
+    sym[*ns] = (Symbol){start, len, *ns - 1, -1, id, word};
+    if (*ns > 0) { sym[*ns - 1].next = *ns; }
+    (*ns)++;
+}
+
+static int all_bytes(const Tokenizer *tk, const char *s, int n) {  // byte fallback can spell s
+    if (!(tk->flags & TF_BYTE_FALLBACK)) { return 0; }
+    for (int i = 0; i < n; i++) { if (tk->byte_id[(unsigned char)s[i]] < 0) { return 0; } }
+    return 1;
+}
+
+// BPE on one segment (m bytes at seg), its ids written to out; returns how many. Words come from the
+// pre-tokenizer (GPT-2's split, a word per space, or the whole segment). Symbols start as characters
+// (bytes when byte-level); with ranked merges a character the vocab lacks becomes its <0xHH> pieces
+// (byte fallback), else <unk> (consecutive ones fused with TF_FUSE_UNK), else nothing. Then the best
+// pair merges again and again, leftmost on ties; with merges by score, leftovers not in the vocab
+// become their bytes or <unk> at the end (sentencepiece). A heap of pairs keeps it O(n log n).
+static int bpe_segment(const Tokenizer *tk, const char *seg, int m, Symbol *sym, Merge *heap, int *out) {
+    int ns = 0, ranked = tk->n_merges > 0;
+    for (int ws = 0, word = 0; ws < m; word++) {
+        int we = m;
+        if (tk->flags & TF_BYTE_LEVEL) {
+            we = ws + gpt2_word(tk, (const unsigned char *)seg + ws, m - ws);
+        } else if (tk->flags & TF_SPLIT_SPACES) {
+            for (we = ws + 1; we < m && seg[we] != ' '; we++) {}
+            if (seg[ws] != ' ') { for (we = ws; we < m && seg[we] != ' '; we++) {} }
+        }
+        int whole = ranked && (tk->flags & TF_IGNORE_MERGES) ? lookup(tk, seg + ws, we - ws) : -1;
+        if (whole >= 0) { add_symbol(sym, &ns, ws, we - ws, whole, word); ws = we; continue; }
+        for (int i = ws; i < we;) {
+            int k = (tk->flags & TF_BYTE_LEVEL) ? 1 : utf8_len((const unsigned char *)seg + i, we - i);
+            int id = ranked ? lookup(tk, seg + i, k) : -1;
+            if (!ranked || id >= 0) {
+                add_symbol(sym, &ns, i, k, id, word);
+            } else if (all_bytes(tk, seg + i, k)) {
+                for (int j = 0; j < k; j++) { add_symbol(sym, &ns, i + j, 1, tk->byte_id[(unsigned char)seg[i + j]], word); }
+            } else if (tk->unk >= 0) {
+                Symbol *last = ns > 0 ? &sym[ns - 1] : NULL;
+                if ((tk->flags & TF_FUSE_UNK) && last && last->id == tk->unk && last->word == word && last->start + last->len == i) {
+                    last->len += k;
+                } else {
+                    add_symbol(sym, &ns, i, k, tk->unk, word);
+                }
+            }
+            i += k;
+        }
+        ws = we;
+    }
+    int nh = 0, n = 0;
+    for (int i = 0; i + 1 < ns; i++) { push_pair(tk, seg, sym, i, heap, &nh); }
+    while (nh > 0) {
+        Merge mg = heap_pop(heap, &nh);
+        Symbol *a = &sym[mg.left], *b = &sym[mg.right];
+        // stale: one side was merged away since this pair was queued
+        if (a->len == 0 || b->len == 0 || a->next != mg.right || a->len + b->len != mg.len) { continue; }
+        a->len += b->len;
+        a->id = mg.id;
+        b->len = 0;
+        a->next = b->next;
+        if (b->next >= 0) { sym[b->next].prev = mg.left; }
+        push_pair(tk, seg, sym, a->prev, heap, &nh);
+        push_pair(tk, seg, sym, mg.left, heap, &nh);
+    }
+    for (int i = ns > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
+        const char *s = seg + sym[i].start;
+        int id = ranked ? sym[i].id : lookup(tk, s, sym[i].len);
+        if (id >= 0) { out[n++] = id; continue; }
+        if (all_bytes(tk, s, sym[i].len)) {
+            for (int j = 0; j < sym[i].len; j++) { out[n++] = tk->byte_id[(unsigned char)s[j]]; }
+        } else if (tk->unk >= 0) {
+            out[n++] = tk->unk;
+        }
+    }
+    return n;
+}
+
+static int match_special(const Tokenizer *tk, const char *s, int n, int *len) {  // longest special token at s, or -1
+    if (!tk->special_lead[(unsigned char)s[0]]) { return -1; }
+    for (int k = 0; k < tk->n_special; k++) {
+        int id = tk->special[k];
+        if (tk->len[id] <= n && memcmp(tk->vocab[id], s, tk->len[id]) == 0) { *len = tk->len[id]; return id; }
+    }
+    return -1;
+}
+
+// text -> token ids (BOS first if bos and the vocabulary adds one), as sentencepiece or Hugging Face
+// tokenizers would: whole-text normalisation (not byte-level), special tokens cut out wherever they
+// appear (leftmost, longest), the dummy prefix per segment, then BPE. Returns a malloc'd array.
 static int *encode(const Tokenizer *tk, const char *text, int bos, int *n_out) {
     size_t tlen = strlen(text);
     if (tlen > (size_t)INT_MAX / 8) { die("prompt of %zu bytes is too long", tlen); }
     char *norm = xmalloc(tlen + 2);
-    int n = normalize(tk, text, norm);
-    Symbol *sym = xmalloc((n + 1) * sizeof(Symbol));
-    int ns = 0;
-    for (int i = 0; i < n;) {
-        int len = utf8_len((const unsigned char *)norm + i, n - i);
-        sym[ns] = (Symbol){i, len, ns - 1, -1};
-        if (ns > 0) { sym[ns - 1].next = ns; }
-        ns++;
-        i += len;
-    }
-    Merge *heap = xmalloc((3 * (size_t)ns + 1) * sizeof(Merge));  // ns initial pairs + 2 per merge
-    int nh = 0;
-    for (int i = 0; i + 1 < ns; i++) { push_pair(tk, norm, sym, i, heap, &nh); }
-    while (nh > 0) {
-        Merge m = heap_pop(heap, &nh);
-        Symbol *a = &sym[m.left], *b = &sym[m.right];
-        // stale: one side was merged away since this pair was queued
-        if (a->len == 0 || b->len == 0 || a->next != m.right || a->len + b->len != m.len) { continue; }
-        a->len += b->len;
-        b->len = 0;
-        a->next = b->next;
-        if (b->next >= 0) { sym[b->next].prev = m.left; }
-        push_pair(tk, norm, sym, a->prev, heap, &nh);
-        push_pair(tk, norm, sym, m.left, heap, &nh);
-    }
-    int *ids = xmalloc(((size_t)n + 2) * sizeof(int));
+    int n = (int)tlen;
+    if (tk->flags & TF_BYTE_LEVEL) { memcpy(norm, text, tlen); } else { n = squeeze(tk, text, norm); }
+    char *seg = xmalloc((size_t)n + 2);
+    Symbol *sym = xmalloc(((size_t)n + 2) * sizeof(Symbol));
+    Merge *heap = xmalloc((3 * (size_t)n + 7) * sizeof(Merge));  // a segment's initial pairs + 2 per merge
+    int *ids = xmalloc((3 * (size_t)n + 3) * sizeof(int));       // <= a byte each, a prefix per segment, BOS
     int k = 0;
-    if (bos) { ids[k++] = BOS; }
-    for (int i = ns > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
-        int id = lookup(tk, norm + sym[i].start, sym[i].len);
-        if (id >= 0) { ids[k++] = id; continue; }
-        for (int j = 0; j < sym[i].len; j++) {  // byte fallback, <unk> (0) if the vocab has no byte pieces
-            int b = tk->byte_id[(unsigned char)norm[sym[i].start + j]];
-            ids[k++] = b >= 0 ? b : 0;
-        }
+    if (bos && (tk->flags & TF_ADD_BOS) && tk->bos >= 0) { ids[k++] = tk->bos; }
+    for (int pos = 0; pos <= n;) {
+        int start = pos, id = -1, slen = 0;
+        while (start < n && (id = match_special(tk, norm + start, n - start, &slen)) < 0) { start++; }
+        int seglen = start - pos, m = 0;
+        int first_ok = tk->prefix == PREFIX_EVERY || (tk->prefix == PREFIX_FIRST && pos == 0);
+        if (seglen > 0 && (tk->prefix == PREFIX_ALWAYS || (first_ok && norm[pos] != ' '))) { seg[m++] = ' '; }
+        memcpy(seg + m, norm + pos, seglen);
+        k += bpe_segment(tk, seg, m + seglen, sym, heap, ids + k);
+        if (id >= 0) { ids[k++] = id; }
+        pos = id >= 0 ? start + slen : n + 1;
     }
-    free(norm); free(sym); free(heap);
+    free(norm); free(seg); free(sym); free(heap);
     *n_out = k;
     return ids;
 }
 
-// print the text of token `next` that follows token `prev`
+// print the text of token `next` that follows token `prev` (-1: none): control tokens print nothing,
+// <0xHH> pieces their byte, and the dummy prefix's space comes off the first piece of a text
 static void print_piece(const Tokenizer *tk, int prev, int next) {
     const char *p = tk->vocab[next];
-    int b = tk->byte_val[next];
+    int n = tk->len[next], b = tk->byte_val[next];
+    if (tk->type[next] == TK_CONTROL) { return; }
     if (b >= 0) {
         // raw byte pieces: UTF-8 bytes and printable ASCII pass, control codes are dropped
         if (b >= 0x80 || isprint(b) || isspace(b)) { putchar(b); }
         return;
     }
-    if (prev == BOS && p[0] == ' ') { p++; }  // sentencepiece drops the dummy prefix of the first word
-    fputs(p, stdout);
+    int start = prev < 0 || prev == tk->bos;
+    if (start && tk->prefix != PREFIX_NONE && !(tk->flags & TF_BYTE_LEVEL) && n > 0 && p[0] == ' ') { p++, n--; }
+    fwrite(p, 1, n, stdout);
+}
+
+// the model's and the tokenizer's identities: a tokenizer of another vocabulary is refused (both carry
+// one and they differ); when only one of them carries one, a note says it could not be checked
+static void check_identity(const Config *c, const Tokenizer *tk, const char *model_path, const char *tok_path) {
+    static const unsigned char zero[32];
+    int m = memcmp(c->vocab_id, zero, 32) != 0, t = memcmp(tk->identity, zero, 32) != 0;
+    if (m && t && memcmp(c->vocab_id, tk->identity, 32) != 0) {
+        die("%s is not the tokenizer of %s (vocabulary %02x%02x%02x%02x%02x%02x, the model's %02x%02x%02x%02x%02x%02x): "
+            "use the model's own tokenizer (-z)", tok_path, model_path, tk->identity[0], tk->identity[1], tk->identity[2],
+            tk->identity[3], tk->identity[4], tk->identity[5], c->vocab_id[0], c->vocab_id[1], c->vocab_id[2],
+            c->vocab_id[3], c->vocab_id[4], c->vocab_id[5]);
+    }
+    if (m != t) {
+        fprintf(stderr, "run: note: %s carries no vocabulary identity (an older file): cannot check that %s is %s's tokenizer\n",
+                m ? tok_path : model_path, tok_path, model_path);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1509,18 +1797,24 @@ static void check_prompt_fits(int n_tokens, const Config *c) {
     }
 }
 
-static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *prompt, int steps) {
+static int ends_story(const Tokenizer *tk, int id) { return id == tk->bos || id == tk->eos || id == tk->end; }
+
+static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *prompt, int steps,
+                     const char *tok_path) {
     int n_prompt;
     int *prompt_tokens = encode(tk, prompt ? prompt : "", 1, &n_prompt);
+    if (n_prompt == 0 && tk->bos < 0) { die("%s has no BOS token to start a story with: give a prompt (-i)", tok_path); }
+    if (n_prompt == 0) { prompt_tokens[n_prompt++] = tk->bos; }  // a vocabulary that adds no BOS to prompts
     check_prompt_fits(n_prompt, &t->c);
     int token = prompt_tokens[0], pos = 0;
+    if (token != tk->bos) { print_piece(tk, -1, token); }
     double start = 0.0;
     while (pos < steps) {
         float *logits = forward(t, s, token, pos);
         // the prompt is forced token by token; after it, the sampler picks
         int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample(sp, logits);
         pos++;
-        if (next == BOS || next == EOS) { break; }  // the end of a story
+        if (pos >= n_prompt && ends_story(tk, next)) { break; }  // BOS, EOS or the end-of-story token
         print_piece(tk, token, next);
         fflush(stdout);
         token = next;
@@ -1582,12 +1876,12 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
             printf("Assistant: ");
         }
         token = user_idx < n_prompt ? prompt_tokens[user_idx++] : next;
-        if (token == EOS) { user_turn = 1; }
+        if (token == tk->eos) { user_turn = 1; }
         float *logits = forward(t, s, token, pos);
         next = sample(sp, logits);
         pos++;
-        if (user_idx >= n_prompt && next != EOS) { print_piece(tk, token, next); fflush(stdout); }
-        if (next == EOS) { printf("\n"); }
+        if (user_idx >= n_prompt && next != tk->eos) { print_piece(tk, token, next); fflush(stdout); }
+        if (next == tk->eos) { printf("\n"); }
     }
     printf("\n");
     free(prompt_tokens);
@@ -1646,6 +1940,8 @@ static void usage(void) {
         "  -i <string> input prompt (-m logits: token ids separated by spaces)\n"
         "  -z <string> tokenizer .bin; default: tok<vocab_size>.bin, then tokenizer.bin,\n"
         "              looked for next to the checkpoint, then in the current directory\n"
+        "  -e <string> the end-of-story token besides BOS and EOS, by its text; default: the\n"
+        "              tokenizer's (e.g. <|end_story|>); \"\" for none\n"
         "  -m <string> mode: generate|chat (default generate); logits|tokenize for tests and tools:\n"
         "              logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
         "              tokenize prints the ids of -i (no BOS) on one line\n"
@@ -1700,7 +1996,7 @@ static char *find_tokenizer(const char *checkpoint, int vocab_size) {
 
 int main(int argc, char *argv[]) {
     const char *checkpoint = NULL, *tokenizer_path = NULL, *prompt = NULL, *system_prompt = NULL;
-    const char *mode = "generate", *out_path = NULL;
+    const char *mode = "generate", *out_path = NULL, *end_text = NULL;
     float temperature = 1.0f, topp = 0.9f;
     int steps = 256, topk = 0;
     unsigned long long seed = 0;
@@ -1722,6 +2018,7 @@ int main(int argc, char *argv[]) {
         case 'n': steps = (int)parse_int("-n", v, 0, INT_MAX, "a number of steps >= 0"); break;
         case 'i': prompt = v; break;
         case 'z': tokenizer_path = v; break;
+        case 'e': end_text = v; break;
         case 'y': system_prompt = v; break;
         case 'o': out_path = v; break;
         case 'm':
@@ -1755,9 +2052,19 @@ int main(int argc, char *argv[]) {
     }
 
     char *found = tokenizer_path ? NULL : find_tokenizer(checkpoint, c->vocab_size);
+    const char *tok_path = tokenizer_path ? tokenizer_path : found;
     Tokenizer tk;
-    build_tokenizer(&tk, tokenizer_path ? tokenizer_path : found, c->vocab_size);
-    free(found);
+    build_tokenizer(&tk, tok_path, c->vocab_size);
+    check_identity(c, &tk, checkpoint, tok_path);
+    if (end_text) {
+        int n = (int)strlen(end_text);
+        tk.end = -1;
+        for (int i = 0; i < tk.vocab_size && n > 0 && tk.end < 0; i++) {
+            if (tk.len[i] == n && memcmp(tk.vocab[i], end_text, n) == 0) { tk.end = i; }
+        }
+        if (n > 0 && tk.end < 0) { die("-e: '%s' is not a token of %s", end_text, tok_path); }
+    }
+    if (!strcmp(mode, "chat") && tk.eos < 0) { die("-m chat: %s has no EOS token to end a reply with", tok_path); }
     if (!strcmp(mode, "tokenize")) {
         int n;
         int *ids = encode(&tk, prompt ? prompt : "", 0, &n);
@@ -1766,6 +2073,7 @@ int main(int argc, char *argv[]) {
         free(ids);
         free_tokenizer(&tk);
         free_transformer(&t);
+        free(found);
         return 0;
     }
 
@@ -1776,11 +2084,12 @@ int main(int argc, char *argv[]) {
     if (!strcmp(mode, "chat")) {
         chat(&t, &s, &tk, &sp, prompt, system_prompt, steps);
     } else {
-        generate(&t, &s, &tk, &sp, prompt, steps);
+        generate(&t, &s, &tk, &sp, prompt, steps, tok_path);
     }
     free_sampler(&sp);
     free_run_state(&s);
     free_tokenizer(&tk);
     free_transformer(&t);
+    free(found);
     return 0;
 }

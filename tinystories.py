@@ -521,6 +521,8 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
                 if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH")
         raise DataError(f"tokenizer {model} not found: {hint}")
     tok = Tokenizer(model)
+    if tok.sp_model is None:  # shards are encoded by sentencepiece itself, and hashed by its .model file
+        raise DataError(f"tokenizer {model}: pretokenize needs a sentencepiece .model, not a {tok.kind} tokenizer file")
     if tok.n_words != vocab_size:
         raise DataError(f"tokenizer {model} has {tok.n_words} tokens, but --vocab_size={vocab_size}")
     tok_sha = file_sha256(model)

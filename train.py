@@ -35,6 +35,7 @@ from tqdm import tqdm
 from configurator import configure_or_exit
 import dataloader
 from model import ModelArgs, Transformer, check_args, load_weights, peak_flops, read_checkpoint, use_free_cores
+from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 # settings (defaults: a run that finishes on a laptop CPU; config/ holds the real recipes)
@@ -160,9 +161,12 @@ try:
     shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir) for split in ("train", "val")}
     bytes_per_token = dataloader.bytes_per_token(shards["val"])
     train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
+    # the vocabulary's identity goes into every checkpoint: sample.py, export.py and run.c check tokenizers by it
+    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir)
+    vocab_identity = Tokenizer(vocab_model).identity.hex() if vocab_model.is_file() else None
     eval_batches = {split: dataloader.Batches(shards[split], batch_size, max_seq_len, seed + 1, bos_aligned)
                     for split in ("train", "val")}
-except dataloader.DataError as e:
+except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer model
     die(str(e))
 
 if master:
@@ -234,7 +238,8 @@ def save_checkpoint():
         return
     ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": asdict(margs),
             "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "rng": rngs,
-            "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "vocab_identity": vocab_identity}
     tmp = ckpt_path + ".tmp"
     with open(tmp, "wb") as f:
         torch.save(ckpt, f)

@@ -1,5 +1,6 @@
-"""Shared pytest fixtures: where the repo and the shared TinyStories/model files are."""
+"""Shared pytest fixtures: where the repo and the shared TinyStories/model files are, and run.c built."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,3 +22,11 @@ def shared():
 @pytest.fixture(scope="session")
 def repo():
     return REPO
+
+
+@pytest.fixture(scope="session")
+def run_bin():
+    """The portable ./run, built once per session."""
+    r = subprocess.run(["make", "-C", str(REPO), "run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return REPO / "run"

@@ -18,13 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def run_bin():
-    r = subprocess.run(["make", "-C", str(REPO), "run"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / "run"
-
-
-@pytest.fixture(scope="session")
 def files(tmp_path_factory, shared):
     """Good files to break: tiny models in v0..v3 and the shared tokenizers."""
     d = tmp_path_factory.mktemp("bad")

@@ -88,6 +88,8 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     assert all(m["tok_per_s"] > 0 and 0 < m["mfu"] < 1 for m in logs)
     ckpt = load(out)
     assert ckpt["iter_num"] == 60 and ckpt["model_args"]["dim"] == 64 and ckpt["config"]["learning_rate"] == 3e-3
+    from tokenizer import Tokenizer  # the checkpoint names its vocabulary, for sample.py, export.py and run.c
+    assert ckpt["vocab_identity"] == Tokenizer(data_dir / "tok512.model").identity.hex()
     assert not (out / "ckpt.pt.tmp").exists()
     import plot  # plot.py reads what train.py really writes
     run = plot.load_run(out)
