@@ -71,9 +71,9 @@ static void *xcalloc(size_t n, size_t size) {
 }
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
-// kernel has transparent huge pages: one TLB entry then covers 512 times as much, and the weights
-// read faster (measured, 110M, 2 threads: fp32 +6-14%, q8_0 +7-17% against 4 KB pages, depending on
-// the VM's bandwidth at the time). what names the buffer in the error. Free with free().
+// kernel has transparent huge pages: one TLB entry then covers 512 times as much, so streaming the
+// weights misses the TLB far less (README, "How it is fast"). what names the buffer in the error.
+// Free with free().
 static void *big_alloc(size_t n, const char *what) {
     size_t huge = (size_t)2 << 20;
     void *p = NULL;
@@ -593,8 +593,8 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
     if (gs % 32 == 0) {
         // vpdpbusd multiplies unsigned by signed bytes. Flipping the top bit of a weight gives
         // w + 128 as unsigned; the extra 128 * sum(x) per lane is precomputed in x->corr.
-        // 256-bit vectors: on this CPU they cost half a 512-bit one, and a group's scale then
-        // spans one vector for gs = 32 as well as 64.
+        // 256-bit vectors: Zen 4 splits a 512-bit one into two halves anyway, and a group's scale
+        // then spans one vector for gs = 32 as well as 64.
         const __m256i flip = _mm256_set1_epi8((char)0x80);
         __m256 acc = _mm256_setzero_ps();
         for (int g = 0; g < n / gs; g++) {
@@ -639,8 +639,8 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
 #ifdef HAVE_AVX512
 // Four rows at a time: each load of x serves four rows and the four sums are reduced together. The
 // four rows come from the four quarters of the rows being computed (r, r+q, r+2q, r+3q), so that
-// each is read as its own sequential stream: interleaving adjacent rows instead halves the DRAM
-// bandwidth of this CPU's prefetchers (measured: 11 against 21 GB/s on one core).
+// each is read as its own sequential stream: the hardware prefetchers follow four streams well,
+// and adjacent rows read interleaved stream far slower (README, "How it is fast").
 
 static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
     return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
@@ -796,8 +796,8 @@ typedef struct {
     int parallel;       // 1: big enough for threads (see build_run_state)
 } RunState;
 
-// Below this many multiply-adds per barrier a model runs on one thread: a barrier costs around
-// a microsecond, more than stories260K's matmuls take (its biggest is 512 x 64).
+// Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
+// more than the work it splits (stories260K's biggest matmul is 512 x 64).
 #define PAR_MIN_WORK 65536
 
 static void build_run_state(RunState *s, const Config *c, int max_pos) {
@@ -830,7 +830,7 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     s->logits = xcalloc(c->vocab_size, sizeof(float));
     s->kv_f16 = c->wtype == W_Q8;
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
-    // as the positions fill the tiles (3% of a 110M q8_0 token)
+    // in the middle of generation, as the positions fill the tiles
     size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
     s->key_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     s->value_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
