@@ -6,8 +6,9 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0; the README has the byte
 layouts), reads the weights onto huge pages, and generates with llama2.c's sampler: the same seed,
 temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
-optional (make runomp). Vector code (AVX-512 F/BW/VL, VNNI, BF16) is chosen at compile time and
-every kernel has a plain C twin that the tests compare it against; -DPLAIN forces the plain twins.
+optional. Vector code (AVX-512 F/BW/VL, VNNI, BF16; AVX2 + FMA, AVX-VNNI; ARM NEON, dot product) is
+chosen at compile time and every kernel has a plain C twin that the tests compare it against;
+-DPLAIN forces the plain twins.
 */
 
 #define _POSIX_C_SOURCE 200809L
@@ -30,14 +31,28 @@ every kernel has a plain C twin that the tests compare it against; -DPLAIN force
 #include <omp.h>
 #endif
 
-#if !defined(PLAIN) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// Vector kernels, chosen at compile time; each has a plain C twin that the tests compare it with,
+// and -DPLAIN forces the twins. A CPU with AVX-512 also has AVX2: where AVX-512 has no kernel for a
+// weight type (q4, or q8_0/bf16 without VNNI/BF16), the AVX2 one runs.
+#if !defined(PLAIN) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
+#define HAVE_AVX2 1         // 8-lane fma; int8 dot products of 32 bytes (see dot_u8s8)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
 #if defined(__AVX512VNNI__)
 #define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
 #endif
 #if defined(__AVX512BF16__)
 #define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
+#endif
+#endif
+#endif
+
+#if !defined(PLAIN) && defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define HAVE_NEON 1         // 4-lane fma; int8 products widened to int16 and paired into int32
+#if defined(__ARM_FEATURE_DOTPROD)
+#define HAVE_DOTPROD 1      // int8 dot products of 4 bytes per lane (sdot)
 #endif
 #endif
 
@@ -109,8 +124,8 @@ static double time_s(void) {
 #define BOS 1               // sentencepiece ids shared by every llama2.c tokenizer
 #define EOS 2
 
-enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
-static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0"};
+enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2, W_Q4 = 3 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
+static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0", "q4"};
 
 typedef struct {
     int version;      // 0..3, from the magic and version fields
@@ -124,15 +139,17 @@ typedef struct {
     int head_size;    // dim / n_heads
     int kv_dim;       // n_kv_heads * head_size
     int shared;       // 1: the classifier is the token embedding matrix
-    int wtype;        // W_F32, W_BF16 or W_Q8 for every matrix (norms are always fp32)
-    int group_size;   // q8_0: weights per scale; 0 otherwise
+    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4 for every matrix (norms are always fp32)
+    int group_size;   // q8_0 and q4: weights per scale; 0 otherwise
     float rope_theta; // RoPE base
     float norm_eps;   // RMSNorm epsilon
 } Config;
 
 typedef struct {
-    const void *w;   // (rows, cols) row-major: float, uint16_t (bf16) or int8_t (q8_0)
-    const float *s;  // q8_0: (rows * cols / group_size) scales, row-major groups; NULL otherwise
+    const void *w;   // (rows, cols) row-major: float, uint16_t (bf16), int8_t (q8_0), or for q4
+                     //   (rows * cols / 2) bytes: byte j of a group holds its weight j in the low
+                     //   nibble and weight j + group_size/2 in the high one, each stored + 8
+    const float *s;  // q8_0, q4: (rows * cols / group_size) scales, row-major groups; NULL otherwise
 } Mat;
 
 typedef struct {
@@ -198,7 +215,7 @@ static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint6
     Mat m = {NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
-    else { m.w = take(cur, n); m.s = take_f32(cur, n / group_size); }
+    else { m.w = take(cur, wtype == W_Q4 ? n / 2 : n); m.s = take_f32(cur, n / group_size); }
     return m;
 }
 
@@ -272,14 +289,14 @@ static void read_header(Transformer *t) {
             c->wtype = h[41];
             c->rope_theta = rd_f32(h + 42);
             c->norm_eps = rd_f32(h + 46);
-            if (c->wtype > W_Q8) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0)", path, c->wtype); }
+            if (c->wtype > W_Q4) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0, 3 q4)", path, c->wtype); }
             if (!(isfinite(c->rope_theta) && c->rope_theta > 0)) {
                 die("%s: rope_theta=%g out of range (expected a positive number)", path, c->rope_theta);
             }
             if (!(isfinite(c->norm_eps) && c->norm_eps > 0 && c->norm_eps < 1)) {
                 die("%s: norm_eps=%g out of range (expected 0 < norm_eps < 1)", path, c->norm_eps);
             }
-            if (c->wtype != W_Q8 && c->group_size != 0) {
+            if (c->wtype < W_Q8 && c->group_size != 0) {
                 die("%s: group_size=%d but weight_type is %s (expected 0)", path, c->group_size, WTYPE_NAME[c->wtype]);
             }
         }
@@ -315,9 +332,10 @@ static void read_header(Transformer *t) {
             path, magic, MAGIC, problem);
     }
     if (problem) { die("%s: header field %s", path, problem); }
-    if (c->wtype == W_Q8 && (c->group_size < 1 || c->dim % c->group_size || c->hidden_dim % c->group_size)) {
-        die("%s: group_size=%d must be positive and divide dim=%d and hidden_dim=%d", path, c->group_size,
-            c->dim, c->hidden_dim);
+    int quantised = c->wtype == W_Q8 || c->wtype == W_Q4, gs = c->group_size;
+    if (quantised && (gs < 1 || (c->wtype == W_Q4 && gs % 2) || c->dim % gs || c->hidden_dim % gs)) {
+        die("%s: group_size=%d must be positive%s and divide dim=%d and hidden_dim=%d", path, gs,
+            c->wtype == W_Q4 ? ", even" : "", c->dim, c->hidden_dim);
     }
     c->head_size = c->dim / c->n_heads;
     c->kv_dim = c->n_kv_heads * c->head_size;
@@ -390,26 +408,14 @@ static float dot_plain(const float *a, const float *b, int n) {
     return sum;
 }
 
-static float dot_f32(const float *a, const float *b, int n) {
-#ifdef HAVE_AVX512
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 64 <= n; j += 64) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
-        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(b + j + 32), s2);
-        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 48), _mm512_loadu_ps(b + j + 48), s3);
-    }
-    for (; j + 16 <= n; j += 16) { s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0); }
-    if (j < n) {  // masked loads never touch the lanes beyond n
-        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), s1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-#else
-    return dot_plain(a, b, n);
-#endif
+#ifdef HAVE_AVX2
+static inline float hsum8(__m256 a) {  // the sum of 8 lanes
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
 }
+#endif
 
 // exp for the attention softmax and SiLU: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, and a
 // degree-7 Taylor polynomial for exp(r) (error < 1 ulp). Unlike libm's expf this vectorises.
@@ -454,19 +460,23 @@ static void softmax_fast(float *x, int n) {
 
 typedef struct {
     const float *f;   // (n) x itself
-    int8_t *q;        // q8_0: (n) x quantised in groups of group_size
-    float *s;         // q8_0: (n / group_size) the groups' scales, max|x|/127
+    int8_t *q;        // q8_0, q4: (n) x quantised in groups of group_size
+    float *s;         // q8_0, q4: (n / group_size) the groups' scales, max|x|/127
+    int32_t *sum;     // q4: (n / group_size) the sums of q over each group (see dot_q4)
     int32_t *corr;    // q8_0 VNNI: -128 * sums of q over each dot-product lane, 8 lanes per group
                       //   (group_size >= 32) or per 32-byte chunk (group_size 4, 8, 16); see dot_q8
     uint16_t *hi;     // bf16 with AVX-512 BF16: (n) bf16(x)
     uint16_t *lo;     //   (n) bf16(x - hi): hi + lo carries 16 significant bits of x
 } Input;
 
+static int quantised(const Config *c) { return c->wtype == W_Q8 || c->wtype == W_Q4; }
+
 static void build_input(Input *in, int n_max, const Config *c) {
     memset(in, 0, sizeof(*in));
-    if (c->wtype == W_Q8) {
+    if (quantised(c)) {
         in->q = xmalloc(n_max);
         in->s = xmalloc((n_max / c->group_size + 1) * sizeof(float));
+        in->sum = xmalloc((n_max / c->group_size + 1) * sizeof(int32_t));
         in->corr = xmalloc((n_max / 4 + 8) * sizeof(int32_t));
     }
     if (c->wtype == W_BF16) {
@@ -475,7 +485,7 @@ static void build_input(Input *in, int n_max, const Config *c) {
     }
 }
 
-static void free_input(Input *in) { free(in->q); free(in->s); free(in->corr); free(in->hi); free(in->lo); }
+static void free_input(Input *in) { free(in->q); free(in->s); free(in->sum); free(in->corr); free(in->hi); free(in->lo); }
 
 #ifdef HAVE_BF16
 static uint16_t bf16_round(float f) {  // round to nearest even; activations are finite
@@ -494,7 +504,7 @@ static float bf16_to_f32(uint16_t h) {
 
 static void prepare_input(Input *in, const float *x, int n, const Config *c) {
     in->f = x;
-    if (c->wtype == W_Q8) {
+    if (quantised(c)) {
         int gs = c->group_size;
         for (int g = 0; g < n / gs; g++) {
             const float *xg = x + g * gs;
@@ -510,10 +520,13 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
             float inv = scale > 0 ? 1.0f / scale : 0.0f;
             in->s[g] = scale;
             int8_t *qg = in->q + g * gs;
+            int32_t sum = 0;
             for (j = 0; j < gs; j++) {
                 float v = xg[j] * inv;  // in [-127, 127]: round half away from zero
                 qg[j] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+                sum += qg[j];
             }
+            in->sum[g] = sum;
         }
 #ifdef HAVE_VNNI
         // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3; a group's lane k gets -128
@@ -543,6 +556,56 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
 
 // ----------------------------------------------------------------------------
 // matmul kernels: W (rows, n) @ x (n) -> out (rows), one row or four rows at a time
+//
+// The plain twins come first, one row each; every vector kernel computes the same sums in another
+// order. Four-row kernels (matmul4_*) compute rows w, w + q n, w + 2q n, w + 3q n into out[0],
+// out[q], out[2q], out[3q]: each load of x serves four rows and the four sums are reduced
+// together. The four rows come from the four quarters of the rows being computed, so that each is
+// read as its own sequential stream: the hardware prefetchers follow four streams well, and
+// adjacent rows read interleaved stream far slower (README, "How it is fast"). With q = 0 they
+// compute one row four times over, which is how the last rows that do not fill a quarter are done.
+
+static inline float dot_bf16_plain(const uint16_t *w, const float *x, int n) {
+    float acc[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { acc[k] += bf16_to_f32(w[j + k]) * x[j + k]; }
+    }
+    float sum = 0.0f;
+    for (; j < n; j++) { sum += bf16_to_f32(w[j]) * x[j]; }
+    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
+    return sum;
+}
+
+// q8_0: sum over groups of (int dot of the group) * w_scale * x_scale, like llama2.c's runq
+static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+    float sum = 0.0f;
+    for (int g = 0; g < n / gs; g++) {
+        const int8_t *wg = w + g * gs, *xg = x->q + g * gs;
+        int32_t isum = 0;
+        for (int j = 0; j < gs; j++) { isum += (int32_t)wg[j] * xg[j]; }
+        sum += (float)isum * ws[g] * x->s[g];
+    }
+    return sum;
+}
+
+// q4: as q8_0, with weight j of a group (nibble - 8) taken from byte j (low nibble) or j - gs/2
+// (high nibble) of the group's gs/2 bytes. The kernels that multiply the unsigned nibbles subtract
+// 8 * (the sum of the group's q), which prepare_input keeps in x->sum.
+static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int n, int gs) {
+    float sum = 0.0f;
+    int half = gs / 2;
+    for (int g = 0; g < n / gs; g++) {
+        const uint8_t *wg = w + g * half;
+        const int8_t *xg = x->q + g * gs;
+        int32_t isum = 0;
+        for (int j = 0; j < half; j++) {
+            isum += ((int32_t)(wg[j] & 15) - 8) * xg[j] + ((int32_t)(wg[j] >> 4) - 8) * xg[j + half];
+        }
+        sum += (float)isum * ws[g] * x->s[g];
+    }
+    return sum;
+}
 
 static float dot_bf16(const uint16_t *w, const Input *x, int n) {
 #ifdef HAVE_BF16
@@ -563,29 +626,8 @@ static float dot_bf16(const uint16_t *w, const Input *x, int n) {
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 #else
-    const float *xf = x->f;
-    float acc[LANES] = {0};
-    int j = 0;
-    for (; j + LANES <= n; j += LANES) {
-        for (int k = 0; k < LANES; k++) { acc[k] += bf16_to_f32(w[j + k]) * xf[j + k]; }
-    }
-    float sum = 0.0f;
-    for (; j < n; j++) { sum += bf16_to_f32(w[j]) * xf[j]; }
-    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
-    return sum;
+    return dot_bf16_plain(w, x->f, n);
 #endif
-}
-
-// q8_0: sum over groups of (int dot of the group) * w_scale * x_scale, like llama2.c's runq
-static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
-    float sum = 0.0f;
-    for (int g = 0; g < n / gs; g++) {
-        const int8_t *wg = w + g * gs, *xg = x->q + g * gs;
-        int32_t isum = 0;
-        for (int j = 0; j < gs; j++) { isum += (int32_t)wg[j] * xg[j]; }
-        sum += (float)isum * ws[g] * x->s[g];
-    }
-    return sum;
 }
 
 static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
@@ -605,10 +647,7 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
             }
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(ws[g] * x->s[g]), acc);
         }
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        return _mm_cvtss_f32(h);
+        return hsum8(acc);
     }
     if (gs == 4 || gs == 8 || gs == 16) {
         // small groups: a 32-byte chunk holds 32/gs groups of gs/4 lanes each, so each lane is
@@ -627,25 +666,13 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
             __m256 sc = _mm256_mul_ps(_mm256_maskz_loadu_ps(mg, ws + g), _mm256_maskz_loadu_ps(mg, x->s + g));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutexvar_ps(spread, sc), acc);
         }
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        return _mm_cvtss_f32(h);
+        return hsum8(acc);
     }
 #endif
     return dot_q8_plain(w, ws, x, n, gs);
 }
 
-#ifdef HAVE_AVX512
-// Four rows at a time: each load of x serves four rows and the four sums are reduced together. The
-// four rows come from the four quarters of the rows being computed (r, r+q, r+2q, r+3q), so that
-// each is read as its own sequential stream: the hardware prefetchers follow four streams well,
-// and adjacent rows read interleaved stream far slower (README, "How it is fast").
-
-static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-}
-
+#ifdef HAVE_AVX2
 // out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
 static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
@@ -654,8 +681,13 @@ static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c
     _mm_storeu_ps(o, sum);
     out[0] = o[0], out[q] = o[1], out[2 * q] = o[2], out[3 * q] = o[3];
 }
+#endif
 
-// rows w, w + ws, w + 2 ws, w + 3 ws (each n long) times x into out[0], out[q], out[2q], out[3q]
+#ifdef HAVE_AVX512
+static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
 static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
     const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
@@ -668,6 +700,29 @@ static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const f
         s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
     }
     store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#elif defined(HAVE_AVX2)
+static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
+    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x + j);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xv, s3);
+    }
+    if (j < n) {  // the last n % 8 columns: lanes past n load as zero
+        float xt[8] = {0}, t[4][8] = {{0}};
+        for (int k = j; k < n; k++) { xt[k - j] = x[k]; t[0][k - j] = w0[k], t[1][k - j] = w1[k], t[2][k - j] = w2[k], t[3][k - j] = w3[k]; }
+        __m256 xv = _mm256_loadu_ps(xt);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(t[0]), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(t[1]), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(t[2]), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(t[3]), xv, s3);
+    }
+    store_sum4(out, q, s0, s1, s2, s3);
 }
 #endif
 
@@ -688,63 +743,276 @@ static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, s
     }
     store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
 }
-#endif
+#elif defined(HAVE_AVX2)
+static inline __m256 bf16x8_load(const uint16_t *p) {  // 8 bf16 -> fp32: the bits moved up 16
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
 
-#ifdef HAVE_VNNI
-static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    // as dot_q8, four rows sharing each load of x, its correction and its scale
-    int ng = n / gs;
-    const int8_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    const float *ws0 = ws, *ws1 = ws + q * ng, *ws2 = ws + 2 * q * ng, *ws3 = ws + 3 * q * ng;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int g = 0; g < ng; g++) {
-        __m256i i0 = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)), i1 = i0, i2 = i0, i3 = i0;
-        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
-            i0 = _mm256_dpbusd_epi32(i0, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w0 + j)), flip), xq);
-            i1 = _mm256_dpbusd_epi32(i1, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w1 + j)), flip), xq);
-            i2 = _mm256_dpbusd_epi32(i2, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w2 + j)), flip), xq);
-            i3 = _mm256_dpbusd_epi32(i3, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w3 + j)), flip), xq);
-        }
-        float xs = x->s[g];
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_set1_ps(ws0[g] * xs), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(ws1[g] * xs), a1);
-        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_set1_ps(ws2[g] * xs), a2);
-        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), _mm256_set1_ps(ws3[g] * xs), a3);
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+    // the weights widened to fp32 (exact), times x in fp32: the plain twin's products
+    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x->f + j);
+        s0 = _mm256_fmadd_ps(bf16x8_load(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(bf16x8_load(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(bf16x8_load(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(bf16x8_load(w3 + j), xv, s3);
     }
-    store_sum4(out, q, a0, a1, a2, a3);
+    float t[4] = {0};  // the last n % 8 columns, added to lane 0
+    for (; j < n; j++) {
+        t[0] += bf16_to_f32(w0[j]) * x->f[j], t[1] += bf16_to_f32(w1[j]) * x->f[j];
+        t[2] += bf16_to_f32(w2[j]) * x->f[j], t[3] += bf16_to_f32(w3[j]) * x->f[j];
+    }
+    s0 = _mm256_add_ps(s0, _mm256_setr_ps(t[0], 0, 0, 0, 0, 0, 0, 0));
+    s1 = _mm256_add_ps(s1, _mm256_setr_ps(t[1], 0, 0, 0, 0, 0, 0, 0));
+    s2 = _mm256_add_ps(s2, _mm256_setr_ps(t[2], 0, 0, 0, 0, 0, 0, 0));
+    s3 = _mm256_add_ps(s3, _mm256_setr_ps(t[3], 0, 0, 0, 0, 0, 0, 0));
+    store_sum4(out, q, s0, s1, s2, s3);
 }
 #endif
 
-// rows [r0, r1) of W @ x
+#ifdef HAVE_AVX2
+// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
+// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
+// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// the four rows' fp32 sums a[r] += (their int sums i[r]) * (their group scales ws[r][g]) * x's scale
+static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *ws, int g, float xs) {
+    for (int r = 0; r < 4; r++) { a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[r]), _mm256_set1_ps(ws[r][g] * xs), a[r]); }
+}
+
+// q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
+// With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
+// the extra 128 * sum(x) per lane comes off through x->corr (see dot_q8); otherwise the unsigned
+// operand is |w|, times x with w's sign.
+static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    int ng = n / gs;
+    const int8_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < ng; g++) {
+        __m256i i[4];
+#ifdef HAVE_VNNI
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)); }
+#else
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setzero_si256(); }
+#endif
+        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
+            for (int r = 0; r < 4; r++) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + j));
+#ifdef HAVE_VNNI
+                i[r] = _mm256_dpbusd_epi32(i[r], _mm256_xor_si256(wv, flip), xq);
+#else
+                i[r] = dot_u8s8(i[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xq, wv));
+#endif
+            }
+        }
+        scale_add4(a, i, wsr, g, x->s[g]);
+    }
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+}
+
+// q4 with gs % 32 == 0: the nibbles are the unsigned operand as they are (0..15); the 8 they are
+// stored above their value comes off as 8 * x->sum[g], put in lane 0 of the group's int sums.
+// gs >= 64: 32 bytes hold weights b..b+31 (low nibbles) and half+b..half+b+31 (high ones);
+// gs == 32: 16 bytes hold the whole group, widened to weights 0..15 | 16..31.
+static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    int ng = n / gs, half = gs / 2;
+    const uint8_t *wr[4] = {w, w + q * n / 2, w + q * n, w + 3 * q * n / 2};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < ng; g++) {
+        __m256i i[4];
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setr_epi32(-8 * x->sum[g], 0, 0, 0, 0, 0, 0, 0); }
+        const int8_t *xg = x->q + (size_t)g * gs;
+        size_t o = (size_t)g * half;
+        if (gs == 32) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)xg);
+            for (int r = 0; r < 4; r++) {
+                __m128i wv = _mm_loadu_si128((const __m128i *)(wr[r] + o));
+                i[r] = dot_u8s8(i[r], _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wv, 4), wv), m4), xv);
+            }
+        } else {
+            for (int b = 0; b < half; b += 32) {
+                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
+                for (int r = 0; r < 4; r++) {
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
+                    i[r] = dot_u8s8(dot_u8s8(i[r], _mm256_and_si256(wv, m4), xlo), _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
+                }
+            }
+        }
+        scale_add4(a, i, wsr, g, x->s[g]);
+    }
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+}
+#define VEC_Q8(gs) ((gs) % 32 == 0)  // the group sizes the vector q8_0 and q4 kernels take
+#define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
+#endif
+
+#ifdef HAVE_NEON
+static inline void store_sum4_neon(float *out, size_t q, float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
+    float32x4_t abcd = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
+    out[0] = vgetq_lane_f32(abcd, 0), out[q] = vgetq_lane_f32(abcd, 1);
+    out[2 * q] = vgetq_lane_f32(abcd, 2), out[3 * q] = vgetq_lane_f32(abcd, 3);
+}
+
+// rows of n fp32 or bf16 weights: 4 lanes, two accumulators per row against the fma latency; the
+// last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
+#define NEON_F32_ROWS(LOAD, TO_F32, wt)                                                             \
+    float32x4_t s[8];                                                                               \
+    for (int r = 0; r < 8; r++) { s[r] = vdupq_n_f32(0); }                                          \
+    const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
+    int j = 0;                                                                                      \
+    for (; j + 8 <= n; j += 8) {                                                                    \
+        float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                               \
+        for (int r = 0; r < 4; r++) {                                                               \
+            s[r] = vfmaq_f32(s[r], LOAD(wr[r] + j), x0);                                            \
+            s[r + 4] = vfmaq_f32(s[r + 4], LOAD(wr[r] + j + 4), x1);                                \
+        }                                                                                           \
+    }                                                                                               \
+    for (int r = 0; r < 4; r++) {                                                                   \
+        float t = 0.0f;                                                                             \
+        for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
+        s[r] = vaddq_f32(vaddq_f32(s[r], s[r + 4]), vsetq_lane_f32(t, vdupq_n_f32(0), 0));          \
+    }                                                                                               \
+    store_sum4_neon(out, q, s[0], s[1], s[2], s[3]);
+
+static inline float32x4_t bf16x4_load(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+#define AS_F32(v) (v)
+
+static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
+    NEON_F32_ROWS(vld1q_f32, AS_F32, float)
+}
+
+static void matmul4_bf16_neon(float *out, const uint16_t *w, const float *x, int n, size_t q) {
+    size_t ws = q * n;
+    NEON_F32_ROWS(bf16x4_load, bf16_to_f32, uint16_t)
+}
+#undef NEON_F32_ROWS
+#undef AS_F32
+
+// acc + the dot products of signed bytes a and b, 4 bytes per int32 lane
+static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#ifdef HAVE_DOTPROD
+    return vdotq_s32(acc, a, b);
+#else
+    // the same lane sums: products widened to int16 (|a b| <= 128 * 127), pairs added into int32
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
+}
+
+// q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
+// multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
+static void matmul4_q_neon(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
+                           int q4) {
+    int ng = n / gs;
+    size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
+    float32x4_t acc[4];
+    for (int r = 0; r < 4; r++) { acc[r] = vdupq_n_f32(0); }
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int g = 0; g < ng; g++) {
+        const int8_t *xg = x->q + (size_t)g * gs;
+        int32x4_t isum[4];
+        for (int r = 0; r < 4; r++) { isum[r] = vdupq_n_s32(0); }
+        if (q4) {
+            int half = gs / 2;
+            for (int b = 0; b < half; b += 16) {
+                int8x16_t xlo = vld1q_s8(xg + b), xhi = vld1q_s8(xg + half + b);
+                for (int r = 0; r < 4; r++) {
+                    uint8x16_t wv = vld1q_u8(wr[r] + (size_t)g * half + b);
+                    int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(wv, m4)), eight);
+                    int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(wv, 4)), eight);
+                    isum[r] = dot_s8(dot_s8(isum[r], lo, xlo), hi, xhi);
+                }
+            }
+        } else {
+            for (int j = 0; j < gs; j += 16) {
+                int8x16_t xv = vld1q_s8(xg + j);
+                for (int r = 0; r < 4; r++) { isum[r] = dot_s8(isum[r], vld1q_s8((const int8_t *)wr[r] + (size_t)g * gs + j), xv); }
+            }
+        }
+        float xs = x->s[g];
+        for (int r = 0; r < 4; r++) { acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), wsr[r][g] * xs); }
+    }
+    store_sum4_neon(out, q, acc[0], acc[1], acc[2], acc[3]);
+}
+#define VEC_Q8(gs) ((gs) % 16 == 0)
+#define VEC_Q4(gs) ((gs) % 32 == 0)
+#endif
+
+// rows [r0, r1) of W @ x. Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first
+// quarter; the rows past 4q (at most 3) go through them with q = 0, or through the one-row ones.
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
-    int r = r0, q = (r1 - r0) / 4;  // vector kernels: rows r, r+q, r+2q, r+3q for r in the first quarter
-    (void)q;
+    int r = r0, q = (r1 - r0) / 4, gs = c->group_size;
+    (void)q, (void)gs;
     if (c->wtype == W_F32) {
         const float *w = m.w;
-#ifdef HAVE_AVX512
+#if defined(HAVE_AVX2) || defined(HAVE_NEON)
         for (; r < r0 + q; r++) { matmul4_f32(out + r, q, w + (size_t)r * n, (size_t)q * n, x->f, n); }
-        r = r0 + 4 * q;
+        for (r = r0 + 4 * q; r < r1; r++) { matmul4_f32(out + r, 0, w + (size_t)r * n, 0, x->f, n); }
 #endif
-        for (; r < r1; r++) { out[r] = dot_f32(w + (size_t)r * n, x->f, n); }
+        for (; r < r1; r++) { out[r] = dot_plain(w + (size_t)r * n, x->f, n); }
     } else if (c->wtype == W_BF16) {
         const uint16_t *w = m.w;
-#ifdef HAVE_BF16
+#if defined(HAVE_BF16) || defined(HAVE_AVX2)
         for (; r < r0 + q; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, q); }
-        r = r0 + 4 * q;
+        for (r = r0 + 4 * q; r < r1; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, 0); }
+#elif defined(HAVE_NEON)
+        for (; r < r0 + q; r++) { matmul4_bf16_neon(out + r, w + (size_t)r * n, x->f, n, q); }
+        for (r = r0 + 4 * q; r < r1; r++) { matmul4_bf16_neon(out + r, w + (size_t)r * n, x->f, n, 0); }
 #endif
         for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
-    } else {
+    } else if (c->wtype == W_Q8) {
         const int8_t *w = m.w;
-        int gs = c->group_size;
-#ifdef HAVE_VNNI
-        if (gs % 32 == 0) {
-            for (; r < r0 + q; r++) { matmul4_q8(out + r, w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs, q); }
-            r = r0 + 4 * q;
+        const float *ws = m.s;
+        size_t ng = n / gs;
+#if defined(HAVE_AVX2)
+        if (VEC_Q8(gs)) {
+            for (; r < r0 + q; r++) { matmul4_q8(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, q); }
+            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q8(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, 0); }
+        }
+#elif defined(HAVE_NEON)
+        if (VEC_Q8(gs)) {
+            for (; r < r0 + q; r++) { matmul4_q_neon(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, q, 0); }
+            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q_neon(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, 0, 0); }
         }
 #endif
-        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs); }
+        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, ws + r * ng, x, n, gs); }
+    } else {
+        const uint8_t *w = m.w;
+        const float *ws = m.s;
+        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
+#if defined(HAVE_AVX2)
+        if (VEC_Q4(gs)) {
+            for (; r < r0 + q; r++) { matmul4_q4(out + r, w + r * rb, ws + r * ng, x, n, gs, q); }
+            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q4(out + r, w + r * rb, ws + r * ng, x, n, gs, 0); }
+        }
+#elif defined(HAVE_NEON)
+        if (VEC_Q4(gs)) {
+            for (; r < r0 + q; r++) { matmul4_q_neon(out + r, w + r * rb, ws + r * ng, x, n, gs, q, 1); }
+            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q_neon(out + r, w + r * rb, ws + r * ng, x, n, gs, 0, 1); }
+        }
+#endif
+        for (; r < r1; r++) { out[r] = dot_q4_plain(w + r * rb, ws + r * ng, x, n, gs); }
     }
 }
 
@@ -784,8 +1052,8 @@ typedef struct {
     // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
     // 16 positions, (head_size, 16) elements, component-major. Attention then runs along positions,
     // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
-    // Elements are fp32, or fp16 for q8_0 models (kv_f16), whose weights are small enough that the
-    // cache is a sizeable share of the bytes a token reads.
+    // Elements are fp32, or fp16 for q8_0 and q4 models (kv_f16), whose weights are small enough
+    // that the cache is a sizeable share of the bytes a token reads.
     void *key_cache;    // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
     void *value_cache;  // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
     int kv_f16;         // 1: the caches hold fp16 (uint16_t), 0: fp32
@@ -828,7 +1096,7 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
     s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
     s->logits = xcalloc(c->vocab_size, sizeof(float));
-    s->kv_f16 = c->wtype == W_Q8;
+    s->kv_f16 = quantised(c);
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
     // in the middle of generation, as the positions fill the tiles
     size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
@@ -862,9 +1130,17 @@ static void embed(float *x, const Transformer *t, int token) {
         memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
     } else if (c->wtype == W_BF16) {
         for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
-    } else {
+    } else if (c->wtype == W_Q8) {
         const int8_t *q = e.w;
         for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
+    } else {  // q4: the row's groups, each gs/2 bytes (see Mat)
+        const uint8_t *q = (const uint8_t *)e.w + off / 2;
+        int gs = c->group_size, half = gs / 2;
+        for (int i = 0; i < c->dim; i++) {
+            int g = i / gs, j = i % gs;
+            uint8_t b = q[g * half + j % half];
+            x[i] = ((int)(j < half ? b & 15 : b >> 4) - 8) * e.s[(off + i) / gs];
+        }
     }
 }
 
@@ -885,7 +1161,7 @@ static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int
     }
 }
 
-// fp16 <-> fp32 for the caches of q8_0 models, in plain C so that every build stores the same bits
+// fp16 <-> fp32 for the caches of q8_0 and q4 models, in plain C so that every build stores the same bits
 static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf, NaN stays NaN
     uint32_t u, a, sign;
     memcpy(&u, &f, 4);
