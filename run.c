@@ -1024,7 +1024,11 @@ static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
 }
 
 // ----------------------------------------------------------------------------
-// the forward pass, one token at a time with a KV cache
+// the forward pass: a batch of tokens at consecutive positions, with a KV cache
+//
+// Generation runs one token at a time; a prompt runs as batches of up to `batch` tokens, so that
+// each weight is read from memory once per batch (matmul_batch) rather than once per token. Every
+// token of a batch gets the same arithmetic as it would alone, so its logits are the same bits.
 //
 // With threads, the whole forward pass is one parallel region. Every thread keeps private copies of
 // the small vectors (the residual stream, the normed input, the matmul input) and computes them
@@ -1032,23 +1036,24 @@ static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
 // are split between the threads, and the threads meet at one barrier after each of them.
 
 typedef struct {
-    float *x;  // (dim) residual stream
-    float *xb; // (dim) normed input of a branch
-    Input in;  // the current matmul input in the weight type's form
+    float *x;  // (batch, dim) residual stream
+    float *xb; // (batch, dim) normed input of a branch
+    Input *in; // (batch) the current matmul inputs in the weight type's form
 } ThreadState;
 
 typedef struct {
     ThreadState *ts;    // (n_threads) private state of each thread
     int n_threads;
-    float *q;           // (dim) query
-    float *k;           // (kv_dim) key of this position
-    float *v;           // (kv_dim) value of this position
-    float *att_out;     // (dim) attention output, heads side by side
-    float *xb2;         // (dim) branch output (wo or w2), added to the residual stream
-    float *hb;          // (hidden_dim) w1 x, then silu(w1 x) * w3 x
-    float *hb2;         // (hidden_dim) w3 x
+    int batch;          // most tokens in one forward pass
+    float *q;           // (batch, dim) queries
+    float *k;           // (batch, kv_dim) keys of these positions
+    float *v;           // (batch, kv_dim) values of these positions
+    float *att_out;     // (batch, dim) attention outputs, heads side by side
+    float *xb2;         // (batch, dim) branch outputs (wo or w2), added to the residual stream
+    float *hb;          // (batch, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    float *hb2;         // (batch, hidden_dim) w3 x
     float *att;         // (n_heads, cache_len) attention scores
-    float *logits;      // (vocab_size)
+    float *logits;      // (batch, vocab_size)
     // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
     // 16 positions, (head_size, 16) elements, component-major. Attention then runs along positions,
     // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
@@ -1067,6 +1072,7 @@ typedef struct {
 // Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
 // more than the work it splits (stories260K's biggest matmul is 512 x 64).
 #define PAR_MIN_WORK 65536
+#define BATCH 64  // most prompt tokens per forward pass (see matmul_batch)
 
 static void build_run_state(RunState *s, const Config *c, int max_pos) {
     s->max_pos = max_pos;
@@ -1080,22 +1086,25 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
     s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
+    s->batch = max_pos < BATCH ? max_pos : BATCH;
+    size_t B = s->batch;
     s->ts = xcalloc(s->n_threads, sizeof(ThreadState));
     int n_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     for (int i = 0; i < s->n_threads; i++) {
-        s->ts[i].x = xcalloc(c->dim, sizeof(float));
-        s->ts[i].xb = xcalloc(c->dim, sizeof(float));
-        build_input(&s->ts[i].in, n_max, c);
+        s->ts[i].x = xcalloc(B * c->dim, sizeof(float));
+        s->ts[i].xb = xcalloc(B * c->dim, sizeof(float));
+        s->ts[i].in = xcalloc(B, sizeof(Input));
+        for (size_t b = 0; b < B; b++) { build_input(&s->ts[i].in[b], n_max, c); }
     }
-    s->q = xcalloc(c->dim, sizeof(float));
-    s->k = xcalloc(c->kv_dim, sizeof(float));
-    s->v = xcalloc(c->kv_dim, sizeof(float));
-    s->att_out = xcalloc(c->dim, sizeof(float));
-    s->xb2 = xcalloc(c->dim, sizeof(float));
-    s->hb = xcalloc(c->hidden_dim, sizeof(float));
-    s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
+    s->q = xcalloc(B * c->dim, sizeof(float));
+    s->k = xcalloc(B * c->kv_dim, sizeof(float));
+    s->v = xcalloc(B * c->kv_dim, sizeof(float));
+    s->att_out = xcalloc(B * c->dim, sizeof(float));
+    s->xb2 = xcalloc(B * c->dim, sizeof(float));
+    s->hb = xcalloc(B * c->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc(B * c->hidden_dim, sizeof(float));
     s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
-    s->logits = xcalloc(c->vocab_size, sizeof(float));
+    s->logits = xcalloc(B * c->vocab_size, sizeof(float));
     s->kv_f16 = quantised(c);
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
     // in the middle of generation, as the positions fill the tiles
@@ -1117,7 +1126,10 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
 }
 
 static void free_run_state(RunState *s) {
-    for (int i = 0; i < s->n_threads; i++) { free(s->ts[i].x); free(s->ts[i].xb); free_input(&s->ts[i].in); }
+    for (int i = 0; i < s->n_threads; i++) {
+        for (int b = 0; b < s->batch; b++) { free_input(&s->ts[i].in[b]); }
+        free(s->ts[i].x); free(s->ts[i].xb); free(s->ts[i].in);
+    }
     free(s->ts); free(s->q); free(s->k); free(s->v); free(s->att_out); free(s->xb2); free(s->hb); free(s->hb2);
     free(s->att); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->rope_cos); free(s->rope_sin);
 }
@@ -1144,11 +1156,23 @@ static void embed(float *x, const Transformer *t, int token) {
     }
 }
 
-// rows [lo, hi) of W @ x for this thread; returns lo and hi for the caller's follow-up work
-static void matmul_part(float *out, Mat m, const Input *x, int n, int rows, int tid, int nt, const Config *c,
-                        int *lo, int *hi) {
+// Rows [lo, hi) of W @ x for this thread, for each of nb inputs x[b] into out + b * rows; returns lo
+// and hi for the caller's follow-up work. One token streams the rows from memory as matmul_rows
+// reads them; for a batch, the rows go in tiles small enough to stay in the L2 cache while every
+// input of the batch is multiplied with them, so the weights are read from memory once per batch.
+#define TILE_BYTES (64 << 10)
+static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int rows, int tid, int nt,
+                        const Config *c, int *lo, int *hi) {
     thread_rows(rows, tid, nt, lo, hi);
-    matmul_rows(out, m, x, n, *lo, *hi, c);
+    if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c); return; }
+    double row_bytes = c->wtype == W_F32 ? 4.0 * n : c->wtype == W_BF16 ? 2.0 * n
+                     : (c->wtype == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
+    int tile = (int)(TILE_BYTES / row_bytes) & ~3;
+    tile = tile < 4 ? 4 : tile;
+    for (int r = *lo; r < *hi; r += tile) {
+        int r1 = r + tile < *hi ? r + tile : *hi;
+        for (int b = 0; b < nb; b++) { matmul_rows(out + (size_t)b * rows, m, &x[b], n, r, r1, c); }
+    }
 }
 
 static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int head_size) {
@@ -1224,9 +1248,10 @@ static void cache_put(void *cache, const float *kv, const RunState *s, const Con
     }
 }
 
-static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
+// head h of the token at position pos, batch entry bt: its query in s->q, its output into s->att_out
+static void attention_head(RunState *s, const Config *c, int l, int h, int pos, int bt) {
     int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
-    const float *q = s->q + h * hs;
+    const float *q = s->q + (size_t)bt * c->dim + h * hs;
     const void *kc = s->key_cache, *vc = s->value_cache;
     size_t kt = cache_tiles(s, c, l, kvh), vt = kt, tile = (size_t)hs * 16;  // kt, vt: indices into kc, vc
     int f16 = s->kv_f16;
@@ -1271,7 +1296,7 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
     softmax_fast(att, n);
     for (int t = n; t < nb * 16; t++) { att[t] = 0.0f; }  // so whole tiles can be summed below
     // out[i] = sum over t of att[t] * v_t[i]: per tile, row i of the tile dotted with att
-    float *out = s->att_out + h * hs;
+    float *out = s->att_out + (size_t)bt * c->dim + h * hs;
     int i = 0;
 #ifdef HAVE_AVX512
     for (; i + 4 <= hs; i += 4) {
@@ -1306,68 +1331,95 @@ static void barrier(void) {
 #endif
 }
 
-static void forward_thread(const Transformer *t, RunState *s, int token, int pos, int tid, int nt) {
+// The nb tokens at positions pos .. pos + nb - 1 through the model; the logits of every one of them
+// (all_logits) or of the last only, into s->logits.
+static void forward_thread(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits,
+                           int tid, int nt) {
     const Config *c = &t->c;
     const Weights *w = &t->w;
     ThreadState *me = &s->ts[tid];
     int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
-    const float *cs = s->rope_cos + (size_t)pos * (hs / 2), *sn = s->rope_sin + (size_t)pos * (hs / 2);
-    float *x = me->x;
+    Input *in = me->in;
     // When every thread's share of the q, k and v rows is whole heads (and the kv heads its q heads
     // read), each thread can run the attention of its own heads with no barrier before it.
     int own_heads = c->n_kv_heads % nt == 0 && hs % 4 == 0;
-    embed(x, t, token);
+    #define EACH(b) for (int b = 0; b < nb; b++)
+    #define ROW(v, b, n) ((v) + (size_t)(b) * (n))  // entry b of a (batch, n) buffer
+    EACH(b) { embed(ROW(me->x, b, dim), t, tokens[b]); }
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *ly = &w->layers[l];
         // attention: q, k, v with RoPE; k and v into the caches
-        rmsnorm(me->xb, x, ly->rms_att, dim, c->norm_eps);
-        prepare_input(&me->in, me->xb, dim, c);
-        matmul_part(s->q, ly->wq, &me->in, dim, dim, tid, nt, c, &lo, &hi);
-        rope(s->q, lo, hi, cs, sn, hs);
-        matmul_part(s->k, ly->wk, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        rope(s->k, lo, hi, cs, sn, hs);
-        // k and v of this position into component i of the tile holding pos, for this thread's rows
-        cache_put(s->key_cache, s->k, s, c, l, pos, lo, hi);
-        matmul_part(s->v, ly->wv, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        cache_put(s->value_cache, s->v, s, c, l, pos, lo, hi);
+        EACH(b) {
+            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_att, dim, c->norm_eps);
+            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+        }
+        matmul_part(s->q, ly->wq, in, nb, dim, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { rope(ROW(s->q, b, dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs); }
+        matmul_part(s->k, ly->wk, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        // k and v of each position into component i of the tile holding it, for this thread's rows
+        EACH(b) {
+            rope(ROW(s->k, b, kv_dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs);
+            cache_put(s->key_cache, ROW(s->k, b, kv_dim), s, c, l, pos + b, lo, hi);
+        }
+        matmul_part(s->v, ly->wv, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        EACH(b) { cache_put(s->value_cache, ROW(s->v, b, kv_dim), s, c, l, pos + b, lo, hi); }
         if (own_heads) {
-            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { attention_head(s, c, l, h, pos); }
+            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
         } else {
             barrier();
-            for (int h = tid; h < c->n_heads; h += nt) { attention_head(s, c, l, h, pos); }
+            for (int h = tid; h < c->n_heads; h += nt) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
         }
         barrier();
-        prepare_input(&me->in, s->att_out, dim, c);
-        matmul_part(s->xb2, ly->wo, &me->in, dim, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { prepare_input(&in[b], ROW(s->att_out, b, dim), dim, c); }
+        matmul_part(s->xb2, ly->wo, in, nb, dim, dim, tid, nt, c, &lo, &hi);
         barrier();
-        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
         // SwiGLU feed-forward: w2(silu(w1 x) * w3 x)
-        rmsnorm(me->xb, x, ly->rms_ffn, dim, c->norm_eps);
-        prepare_input(&me->in, me->xb, dim, c);
-        matmul_part(s->hb, ly->w1, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
-        matmul_part(s->hb2, ly->w3, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
-        for (int i = lo; i < hi; i++) { s->hb[i] = s->hb[i] / (1.0f + exp_fast(-s->hb[i])) * s->hb2[i]; }
+        EACH(b) {
+            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_ffn, dim, c->norm_eps);
+            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+        }
+        matmul_part(s->hb, ly->w1, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        matmul_part(s->hb2, ly->w3, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        EACH(b) {
+            float *h1 = ROW(s->hb, b, hidden), *h3 = ROW(s->hb2, b, hidden);
+            for (int i = lo; i < hi; i++) { h1[i] = h1[i] / (1.0f + exp_fast(-h1[i])) * h3[i]; }
+        }
         barrier();
-        prepare_input(&me->in, s->hb, hidden, c);
-        matmul_part(s->xb2, ly->w2, &me->in, hidden, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { prepare_input(&in[b], ROW(s->hb, b, hidden), hidden, c); }
+        matmul_part(s->xb2, ly->w2, in, nb, hidden, dim, tid, nt, c, &lo, &hi);
         barrier();
-        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
     }
-    rmsnorm(me->xb, x, w->rms_final, dim, c->norm_eps);
-    prepare_input(&me->in, me->xb, dim, c);
-    matmul_part(s->logits, w->wcls, &me->in, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+    int first = all_logits ? 0 : nb - 1;  // the tokens whose logits are wanted: first .. nb - 1
+    for (int b = first; b < nb; b++) {
+        rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), w->rms_final, dim, c->norm_eps);
+        prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+    }
+    matmul_part(s->logits, w->wcls, in + first, nb - first, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+    #undef EACH
+    #undef ROW
+}
+
+// Runs n tokens from position pos, in batches of at most s->batch; returns the logits of the last
+// (all_logits = 0), or of the last batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size
+static float *forward_tokens(const Transformer *t, RunState *s, const int *tokens, int n, int pos, int all_logits) {
+    for (int done = 0; done < n; done += s->batch) {
+        int nb = n - done < s->batch ? n - done : s->batch;
+#ifdef _OPENMP
+        if (s->parallel) {
+            #pragma omp parallel
+            forward_thread(t, s, tokens + done, nb, pos + done, all_logits, omp_get_thread_num(), omp_get_num_threads());
+            continue;
+        }
+#endif
+        forward_thread(t, s, tokens + done, nb, pos + done, all_logits, 0, 1);  // barriers are no-ops here
+    }
+    return s->logits;
 }
 
 static float *forward(const Transformer *t, RunState *s, int token, int pos) {
-#ifdef _OPENMP
-    if (s->parallel) {
-        #pragma omp parallel
-        forward_thread(t, s, token, pos, omp_get_thread_num(), omp_get_num_threads());
-        return s->logits;
-    }
-#endif
-    forward_thread(t, s, token, pos, 0, 1);  // its barriers are no-ops outside a parallel region
-    return s->logits;
+    return forward_tokens(t, s, &token, 1, pos, 0);
 }
 
 // ----------------------------------------------------------------------------
@@ -1789,21 +1841,29 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
     int n_prompt;
     int *prompt_tokens = encode(tk, prompt ? prompt : "", 1, &n_prompt);
     check_prompt_fits(n_prompt, &t->c);
-    int token = prompt_tokens[0], pos = 0;
-    double start = 0.0;
-    while (pos < steps) {
-        float *logits = forward(t, s, token, pos);
-        // the prompt is forced token by token; after it, the sampler picks
-        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample(sp, logits);
-        pos++;
+    // the prompt (as much of it as -n steps reach) goes through the model in batches; then the
+    // sampler picks each next token from the logits of the one before
+    int n_fill = n_prompt < steps ? n_prompt : steps;
+    double t0 = time_s();
+    float *logits = forward_tokens(t, s, prompt_tokens, n_fill, 0, 0);
+    double prefill = time_s() - t0;
+    for (int i = 1; i < n_fill; i++) { print_piece(tk, prompt_tokens[i - 1], prompt_tokens[i]); }
+    fflush(stdout);
+    int token = prompt_tokens[n_fill - 1], pos = n_fill;
+    double start = 0.0;  // the prompt's pass, the first, pays for the page faults: not timed
+    while (n_fill == n_prompt) {
+        int next = sample(sp, logits);
         if (next == BOS || next == EOS) { break; }  // the end of a story
         print_piece(tk, token, next);
         fflush(stdout);
         token = next;
-        if (start == 0.0) { start = time_s(); }  // the first step is slower (page faults): not timed
+        if (pos >= steps) { break; }
+        if (start == 0.0) { start = time_s(); }
+        logits = forward(t, s, token, pos++);
     }
     printf("\n");
-    if (pos > 1 && start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - 1) / (time_s() - start)); }
+    if (n_fill > 1) { fprintf(stderr, "prompt: %d tokens, %f tok/s\n", n_fill, n_fill / prefill); }
+    if (start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - n_fill) / (time_s() - start)); }
     free(prompt_tokens);
 }
 
@@ -1876,9 +1936,11 @@ static void write_logits(const Transformer *t, RunState *s, const int *ids, int 
     snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) { die("cannot write %s: %s", tmp, strerror(errno)); }
-    for (int pos = 0; pos < n; pos++) {
-        float *logits = forward(t, s, ids[pos], pos);
-        if (fwrite(logits, sizeof(float), t->c.vocab_size, f) != (size_t)t->c.vocab_size) { die("write to %s failed", tmp); }
+    for (int pos = 0; pos < n; pos += s->batch) {
+        int nb = n - pos < s->batch ? n - pos : s->batch;
+        float *logits = forward_tokens(t, s, ids + pos, nb, pos, 1);
+        size_t count = (size_t)nb * t->c.vocab_size;
+        if (fwrite(logits, sizeof(float), count, f) != count) { die("write to %s failed", tmp); }
     }
     if (fclose(f) != 0 || rename(tmp, path) != 0) { die("cannot write %s: %s", path, strerror(errno)); }
     free(tmp);

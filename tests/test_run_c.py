@@ -277,7 +277,21 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
     assert rel < bound, rel
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0"])
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "wide_threads"])
+def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
+    """-m logits runs the ids as batches of up to 64 tokens; each position's logits are the same bits
+    as when that position is the last of a shorter run (other batches, another split over threads)."""
+    model, paths = tiny[cfg]
+    T = model.args.max_seq_len
+    ids = torch.randint(0, model.args.vocab_size, (T,), generator=torch.Generator().manual_seed(3)).tolist()
+    for b in builds:
+        full = c_logits(b, paths[fmt], ids, tmp_path)
+        for k in (1, 5, T // 2, T - 1):
+            assert np.array_equal(c_logits(b, paths[fmt], ids[:k], tmp_path)[-1], full[k - 1]), (b, k)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
 @pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mqa_untied_v131", "wide_threads"])
 def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
     model, paths = tiny[cfg]
