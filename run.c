@@ -1041,6 +1041,33 @@ typedef struct {
     Input *in; // (batch) the current matmul inputs in the weight type's form
 } ThreadState;
 
+// Threads under load: when another job keeps a core busy, a thread on that core runs only part of
+// the time and every barrier waits for it, so n threads can be far slower than one. So the threads
+// a forward pass runs on are the cores the other jobs left free, measured from /proc/stat over the
+// last interval (all CPU time spent, less this process's own), unless OMP_DYNAMIC=false asks for
+// exactly OMP_NUM_THREADS. Where /proc/stat is missing, every thread runs.
+typedef struct {
+    double wall;  // seconds, monotonic
+    double busy;  // CPU seconds spent by everything, every core (/proc/stat)
+    double own;   // CPU seconds spent by this process
+} CpuSample;
+#define FREE_CORES_EVERY 0.1  // seconds between two looks at /proc/stat
+
+static int sample_cpu(CpuSample *cs) {
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8];
+    int got = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) : 0;
+    if (f) { fclose(f); }
+    if (got != 8) { return 0; }
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free
+    cs->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+    cs->own = ts.tv_sec + ts.tv_nsec * 1e-9;
+    cs->wall = time_s();
+    return 1;
+}
+
 typedef struct {
     ThreadState *ts;    // (n_threads) private state of each thread
     int n_threads;
@@ -1067,6 +1094,9 @@ typedef struct {
     int max_pos;        // positions this run can reach
     int cache_len;      // max_pos rounded up to a multiple of 16
     int parallel;       // 1: big enough for threads (see build_run_state)
+    int nt;             // threads for the next forward pass (see free_cores)
+    int adapt;          // 1: nt follows the free cores; 0: always n_threads
+    CpuSample last;     // the last look at /proc/stat
 } RunState;
 
 // Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
@@ -1074,7 +1104,8 @@ typedef struct {
 #define PAR_MIN_WORK 65536
 #define BATCH 64  // most prompt tokens per forward pass (see matmul_batch)
 
-static void build_run_state(RunState *s, const Config *c, int max_pos) {
+// since: a look at /proc/stat from the start of the program (see free_cores), if there was one
+static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {
     s->max_pos = max_pos;
     s->cache_len = (max_pos + 15) / 16 * 16;
     size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
@@ -1086,6 +1117,10 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
     s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
+    const char *dyn = getenv("OMP_DYNAMIC");
+    s->nt = s->n_threads;
+    s->adapt = s->parallel && !(dyn && (!strcmp(dyn, "false") || !strcmp(dyn, "FALSE"))) && since;
+    if (since) { s->last = *since; }
     s->batch = max_pos < BATCH ? max_pos : BATCH;
     size_t B = s->batch;
     s->ts = xcalloc(s->n_threads, sizeof(ThreadState));
@@ -1401,6 +1436,19 @@ static void forward_thread(const Transformer *t, RunState *s, const int *tokens,
     #undef ROW
 }
 
+#ifdef _OPENMP
+// s->nt: the cores the other jobs left free in the last interval, rounded down unless nearly whole
+static void free_cores(RunState *s) {
+    CpuSample now;
+    if (!s->adapt || time_s() - s->last.wall < FREE_CORES_EVERY || !sample_cpu(&now)) { return; }
+    double others = ((now.busy - s->last.busy) - (now.own - s->last.own)) / (now.wall - s->last.wall);
+    double free = (double)sysconf(_SC_NPROCESSORS_ONLN) - (others > 0 ? others : 0);
+    int nt = (int)(free + 0.3);
+    s->nt = nt < 1 ? 1 : nt > s->n_threads ? s->n_threads : nt;
+    s->last = now;
+}
+#endif
+
 // Runs n tokens from position pos, in batches of at most s->batch; returns the logits of the last
 // (all_logits = 0), or of the last batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size
 static float *forward_tokens(const Transformer *t, RunState *s, const int *tokens, int n, int pos, int all_logits) {
@@ -1408,7 +1456,8 @@ static float *forward_tokens(const Transformer *t, RunState *s, const int *token
         int nb = n - done < s->batch ? n - done : s->batch;
 #ifdef _OPENMP
         if (s->parallel) {
-            #pragma omp parallel
+            free_cores(s);
+            #pragma omp parallel num_threads(s->nt)
             forward_thread(t, s, tokens + done, nb, pos + done, all_logits, omp_get_thread_num(), omp_get_num_threads());
             continue;
         }
@@ -2071,6 +2120,8 @@ int main(int argc, char *argv[]) {
     }
     if (!strcmp(mode, "logits") && !out_path) { die("-m logits needs -o <file> for the logits"); }
     if (seed == 0) { seed = (unsigned int)time(NULL); }
+    CpuSample start;
+    const CpuSample *since = sample_cpu(&start) ? &start : NULL;
 
     Transformer t;
     build_transformer(&t, checkpoint);
@@ -2082,7 +2133,7 @@ int main(int argc, char *argv[]) {
         int *ids = parse_ids(prompt ? prompt : "", c->vocab_size, &n);
         check_prompt_fits(n, c);
         RunState s;
-        build_run_state(&s, c, n);
+        build_run_state(&s, c, n, since);
         write_logits(&t, &s, ids, n, out_path);
         free(ids);
         free_run_state(&s);
@@ -2106,7 +2157,7 @@ int main(int argc, char *argv[]) {
     }
 
     RunState s;
-    build_run_state(&s, c, steps);
+    build_run_state(&s, c, steps, since);
     Sampler sp;
     build_sampler(&sp, c->vocab_size, temperature, topp, topk, seed);
     if (!strcmp(mode, "chat")) {

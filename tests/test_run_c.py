@@ -17,6 +17,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,15 +130,18 @@ def command(binary):
 
 
 def run_c(binary, *args, check=True, **kw):
+    """A build run on args. OMP_DYNAMIC=false keeps every thread on, however busy the machine, so
+    that the threaded code is what the checks see (run.c otherwise leaves busy cores out)."""
+    kw.setdefault("env", dict(os.environ, OMP_DYNAMIC="false"))
     r = subprocess.run([*command(binary), *map(str, args)], capture_output=True, timeout=300, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"{binary} {args[:3]}... failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     return r
 
 
-def c_logits(binary, path, ids, tmp_path):
+def c_logits(binary, path, ids, tmp_path, **kw):
     out = tmp_path / f"logits_{binary}_{os.getpid()}.bin"
-    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out)
+    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out, **kw)
     return np.fromfile(out, np.float32).reshape(len(ids), -1)
 
 
@@ -314,6 +318,23 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
         r = run_c(b, paths[fmt], "-z", tok, "-t", 0, "-n", steps, "-i", text)
         assert r.stdout == decode_like_run(pieces, want), b
         assert re.search(rb"achieved tok/s: [0-9.]+", r.stderr)
+
+
+def test_threads_follow_free_cores_and_outputs_do_not(builds, tiny, tmp_path):
+    """With a busy-looping job beside it and OMP_DYNAMIC unset, run.c moves between 1 and 2 threads as
+    it finds the cores free or taken (see free_cores); the tokens stay those of the fixed run."""
+    model, paths = tiny["wide_threads"]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_DYNAMIC"}
+        for fmt in ("v1", "v3_q4"):
+            ids = [i % model.args.vocab_size for i in range(3, 3 + model.args.max_seq_len)]
+            adaptive = c_logits("run", paths[fmt], ids, tmp_path, env=env)
+            fixed = c_logits("run", paths[fmt], ids, tmp_path)
+            assert np.array_equal(adaptive, fixed)
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 # -----------------------------------------------------------------------------
