@@ -3,9 +3,9 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
-Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0; the README has the byte
-layouts), reads the weights onto huge pages, and generates with llama2.c's sampler: the same seed,
-temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; the README has the
+byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
+sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
 optional. Vector code (AVX-512 F/BW/VL, VNNI, BF16; AVX2 + FMA, AVX-VNNI; ARM NEON, dot product) is
 chosen at compile time and every kernel has a plain C twin that the tests compare it against;
 -DPLAIN forces the plain twins.
@@ -175,7 +175,8 @@ typedef struct {
     Config c;
     Weights w;
     const char *path;
-    unsigned char *data; // the whole file, file_size bytes (big_alloc)
+    unsigned char *data; // the whole file, file_size bytes: mapped, or read onto huge pages (big_alloc)
+    int mapped;          // 1: data is a read-only file mapping (munmap), 0: big_alloc (free)
     size_t file_size;
     void **owned;        // realigned copies of fp32 arrays the file stores misaligned (v2 only)
     int n_owned;
@@ -341,17 +342,24 @@ static void read_header(Transformer *t) {
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
-// n bytes from fd's current offset, or die naming the file
-static void read_fully(int fd, unsigned char *buf, size_t n, const char *path) {
+// n bytes from offset off of fd, or die naming the file
+static void read_fully(int fd, unsigned char *buf, size_t n, off_t off, const char *path) {
     while (n > 0) {
-        ssize_t got = read(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
+        ssize_t got = pread(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30), off);
         if (got < 0 && errno == EINTR) { continue; }
         if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
-        buf += got, n -= (size_t)got;
+        buf += got, n -= (size_t)got, off += got;
     }
 }
 
-static void build_transformer(Transformer *t, const char *path) {
+// Start-up against steady speed: a file mapping costs nothing up front (pages come in from the page
+// cache as the first token touches them, as llama2.c does), but its 4 KB pages stream slower than a
+// copy on huge pages, which costs a pass over the file to make (and, when memory is fragmented, the
+// kernel's compaction of huge pages). So a run that reads the weights few times (-n below
+// HUGE_MIN_STEPS, the logits and tokenize modes) maps the file; a longer one copies it, in parallel
+// with threads. passes: how many tokens the run will generate, 0 for the whole context.
+#define HUGE_MIN_STEPS 64
+static void build_transformer(Transformer *t, const char *path, int passes) {
     memset(t, 0, sizeof(*t));
     t->path = path;
     int fd = open(path, O_RDONLY);
@@ -362,7 +370,7 @@ static void build_transformer(Transformer *t, const char *path) {
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
     // the header first, so that a wrong file is refused before anything big is allocated or read
     unsigned char header[HEADER_V1] = {0};
-    read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, path);
+    read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, 0, path);
     t->data = header;
     read_header(t);
     uint64_t expected = walk_layout(t, NULL);
@@ -374,10 +382,25 @@ static void build_transformer(Transformer *t, const char *path) {
         die("%s: size %zu bytes does not match the %llu the v%d header implies", path, t->file_size,
             (unsigned long long)expected, t->c.version);
     }
-    // read, not mmap: a private copy can sit on huge pages (see big_alloc), a file mapping mostly not
-    t->data = big_alloc(t->file_size, path);
-    memcpy(t->data, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1);
-    if (t->file_size > HEADER_V1) { read_fully(fd, t->data + HEADER_V1, t->file_size - HEADER_V1, path); }
+    if (passes == 0) { passes = t->c.seq_len; }
+    t->mapped = passes < HUGE_MIN_STEPS;
+    if (t->mapped) {
+        t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (t->data == MAP_FAILED) { die("%s: cannot map %zu bytes: %s", path, t->file_size, strerror(errno)); }
+#ifdef MADV_WILLNEED
+        madvise(t->data, t->file_size, MADV_WILLNEED);  // a cold page cache starts reading ahead now
+#endif
+    } else {
+        t->data = big_alloc(t->file_size, path);
+        size_t chunk = (size_t)32 << 20, n_chunks = (t->file_size + chunk - 1) / chunk;
+#ifdef _OPENMP
+        #pragma omp parallel for schedule(dynamic)
+#endif
+        for (size_t i = 0; i < n_chunks; i++) {
+            size_t off = i * chunk, n = t->file_size - off < chunk ? t->file_size - off : chunk;
+            read_fully(fd, t->data + off, n, (off_t)off, path);
+        }
+    }
     close(fd);
     t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
     walk_layout(t, t->data);
@@ -387,7 +410,7 @@ static void free_transformer(Transformer *t) {
     for (int i = 0; i < t->n_owned; i++) { free(t->owned[i]); }
     free(t->owned);
     free(t->w.layers);
-    free(t->data);
+    if (t->mapped) { munmap(t->data, t->file_size); } else { free(t->data); }
 }
 
 // ----------------------------------------------------------------------------
@@ -2124,7 +2147,8 @@ int main(int argc, char *argv[]) {
     const CpuSample *since = sample_cpu(&start) ? &start : NULL;
 
     Transformer t;
-    build_transformer(&t, checkpoint);
+    int tools = !strcmp(mode, "logits") || !strcmp(mode, "tokenize");  // one pass over the weights, or none
+    build_transformer(&t, checkpoint, tools ? 1 : steps);
     const Config *c = &t.c;
     if (steps == 0 || steps > c->seq_len) { steps = c->seq_len; }
 
