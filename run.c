@@ -1262,7 +1262,7 @@ static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf,
     return (uint16_t)(sign | r);
 }
 
-static float f16_to_f32(uint16_t h) {
+static inline float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
     if (e == 0x1F) { u = sign | 0x7F800000u | (m << 13); }
     else if (e != 0) { u = sign | ((e + 112) << 23) | (m << 13); }
@@ -1275,9 +1275,20 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
-// element i of a cache, and 16 of them from i on (a row of a tile)
-static inline float cache_get(const void *cache, size_t i, int f16) {
-    return f16 ? f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf (by
+// F16C or NEON where there is one: fp16 -> fp32 is exact, so every build sees the same numbers)
+static inline const float *cache_row16(const void *cache, size_t i, int f16, float *buf) {
+    if (!f16) { return (const float *)cache + i; }
+    const uint16_t *h = (const uint16_t *)cache + i;
+#if defined(HAVE_AVX2)
+    _mm256_storeu_ps(buf, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+    _mm256_storeu_ps(buf + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8))));
+#elif defined(HAVE_NEON)
+    for (int k = 0; k < 16; k += 4) { vst1q_f32(buf + k, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + k)))); }
+#else
+    for (int k = 0; k < 16; k++) { buf[k] = f16_to_f32(h[k]); }
+#endif
+    return buf;
 }
 #ifdef HAVE_AVX512
 static inline __m512 cache_load16(const void *cache, size_t i, int f16) {
@@ -1346,7 +1357,9 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos, 
         for (int i = 0; i < hs; i++) {
             size_t kr = kt + b * tile + i * 16;
             float *ab = att + b * 16, qi = q[i];
-            for (int k = 0; k < 16; k++) { ab[k] += qi * cache_get(kc, kr + k, f16); }
+            float buf[16];
+            const float *row = cache_row16(kc, kr, f16, buf);
+            for (int k = 0; k < 16; k++) { ab[k] += qi * row[k]; }
         }
     }
     for (int t = 0; t < n; t++) { att[t] *= scale; }
@@ -1375,7 +1388,9 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos, 
         for (int b = 0; b < nb; b++) {
             size_t v = vt + b * tile + i * 16;
             const float *ab = att + b * 16;
-            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * cache_get(vc, v + k, f16); }
+            float buf[16];
+            const float *row = cache_row16(vc, v, f16, buf);
+            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * row[k]; }
         }
         float sum = 0.0f;
         for (int k = 0; k < 16; k++) { sum += lane[k]; }
