@@ -18,7 +18,7 @@ What it does, all in one run so the numbers compare:
   4. per model, build and dtype, interleaved round by round (each round starting at a different place,
      because this VM's bandwidth drifts): run.c at -t 0 -n 256 from BOS on 1 thread and on all cores;
      llama2.c's equivalent (run for fp32, runq for q8_0) on all cores; start-up: the whole process at
-     -n 16, ours and llama2.c's; prompt: a 250-token prompt, run.c's batched prompt tok/s and llama2.c's
+     -n 16, ours and llama2.c's; prompt: a 210-token prompt, run.c's batched prompt tok/s and llama2.c's
      (its tok/s over the prompt, which it runs token by token); prints a markdown table of medians;
   5. threads under load: 15M fp32 and 110M q8_0 with a busy-looping process beside them, on 1 thread,
      on 2 threads (run.c's default: the free cores) and on 2 fixed threads (OMP_DYNAMIC=false), and
@@ -55,7 +55,7 @@ SHAPES = {  # llama2.c's stories15M/42M/110M
 }
 BUILDS = {"native": ("run", "native"), "avx2": ("runavx2", "haswell")}  # make target, llama2.c's -march
 PROMPT = ("Once upon a time, there was a little dog named Max. He liked to run in the park with his "
-          "friend Lily. ") * 10  # about 250 tokens with either vocabulary
+          "friend Lily. ") * 8  # about 210 tokens with either vocabulary (15M holds 256)
 BANDWIDTH_C = r"""
 // Streaming read bandwidth: every thread sums its contiguous slice of a buffer (first touched by that
 // thread), either as one sequential stream or as four streams over its four quarters (the pattern
@@ -397,7 +397,7 @@ def main():
           f"runavx2), median of {a.runs} rounds, every column of a model interleaved; llama2.c: its run (fp32, v0 file) "
           f"or runq (q8_0, v2 file) built -Ofast -fopenmp with the build's -march, {max(threads)} threads; vs: "
           f"median over rounds of the ratio within a round, at {max(threads)} threads; start: seconds for the "
-          f"whole process at -n 16; prompt: tok/s over a {len(PROMPT)}-character prompt (~250 tokens)")
+          f"whole process at -n 16; prompt: tok/s over a {len(PROMPT)}-character prompt (~210 tokens)")
     print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages with as many threads, "
           "measured just before and after each run; % roofline = tok/s x MB/token / that bandwidth\n")
     speed_table(a, bins, threads, lambda name: tok512 if name == "stories260K" else tok32000)
