@@ -984,24 +984,31 @@ static void matmul4_q_neon(float *out, const void *w, const float *ws, const Inp
 
 // rows [r0, r1) of W @ x. Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first
 // quarter; the rows past 4q (at most 3) go through them with q = 0, or through the one-row ones.
+// FOUR_ROWS makes those calls from one call site, so that the compiler inlines the kernel.
+#define FOUR_ROWS(r0, r1, ROW, STRIDE, CALL)                                                          \
+    for (int k_ = 0, q_ = ((r1) - (r0)) / 4; k_ < q_ + ((r1) - (r0)) % 4; k_++) {                     \
+        int ROW = k_ < q_ ? (r0) + k_ : (r0) + 3 * q_ + k_;                                           \
+        size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
+        CALL;                                                                                         \
+    }
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
-    int r = r0, q = (r1 - r0) / 4, gs = c->group_size;
-    (void)q, (void)gs;
+    int r = r0, gs = c->group_size;
+    (void)gs;
     if (c->wtype == W_F32) {
         const float *w = m.w;
 #if defined(HAVE_AVX2) || defined(HAVE_NEON)
-        for (; r < r0 + q; r++) { matmul4_f32(out + r, q, w + (size_t)r * n, (size_t)q * n, x->f, n); }
-        for (r = r0 + 4 * q; r < r1; r++) { matmul4_f32(out + r, 0, w + (size_t)r * n, 0, x->f, n); }
+        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, q, w + (size_t)i * n, q * n, x->f, n))
+        r = r1;
 #endif
         for (; r < r1; r++) { out[r] = dot_plain(w + (size_t)r * n, x->f, n); }
     } else if (c->wtype == W_BF16) {
         const uint16_t *w = m.w;
 #if defined(HAVE_BF16) || defined(HAVE_AVX2)
-        for (; r < r0 + q; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, q); }
-        for (r = r0 + 4 * q; r < r1; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, 0); }
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
+        r = r1;
 #elif defined(HAVE_NEON)
-        for (; r < r0 + q; r++) { matmul4_bf16_neon(out + r, w + (size_t)r * n, x->f, n, q); }
-        for (r = r0 + 4 * q; r < r1; r++) { matmul4_bf16_neon(out + r, w + (size_t)r * n, x->f, n, 0); }
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16_neon(out + i, w + (size_t)i * n, x->f, n, q))
+        r = r1;
 #endif
         for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
     } else if (c->wtype == W_Q8) {
@@ -1010,13 +1017,13 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
         size_t ng = n / gs;
 #if defined(HAVE_AVX2)
         if (VEC_Q8(gs)) {
-            for (; r < r0 + q; r++) { matmul4_q8(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, q); }
-            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q8(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, 0); }
+            FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q))
+            r = r1;
         }
 #elif defined(HAVE_NEON)
         if (VEC_Q8(gs)) {
-            for (; r < r0 + q; r++) { matmul4_q_neon(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, q, 0); }
-            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q_neon(out + r, w + (size_t)r * n, ws + r * ng, x, n, gs, 0, 0); }
+            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q, 0))
+            r = r1;
         }
 #endif
         for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, ws + r * ng, x, n, gs); }
@@ -1026,18 +1033,19 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
         size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
 #if defined(HAVE_AVX2)
         if (VEC_Q4(gs)) {
-            for (; r < r0 + q; r++) { matmul4_q4(out + r, w + r * rb, ws + r * ng, x, n, gs, q); }
-            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q4(out + r, w + r * rb, ws + r * ng, x, n, gs, 0); }
+            FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, ws + i * ng, x, n, gs, q))
+            r = r1;
         }
 #elif defined(HAVE_NEON)
         if (VEC_Q4(gs)) {
-            for (; r < r0 + q; r++) { matmul4_q_neon(out + r, w + r * rb, ws + r * ng, x, n, gs, q, 1); }
-            for (r = r0 + 4 * q; r < r1; r++) { matmul4_q_neon(out + r, w + r * rb, ws + r * ng, x, n, gs, 0, 1); }
+            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + i * rb, ws + i * ng, x, n, gs, q, 1))
+            r = r1;
         }
 #endif
         for (; r < r1; r++) { out[r] = dot_q4_plain(w + r * rb, ws + r * ng, x, n, gs); }
     }
 }
+#undef FOUR_ROWS
 
 // The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
 // (which keeps RoPE pairs inside one thread's part).
