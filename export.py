@@ -4,10 +4,10 @@
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
   v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
   v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)
-  v3  ours: v1 plus weight type (fp32, bf16, q8_0), rope_theta, norm_eps and the vocabulary's
+  v3  ours: v1 plus weight type (fp32, bf16, q8_0, q4), rope_theta, norm_eps and the vocabulary's
       identity; 64-byte aligned arrays
 
-    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0] [--group_size=64]
+    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0|q4] [--group_size=64]
     python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
     python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory (and its tokenizer)
     python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM and AutoTokenizer
@@ -32,7 +32,8 @@ from model import ModelArgs, Transformer, ffn_hidden_dim, load_checkpoint, rope_
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
 ALIGN = 64  # v3: every array starts at a multiple of this file offset
-WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2}  # v3 header byte at offset 41
+WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}  # v3 header byte at offset 41
+QUANTISED = ("q8_0", "q4")  # the types stored in groups of group_size with one fp32 scale each
 LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
 
 
@@ -71,7 +72,7 @@ def _tensor_order(h: dict) -> list:
 
 
 def _layout(h: dict):
-    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0."""
+    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0 | q4."""
     version, wtype, gs = h["version"], h["weight_type"], h["group_size"]
     off = 28 if version == 0 else HEADER_BYTES
     align = ALIGN if version == 3 else 1
@@ -81,8 +82,8 @@ def _layout(h: dict):
         kind = "fp32" if (len(shape) == 1 or name.startswith("freq_cis")) else wtype
         off = -(-off // align) * align
         data_off, scales_off = off, None
-        off += {"fp32": 4, "bf16": 2, "q8_0": 1}[kind] * n
-        if kind == "q8_0":
+        off += {"fp32": 4 * n, "bf16": 2 * n, "q8_0": n, "q4": n // 2}[kind]
+        if kind in QUANTISED:
             off = -(-off // align) * align
             scales_off = off
             off += 4 * (n // gs)
@@ -132,6 +133,53 @@ def dequantize_q80(q: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
     return (q.float().reshape(-1, gs) * s[:, None]).reshape(shape)
 
 
+def _q4_levels(w: torch.Tensor, k: float):
+    """Groups w (rows) quantised with scale = m / k, m the group's value of largest magnitude (the
+    first on ties): (levels -8..7, scales, squared errors)."""
+    m = w.gather(1, w.abs().argmax(dim=1, keepdim=True))
+    s = torch.where(m != 0, m / k, torch.zeros_like(m))  # an all-zero group: scale +0, every level 0
+    q = torch.where(s != 0, torch.round(w / s), torch.zeros_like(w)).clamp(-8, 7)
+    return q, s, ((q * s - w) ** 2).sum(1, keepdim=True)
+
+
+def _q4_pick(w: torch.Tensor):
+    """Per group the better of two scales: m / -8 (m on level -8) or m / 7 (m on level 7, the other
+    side reaching 8 steps), whichever has the smaller squared error; -8 on ties."""
+    q, s, err = _q4_levels(w, -8.0)
+    q7, s7, err7 = _q4_levels(w, 7.0)
+    take = err7 < err
+    return torch.where(take, q7, q), torch.where(take, s7, s)
+
+
+def quantize_q4(w: torch.Tensor, group_size: int):
+    """Flattened w -> (uint8 packed nibbles, fp32 scales): 4-bit groups with one scale each.
+
+    Levels -8..7 times the group's scale (_q4_pick). Byte j of a group holds level + 8 of weight j in
+    its low nibble and of weight j + group_size/2 in its high one. Requantising dequantised weights
+    gives back the same bytes: the groups are stored in the form that _q4_pick finds for their own
+    dequantised values (the same values: at m / 7 the largest magnitude can sit on level 7 and -7,
+    and which one is m decides the scale's sign), and where that form has other values, at m / -8,
+    whose extreme is exactly -8 * scale, so that it picks itself back with zero error.
+    """
+    w = w.detach().to("cpu", torch.float32).reshape(-1, group_size)
+    q, s = _q4_pick(w)
+    q2, s2 = _q4_pick(q * s)
+    q8, s8, _ = _q4_levels(w, -8.0)
+    same = (q2 * s2 == q * s).all(1, keepdim=True)
+    q, s = torch.where(same, q2, q8), torch.where(same, s2, s8)
+    q = q.to(torch.int32) + 8
+    half = group_size // 2
+    packed = (q[:, :half] | (q[:, half:] << 4)).to(torch.uint8)
+    return packed.reshape(-1), s.reshape(-1)
+
+
+def dequantize_q4(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
+    """Packed nibbles, fp32 scales -> fp32 tensor of shape: (q - 8) * s, the product run.c computes."""
+    b = packed.to(torch.int32).reshape(s.numel(), -1)
+    q = torch.cat([b & 15, b >> 4], dim=1) - 8
+    return (q.float() * s[:, None]).reshape(shape)
+
+
 # -----------------------------------------------------------------------------
 # writers
 
@@ -166,7 +214,7 @@ def _header(model, version, dtype, group_size) -> dict:
     dtype = allowed[0] if dtype is None else dtype
     if dtype not in allowed:
         raise ValueError(f"dtype {dtype!r} is not possible in version {version} (it takes {'|'.join(allowed)}; "
-                         f"version 3 takes fp32|bf16|q8_0)")
+                         f"version 3 takes {'|'.join(WEIGHT_TYPES)})")
     if version < 3:
         for name, legacy in (("rope_theta", LEGACY_THETA), ("norm_eps", LEGACY_EPS)):
             if _f32(getattr(args, name)) != _f32(legacy):
@@ -178,7 +226,7 @@ def _header(model, version, dtype, group_size) -> dict:
              n_kv_heads=args.n_kv_heads or args.n_heads, vocab_size=args.vocab_size, max_seq_len=args.max_seq_len,
              shared=bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"])),
              weight_type=dtype, group_size=0, rope_theta=_f32(args.rope_theta), norm_eps=_f32(args.norm_eps))
-    if dtype == "q8_0":
+    if dtype in QUANTISED:
         h["group_size"] = pick_group_size(group_size, args.dim, hidden)
         if h["group_size"] != group_size:
             print(f"export: group_size {group_size} -> {h['group_size']} so that it divides dim={args.dim} "
@@ -204,8 +252,8 @@ def _pack_header(h: dict, vocab_id=None) -> bytes:
 def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=None):
     """Write model to path as .bin version 0|1|2|3 (atomically; the model is never modified).
 
-    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0.
-    group_size (q8_0): the largest power of two <= it that divides dim and hidden_dim.
+    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0|q4.
+    group_size (q8_0, q4): the largest power of two <= it that divides dim and hidden_dim.
     vocab_id (v3): the 32-byte identity of the model's vocabulary (tokenizer.identity), None: unknown.
     """
     model = _unwrap(model)
@@ -228,7 +276,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=Non
             elif kind == "bf16":  # .to(bfloat16) rounds to nearest even, as the format says
                 f.write(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
             else:
-                q, s = quantize_q80(w, h["group_size"])
+                q, s = (quantize_q80 if kind == "q8_0" else quantize_q4)(w, h["group_size"])
                 f.write(q.numpy().tobytes())
                 f.write(b"\0" * (scales_off - f.tell()))
                 f.write(s.numpy().tobytes())
@@ -291,20 +339,20 @@ def read_header(path) -> dict:
             h["group_size"], wt, theta, eps = struct.unpack_from("<iBff", head, 37)
             types = {v: k for k, v in WEIGHT_TYPES.items()}
             if wt not in types:
-                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0)")
+                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0, 3 q4)")
             if not (np.isfinite(theta) and theta > 0 and np.isfinite(eps) and 0 < eps < 1):
                 raise ValueError(f"{path}: rope_theta={theta} or norm_eps={eps} out of range")
             # the shortest decimal that is this f32 (1e-05, not 9.99999974738e-06), so it re-exports the same
             h["weight_type"] = types[wt]
             h["rope_theta"], h["norm_eps"] = float(str(np.float32(theta))), float(str(np.float32(eps)))
-            if types[wt] != "q8_0" and h["group_size"] != 0:
+            if types[wt] not in QUANTISED and h["group_size"] != 0:
                 raise ValueError(f"{path}: group_size={h['group_size']} but weight_type is {types[wt]} (expected 0)")
             h["vocab_id"] = head[64:96] if head[64:96] != bytes(32) else None
-        if h["weight_type"] == "q8_0":
-            gs = h["group_size"]
-            if gs < 1 or h["dim"] % gs or h["hidden_dim"] % gs:
-                raise ValueError(f"{path}: group_size={gs} must be positive and divide dim={h['dim']} and "
-                                 f"hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
+        if h["weight_type"] in QUANTISED:
+            gs, q4 = h["group_size"], h["weight_type"] == "q4"
+            if gs < 1 or (q4 and gs % 2) or h["dim"] % gs or h["hidden_dim"] % gs:
+                raise ValueError(f"{path}: group_size={gs} must be positive{', even' if q4 else ''} and divide "
+                                 f"dim={h['dim']} and hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
     h.setdefault("vocab_id", None)
     _, expected = _layout(h)
     if size < expected:
@@ -330,9 +378,11 @@ def load_bin(path) -> Transformer:
             u16 = np.frombuffer(data, np.uint16, n, off).astype(np.uint32) << 16
             w = torch.from_numpy(u16.view(np.float32))
         else:
-            q = torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy())
             s = torch.from_numpy(np.frombuffer(data, np.float32, n // h["group_size"], soff).copy())
-            w = dequantize_q80(q, s, shape)
+            if kind == "q8_0":
+                w = dequantize_q80(torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy()), s, shape)
+            else:
+                w = dequantize_q4(torch.from_numpy(np.frombuffer(data, np.uint8, n // 2, off).copy()), s, shape)
         sd[name] = w.reshape(shape)
     del data
     if h["shared"]:
@@ -430,7 +480,7 @@ def main(argv=None):
                    "when the source does not say")
     p.add_argument("--version", type=int, default=3, choices=(0, 1, 2, 3))
     p.add_argument("--dtype", choices=tuple(WEIGHT_TYPES), default=None,
-                   help="v3: fp32 (default), bf16 or q8_0; v0/v1 are fp32, v2 is q8_0")
+                   help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0")
     p.add_argument("--group_size", type=int, default=64)
     p.error = lambda msg: sys.exit(f"export.py: error: {msg}")  # one line, no usage dump
     a = p.parse_args(argv)

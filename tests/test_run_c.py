@@ -1,17 +1,23 @@
 """run.c against PyTorch and sentencepiece.
 
-Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0), greedy generation,
-llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/bf16 quality on
-real text, the vector kernels against the plain C ones, the fp16 conversions of the q8_0 KV cache
-against numpy, and a sanitizer build. Two builds are made once per session: `run` (portable: plain C
-kernels, one thread) and `runomp` (-march=native vector kernels + OpenMP); every C check runs on both.
+Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0/q4), greedy generation,
+llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/int4/bf16 quality
+on real text, the vector kernels against the plain C ones, the fp16 conversions of the KV cache of
+quantised models against numpy, and a sanitizer build. The builds are made once per session:
+`runplain` (portable: plain C kernels, one thread), `run` (this CPU's vector kernels + OpenMP), and
+where this machine can run them `runavx2` (AVX2 + FMA), `runavxvnni` (+ AVX-VNNI) and, under
+qemu-aarch64 when the cross compiler is installed, `runarm_neon` and `runarm_dot` (NEON, + dot
+product). The kernel checks (logits, generation, the documented samples) run on every build and
+compare each vector build with runplain; the others run on runplain and run.
 """
 import json
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +30,22 @@ from model import ModelArgs, Transformer
 from prompts import prompts
 
 REPO = Path(__file__).resolve().parent.parent
-BUILDS = ["run", "runomp"]  # plain kernels, vector kernels + threads
+
+
+def cpu_flags():
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+FLAGS = cpu_flags()
+QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]  # runs the aarch64 builds, with Debian's cross libc
+ARM = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which(QEMU[0]))
+HOST_BUILDS = ["runplain", "run"]  # plain kernels; this CPU's vector kernels + threads
+BUILDS = HOST_BUILDS + (["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else []) \
+    + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else []) \
+    + (["runarm_neon", "runarm_dot"] if ARM else [])
 
 # GQA, MQA and MHA; tied and untied; odd vocab sizes; q8_0 group sizes 64 (vnni), 32 (vnni) and
 # 4 (plain fallback); fp32 tails (dim 48, hidden 100, head size 12); rope_theta/norm_eps only in
@@ -38,7 +59,8 @@ CONFIGS = {
     "wide_threads": ModelArgs(dim=512, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=1001, hidden_dim=128,
                               max_seq_len=160),
 }
-FORMATS = ["v0", "v1", "v2", "v3_fp32", "v3_bf16", "v3_q8_0"]
+FORMATS = ["v0", "v1", "v2", "v3_fp32", "v3_bf16", "v3_q8_0", "v3_q4"]
+QUANTISED = ("v2", "v3_q8_0", "v3_q4")  # formats whose matmul inputs run.c quantises to int8
 ATOL = 1e-4
 
 
@@ -63,7 +85,7 @@ def make_model(args, seed=0):
 
 
 def fake_quant_inputs(model, group_size):
-    """Make `model` quantise every matmul input the way run.c's q8_0 path does (per group of
+    """Make `model` quantise every matmul input the way run.c's q8_0 and q4 paths do (per group of
     group_size: scale = max|x|/127, q = x * (1/scale) rounded half away from zero), so that its
     logits are run.c's up to float summation order. Returns the hook handles."""
     def hook(mod, args):
@@ -78,7 +100,7 @@ def fake_quant_inputs(model, group_size):
 
 
 class F16KVCache(torch.overrides.TorchFunctionMode):
-    """Attention sees k and v rounded to fp16, as run.c's KV cache holds them for q8_0 models
+    """Attention sees k and v rounded to fp16, as run.c's KV cache holds them for q8_0 and q4 models
     (rounding on use equals rounding on store: it is idempotent)."""
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.nn.functional.scaled_dot_product_attention:
@@ -89,10 +111,10 @@ class F16KVCache(torch.overrides.TorchFunctionMode):
 
 def reference_for(path):
     """The PyTorch model run.c should match for a .bin: its weights as stored (load_bin), with
-    run.c's activation quantisation and fp16 KV cache emulated for q8_0 files."""
+    run.c's activation quantisation and fp16 KV cache emulated for q8_0 and q4 files."""
     h = read_header(path)
     ref = load_bin(path)
-    if h["weight_type"] == "q8_0":
+    if h["weight_type"] in ("q8_0", "q4"):
         fake_quant_inputs(ref, h["group_size"])
         forward = ref.forward
 
@@ -103,16 +125,24 @@ def reference_for(path):
     return ref
 
 
+def command(binary):
+    """The command line that runs a build here: the aarch64 ones under qemu."""
+    return [*(QEMU if binary.startswith("runarm") else []), str(REPO / binary)]
+
+
 def run_c(binary, *args, check=True, **kw):
-    r = subprocess.run([str(REPO / binary), *map(str, args)], capture_output=True, timeout=120, **kw)
+    """A build run on args. OMP_DYNAMIC=false keeps every thread on, however busy the machine, so
+    that the threaded code is what the checks see (run.c otherwise leaves busy cores out)."""
+    kw.setdefault("env", dict(os.environ, OMP_DYNAMIC="false"))
+    r = subprocess.run([*command(binary), *map(str, args)], capture_output=True, timeout=300, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"{binary} {args[:3]}... failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     return r
 
 
-def c_logits(binary, path, ids, tmp_path):
+def c_logits(binary, path, ids, tmp_path, **kw):
     out = tmp_path / f"logits_{binary}_{os.getpid()}.bin"
-    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out)
+    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out, **kw)
     return np.fromfile(out, np.float32).reshape(len(ids), -1)
 
 
@@ -199,7 +229,7 @@ def stories(shared, tmp_path_factory):
     src = shared / "models" / "stories260K.bin"
     model = load_bin(src)
     paths = {"v0": src}
-    for fmt in ("v2", "v3_bf16", "v3_q8_0"):
+    for fmt in ("v2", "v3_bf16", "v3_q8_0", "v3_q4"):
         version, dtype = fmt_args(fmt)
         paths[fmt] = d / f"stories260K_{fmt}.bin"
         model_export(model, paths[fmt], version=version, dtype=dtype)
@@ -236,21 +266,37 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
     # q8_0 quantises activations: an activation 1e-7 from a rounding boundary lands on either
     # side depending on summation order, moving logits by one quantum (~1% of their spread) from
     # there on. Such flips are rare but can happen anywhere, so q8_0 gets a spread-relative bound.
-    q8 = fmt in ("v2", "v3_q8_0")
+    q8 = fmt in QUANTISED
     tol = 0.05 * want.std() if q8 else ATOL
     results = {b: c_logits(b, path, ids[0].tolist(), tmp_path) for b in builds}
     for b, got in results.items():
         err = np.abs(got - want).max()
         assert err < tol, f"{b} {cfg} {fmt}: max |C - PyTorch| = {err:.3g}"
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
-    # the vector kernels (runomp) against the plain ones (run): the same numbers up to rounding
-    assert np.abs(results["run"] - results["runomp"]).max() < (tol if q8 else 2e-5)
+        # every vector build against the plain kernels: the same numbers up to rounding
+        diff = np.abs(got - results["runplain"]).max()
+        assert diff < (tol if q8 else 2e-5), f"{b} against runplain, {cfg} {fmt}: {diff:.3g}"
     # and the quantised files stay close to the fp32 model itself
-    rel = np.abs(results["runomp"] - orig).max() / orig.std()
-    assert rel < (0.02 if fmt == "v3_bf16" else 0.15 if fmt in ("v2", "v3_q8_0") else 1e-4), rel
+    rel = np.abs(results["run"] - orig).max() / orig.std()
+    bound = {"v3_bf16": 0.02, "v2": 0.15, "v3_q8_0": 0.15, "v3_q4": 1.0}.get(fmt, 1e-4)
+    assert rel < bound, rel
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0"])
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "wide_threads"])
+def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
+    """-m logits runs the ids as batches of up to 64 tokens; each position's logits are the same bits
+    as when that position is the last of a shorter run (other batches, another split over threads)."""
+    model, paths = tiny[cfg]
+    T = model.args.max_seq_len
+    ids = torch.randint(0, model.args.vocab_size, (T,), generator=torch.Generator().manual_seed(3)).tolist()
+    for b in builds:
+        full = c_logits(b, paths[fmt], ids, tmp_path)
+        for k in (1, 5, T // 2, T - 1):
+            assert np.array_equal(c_logits(b, paths[fmt], ids[:k], tmp_path)[-1], full[k - 1]), (b, k)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
 @pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mqa_untied_v131", "wide_threads"])
 def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
     model, paths = tiny[cfg]
@@ -273,6 +319,23 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
         r = run_c(b, paths[fmt], "-z", tok, "-t", 0, "-n", steps, "-i", text)
         assert r.stdout == decode_like_run(pieces, want), b
         assert re.search(rb"achieved tok/s: [0-9.]+", r.stderr)
+
+
+def test_threads_follow_free_cores_and_outputs_do_not(builds, tiny, tmp_path):
+    """With a busy-looping job beside it and OMP_DYNAMIC unset, run.c moves between 1 and 2 threads as
+    it finds the cores free or taken (see free_cores); the tokens stay those of the fixed run."""
+    model, paths = tiny["wide_threads"]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_DYNAMIC"}
+        for fmt in ("v1", "v3_q4"):
+            ids = [i % model.args.vocab_size for i in range(3, 3 + model.args.max_seq_len)]
+            adaptive = c_logits("run", paths[fmt], ids, tmp_path, env=env)
+            fixed = c_logits("run", paths[fmt], ids, tmp_path)
+            assert np.array_equal(adaptive, fixed)
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 # -----------------------------------------------------------------------------
@@ -340,14 +403,14 @@ def llama2c_sample(logits, temperature, topp, state):
 def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp, seed):
     """Each sampled token is what llama2.c's procedure picks from the logits run.c computes."""
     tok = shared / "models" / "tok512.bin"
-    r = run_c("runomp", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
-    r_plain = run_c("run", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
+    r = run_c("run", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
+    r_plain = run_c("runplain", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
     assert r.stdout == r_plain.stdout
     # recover the ids: re-tokenising the text is not exact, so replay with the logits instead
     ids, state = [1], seed
     pieces = read_tokenizer(tok)
     while len(ids) < 81:  # -n 80: 80 tokens after BOS
-        logits = c_logits("runomp", stories["v0"], ids, tmp_path)[-1]
+        logits = c_logits("run", stories["v0"], ids, tmp_path)[-1]
         nxt, state = llama2c_sample(logits, temperature, topp, state)
         if nxt in (1, 2):
             break
@@ -360,11 +423,11 @@ def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp
 def test_top_k_only_picks_top_k(builds, stories, shared, tmp_path):
     tok = shared / "models" / "tok512.bin"
     pieces = read_tokenizer(tok)
-    r = run_c("runomp", stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 60)
+    r = run_c("run", stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 60)
     # walk the text greedily through the top-3 candidates the logits allow at each step
     ids, rest = [1], r.stdout[:-1]
     while rest:
-        logits = c_logits("runomp", stories["v0"], ids, tmp_path)[-1]
+        logits = c_logits("run", stories["v0"], ids, tmp_path)[-1]
         top3 = np.argsort(-logits)[:3].tolist()
         for cand in top3:
             piece = decode_like_run(pieces, [ids[-1], cand])[:-1]
@@ -378,10 +441,10 @@ def test_top_k_only_picks_top_k(builds, stories, shared, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# quality of the int8 and bf16 paths on real text (stories260K re-exported)
+# quality of the int8, int4 and bf16 paths on real text (stories260K re-exported)
 
 
-def test_int8_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
+def test_int8_int4_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(shared / "models" / "tok512.model"))
     texts = json.loads((shared / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
@@ -396,7 +459,7 @@ def test_int8_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
     def evaluate(path):
         top1, nll = [], []
         for ids in windows:
-            L = c_logits("runomp", path, ids, tmp_path).astype(np.float64)
+            L = c_logits("run", path, ids, tmp_path).astype(np.float64)
             logp = L - np.log(np.exp(L - L.max(1, keepdims=True)).sum(1, keepdims=True)) - L.max(1, keepdims=True)
             top1.append(L.argmax(1)[:-1])
             nll.append(-logp[np.arange(len(ids) - 1), ids[1:]])
@@ -404,11 +467,14 @@ def test_int8_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
 
     ref_top1, ref_loss = evaluate(stories["v0"])
     assert ref_loss < 2.5  # the model does read this text
-    for fmt in ("v2", "v3_q8_0", "v3_bf16"):
+    # int8 and bf16 barely move the loss; int4 (issue 14's target: within 3% of fp32) moves it more
+    for fmt, min_agree, max_loss in (("v2", 0.95, 0.01), ("v3_q8_0", 0.95, 0.01), ("v3_bf16", 0.95, 0.01),
+                                     ("v3_q4", 0.85, 0.03)):
         top1, loss = evaluate(stories[fmt])
         agree = (top1 == ref_top1).mean()
-        assert agree >= 0.95, (fmt, agree)
-        assert abs(loss - ref_loss) / ref_loss < 0.01, (fmt, loss, ref_loss)
+        print(f"{fmt}: top-1 agreement {agree:.3f}, loss {loss:.4f} against {ref_loss:.4f}")
+        assert agree >= min_agree, (fmt, agree)
+        assert abs(loss - ref_loss) / ref_loss < max_loss, (fmt, loss, ref_loss)
 
 
 # -----------------------------------------------------------------------------
@@ -424,7 +490,7 @@ def test_tokenizer_matches_sentencepiece(builds, stories, shared, llama_vocab_mo
     sp = spm.SentencePieceProcessor(model_file=str(sp_path))
     bad = []
     for p in prompts():
-        got = run_c("run", ckpt, "-z", tok, "-m", "tokenize", "-i", p).stdout.split()
+        got = run_c("runplain", ckpt, "-z", tok, "-m", "tokenize", "-i", p).stdout.split()
         if [int(x) for x in got] != sp.encode(p):
             bad.append((p, got, sp.encode(p)))
     assert not bad, f"{len(bad)} prompts differ, e.g. {bad[:3]}"
@@ -436,7 +502,7 @@ def test_tokenizer_100KB_prompt_is_fast(builds, shared, llama_vocab_model, kind)
     sp = spm.SentencePieceProcessor(model_file=str(shared / "models" / "tokenizer.model"))
     text = {"story_text": (shared / "tinystories" / "TinyStories-train.head-2MiB.txt").read_text()[:100_000],
             "one_char": "a" * 100_000, "spaces": " " * 100_000}[kind]
-    for b in BUILDS:
+    for b in HOST_BUILDS:
         t0 = time.perf_counter()
         got = run_c(b, llama_vocab_model, "-z", shared / "models" / "tokenizer.bin", "-m", "tokenize", "-i", text)
         elapsed = time.perf_counter() - t0
@@ -450,7 +516,7 @@ def test_tokenizer_100KB_prompt_is_fast(builds, shared, llama_vocab_model, kind)
 
 def test_chat_mode(builds, shared, llama_vocab_model):
     tok = shared / "models" / "tokenizer.bin"
-    for b in BUILDS:
+    for b in HOST_BUILDS:
         # -p 0: plain multinomial; a random model's flat distribution makes top-p sort 32000 tokens
         r = run_c(b, llama_vocab_model, "-z", tok, "-m", "chat", "-y", "You are kind.", "-n", 200, "-s", 1, "-p", 0,
                   input=b"Hi there\nTell me a story\n")
