@@ -140,6 +140,48 @@ class FeedForward(nn.Module):
         return F.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
 
 
+class ClassifierLoss(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ weight.T against targets (-1: ignored), never holding
+    all the logits: h (N, dim), weight (vocab, dim), targets (N,).
+
+    The plain way writes N x vocab logits, their log-softmax and its gradient to memory (3 GB for a
+    32 x 256 batch of the Llama 2 vocabulary); on a CPU that traffic cost more than the classifier's
+    matmuls. Here rows go through in chunks that stay in cache, and since the loss is the last
+    thing computed, each chunk's gradient (softmax - one-hot) is turned into its share of the
+    gradients of h and weight right away; backward only scales them by the incoming gradient.
+    """
+    CHUNK = 1 << 23  # logits per chunk: 32 MB of fp32 (bench/bench_train.py: fastest on CPU)
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        grad = any(ctx.needs_input_grad[:2])
+        valid = targets != -1
+        n = valid.sum()
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grad else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grad else None
+        rows = max(1, ClassifierLoss.CHUNK // weight.size(0))
+        for i in range(0, h.size(0), rows):
+            hc, vc = h[i:i + rows], valid[i:i + rows, None]
+            tc = targets[i:i + rows, None].clamp(min=0)
+            logits = (hc @ weight.t()).float()  # under autocast: a bf16/fp16 matmul, like nn.Linear's
+            lse = torch.logsumexp(logits, dim=1, keepdim=True)
+            total += ((lse - logits.gather(1, tc)) * vc).sum()
+            if grad:  # d(sum of losses)/d(logits) = softmax - one-hot, 0 on ignored rows
+                p = logits.sub_(lse).exp_().scatter_add_(1, tc, -torch.ones_like(lse)).mul_(vc)
+                gh[i:i + rows] = p.to(hc.dtype) @ weight
+                gw += (p.to(hc.dtype).t() @ hc).float()
+        ctx.save_for_backward(gh, gw, n)
+        ctx.dtypes = h.dtype, weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw, n = ctx.saved_tensors
+        scale = g / n
+        return (gh * scale).to(ctx.dtypes[0]), (gw * scale).to(ctx.dtypes[1]), None
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -180,7 +222,7 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, tokens, targets=None, cache=None, start_pos=0):
-        """tokens (B, T) -> (logits (B, T, vocab) fp32, mean cross-entropy or None).
+        """tokens (B, T) -> (logits (B, T, vocab) fp32, None), or with targets (None, mean cross-entropy).
 
         cache: from new_cache(); tokens then sit at positions start_pos.. and fill the cache there.
         """
@@ -192,11 +234,13 @@ class Transformer(nn.Module):
         sin = self.rope_sin[start_pos:start_pos + T]
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, None if cache is None else cache[i], start_pos)
-        logits = self.output(self.norm(h)).float()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        h = self.norm(h)
+        if targets is None:
+            return self.output(h).float(), None
+        if torch.compiler.is_compiling():  # the compiler fuses the loss itself (and would unroll the chunks)
+            logits = self.output(h).float()
+            return None, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+        return None, ClassifierLoss.apply(h.flatten(0, 1), self.output.weight, targets.reshape(-1))
 
     def new_cache(self, batch_size: int):
         """Per layer a (k, v) pair of zeros, each (batch_size, n_kv_heads, max_seq_len, head_size)."""

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables, sample_next
+from model import (ClassifierLoss, ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
+                   sample_next)
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len",
@@ -76,6 +78,28 @@ def test_shapes_and_contract_names():
     assert untied.output.weight is not untied.tok_embeddings.weight
     n = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert n(untied) - n(m) == 64 * 32
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_loss_and_gradients_equal_plain_cross_entropy(tie, monkeypatch):
+    """The chunked classifier loss against F.cross_entropy on the full logits: the loss, every
+    gradient (tied and untied classifier), ignored targets, several chunks, and no_grad."""
+    m = tiny(tie_embeddings=tie)
+    x, y = torch.randint(0, 64, (3, 10)), torch.randint(0, 64, (3, 10))
+    y[0, 2] = y[2, 9] = -1
+    logits, _ = m(x)
+    ref = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+    ref.backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    monkeypatch.setattr(ClassifierLoss, "CHUNK", 64 * 7)  # 7 rows per chunk: 5 chunks, the last one short
+    _, loss = m(x, y)
+    (2 * loss).backward()  # backward scales the precomputed gradients by the incoming one
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * want[n], atol=1e-6, rtol=1e-5, msg=n)
+    with torch.no_grad():
+        assert m(x, y)[1].item() == pytest.approx(ref.item(), abs=1e-6)
 
 
 def test_hidden_dim_rule_and_bad_shapes():
