@@ -249,17 +249,30 @@ class Transformer(nn.Module):
         w = self.tok_embeddings.weight
         return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices (>= 2-D: embeddings and linear weights) only.
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw",
+                             muon_lr=0.02, muon_momentum=0.95):
+        """The optimizers of a training run, as a list: [AdamW], or [Muon, AdamW] for optimizer="muon".
 
-        Norm weights are not decayed: pulling gains towards 0 only fights the normalisation. The fused
-        kernel (one launch for every tensor) is used on CPU and CUDA; it is deterministic.
+        Muon (torch.optim.Muon) takes the 2-D matrices inside the blocks (attention and FFN
+        projections), whose updates it orthogonalises; the embedding, the classifier (a lookup table
+        and a read-out, tied or not) and the norm gains stay with AdamW, as in modded-nanogpt and
+        nanochat. AdamW decays matrices only, not norm gains: pulling gains towards 0 only fights
+        the normalisation. Its fused kernel (one launch for every tensor) is used on CPU and CUDA;
+        it is deterministic. Every group's "lr" starts at its peak learning rate.
         """
+        if optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {optimizer!r}")
         params = [p for p in self.parameters() if p.requires_grad]  # a tied matrix appears once
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        hidden = [p for n, p in self.named_parameters() if optimizer == "muon" and p.requires_grad
+                  and n.startswith("layers.") and p.dim() == 2]
+        rest = [p for p in params if all(p is not h for h in hidden)]
+        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if not hidden:
+            return [adamw]
+        return [torch.optim.Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay), adamw]
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), the PaLM appendix B count.

@@ -246,12 +246,28 @@ def test_sample_next_filters():
 
 def test_configure_optimizers_decays_matrices_only():
     m = tiny()
-    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    (opt,) = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in m.parameters())
     assert sum(p is m.tok_embeddings.weight for p in decay["params"]) == 1  # tied: once
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_takes_the_block_matrices(tie):
+    m = tiny(tie_embeddings=tie)
+    muon, adamw = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", "muon", muon_lr=0.05)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in m.named_parameters()}
+    in_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    assert in_muon == sorted(n for n, p in m.named_parameters() if n.startswith("layers.") and p.dim() == 2)
+    assert muon.param_groups[0]["lr"] == 0.05 and [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
+    rest = [names[id(p)] for g in adamw.param_groups for p in g["params"]]
+    assert sorted(rest + in_muon) == sorted(names.values())  # every weight once, in one of them
+    assert {"tok_embeddings.weight", "norm.weight"} <= set(rest) and ("output.weight" in rest) != tie
+    with pytest.raises(ValueError, match="optimizer"):
+        m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", "sgd")
 
 
 def test_flops_and_mfu():
