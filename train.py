@@ -281,17 +281,24 @@ def everyone(flag):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches of each split (the same batches at every evaluation)."""
+    """Mean loss over eval_iters fixed batches of each split (the same batches at every evaluation),
+    with a progress bar; None when Ctrl-C asks to stop meanwhile (an evaluation can take minutes)."""
     out = {}
     eval_model.eval()
-    for split in ("train", "val"):
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            x, y = (t.to(device) for t in eval_batches[split][k])
-            with amp:
-                _, loss = eval_model(x, y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+    with tqdm(total=2 * eval_iters, desc="evaluating", unit="batch", leave=False, disable=None,
+              dynamic_ncols=True) as eval_bar:
+        for split in ("train", "val"):
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                if stop_requested:
+                    eval_model.train()
+                    return None
+                x, y = (t.to(device) for t in eval_batches[split][k])
+                with amp:
+                    _, loss = eval_model(x, y)
+                losses[k] = loss.item()
+                eval_bar.update(1)
+            out[split] = losses.mean().item()
     eval_model.train()
     return out
 
@@ -336,7 +343,23 @@ def request_stop(signum, frame):
     stop_requested = True
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
     if master:
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration and saving {ckpt_path}")
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration (or evaluation batch) and "
+                   f"saving {ckpt_path}")
+
+
+def stop():
+    """After Ctrl-C/SIGTERM (every rank calls it): save the last completed iteration, if this run
+    trained one, and exit with 130."""
+    trained = iter_num > (resumed_at or 0)
+    if trained:
+        save_checkpoint()
+    if master:
+        tqdm.write(f"interrupted at iteration {iter_num}: " + (f"saved {ckpt_path}; continue with --init_from=resume"
+                                                               if trained else "nothing trained yet, nothing saved"))
+    bar.close()
+    if ddp:
+        dist.destroy_process_group()
+    sys.exit(130)
 
 
 signal.signal(signal.SIGINT, request_stop)
@@ -399,9 +422,12 @@ while True:
     out_of_time = budget > 0 and train_seconds >= budget
 
     if eval_only or iter_num == max_iters or out_of_time or (iter_num % eval_interval == 0 and iter_num != resumed_at):
-        improved = False
+        improved, losses = False, None
         if master:
             losses = estimate_loss()
+        if everyone(stop_requested):  # Ctrl-C during the evaluation: its numbers would be partial
+            stop()
+        if master:
             bpb = losses["val"] / math.log(2) / bytes_per_token
             tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                        f"val {bpb:.4f} bits/byte")
@@ -414,6 +440,7 @@ while True:
                 tqdm.write(f"saving checkpoint to {ckpt_path}")
             save_checkpoint()
         t_log, timed_iters = time.perf_counter(), 0
+        bar.unpause()  # the bar's rate and ETA count training only
     if out_of_time and master:
         tqdm.write(f"time budget spent: {iter_num} iterations ({iter_num * tokens_per_iter:,} tokens) in "
                    f"{train_seconds / 60:.2f} minutes of training")
@@ -474,14 +501,7 @@ while True:
 
     # DDP: the ranks agree at log iterations only, to spare a host sync per iteration on GPUs
     if (not ddp or iter_num % log_interval == 0) and everyone(stop_requested):
-        save_checkpoint()
-        if master:
-            tqdm.write(f"interrupted at iteration {iter_num}: saved {ckpt_path}; "
-                       "continue with --init_from=resume")
-        bar.close()
-        if ddp:
-            dist.destroy_process_group()
-        sys.exit(130)
+        stop()
 
 bar.close()
 if metrics is not None:

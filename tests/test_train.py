@@ -188,6 +188,35 @@ def test_as_typed_then_ctrl_c_saves(data_dir, tmp_path):
     assert load(tmp_path / "out")["iter_num"] == ckpt["iter_num"] + 1
 
 
+def test_ctrl_c_during_evaluation_stops_at_once(data_dir, tmp_path):
+    """Ctrl-C in the middle of a long evaluation stops the run within seconds (it used to finish the
+    evaluation first: minutes), keeps the last completed iteration's checkpoint and records no
+    partial evaluation."""
+    out = tmp_path / "out"
+    train(*TINY, "--max_iters=4", "--eval_interval=4", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=tmp_path)
+    # resumed at 4 (no evaluation there): iterations 5 and 6, then an evaluation of 2 x 100,000 batches
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--init_from=resume", "--max_iters=8",
+                          "--eval_interval=6", "--eval_iters=100000", f"--out_dir={out}"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("iter 6 |"):
+                break
+        t0 = time.time()
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=120)
+        waited = time.time() - t0
+    finally:
+        p.kill()
+    assert p.returncode == 130, "".join(lines) + rest
+    assert waited < 30, waited
+    assert "interrupted at iteration 6: saved" in rest
+    assert load(out)["iter_num"] == 6
+    assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, 4]
+
+
 def test_time_budget_stops_training(data_dir, tmp_path):
     """A 3-second budget: training stops on time whatever max_iters says, with the learning rate at
     its floor, and the checkpoint and the log say how many iterations it got."""
