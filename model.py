@@ -157,6 +157,7 @@ class ClassifierLoss(torch.autograd.Function):
         grad = any(ctx.needs_input_grad[:2])
         valid = targets != -1
         n = valid.sum()
+        everything = bool(n == targets.numel())  # the usual case: no row to mask
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grad else None
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grad else None
@@ -165,10 +166,13 @@ class ClassifierLoss(torch.autograd.Function):
             hc, vc = h[i:i + rows], valid[i:i + rows, None]
             tc = targets[i:i + rows, None].clamp(min=0)
             logits = (hc @ weight.t()).float()  # under autocast: a bf16/fp16 matmul, like nn.Linear's
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)
-            total += ((lse - logits.gather(1, tc)) * vc).sum()
+            logp = F.log_softmax(logits, dim=1)  # one fused pass (logsumexp + subtract took three)
+            picked = logp.gather(1, tc)
+            total -= picked.sum() if everything else (picked * vc).sum()
             if grad:  # d(sum of losses)/d(logits) = softmax - one-hot, 0 on ignored rows
-                p = logits.sub_(lse).exp_().scatter_add_(1, tc, -torch.ones_like(lse)).mul_(vc)
+                p = logp.exp_().scatter_add_(1, tc, -torch.ones_like(picked))
+                if not everything:
+                    p.mul_(vc)
                 gh[i:i + rows] = p.to(hc.dtype) @ weight
                 gw += (p.to(hc.dtype).t() @ hc).float()
         ctx.save_for_backward(gh, gw, n)
