@@ -5,7 +5,9 @@ design choice. All variants of a run are built first (compile happens during the
 timed in interleaved rounds that rotate their order, so that a noisy neighbour on the machine hurts
 every variant alike. One round times `--steps` steps of each variant on random tokens; the table
 gives the median over rounds, the spread, the speed relative to the first variant of the same
-preset (the baseline, measured in the same run) and MFU against this device's measured matmul peak.
+preset (the baseline, measured in the same run: the median of the per-round ratios, which a
+neighbour's load moves much less than the rates themselves) and MFU against this device's measured
+matmul peak.
 Every step holds about `--tokens` tokens (batch = tokens / max_seq_len): the presets' own batches
 would take minutes per step on a CPU.
 
@@ -218,9 +220,10 @@ def main():
     base = {}
     for v in variants:
         med = statistics.median(v.rates)
-        base.setdefault(v.preset, med)
+        b = base.setdefault(v.preset, v)
+        ratio = statistics.median(r / rb for r, rb in zip(v.rates, b.rates))
         print(f"{v.spec:<28}{f'{v.batch}x{v.seq}':>10}{med:>10,.0f}{min(v.rates):>10,.0f}{max(v.rates):>10,.0f}"
-              f"{med / base[v.preset]:>8.2f}x{v.flops * med / peaks[v.dtype] * 100:>6.1f}%{v.warmup_s:>11.1f}")
+              f"{ratio:>8.2f}x{v.flops * med / peaks[v.dtype] * 100:>6.1f}%{v.warmup_s:>11.1f}")
 
 
 if __name__ == "__main__":
