@@ -5,6 +5,7 @@
 # the block matrices, and a WSD schedule that runs on the time budget: the learning rate reaches 0
 # when the 10 minutes of training are spent, on any machine. Evaluations are not counted.
 # Data: python tinystories.py train_vocab --vocab_size=2048; python tinystories.py pretokenize --vocab_size=2048
+_parameters = 398_016
 out_dir = "out"
 vocab_source = "custom"
 vocab_size = 2048
