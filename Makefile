@@ -1,47 +1,74 @@
 # Build run.c, the C inference program. Needs a C compiler (gcc or clang) and libm; OpenMP optional.
-#   make            run: -O3, portable (plain C kernels, one thread), runs on any CPU this compiler targets
-#   make runfast    -O3 -march=native: the vector kernels this CPU has (AVX-512 F/VNNI/BF16), one thread
-#   make runomp     runfast + OpenMP threads (OMP_NUM_THREADS picks how many)
+#   make            ./run: the fastest build this machine's compiler offers: -O3, the vector kernels of
+#                   this CPU (-march=native, or -mcpu=native where that is the spelling) and OpenMP
+#                   threads, each only where the compiler accepts it; otherwise portable
+#   make runomp     the same ./run (llama2.c's users type `make runomp` and then `./run`)
+#   make runplain   portable: -O3, plain C kernels, one thread (binary runplain)
+#   make runfast    -O3 -march=native: vector kernels, one thread (binary runfast)
+#   make runavx2    -O3 -march=haswell -fopenmp: what an AVX2 + FMA laptop gets (tests, bench)
+#   make runavxvnni runavx2 + -mavxvnni: AVX-VNNI int8 dot products as on Intel Core since Alder Lake
+#   make runarm     aarch64 cross builds (gcc-aarch64-linux-gnu): runarm_neon (armv8-a NEON) and
+#                   runarm_dot (armv8.2-a + dot product); the tests run them under qemu-aarch64
 #   make rundebug   -O0 -g, for gdb
-#   make run_sanitize  runomp under AddressSanitizer + UndefinedBehaviorSanitizer (run_sanitize_plain: the
-#                   plain kernels, one thread); make sanitize: the C tests on these two, clean or failing
+#   make run_sanitize  the native build under AddressSanitizer + UndefinedBehaviorSanitizer
+#                   (run_sanitize_plain: the plain kernels, one thread); make sanitize: the C tests on
+#                   these two in place of runplain and run, clean or failing
 #   make test       the C tests (pytest); make bench: bench/bench_run.py; make clean
 #   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
 #                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
 CC ?= cc
+ARMCC ?= aarch64-linux-gnu-gcc
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 WARN = -Wall -Wextra
-NATIVE = -march=native
 LDLIBS = -lm
+# what this compiler accepts, probed once: the CPU's own instruction set and OpenMP
+accepts = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/null 2>/dev/null && echo $(1))
+NATIVE := $(or $(call accepts,-march=native),$(call accepts,-mcpu=native))
+OPENMP := $(call accepts,-fopenmp)
 
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
+C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
 
-.PHONY: all test bench clean sanitize fuzz
+.PHONY: all runomp runarm test bench clean sanitize fuzz
 all: run
 
 run: run.c
+	$(CC) -O3 $(NATIVE) $(OPENMP) $(WARN) -o $@ $< $(LDLIBS)
+
+runomp: run
+
+runplain: run.c
 	$(CC) -O3 $(WARN) -o $@ $< $(LDLIBS)
 
 runfast: run.c
 	$(CC) -O3 $(NATIVE) $(WARN) -o $@ $< $(LDLIBS)
 
-runomp: run.c
-	$(CC) -O3 $(NATIVE) -fopenmp $(WARN) -o $@ $< $(LDLIBS)
+runavx2: run.c
+	$(CC) -O3 -march=haswell -fopenmp $(WARN) -o $@ $< $(LDLIBS)
+
+runavxvnni: run.c
+	$(CC) -O3 -march=haswell -mavxvnni -fopenmp $(WARN) -o $@ $< $(LDLIBS)
+
+runarm: runarm_neon runarm_dot
+runarm_neon: run.c
+	$(ARMCC) -O3 -march=armv8-a -fopenmp $(WARN) -o $@ $< $(LDLIBS)
+runarm_dot: run.c
+	$(ARMCC) -O3 -march=armv8.2-a+dotprod -fopenmp $(WARN) -o $@ $< $(LDLIBS)
 
 rundebug: run.c
 	$(CC) -O0 -g $(WARN) -o $@ $< $(LDLIBS)
 
 run_sanitize: run.c
-	$(CC) -O1 -g $(NATIVE) -fopenmp $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
+	$(CC) -O1 -g $(NATIVE) $(OPENMP) $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
 
 run_sanitize_plain: run.c
 	$(CC) -O1 -g -DPLAIN $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
 
-# the C tests with both sanitizer builds standing in for run and runomp: any report fails a test
+# the C tests with both sanitizer builds standing in for runplain and run: any report fails a test
 sanitize: run_sanitize run_sanitize_plain
-	STORYLLAMA_BUILDS="run_sanitize_plain run_sanitize" $(PYTHON) -m pytest -q tests/test_run_c.py tests/test_run_bad_input.py
+	STORYLLAMA_BUILDS="run_sanitize_plain run_sanitize" $(PYTHON) -m pytest -q $(C_TESTS)
 
 # the fuzzer: run.c traced for coverage (target.o) and the driver, both under the sanitizers, one thread
 fuzz/run_fuzz: fuzz/fuzz.c fuzz/target.c run.c
@@ -55,10 +82,11 @@ fuzz: fuzz/run_fuzz fuzz/seeds/made
 	fuzz/run_fuzz fuzz/seeds $(FUZZ_SECONDS) $(FUZZ_RUNS)
 
 test:
-	$(PYTHON) -m pytest -q tests/test_run_c.py tests/test_run_bad_input.py
+	$(PYTHON) -m pytest -q $(C_TESTS)
 
 bench:
 	$(PYTHON) bench/bench_run.py
 
 clean:
-	rm -f run runfast runomp rundebug run_sanitize run_sanitize_plain fuzz/run_fuzz fuzz/target.o
+	rm -f run runplain runfast runomp runavx2 runavxvnni runarm_neon runarm_dot rundebug run_sanitize run_sanitize_plain \
+		fuzz/run_fuzz fuzz/target.o

@@ -77,9 +77,18 @@ def tokenizer_path(vocab_size, vocab_source="custom", data_dir=None):
     return default_data_dir(data_dir) / f"{name}.model"
 
 
+def smallest_vocab(n_special=0):
+    """The fewest tokens train_vocab can make: unk/BOS/EOS, 256 byte-fallback pieces, the special
+    tokens and one merge."""
+    return 3 + 256 + n_special + 1
+
+
 def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
     """The commands that make a vocabulary's shards, with the user's data_dir kept."""
     check_vocab(vocab_size, vocab_source)
+    if vocab_source == "custom" and vocab_size < smallest_vocab():
+        return (f"nothing can: train_vocab makes vocabularies of at least {smallest_vocab()} tokens "
+                "(3 control + 256 byte-fallback + 1), choose a larger vocab_size")
     where = f" --data_dir={data_dir}" if data_dir else ""
     vocab = "--vocab_source=llama2" if vocab_source == "llama2" else f"--vocab_size={vocab_size}"
     steps = [f"python tinystories.py download{where}"]

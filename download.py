@@ -52,14 +52,15 @@ def _server_sha256(all_headers):
     return None
 
 
-def http_download(url, dest, retries=3, timeout=60, max_bytes=MAX_BYTES, deadline=DEADLINE):
+def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_BYTES, deadline=DEADLINE):
     """
     Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
     retrying an interrupted or stalled transfer up to `retries` times. The file is complete when its
     size is the total from Content-Length/Content-Range (or, with no length given, when a chunked
-    body ended with its last chunk) and, if the server gives a sha256 (as an ETag or X-Linked-ETag),
-    its hash matches; only then is it renamed to dest. More than max_bytes is refused (the .part
-    deleted); past `deadline` seconds (all attempts) the .part is kept for a later run to resume.
+    body ended with its last chunk) and its sha256 matches: the one given, else the one the server
+    gives (as an ETag or X-Linked-ETag), if any; only then is it renamed to dest. More than max_bytes
+    is refused (the .part deleted); past `deadline` seconds (all attempts) the .part is kept for a
+    later run to resume.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -102,7 +103,7 @@ def http_download(url, dest, retries=3, timeout=60, max_bytes=MAX_BYTES, deadlin
                                 "allowed for one file")
             whole = _receive(resp, part, have, total, max_bytes, t_end, url, dest.name)
         got = part.stat().st_size
-        if total is None and whole and (resp.chunked or sha):
+        if total is None and whole and (resp.chunked or sha or sha256):
             total = got  # no length given: the last chunk (or the hash, checked below) proves it whole
         elif total is None and whole:
             part.unlink()
@@ -115,6 +116,7 @@ def http_download(url, dest, retries=3, timeout=60, max_bytes=MAX_BYTES, deadlin
             raise DataError(f"download of {url} stopped at {got} of {total if total is not None else 'unknown'} "
                             "bytes; run the same command again to resume it")
         time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
+    sha, said = (sha256, "expected") if sha256 else (sha, "the server said")
     got = part.stat().st_size
     if total is not None and got != total:
         part.unlink()
@@ -124,7 +126,7 @@ def http_download(url, dest, retries=3, timeout=60, max_bytes=MAX_BYTES, deadlin
         actual = file_sha256(part)
         if actual != sha:
             part.unlink()
-            raise DataError(f"download of {url} is corrupt: sha256 {actual}, the server said {sha}; "
+            raise DataError(f"download of {url} is corrupt: sha256 {actual}, {said} {sha}; "
                             "deleted it, run again")
     os.replace(part, dest)
     return dest
@@ -189,7 +191,7 @@ def _range_start(content_range):
     return int(m.group(1)) if m else None
 
 
-def _copy_local(src, dest):
+def _copy_local(src, dest, sha256=None):
     part = dest.with_name(dest.name + ".part")
     size = src.stat().st_size
     with open(src, "rb") as fi, open(part, "wb") as fo, tqdm(
@@ -199,17 +201,21 @@ def _copy_local(src, dest):
             bar.update(len(block))
     if part.stat().st_size != size:
         raise DataError(f"copy of {src} is incomplete ({part.stat().st_size} of {size} bytes)")
+    if sha256 and file_sha256(part) != sha256:
+        part.unlink()
+        raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
     os.replace(part, dest)
 
 
-def fetch(name, dest_dir, base_url, source=None, retries=3):
-    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file."""
+def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None):
+    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file;
+    with sha256 given, only a file of that hash is accepted."""
     dest = Path(dest_dir) / name
     if source is None or "://" in source:
         base = source or base_url
         url = base if base.endswith(name) else base.rstrip("/") + "/" + name
         print(f"downloading {url}")
-        return http_download(url, dest, retries=retries)
+        return http_download(url, dest, retries=retries, sha256=sha256)
     src = Path(source)
     if src.is_dir():
         src = src / name
@@ -218,7 +224,7 @@ def fetch(name, dest_dir, base_url, source=None, retries=3):
     if not src.is_file():
         raise DataError(f"--source: {src} not found (the folder must hold {name})")
     print(f"copying {src}")
-    _copy_local(src, dest)
+    _copy_local(src, dest, sha256)
     return dest
 
 

@@ -4,19 +4,20 @@
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
   v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
   v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)
-  v3  ours: v1 plus weight type (fp32, bf16, q8_0), rope_theta and norm_eps; 64-byte aligned arrays
+  v3  ours: v1 plus weight type (fp32, bf16, q8_0, q4), rope_theta, norm_eps and the vocabulary's
+      identity; 64-byte aligned arrays
 
-    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0] [--group_size=64]
+    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0|q4] [--group_size=64]
     python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
-    python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory
-    python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM loads
-                                                        (from --checkpoint, --bin or --hf)
+    python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory (and its tokenizer)
+    python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM and AutoTokenizer
+                                                        load (from --checkpoint, --bin or --hf)
 
-Nothing here needs transformers or safetensors: HF directories are written and read as config.json
-plus a safetensors file (a documented format: u64 header length, JSON header, raw little-endian data).
+OUT.bin gets the model's run.c tokenizer beside it (tok{vocab_size}.bin, where run.c looks) whenever
+the tokenizer is known: the checkpoint's vocabulary (dataloader.py's rule), the HF directory's own, the
+one beside --bin, or --tokenizer. Hugging Face directories are hf.py's (no transformers needed).
 """
 import argparse
-import json
 import os
 import struct
 import sys
@@ -24,12 +25,15 @@ import sys
 import numpy as np
 import torch
 
+import tokenizer as T
+from hf import hf_export, hf_import  # noqa: F401 (export.hf_export/hf_import: the Python API)
 from model import ModelArgs, Transformer, ffn_hidden_dim, load_checkpoint, rope_tables
 
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
 ALIGN = 64  # v3: every array starts at a multiple of this file offset
-WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2}  # v3 header byte at offset 41
+WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}  # v3 header byte at offset 41
+QUANTISED = ("q8_0", "q4")  # the types stored in groups of group_size with one fp32 scale each
 LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
 
 
@@ -68,7 +72,7 @@ def _tensor_order(h: dict) -> list:
 
 
 def _layout(h: dict):
-    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0."""
+    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0 | q4."""
     version, wtype, gs = h["version"], h["weight_type"], h["group_size"]
     off = 28 if version == 0 else HEADER_BYTES
     align = ALIGN if version == 3 else 1
@@ -78,8 +82,8 @@ def _layout(h: dict):
         kind = "fp32" if (len(shape) == 1 or name.startswith("freq_cis")) else wtype
         off = -(-off // align) * align
         data_off, scales_off = off, None
-        off += {"fp32": 4, "bf16": 2, "q8_0": 1}[kind] * n
-        if kind == "q8_0":
+        off += {"fp32": 4 * n, "bf16": 2 * n, "q8_0": n, "q4": n // 2}[kind]
+        if kind in QUANTISED:
             off = -(-off // align) * align
             scales_off = off
             off += 4 * (n // gs)
@@ -129,6 +133,53 @@ def dequantize_q80(q: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
     return (q.float().reshape(-1, gs) * s[:, None]).reshape(shape)
 
 
+def _q4_levels(w: torch.Tensor, k: float):
+    """Groups w (rows) quantised with scale = m / k, m the group's value of largest magnitude (the
+    first on ties): (levels -8..7, scales, squared errors)."""
+    m = w.gather(1, w.abs().argmax(dim=1, keepdim=True))
+    s = torch.where(m != 0, m / k, torch.zeros_like(m))  # an all-zero group: scale +0, every level 0
+    q = torch.where(s != 0, torch.round(w / s), torch.zeros_like(w)).clamp(-8, 7)
+    return q, s, ((q * s - w) ** 2).sum(1, keepdim=True)
+
+
+def _q4_pick(w: torch.Tensor):
+    """Per group the better of two scales: m / -8 (m on level -8) or m / 7 (m on level 7, the other
+    side reaching 8 steps), whichever has the smaller squared error; -8 on ties."""
+    q, s, err = _q4_levels(w, -8.0)
+    q7, s7, err7 = _q4_levels(w, 7.0)
+    take = err7 < err
+    return torch.where(take, q7, q), torch.where(take, s7, s)
+
+
+def quantize_q4(w: torch.Tensor, group_size: int):
+    """Flattened w -> (uint8 packed nibbles, fp32 scales): 4-bit groups with one scale each.
+
+    Levels -8..7 times the group's scale (_q4_pick). Byte j of a group holds level + 8 of weight j in
+    its low nibble and of weight j + group_size/2 in its high one. Requantising dequantised weights
+    gives back the same bytes: the groups are stored in the form that _q4_pick finds for their own
+    dequantised values (the same values: at m / 7 the largest magnitude can sit on level 7 and -7,
+    and which one is m decides the scale's sign), and where that form has other values, at m / -8,
+    whose extreme is exactly -8 * scale, so that it picks itself back with zero error.
+    """
+    w = w.detach().to("cpu", torch.float32).reshape(-1, group_size)
+    q, s = _q4_pick(w)
+    q2, s2 = _q4_pick(q * s)
+    q8, s8, _ = _q4_levels(w, -8.0)
+    same = (q2 * s2 == q * s).all(1, keepdim=True)
+    q, s = torch.where(same, q2, q8), torch.where(same, s2, s8)
+    q = q.to(torch.int32) + 8
+    half = group_size // 2
+    packed = (q[:, :half] | (q[:, half:] << 4)).to(torch.uint8)
+    return packed.reshape(-1), s.reshape(-1)
+
+
+def dequantize_q4(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
+    """Packed nibbles, fp32 scales -> fp32 tensor of shape: (q - 8) * s, the product run.c computes."""
+    b = packed.to(torch.int32).reshape(s.numel(), -1)
+    q = torch.cat([b & 15, b >> 4], dim=1) - 8
+    return (q.float() * s[:, None]).reshape(shape)
+
+
 # -----------------------------------------------------------------------------
 # writers
 
@@ -163,7 +214,7 @@ def _header(model, version, dtype, group_size) -> dict:
     dtype = allowed[0] if dtype is None else dtype
     if dtype not in allowed:
         raise ValueError(f"dtype {dtype!r} is not possible in version {version} (it takes {'|'.join(allowed)}; "
-                         f"version 3 takes fp32|bf16|q8_0)")
+                         f"version 3 takes {'|'.join(WEIGHT_TYPES)})")
     if version < 3:
         for name, legacy in (("rope_theta", LEGACY_THETA), ("norm_eps", LEGACY_EPS)):
             if _f32(getattr(args, name)) != _f32(legacy):
@@ -177,7 +228,7 @@ def _header(model, version, dtype, group_size) -> dict:
              n_kv_heads=args.n_kv_heads or args.n_heads, vocab_size=args.vocab_size, max_seq_len=args.max_seq_len,
              shared=bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"])),
              weight_type=dtype, group_size=0, rope_theta=_f32(args.rope_theta), norm_eps=_f32(args.norm_eps))
-    if dtype == "q8_0":
+    if dtype in QUANTISED:
         h["group_size"] = pick_group_size(group_size, args.dim, hidden)
         if h["group_size"] != group_size:
             print(f"export: group_size {group_size} -> {h['group_size']} so that it divides dim={args.dim} "
@@ -185,7 +236,7 @@ def _header(model, version, dtype, group_size) -> dict:
     return h
 
 
-def _pack_header(h: dict) -> bytes:
+def _pack_header(h: dict, vocab_id=None) -> bytes:
     vocab = h["vocab_size"] if (h["shared"] or h["version"] > 0) else -h["vocab_size"]
     params = struct.pack("<7i", h["dim"], h["hidden_dim"], h["n_layers"], h["n_heads"], h["n_kv_heads"],
                          vocab, h["max_seq_len"])
@@ -196,14 +247,16 @@ def _pack_header(h: dict) -> bytes:
         b += struct.pack("<i", h["group_size"])
     if h["version"] == 3:
         b += struct.pack("<Bff", WEIGHT_TYPES[h["weight_type"]], h["rope_theta"], h["norm_eps"])
+        b = b.ljust(64, b"\0") + (vocab_id or bytes(32))  # bytes 64..95: the vocabulary's identity (0: unknown)
     return b.ljust(HEADER_BYTES, b"\0")
 
 
-def model_export(model, path, version=3, dtype=None, group_size=64):
+def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=None):
     """Write model to path as .bin version 0|1|2|3 (atomically; the model is never modified).
 
-    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0.
-    group_size (q8_0): the largest power of two <= it that divides dim and hidden_dim.
+    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0|q4.
+    group_size (q8_0, q4): the largest power of two <= it that divides dim and hidden_dim.
+    vocab_id (v3): the 32-byte identity of the model's vocabulary (tokenizer.identity), None: unknown.
     """
     model = _unwrap(model)
     h = _header(model, version, dtype, group_size)
@@ -213,7 +266,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64):
     cos, sin = rope_tables(hs, h["max_seq_len"], model.args.rope_theta) if version == 0 else (None, None)
 
     def write(f):
-        f.write(_pack_header(h))
+        f.write(_pack_header(h, vocab_id))
         for name, shape, kind, data_off, scales_off in entries:
             if name.startswith("freq_cis"):
                 w = cos if name == "freq_cis_real" else sin
@@ -225,7 +278,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64):
             elif kind == "bf16":  # .to(bfloat16) rounds to nearest even, as the format says
                 f.write(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
             else:
-                q, s = quantize_q80(w, h["group_size"])
+                q, s = (quantize_q80 if kind == "q8_0" else quantize_q4)(w, h["group_size"])
                 f.write(q.numpy().tobytes())
                 f.write(b"\0" * (scales_off - f.tell()))
                 f.write(s.numpy().tobytes())
@@ -257,11 +310,12 @@ def _min_size(h: dict) -> int:
     before _layout, whose list has 9 entries per layer (a flipped bit in n_layers: 150M of them)."""
     dim, hidden, hs = h["dim"], h["hidden_dim"], h["dim"] // h["n_heads"]
     kv_dim = h["n_kv_heads"] * hs
-    per_weight = {"fp32": 4, "bf16": 2, "q8_0": 1 + 4 / max(h["group_size"], 1)}[h["weight_type"]]
-    matrices = h["n_layers"] * (2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim)
-    matrices += h["vocab_size"] * dim * (1 if h["shared"] else 2)
+    m = h["n_layers"] * (2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim)  # matrix weights
+    m += h["vocab_size"] * dim * (1 if h["shared"] else 2)
+    scales = 4 * (m // max(h["group_size"], 1))  # quantised types: one fp32 per group
+    weights = {"fp32": 4 * m, "bf16": 2 * m, "q8_0": m + scales, "q4": m // 2 + scales}[h["weight_type"]]
     norms = (2 * h["n_layers"] + 1) * dim
-    return (28 if h["version"] == 0 else HEADER_BYTES) + int(matrices * per_weight) + 4 * norms
+    return (28 if h["version"] == 0 else HEADER_BYTES) + weights + 4 * norms
 
 
 # A header can claim a context (max_seq_len) that no model of its size was trained for; the model's
@@ -318,19 +372,21 @@ def read_header(path) -> dict:
             h["group_size"], wt, theta, eps = struct.unpack_from("<iBff", head, 37)
             types = {v: k for k, v in WEIGHT_TYPES.items()}
             if wt not in types:
-                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0)")
+                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0, 3 q4)")
             if not (np.isfinite(theta) and theta > 0 and np.isfinite(eps) and 0 < eps < 1):
                 raise ValueError(f"{path}: rope_theta={theta} or norm_eps={eps} out of range")
             # the shortest decimal that is this f32 (1e-05, not 9.99999974738e-06), so it re-exports the same
             h["weight_type"] = types[wt]
             h["rope_theta"], h["norm_eps"] = float(str(np.float32(theta))), float(str(np.float32(eps)))
-            if types[wt] != "q8_0" and h["group_size"] != 0:
+            if types[wt] not in QUANTISED and h["group_size"] != 0:
                 raise ValueError(f"{path}: group_size={h['group_size']} but weight_type is {types[wt]} (expected 0)")
-        if h["weight_type"] == "q8_0":
-            gs = h["group_size"]
-            if gs < 1 or h["dim"] % gs or h["hidden_dim"] % gs:
-                raise ValueError(f"{path}: group_size={gs} must be positive and divide dim={h['dim']} and "
-                                 f"hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
+            h["vocab_id"] = head[64:96] if head[64:96] != bytes(32) else None
+        if h["weight_type"] in QUANTISED:
+            gs, q4 = h["group_size"], h["weight_type"] == "q4"
+            if gs < 1 or (q4 and gs % 2) or h["dim"] % gs or h["hidden_dim"] % gs:
+                raise ValueError(f"{path}: group_size={gs} must be positive{', even' if q4 else ''} and divide "
+                                 f"dim={h['dim']} and hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
+    h.setdefault("vocab_id", None)
     if size < _min_size(h):
         raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies at least {_min_size(h)}")
     if _cache_problem(h, size):
@@ -359,9 +415,11 @@ def load_bin(path) -> Transformer:
             u16 = np.frombuffer(data, np.uint16, n, off).astype(np.uint32) << 16
             w = torch.from_numpy(u16.view(np.float32))
         else:
-            q = torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy())
             s = torch.from_numpy(np.frombuffer(data, np.float32, n // h["group_size"], soff).copy())
-            w = dequantize_q80(q, s, shape)
+            if kind == "q8_0":
+                w = dequantize_q80(torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy()), s, shape)
+            else:
+                w = dequantize_q4(torch.from_numpy(np.frombuffer(data, np.uint8, n // 2, off).copy()), s, shape)
         sd[name] = w.reshape(shape)
     del data
     if h["shared"]:
@@ -379,184 +437,6 @@ def _build(args: ModelArgs, sd: dict) -> Transformer:
     if missing or unexpected:
         raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval()
-
-
-# -----------------------------------------------------------------------------
-# Hugging Face interop (LlamaForCausalLM directories)
-#
-# HF rotates the halves (x[j], x[j + hs/2]) of each head where Meta/llama2.c rotate the pairs
-# (x[2j], x[2j+1]); the same model is had by reordering the rows of wq and wk inside each head:
-# interleaved row 2j -> HF row j, row 2j+1 -> HF row j + hs/2.
-
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-def _to_hf_rows(w, n_heads):
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def _from_hf_rows(w, n_heads):
-    rows, cols = w.shape
-    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def _hf_names(i):
-    """Our per-layer names -> HF's (w1 gate, w3 up, w2 down)."""
-    return {f"layers.{i}.attention_norm.weight": f"model.layers.{i}.input_layernorm.weight",
-            f"layers.{i}.attention.wq.weight": f"model.layers.{i}.self_attn.q_proj.weight",
-            f"layers.{i}.attention.wk.weight": f"model.layers.{i}.self_attn.k_proj.weight",
-            f"layers.{i}.attention.wv.weight": f"model.layers.{i}.self_attn.v_proj.weight",
-            f"layers.{i}.attention.wo.weight": f"model.layers.{i}.self_attn.o_proj.weight",
-            f"layers.{i}.ffn_norm.weight": f"model.layers.{i}.post_attention_layernorm.weight",
-            f"layers.{i}.feed_forward.w1.weight": f"model.layers.{i}.mlp.gate_proj.weight",
-            f"layers.{i}.feed_forward.w2.weight": f"model.layers.{i}.mlp.down_proj.weight",
-            f"layers.{i}.feed_forward.w3.weight": f"model.layers.{i}.mlp.up_proj.weight"}
-
-
-def _name_map(n_layers, tied):
-    m = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
-    for i in range(n_layers):
-        m.update(_hf_names(i))
-    if not tied:
-        m["output.weight"] = "lm_head.weight"
-    return m
-
-
-def write_safetensors(path, tensors: dict):
-    """tensors {name: fp32 tensor} -> a .safetensors file (atomically)."""
-    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
-    for name, t in tensors.items():
-        b = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
-        offset += len(b)
-        blobs.append(b)
-    hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * (-len(hj) % 8)  # data starts 8-byte aligned
-
-    def write(f):
-        f.write(struct.pack("<Q", len(hj)) + hj)
-        for b in blobs:
-            f.write(b)
-
-    _atomic_write(path, write)
-
-
-def read_safetensors(path) -> dict:
-    """A .safetensors file -> {name: tensor} (F32/F16/BF16/F64)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        (n,) = struct.unpack_from("<Q", raw, 0)
-        header = json.loads(raw[8:8 + n])
-    except (struct.error, ValueError) as e:
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {meta['dtype']}, expected F32, F16, BF16 or F64")
-        a, b = meta["data_offsets"]
-        buf = bytearray(raw[8 + n + a:8 + n + b])
-        if len(buf) != b - a:
-            raise ValueError(f"{path}: truncated in tensor {name}")
-        t = torch.frombuffer(buf, dtype=_ST_DTYPES[meta["dtype"]]) if buf else torch.empty(0)
-        out[name] = t.reshape(meta["shape"])
-    return out
-
-
-def hf_export(model, dirpath):
-    """Write model as a Hugging Face LlamaForCausalLM directory: config.json + model.safetensors."""
-    model = _unwrap(model)
-    a = model.args
-    n_kv = a.n_kv_heads or a.n_heads
-    sd = model.state_dict()
-    tied = bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"]))
-    tensors = {}
-    for ours, theirs in _name_map(a.n_layers, tied).items():
-        w = sd[ours].detach().to("cpu", torch.float32)
-        if ours.endswith("attention.wq.weight"):
-            w = _to_hf_rows(w, a.n_heads)
-        elif ours.endswith("attention.wk.weight"):
-            w = _to_hf_rows(w, n_kv)
-        tensors[theirs] = w
-    config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": a.dim, "intermediate_size": ffn_hidden_dim(a), "num_hidden_layers": a.n_layers,
-        "num_attention_heads": a.n_heads, "num_key_value_heads": n_kv, "head_dim": a.dim // a.n_heads,
-        "vocab_size": a.vocab_size, "max_position_embeddings": a.max_seq_len,
-        "rms_norm_eps": a.norm_eps, "hidden_act": "silu", "tie_word_embeddings": tied,
-        # transformers < 5 reads rope_theta, 5.x rope_parameters (and still accepts rope_theta)
-        "rope_theta": a.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta},
-        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
-        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32", "dtype": "float32",
-        "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
-    }
-    os.makedirs(dirpath, exist_ok=True)
-    write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(os.path.join(dirpath, "config.json"), lambda f: f.write(text.encode()))
-
-
-def _hf_weights(dirpath) -> dict:
-    """Every tensor of an HF directory: (sharded) safetensors or (sharded) pytorch_model.bin."""
-    p = lambda name: os.path.join(dirpath, name)  # noqa: E731
-    for index, single, read in (("model.safetensors.index.json", "model.safetensors", read_safetensors),
-                                ("pytorch_model.bin.index.json", "pytorch_model.bin",
-                                 lambda f: torch.load(f, map_location="cpu", weights_only=True))):
-        if os.path.exists(p(index)):
-            with open(p(index)) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-            out = {}
-            for name in files:
-                out.update(read(p(name)))
-            return out
-        if os.path.exists(p(single)):
-            return read(p(single))
-    raise ValueError(f"{dirpath}: no model.safetensors or pytorch_model.bin (or their .index.json)")
-
-
-def hf_import(dirpath) -> Transformer:
-    """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32)."""
-    try:
-        with open(os.path.join(dirpath, "config.json")) as f:
-            c = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{dirpath}: cannot read config.json ({e})") from None
-    rope = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ValueError(f"{dirpath}: rope scaling {rope or scaling} is not supported (plain RoPE only)")
-    if c.get("attention_bias") or c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{dirpath}: biases or an activation other than silu are not supported")
-    try:
-        dim, n_heads = c["hidden_size"], c["num_attention_heads"]
-        args = ModelArgs(dim=dim, n_layers=c["num_hidden_layers"], n_heads=n_heads,
-                         n_kv_heads=c.get("num_key_value_heads") or n_heads, vocab_size=c["vocab_size"],
-                         hidden_dim=c["intermediate_size"], max_seq_len=c.get("max_position_embeddings", 2048),
-                         norm_eps=c.get("rms_norm_eps", 1e-6),
-                         rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
-                         tie_embeddings=bool(c.get("tie_word_embeddings", False)))
-    except KeyError as e:
-        raise ValueError(f"{dirpath}: config.json lacks {e}") from None
-    if c.get("head_dim") not in (None, dim // n_heads):
-        raise ValueError(f"{dirpath}: head_dim={c['head_dim']} != hidden_size/num_attention_heads: not supported")
-    hf = _hf_weights(dirpath)
-    sd = {}
-    for ours, theirs in _name_map(args.n_layers, args.tie_embeddings).items():
-        if theirs not in hf:
-            raise ValueError(f"{dirpath}: weight {theirs} missing")
-        w = hf[theirs].float()
-        if ours.endswith("attention.wq.weight"):
-            w = _from_hf_rows(w, args.n_heads)
-        elif ours.endswith("attention.wk.weight"):
-            w = _from_hf_rows(w, args.n_kv_heads)
-        sd[ours] = w
-    if args.tie_embeddings:
-        sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, sd)
 
 
 # -----------------------------------------------------------------------------
@@ -580,17 +460,81 @@ def _closest_flags(parser, msg):
     return closest(unknown[0][2:], known) if unknown else ""
 
 
+def model_tokenizer(a, model, model_id, train_config, note):
+    """The tokenizer.Tokenizer of the model being exported, or None (with a note) when it is not known:
+    --tokenizer, else the checkpoint's vocabulary (dataloader.py's rule), the HF directory's, or the
+    run.c tokenizer beside --bin. ValueError when it is not the model's (identity or size)."""
+    import dataloader
+
+    n = model.args.vocab_size
+    path = a.tokenizer
+    if path is None and a.checkpoint:
+        try:
+            path = dataloader.tokenizer_path(n, train_config.get("vocab_source", "custom"), train_config.get("data_dir"))
+        except dataloader.DataError as e:
+            note(f"no tokenizer written: the checkpoint's vocabulary: {e}")
+            return None
+        if not path.is_file():
+            note(f"no tokenizer written: {path} (the checkpoint's vocabulary) not found; pass --tokenizer=PATH")
+            return None
+    elif path is None and a.hf:
+        path = a.hf
+        if not any(os.path.exists(os.path.join(a.hf, f)) for f in ("tokenizer.json", "tokenizer.model")):
+            note(f"no tokenizer written: {a.hf} has no tokenizer.json or tokenizer.model")
+            return None
+    elif path is None:
+        path = next((q for q in T.beside(a.bin, n) if q.is_file()), None)
+        if path is None:
+            note(f"no tokenizer written: none beside {a.bin}; pass --tokenizer=PATH")
+            return None
+    tok = T.Tokenizer(path)
+    if tok.problem:
+        note(f"no tokenizer written: run.c cannot encode like {path}: {tok.problem}")
+        return None
+    if tok.n_words < n and (a.hf or a.tokenizer):
+        # Hugging Face models often have more embedding rows than tokens: the rest are unused tokens
+        v = tok.vocab
+        pad = n - len(v)
+        v.pieces, v.scores, v.types, v.in_text = v.pieces + [b""] * pad, v.scores + [0.0] * pad, v.types + [T.UNUSED] * pad, \
+            v.in_text + [False] * pad
+        tok.n_words, tok.identity = n, T.identity(v)
+    if tok.n_words != n:
+        raise ValueError(f"tokenizer {path} has {tok.n_words} tokens, the model {n}")
+    if model_id and tok.identity and model_id != tok.identity:
+        raise ValueError(f"{path} is not the vocabulary the model was made with (identity {tok.identity.hex()[:12]}, "
+                         f"the model's {model_id.hex()[:12]}): pass --tokenizer=PATH")
+    return tok
+
+
+def tokenizer_beside(out, tok):
+    """Where OUT.bin's tokenizer goes (where run.c looks first), after checking that writing there loses
+    nothing: a file already there must be this one, or the same vocabulary in our format."""
+    dest = T.beside(out, tok.n_words)[0]
+    if dest.exists() and dest.resolve() == tok.path.resolve():
+        return None  # the model's tokenizer already sits there
+    if dest.exists():
+        try:
+            old = T.read_bin(dest)
+        except (OSError, ValueError):
+            old = None
+        if old is None or not old.checkable or T.identity(old) != tok.identity:
+            raise ValueError(f"{dest} exists and holds another tokenizer: remove it, or export to another folder")
+    return dest
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Export models to .bin (v0..v3) or a Hugging Face directory.")
-    p.add_argument("out", nargs="?", help="output .bin file")
+    p.add_argument("out", nargs="?", help="output .bin file (its run.c tokenizer is written beside it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="train.py checkpoint (.pt)")
     src.add_argument("--bin", help="a .bin file of any version")
-    src.add_argument("--hf", help="a Hugging Face Llama directory")
+    src.add_argument("--hf", help="a Hugging Face Llama directory (with its tokenizer)")
     p.add_argument("--to_hf", help="also (or only) write a Hugging Face directory here")
+    p.add_argument("--tokenizer", help="the model's tokenizer (.model, tokenizer.json, HF directory or run.c file), "
+                   "when the source does not say")
     p.add_argument("--version", type=int, default=3, choices=(0, 1, 2, 3))
     p.add_argument("--dtype", choices=tuple(WEIGHT_TYPES), default=None,
-                   help="v3: fp32 (default), bf16 or q8_0; v0/v1 are fp32, v2 is q8_0")
+                   help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0")
     p.add_argument("--group_size", type=int, default=64)
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="export weights that hold NaN or inf (refused by default: a diverged run)")
@@ -601,22 +545,35 @@ def main(argv=None):
     if not (a.out or a.to_hf):
         p.error("give an output: OUT.bin and/or --to_hf=DIR")
     try:
+        model_id, train_config = None, {}
         if a.checkpoint:
-            model, _ = load_checkpoint(a.checkpoint)
+            model, ckpt = load_checkpoint(a.checkpoint)
+            model_id = bytes.fromhex(ckpt["vocab_identity"]) if isinstance(ckpt.get("vocab_identity"), str) else None
+            train_config = ckpt.get("config") or {}
+            del ckpt
         elif a.bin:
-            model = load_bin(a.bin)
+            model, model_id = load_bin(a.bin), read_header(a.bin)["vocab_id"]
         else:
             model = hf_import(a.hf)
         if not a.allow_nonfinite:
             check_finite(model, a.checkpoint or a.bin or a.hf)
+        notes = []  # said after the outputs are written: an error stays the only line
+        tok = model_tokenizer(a, model, model_id, train_config, notes.append)
+        vocab_id = (tok.identity if tok else None) or model_id
         if a.out:
             if os.path.dirname(a.out):
                 os.makedirs(os.path.dirname(a.out), exist_ok=True)
-            model_export(model, a.out, a.version, a.dtype, a.group_size)
+            dest = tokenizer_beside(a.out, tok) if tok else None
+            model_export(model, a.out, a.version, a.dtype, a.group_size, vocab_id)
             print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
+            if dest:
+                T.write_bin(tok.vocab, dest)
+                print(f"wrote {dest} (its tokenizer, from {tok.path})")
         if a.to_hf:
-            hf_export(model, a.to_hf)
-            print(f"wrote {a.to_hf}/config.json and model.safetensors")
+            hf_export(model, a.to_hf, tok.vocab if tok else None)
+            print(f"wrote {a.to_hf}/config.json, model.safetensors" + (" and the tokenizer" if tok else ""))
+        for msg in notes:
+            print(f"export.py: note: {msg}", file=sys.stderr)
     except (ValueError, OSError) as e:
         sys.exit(f"export.py: error: {e}")
 

@@ -140,6 +140,52 @@ class FeedForward(nn.Module):
         return F.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
 
 
+class ClassifierLoss(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ weight.T against targets (-1: ignored), never holding
+    all the logits: h (N, dim), weight (vocab, dim), targets (N,).
+
+    The plain way writes N x vocab logits, their log-softmax and its gradient to memory (3 GB for a
+    32 x 256 batch of the Llama 2 vocabulary); on a CPU that traffic cost more than the classifier's
+    matmuls. Here rows go through in chunks that stay in cache, and since the loss is the last
+    thing computed, each chunk's gradient (softmax - one-hot) is turned into its share of the
+    gradients of h and weight right away; backward only scales them by the incoming gradient.
+    """
+    CHUNK = 1 << 23  # logits per chunk: 32 MB of fp32 (bench/bench_train.py: fastest on CPU)
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        grad = any(ctx.needs_input_grad[:2])
+        valid = targets != -1
+        n = valid.sum()
+        everything = bool(n == targets.numel())  # the usual case: no row to mask
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grad else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grad else None
+        rows = max(1, ClassifierLoss.CHUNK // weight.size(0))
+        for i in range(0, h.size(0), rows):
+            hc, vc = h[i:i + rows], valid[i:i + rows, None]
+            tc = targets[i:i + rows, None].clamp(min=0)
+            logits = (hc @ weight.t()).float()  # under autocast: a bf16/fp16 matmul, like nn.Linear's
+            logp = F.log_softmax(logits, dim=1)  # one fused pass (logsumexp + subtract took three)
+            picked = logp.gather(1, tc)
+            total -= picked.sum() if everything else (picked * vc).sum()
+            if grad:  # d(sum of losses)/d(logits) = softmax - one-hot, 0 on ignored rows
+                p = logp.exp_().scatter_add_(1, tc, -torch.ones_like(picked))
+                if not everything:
+                    p.mul_(vc)
+                gh[i:i + rows] = p.to(hc.dtype) @ weight
+                gw += (p.to(hc.dtype).t() @ hc).float()
+        ctx.save_for_backward(gh, gw, n)
+        ctx.dtypes = h.dtype, weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw, n = ctx.saved_tensors
+        scale = g / n
+        return (gh * scale).to(ctx.dtypes[0]), (gw * scale).to(ctx.dtypes[1]), None
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -180,7 +226,7 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, tokens, targets=None, cache=None, start_pos=0):
-        """tokens (B, T) -> (logits (B, T, vocab) fp32, mean cross-entropy or None).
+        """tokens (B, T) -> (logits (B, T, vocab) fp32, None), or with targets (None, mean cross-entropy).
 
         cache: from new_cache(); tokens then sit at positions start_pos.. and fill the cache there.
         """
@@ -192,11 +238,13 @@ class Transformer(nn.Module):
         sin = self.rope_sin[start_pos:start_pos + T]
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, None if cache is None else cache[i], start_pos)
-        logits = self.output(self.norm(h)).float()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        h = self.norm(h)
+        if targets is None:
+            return self.output(h).float(), None
+        if torch.compiler.is_compiling():  # the compiler fuses the loss itself (and would unroll the chunks)
+            logits = self.output(h).float()
+            return None, F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+        return None, ClassifierLoss.apply(h.flatten(0, 1), self.output.weight, targets.reshape(-1))
 
     def new_cache(self, batch_size: int):
         """Per layer a (k, v) pair of zeros, each (batch_size, n_kv_heads, max_seq_len, head_size)."""
@@ -205,17 +253,30 @@ class Transformer(nn.Module):
         w = self.tok_embeddings.weight
         return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices (>= 2-D: embeddings and linear weights) only.
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw",
+                             muon_lr=0.02, muon_momentum=0.95):
+        """The optimizers of a training run, as a list: [AdamW], or [Muon, AdamW] for optimizer="muon".
 
-        Norm weights are not decayed: pulling gains towards 0 only fights the normalisation. The fused
-        kernel (one launch for every tensor) is used on CPU and CUDA; it is deterministic.
+        Muon (torch.optim.Muon) takes the 2-D matrices inside the blocks (attention and FFN
+        projections), whose updates it orthogonalises; the embedding, the classifier (a lookup table
+        and a read-out, tied or not) and the norm gains stay with AdamW, as in modded-nanogpt and
+        nanochat. AdamW decays matrices only, not norm gains: pulling gains towards 0 only fights
+        the normalisation. Its fused kernel (one launch for every tensor) is used on CPU and CUDA;
+        it is deterministic. Every group's "lr" starts at its peak learning rate.
         """
+        if optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {optimizer!r}")
         params = [p for p in self.parameters() if p.requires_grad]  # a tied matrix appears once
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        hidden = [p for n, p in self.named_parameters() if optimizer == "muon" and p.requires_grad
+                  and n.startswith("layers.") and p.dim() == 2]
+        rest = [p for p in params if all(p is not h for h in hidden)]
+        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        if not hidden:
+            return [adamw]
+        return [torch.optim.Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay), adamw]
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), the PaLM appendix B count.
@@ -408,3 +469,53 @@ def peak_flops(device, dtype):
             if key in name:
                 return tflops * 1e12 / (2 if dtype == torch.float32 else 1)
     return measured_peak_flops(device, dtype)
+
+
+# -----------------------------------------------------------------------------
+# CPU threads beside other work
+#
+# torch's threads meet at a barrier after every op; when another process holds one of the cores,
+# the thread sharing it waits a scheduler time slice at each barrier, and two threads end up far
+# slower than one. So on a CPU train.py and sample.py use only the cores that are free.
+
+def _cpu_reading():
+    """(busy jiffies of the whole machine, this process's CPU seconds, wall seconds), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None  # not Linux: no reading, torch's own default stands
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    own = os.times()
+    return sum(fields) - idle, own.user + own.system, time.monotonic()
+
+
+def free_cores(prev=None, wait=0.2):
+    """(cores not busy with other processes since the reading prev, the new reading).
+
+    Without prev it samples for `wait` seconds. This process's own CPU time is not counted as busy,
+    so a running job measures what the others use. Returns (None, None) where /proc/stat is missing.
+    """
+    if prev is None:
+        prev = _cpu_reading()
+        if prev is None:
+            return None, None
+        time.sleep(wait)
+    now = _cpu_reading()
+    if now is None or now[2] <= prev[2]:
+        return None, now
+    hz = os.sysconf("SC_CLK_TCK")
+    others = ((now[0] - prev[0]) / hz - (now[1] - prev[1])) / (now[2] - prev[2])  # cores' worth
+    n = len(os.sched_getaffinity(0))
+    return max(1, min(n, n - round(max(others, 0.0)))), now
+
+
+def use_free_cores(prev=None):
+    """Set torch's thread count to the free cores (unless OMP_NUM_THREADS is set); returns the
+    reading to pass back next time, so a long run can follow the machine's load."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n, reading = free_cores(prev)
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return reading

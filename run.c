@@ -3,11 +3,12 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
-Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0; the README has the byte
-layouts), reads the weights onto huge pages, and generates with llama2.c's sampler: the same seed,
-temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
-optional (make runomp). Vector code (AVX-512 F/BW/VL, VNNI, BF16) is chosen at compile time and
-every kernel has a plain C twin that the tests compare it against; -DPLAIN forces the plain twins.
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; the README has the
+byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
+sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
+optional. Vector code (AVX-512 F/BW/VL, VNNI, BF16; AVX2 + FMA, AVX-VNNI; ARM NEON, dot product) is
+chosen at compile time and every kernel has a plain C twin that the tests compare it against;
+-DPLAIN forces the plain twins.
 */
 
 #define _POSIX_C_SOURCE 200809L
@@ -30,14 +31,28 @@ every kernel has a plain C twin that the tests compare it against; -DPLAIN force
 #include <omp.h>
 #endif
 
-#if !defined(PLAIN) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// Vector kernels, chosen at compile time; each has a plain C twin that the tests compare it with,
+// and -DPLAIN forces the twins. A CPU with AVX-512 also has AVX2: where AVX-512 has no kernel for a
+// weight type (q4, or q8_0/bf16 without VNNI/BF16), the AVX2 one runs.
+#if !defined(PLAIN) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
+#define HAVE_AVX2 1         // 8-lane fma; int8 dot products of 32 bytes (see dot_u8s8)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
 #if defined(__AVX512VNNI__)
 #define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
 #endif
 #if defined(__AVX512BF16__)
 #define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
+#endif
+#endif
+#endif
+
+#if !defined(PLAIN) && defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define HAVE_NEON 1         // 4-lane fma; int8 products widened to int16 and paired into int32
+#if defined(__ARM_FEATURE_DOTPROD)
+#define HAVE_DOTPROD 1      // int8 dot products of 4 bytes per lane (sdot)
 #endif
 #endif
 
@@ -81,9 +96,9 @@ static void *xcalloc(size_t n, size_t size) {
 #endif
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
-// kernel has transparent huge pages: one TLB entry then covers 512 times as much, and the weights
-// read faster (measured, 110M, 2 threads: fp32 +6-14%, q8_0 +7-17% against 4 KB pages, depending on
-// the VM's bandwidth at the time). what names the buffer in the error. Free with free().
+// kernel has transparent huge pages: one TLB entry then covers 512 times as much, so streaming the
+// weights misses the TLB far less (README, "How it is fast"). what names the buffer in the error.
+// Free with free().
 static void *big_alloc(size_t n, const char *what) {
     size_t huge = HUGE_PAGE_BYTES;
     void *p = NULL;
@@ -95,13 +110,13 @@ static void *big_alloc(size_t n, const char *what) {
     return p;
 }
 
-// n bytes from fd's current offset, or die naming the file
-static void read_fully(int fd, unsigned char *buf, size_t n, const char *path) {
+// n bytes from offset off of fd, or die naming the file
+static void read_fully(int fd, unsigned char *buf, size_t n, off_t off, const char *path) {
     while (n > 0) {
-        ssize_t got = read(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
+        ssize_t got = pread(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30), off);
         if (got < 0 && errno == EINTR) { continue; }
         if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
-        buf += got, n -= (size_t)got;
+        buf += got, n -= (size_t)got, off += got;
     }
 }
 
@@ -138,11 +153,9 @@ static double time_s(void) {
 
 #define MAGIC 0x616b3432u   // "ak42" read as a little-endian u32
 #define HEADER_V1 256       // v1..v3 header bytes
-#define BOS 1               // sentencepiece ids shared by every llama2.c tokenizer
-#define EOS 2
 
-enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
-static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0"};
+enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2, W_Q4 = 3 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
+static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0", "q4"};
 
 typedef struct {
     int version;      // 0..3, from the magic and version fields
@@ -156,15 +169,18 @@ typedef struct {
     int head_size;    // dim / n_heads
     int kv_dim;       // n_kv_heads * head_size
     int shared;       // 1: the classifier is the token embedding matrix
-    int wtype;        // W_F32, W_BF16 or W_Q8 for every matrix (norms are always fp32)
-    int group_size;   // q8_0: weights per scale; 0 otherwise
+    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4 for every matrix (norms are always fp32)
+    int group_size;   // q8_0 and q4: weights per scale; 0 otherwise
     float rope_theta; // RoPE base
     float norm_eps;   // RMSNorm epsilon
+    unsigned char vocab_id[32];  // v3: sha256 identity of the model's vocabulary (bytes 64..95); all zero: unknown
 } Config;
 
 typedef struct {
-    const void *w;   // (rows, cols) row-major: float, uint16_t (bf16) or int8_t (q8_0)
-    const float *s;  // q8_0: (rows * cols / group_size) scales, row-major groups; NULL otherwise
+    const void *w;   // (rows, cols) row-major: float, uint16_t (bf16), int8_t (q8_0), or for q4
+                     //   (rows * cols / 2) bytes: byte j of a group holds its weight j in the low
+                     //   nibble and weight j + group_size/2 in the high one, each stored + 8
+    const float *s;  // q8_0, q4: (rows * cols / group_size) scales, row-major groups; NULL otherwise
 } Mat;
 
 typedef struct {
@@ -190,7 +206,8 @@ typedef struct {
     Config c;
     Weights w;
     const char *path;
-    unsigned char *data; // the whole file, file_size bytes (big_alloc)
+    unsigned char *data; // the whole file, file_size bytes: mapped, or read onto huge pages (big_alloc)
+    int mapped;          // 1: data is a read-only file mapping (munmap), 0: big_alloc (free)
     size_t file_size;
     void **owned;        // realigned copies of fp32 arrays the file stores misaligned (v2 only)
     int n_owned;
@@ -230,7 +247,7 @@ static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint6
     Mat m = {NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
-    else { m.w = take(cur, n); m.s = take_f32(cur, n / group_size); }
+    else { m.w = take(cur, wtype == W_Q4 ? n / 2 : n); m.s = take_f32(cur, n / group_size); }
     return m;
 }
 
@@ -304,16 +321,17 @@ static void read_header(Transformer *t) {
             c->wtype = h[41];
             c->rope_theta = rd_f32(h + 42);
             c->norm_eps = rd_f32(h + 46);
-            if (c->wtype > W_Q8) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0)", path, c->wtype); }
+            if (c->wtype > W_Q4) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0, 3 q4)", path, c->wtype); }
             if (!(isfinite(c->rope_theta) && c->rope_theta > 0)) {
                 die("%s: rope_theta=%g out of range (expected a positive number)", path, c->rope_theta);
             }
             if (!(isfinite(c->norm_eps) && c->norm_eps > 0 && c->norm_eps < 1)) {
                 die("%s: norm_eps=%g out of range (expected 0 < norm_eps < 1)", path, c->norm_eps);
             }
-            if (c->wtype != W_Q8 && c->group_size != 0) {
+            if (c->wtype < W_Q8 && c->group_size != 0) {
                 die("%s: group_size=%d but weight_type is %s (expected 0)", path, c->group_size, WTYPE_NAME[c->wtype]);
             }
+            memcpy(c->vocab_id, h + 64, 32);
         }
     } else {
         // v0 has no magic: only a header whose fields make a model is taken for one
@@ -334,10 +352,6 @@ static void read_header(Transformer *t) {
             problem = buf;
         }
     }
-    if (!problem && c->vocab_size <= EOS) {  // generation starts from BOS and stops at EOS: both are ids
-        snprintf(buf, sizeof(buf), "vocab_size=%d too small (expected at least 3: <unk>, BOS=1, EOS=2)", c->vocab_size);
-        problem = buf;
-    }
     if (!problem && (c->dim % c->n_heads || (c->dim / c->n_heads) % 2)) {
         snprintf(buf, sizeof(buf), "dim=%d is not n_heads=%d times an even head size", c->dim, c->n_heads);
         problem = buf;
@@ -351,22 +365,30 @@ static void read_header(Transformer *t) {
             path, magic, MAGIC, problem);
     }
     if (problem) { die("%s: header field %s", path, problem); }
-    if (c->wtype == W_Q8 && (c->group_size < 1 || c->dim % c->group_size || c->hidden_dim % c->group_size)) {
-        die("%s: group_size=%d must be positive and divide dim=%d and hidden_dim=%d", path, c->group_size,
-            c->dim, c->hidden_dim);
+    int quantised = c->wtype == W_Q8 || c->wtype == W_Q4, gs = c->group_size;
+    if (quantised && (gs < 1 || (c->wtype == W_Q4 && gs % 2) || c->dim % gs || c->hidden_dim % gs)) {
+        die("%s: group_size=%d must be positive%s and divide dim=%d and hidden_dim=%d", path, gs,
+            c->wtype == W_Q4 ? ", even" : "", c->dim, c->hidden_dim);
     }
     c->head_size = c->dim / c->n_heads;
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
-static void build_transformer(Transformer *t, const char *path) {
+// Start-up against steady speed: a file mapping costs nothing up front (pages come in from the page
+// cache as the first token touches them, as llama2.c does), but its 4 KB pages stream slower than a
+// copy on huge pages, which costs a pass over the file to make (and, when memory is fragmented, the
+// kernel's compaction of huge pages). So a run that reads the weights few times (-n below
+// HUGE_MIN_STEPS, the logits and tokenize modes) maps the file; a longer one copies it, in parallel
+// with threads. passes: how many tokens the run will generate, 0 for the whole context.
+#define HUGE_MIN_STEPS 64
+static void build_transformer(Transformer *t, const char *path, int passes) {
     memset(t, 0, sizeof(*t));
     t->path = path;
     int fd = open_regular(path, "checkpoint", &t->file_size);
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
     // the header first, so that a wrong file is refused before anything big is allocated or read
     unsigned char header[HEADER_V1] = {0};
-    read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, path);
+    read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, 0, path);
     t->data = header;
     read_header(t);
     // each layer holds at least its two fp32 norm vectors: a lower bound of the size in O(1), before
@@ -385,10 +407,25 @@ static void build_transformer(Transformer *t, const char *path) {
         die("%s: size %zu bytes does not match the %llu the v%d header implies", path, t->file_size,
             (unsigned long long)expected, t->c.version);
     }
-    // read, not mmap: a private copy can sit on huge pages (see big_alloc), a file mapping mostly not
-    t->data = big_alloc(t->file_size, path);
-    memcpy(t->data, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1);
-    if (t->file_size > HEADER_V1) { read_fully(fd, t->data + HEADER_V1, t->file_size - HEADER_V1, path); }
+    if (passes == 0) { passes = t->c.seq_len; }
+    t->mapped = passes < HUGE_MIN_STEPS;
+    if (t->mapped) {
+        t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (t->data == MAP_FAILED) { die("%s: cannot map %zu bytes: %s", path, t->file_size, strerror(errno)); }
+#ifdef MADV_WILLNEED
+        madvise(t->data, t->file_size, MADV_WILLNEED);  // a cold page cache starts reading ahead now
+#endif
+    } else {
+        t->data = big_alloc(t->file_size, path);
+        size_t chunk = (size_t)32 << 20, n_chunks = (t->file_size + chunk - 1) / chunk;
+#ifdef _OPENMP
+        #pragma omp parallel for schedule(dynamic)
+#endif
+        for (size_t i = 0; i < n_chunks; i++) {
+            size_t off = i * chunk, n = t->file_size - off < chunk ? t->file_size - off : chunk;
+            read_fully(fd, t->data + off, n, (off_t)off, path);
+        }
+    }
     close(fd);
     t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
     walk_layout(t, t->data);
@@ -398,7 +435,7 @@ static void free_transformer(Transformer *t) {
     for (int i = 0; i < t->n_owned; i++) { free(t->owned[i]); }
     free(t->owned);
     free(t->w.layers);
-    free(t->data);
+    if (t->mapped) { munmap(t->data, t->file_size); } else { free(t->data); }
 }
 
 // ----------------------------------------------------------------------------
@@ -419,26 +456,14 @@ static float dot_plain(const float *a, const float *b, int n) {
     return sum;
 }
 
-static float dot_f32(const float *a, const float *b, int n) {
-#ifdef HAVE_AVX512
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 64 <= n; j += 64) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16), s1);
-        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 32), _mm512_loadu_ps(b + j + 32), s2);
-        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j + 48), _mm512_loadu_ps(b + j + 48), s3);
-    }
-    for (; j + 16 <= n; j += 16) { s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), s0); }
-    if (j < n) {  // masked loads never touch the lanes beyond n
-        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + j), _mm512_maskz_loadu_ps(m, b + j), s1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-#else
-    return dot_plain(a, b, n);
-#endif
+#ifdef HAVE_AVX2
+static inline float hsum8(__m256 a) {  // the sum of 8 lanes
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
 }
+#endif
 
 // exp for the attention softmax and SiLU: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, and a
 // degree-7 Taylor polynomial for exp(r) (error < 1 ulp). Unlike libm's expf this vectorises.
@@ -483,19 +508,23 @@ static void softmax_fast(float *x, int n) {
 
 typedef struct {
     const float *f;   // (n) x itself
-    int8_t *q;        // q8_0: (n) x quantised in groups of group_size
-    float *s;         // q8_0: (n / group_size) the groups' scales, max|x|/127
+    int8_t *q;        // q8_0, q4: (n) x quantised in groups of group_size
+    float *s;         // q8_0, q4: (n / group_size) the groups' scales, max|x|/127
+    int32_t *sum;     // q4: (n / group_size) the sums of q over each group (see dot_q4)
     int32_t *corr;    // q8_0 VNNI: -128 * sums of q over each dot-product lane, 8 lanes per group
                       //   (group_size >= 32) or per 32-byte chunk (group_size 4, 8, 16); see dot_q8
     uint16_t *hi;     // bf16 with AVX-512 BF16: (n) bf16(x)
     uint16_t *lo;     //   (n) bf16(x - hi): hi + lo carries 16 significant bits of x
 } Input;
 
+static int quantised(const Config *c) { return c->wtype == W_Q8 || c->wtype == W_Q4; }
+
 static void build_input(Input *in, int n_max, const Config *c) {
     memset(in, 0, sizeof(*in));
-    if (c->wtype == W_Q8) {
+    if (quantised(c)) {
         in->q = xmalloc(n_max);
         in->s = xmalloc((n_max / c->group_size + 1) * sizeof(float));
+        in->sum = xmalloc((n_max / c->group_size + 1) * sizeof(int32_t));
         in->corr = xmalloc((n_max / 4 + 8) * sizeof(int32_t));
     }
     if (c->wtype == W_BF16) {
@@ -504,7 +533,7 @@ static void build_input(Input *in, int n_max, const Config *c) {
     }
 }
 
-static void free_input(Input *in) { free(in->q); free(in->s); free(in->corr); free(in->hi); free(in->lo); }
+static void free_input(Input *in) { free(in->q); free(in->s); free(in->sum); free(in->corr); free(in->hi); free(in->lo); }
 
 #ifdef HAVE_BF16
 static uint16_t bf16_round(float f) {  // round to nearest even; activations are finite
@@ -523,7 +552,7 @@ static float bf16_to_f32(uint16_t h) {
 
 static void prepare_input(Input *in, const float *x, int n, const Config *c) {
     in->f = x;
-    if (c->wtype == W_Q8) {
+    if (quantised(c)) {
         int gs = c->group_size;
         for (int g = 0; g < n / gs; g++) {
             const float *xg = x + g * gs;
@@ -539,10 +568,13 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
             float inv = scale > 0 ? 1.0f / scale : 0.0f;
             in->s[g] = scale;
             int8_t *qg = in->q + g * gs;
+            int32_t sum = 0;
             for (j = 0; j < gs; j++) {
                 float v = xg[j] * inv;  // in [-127, 127]: round half away from zero
                 qg[j] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
+                sum += qg[j];
             }
+            in->sum[g] = sum;
         }
 #ifdef HAVE_VNNI
         // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3; a group's lane k gets -128
@@ -572,6 +604,56 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
 
 // ----------------------------------------------------------------------------
 // matmul kernels: W (rows, n) @ x (n) -> out (rows), one row or four rows at a time
+//
+// The plain twins come first, one row each; every vector kernel computes the same sums in another
+// order. Four-row kernels (matmul4_*) compute rows w, w + q n, w + 2q n, w + 3q n into out[0],
+// out[q], out[2q], out[3q]: each load of x serves four rows and the four sums are reduced
+// together. The four rows come from the four quarters of the rows being computed, so that each is
+// read as its own sequential stream: the hardware prefetchers follow four streams well, and
+// adjacent rows read interleaved stream far slower (README, "How it is fast"). With q = 0 they
+// compute one row four times over, which is how the last rows that do not fill a quarter are done.
+
+static inline float dot_bf16_plain(const uint16_t *w, const float *x, int n) {
+    float acc[LANES] = {0};
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { acc[k] += bf16_to_f32(w[j + k]) * x[j + k]; }
+    }
+    float sum = 0.0f;
+    for (; j < n; j++) { sum += bf16_to_f32(w[j]) * x[j]; }
+    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
+    return sum;
+}
+
+// q8_0: sum over groups of (int dot of the group) * w_scale * x_scale, like llama2.c's runq
+static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+    float sum = 0.0f;
+    for (int g = 0; g < n / gs; g++) {
+        const int8_t *wg = w + g * gs, *xg = x->q + g * gs;
+        int32_t isum = 0;
+        for (int j = 0; j < gs; j++) { isum += (int32_t)wg[j] * xg[j]; }
+        sum += (float)isum * ws[g] * x->s[g];
+    }
+    return sum;
+}
+
+// q4: as q8_0, with weight j of a group (nibble - 8) taken from byte j (low nibble) or j - gs/2
+// (high nibble) of the group's gs/2 bytes. The kernels that multiply the unsigned nibbles subtract
+// 8 * (the sum of the group's q), which prepare_input keeps in x->sum.
+static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int n, int gs) {
+    float sum = 0.0f;
+    int half = gs / 2;
+    for (int g = 0; g < n / gs; g++) {
+        const uint8_t *wg = w + g * half;
+        const int8_t *xg = x->q + g * gs;
+        int32_t isum = 0;
+        for (int j = 0; j < half; j++) {
+            isum += ((int32_t)(wg[j] & 15) - 8) * xg[j] + ((int32_t)(wg[j] >> 4) - 8) * xg[j + half];
+        }
+        sum += (float)isum * ws[g] * x->s[g];
+    }
+    return sum;
+}
 
 static float dot_bf16(const uint16_t *w, const Input *x, int n) {
 #ifdef HAVE_BF16
@@ -592,29 +674,8 @@ static float dot_bf16(const uint16_t *w, const Input *x, int n) {
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 #else
-    const float *xf = x->f;
-    float acc[LANES] = {0};
-    int j = 0;
-    for (; j + LANES <= n; j += LANES) {
-        for (int k = 0; k < LANES; k++) { acc[k] += bf16_to_f32(w[j + k]) * xf[j + k]; }
-    }
-    float sum = 0.0f;
-    for (; j < n; j++) { sum += bf16_to_f32(w[j]) * xf[j]; }
-    for (int k = 0; k < LANES; k++) { sum += acc[k]; }
-    return sum;
+    return dot_bf16_plain(w, x->f, n);
 #endif
-}
-
-// q8_0: sum over groups of (int dot of the group) * w_scale * x_scale, like llama2.c's runq
-static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
-    float sum = 0.0f;
-    for (int g = 0; g < n / gs; g++) {
-        const int8_t *wg = w + g * gs, *xg = x->q + g * gs;
-        int32_t isum = 0;
-        for (int j = 0; j < gs; j++) { isum += (int32_t)wg[j] * xg[j]; }
-        sum += (float)isum * ws[g] * x->s[g];
-    }
-    return sum;
 }
 
 static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
@@ -622,8 +683,8 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
     if (gs % 32 == 0) {
         // vpdpbusd multiplies unsigned by signed bytes. Flipping the top bit of a weight gives
         // w + 128 as unsigned; the extra 128 * sum(x) per lane is precomputed in x->corr.
-        // 256-bit vectors: on this CPU they cost half a 512-bit one, and a group's scale then
-        // spans one vector for gs = 32 as well as 64.
+        // 256-bit vectors: Zen 4 splits a 512-bit one into two halves anyway, and a group's scale
+        // then spans one vector for gs = 32 as well as 64.
         const __m256i flip = _mm256_set1_epi8((char)0x80);
         __m256 acc = _mm256_setzero_ps();
         for (int g = 0; g < n / gs; g++) {
@@ -634,10 +695,7 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
             }
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(ws[g] * x->s[g]), acc);
         }
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        return _mm_cvtss_f32(h);
+        return hsum8(acc);
     }
     if (gs == 4 || gs == 8 || gs == 16) {
         // small groups: a 32-byte chunk holds 32/gs groups of gs/4 lanes each, so each lane is
@@ -656,25 +714,13 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
             __m256 sc = _mm256_mul_ps(_mm256_maskz_loadu_ps(mg, ws + g), _mm256_maskz_loadu_ps(mg, x->s + g));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutexvar_ps(spread, sc), acc);
         }
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        return _mm_cvtss_f32(h);
+        return hsum8(acc);
     }
 #endif
     return dot_q8_plain(w, ws, x, n, gs);
 }
 
-#ifdef HAVE_AVX512
-// Four rows at a time: each load of x serves four rows and the four sums are reduced together. The
-// four rows come from the four quarters of the rows being computed (r, r+q, r+2q, r+3q), so that
-// each is read as its own sequential stream: interleaving adjacent rows instead halves the DRAM
-// bandwidth of this CPU's prefetchers (measured: 11 against 21 GB/s on one core).
-
-static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-}
-
+#ifdef HAVE_AVX2
 // out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
 static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
@@ -683,8 +729,13 @@ static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c
     _mm_storeu_ps(o, sum);
     out[0] = o[0], out[q] = o[1], out[2 * q] = o[2], out[3 * q] = o[3];
 }
+#endif
 
-// rows w, w + ws, w + 2 ws, w + 3 ws (each n long) times x into out[0], out[q], out[2q], out[3q]
+#ifdef HAVE_AVX512
+static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
 static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
     const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
@@ -697,6 +748,29 @@ static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const f
         s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
     }
     store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#elif defined(HAVE_AVX2)
+static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
+    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x + j);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xv, s3);
+    }
+    if (j < n) {  // the last n % 8 columns: lanes past n load as zero
+        float xt[8] = {0}, t[4][8] = {{0}};
+        for (int k = j; k < n; k++) { xt[k - j] = x[k]; t[0][k - j] = w0[k], t[1][k - j] = w1[k], t[2][k - j] = w2[k], t[3][k - j] = w3[k]; }
+        __m256 xv = _mm256_loadu_ps(xt);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(t[0]), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(t[1]), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(t[2]), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(t[3]), xv, s3);
+    }
+    store_sum4(out, q, s0, s1, s2, s3);
 }
 #endif
 
@@ -717,65 +791,286 @@ static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, s
     }
     store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
 }
+#elif defined(HAVE_AVX2)
+static inline __m256 bf16x8_load(const uint16_t *p) {  // 8 bf16 -> fp32: the bits moved up 16
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+    // the weights widened to fp32 (exact), times x in fp32: the plain twin's products
+    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x->f + j);
+        s0 = _mm256_fmadd_ps(bf16x8_load(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(bf16x8_load(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(bf16x8_load(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(bf16x8_load(w3 + j), xv, s3);
+    }
+    float t[4] = {0};  // the last n % 8 columns, added to lane 0
+    for (; j < n; j++) {
+        t[0] += bf16_to_f32(w0[j]) * x->f[j], t[1] += bf16_to_f32(w1[j]) * x->f[j];
+        t[2] += bf16_to_f32(w2[j]) * x->f[j], t[3] += bf16_to_f32(w3[j]) * x->f[j];
+    }
+    s0 = _mm256_add_ps(s0, _mm256_setr_ps(t[0], 0, 0, 0, 0, 0, 0, 0));
+    s1 = _mm256_add_ps(s1, _mm256_setr_ps(t[1], 0, 0, 0, 0, 0, 0, 0));
+    s2 = _mm256_add_ps(s2, _mm256_setr_ps(t[2], 0, 0, 0, 0, 0, 0, 0));
+    s3 = _mm256_add_ps(s3, _mm256_setr_ps(t[3], 0, 0, 0, 0, 0, 0, 0));
+    store_sum4(out, q, s0, s1, s2, s3);
+}
 #endif
 
-#ifdef HAVE_VNNI
+#ifdef HAVE_AVX2
+// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
+// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
+// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// the four rows' fp32 sums a[r] += (their int sums i[r]) * (their group scales ws[r][g]) * x's scale
+static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *ws, int g, float xs) {
+    for (int r = 0; r < 4; r++) { a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[r]), _mm256_set1_ps(ws[r][g] * xs), a[r]); }
+}
+
+// q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
+// With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
+// the extra 128 * sum(x) per lane comes off through x->corr (see dot_q8); otherwise the unsigned
+// operand is |w|, times x with w's sign.
 static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    // as dot_q8, four rows sharing each load of x, its correction and its scale
     int ng = n / gs;
-    const int8_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    const float *ws0 = ws, *ws1 = ws + q * ng, *ws2 = ws + 2 * q * ng, *ws3 = ws + 3 * q * ng;
-    const __m256i flip = _mm256_set1_epi8((char)0x80);
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    const int8_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int g = 0; g < ng; g++) {
-        __m256i i0 = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)), i1 = i0, i2 = i0, i3 = i0;
+        __m256i i[4];
+#ifdef HAVE_VNNI
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)); }
+#else
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setzero_si256(); }
+#endif
         for (int j = g * gs; j < (g + 1) * gs; j += 32) {
             __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
-            i0 = _mm256_dpbusd_epi32(i0, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w0 + j)), flip), xq);
-            i1 = _mm256_dpbusd_epi32(i1, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w1 + j)), flip), xq);
-            i2 = _mm256_dpbusd_epi32(i2, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w2 + j)), flip), xq);
-            i3 = _mm256_dpbusd_epi32(i3, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w3 + j)), flip), xq);
+            for (int r = 0; r < 4; r++) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + j));
+#ifdef HAVE_VNNI
+                i[r] = _mm256_dpbusd_epi32(i[r], _mm256_xor_si256(wv, flip), xq);
+#else
+                i[r] = dot_u8s8(i[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xq, wv));
+#endif
+            }
         }
-        float xs = x->s[g];
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_set1_ps(ws0[g] * xs), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(ws1[g] * xs), a1);
-        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_set1_ps(ws2[g] * xs), a2);
-        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i3), _mm256_set1_ps(ws3[g] * xs), a3);
+        scale_add4(a, i, wsr, g, x->s[g]);
     }
-    store_sum4(out, q, a0, a1, a2, a3);
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
 }
+
+// q4 with gs % 32 == 0: the nibbles are the unsigned operand as they are (0..15); the 8 they are
+// stored above their value comes off as 8 * x->sum[g], put in lane 0 of the group's int sums.
+// gs >= 64: 32 bytes hold weights b..b+31 (low nibbles) and half+b..half+b+31 (high ones);
+// gs == 32: 16 bytes hold the whole group, widened to weights 0..15 | 16..31.
+static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    int ng = n / gs, half = gs / 2;
+    const uint8_t *wr[4] = {w, w + q * n / 2, w + q * n, w + 3 * q * n / 2};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < ng; g++) {
+        __m256i i[4];
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setr_epi32(-8 * x->sum[g], 0, 0, 0, 0, 0, 0, 0); }
+        const int8_t *xg = x->q + (size_t)g * gs;
+        size_t o = (size_t)g * half;
+        if (gs == 32) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)xg);
+            for (int r = 0; r < 4; r++) {
+                __m128i wv = _mm_loadu_si128((const __m128i *)(wr[r] + o));
+                i[r] = dot_u8s8(i[r], _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wv, 4), wv), m4), xv);
+            }
+        } else {
+            for (int b = 0; b < half; b += 32) {
+                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
+                for (int r = 0; r < 4; r++) {
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
+                    i[r] = dot_u8s8(dot_u8s8(i[r], _mm256_and_si256(wv, m4), xlo), _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
+                }
+            }
+        }
+        scale_add4(a, i, wsr, g, x->s[g]);
+    }
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+}
+#define VEC_Q8(gs) ((gs) % 32 == 0)  // the group sizes the vector q8_0 and q4 kernels take
+#define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
 #endif
 
-// rows [r0, r1) of W @ x
+#ifdef HAVE_NEON
+static inline void store_sum4_neon(float *out, size_t q, float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
+    float32x4_t abcd = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
+    out[0] = vgetq_lane_f32(abcd, 0), out[q] = vgetq_lane_f32(abcd, 1);
+    out[2 * q] = vgetq_lane_f32(abcd, 2), out[3 * q] = vgetq_lane_f32(abcd, 3);
+}
+
+// rows of n fp32 or bf16 weights: 4 lanes, two accumulators per row against the fma latency; the
+// last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
+#define NEON_F32_ROWS(LOAD, TO_F32, wt)                                                             \
+    float32x4_t s[8];                                                                               \
+    for (int r = 0; r < 8; r++) { s[r] = vdupq_n_f32(0); }                                          \
+    const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
+    int j = 0;                                                                                      \
+    for (; j + 8 <= n; j += 8) {                                                                    \
+        float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                               \
+        for (int r = 0; r < 4; r++) {                                                               \
+            s[r] = vfmaq_f32(s[r], LOAD(wr[r] + j), x0);                                            \
+            s[r + 4] = vfmaq_f32(s[r + 4], LOAD(wr[r] + j + 4), x1);                                \
+        }                                                                                           \
+    }                                                                                               \
+    for (int r = 0; r < 4; r++) {                                                                   \
+        float t = 0.0f;                                                                             \
+        for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
+        s[r] = vaddq_f32(vaddq_f32(s[r], s[r + 4]), vsetq_lane_f32(t, vdupq_n_f32(0), 0));          \
+    }                                                                                               \
+    store_sum4_neon(out, q, s[0], s[1], s[2], s[3]);
+
+static inline float32x4_t bf16x4_load(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+#define AS_F32(v) (v)
+
+static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
+    NEON_F32_ROWS(vld1q_f32, AS_F32, float)
+}
+
+static void matmul4_bf16_neon(float *out, const uint16_t *w, const float *x, int n, size_t q) {
+    size_t ws = q * n;
+    NEON_F32_ROWS(bf16x4_load, bf16_to_f32, uint16_t)
+}
+#undef NEON_F32_ROWS
+#undef AS_F32
+
+// acc + the dot products of signed bytes a and b, 4 bytes per int32 lane
+static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#ifdef HAVE_DOTPROD
+    return vdotq_s32(acc, a, b);
+#else
+    // the same lane sums: products widened to int16 (|a b| <= 128 * 127), pairs added into int32
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
+}
+
+// q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
+// multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
+static void matmul4_q_neon(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
+                           int q4) {
+    int ng = n / gs;
+    size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
+    float32x4_t acc[4];
+    for (int r = 0; r < 4; r++) { acc[r] = vdupq_n_f32(0); }
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int g = 0; g < ng; g++) {
+        const int8_t *xg = x->q + (size_t)g * gs;
+        int32x4_t isum[4];
+        for (int r = 0; r < 4; r++) { isum[r] = vdupq_n_s32(0); }
+        if (q4) {
+            int half = gs / 2;
+            for (int b = 0; b < half; b += 16) {
+                int8x16_t xlo = vld1q_s8(xg + b), xhi = vld1q_s8(xg + half + b);
+                for (int r = 0; r < 4; r++) {
+                    uint8x16_t wv = vld1q_u8(wr[r] + (size_t)g * half + b);
+                    int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(wv, m4)), eight);
+                    int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(wv, 4)), eight);
+                    isum[r] = dot_s8(dot_s8(isum[r], lo, xlo), hi, xhi);
+                }
+            }
+        } else {
+            for (int j = 0; j < gs; j += 16) {
+                int8x16_t xv = vld1q_s8(xg + j);
+                for (int r = 0; r < 4; r++) { isum[r] = dot_s8(isum[r], vld1q_s8((const int8_t *)wr[r] + (size_t)g * gs + j), xv); }
+            }
+        }
+        float xs = x->s[g];
+        for (int r = 0; r < 4; r++) { acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), wsr[r][g] * xs); }
+    }
+    store_sum4_neon(out, q, acc[0], acc[1], acc[2], acc[3]);
+}
+#define VEC_Q8(gs) ((gs) % 16 == 0)
+#define VEC_Q4(gs) ((gs) % 32 == 0)
+#endif
+
+// rows [r0, r1) of W @ x. Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first
+// quarter; the rows past 4q (at most 3) go through them with q = 0, or through the one-row ones.
+// FOUR_ROWS makes those calls from one call site, so that the compiler inlines the kernel.
+#define FOUR_ROWS(r0, r1, ROW, STRIDE, CALL)                                                          \
+    for (int k_ = 0, q_ = ((r1) - (r0)) / 4; k_ < q_ + ((r1) - (r0)) % 4; k_++) {                     \
+        int ROW = k_ < q_ ? (r0) + k_ : (r0) + 3 * q_ + k_;                                           \
+        size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
+        CALL;                                                                                         \
+    }
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
-    int r = r0, q = (r1 - r0) / 4;  // vector kernels: rows r, r+q, r+2q, r+3q for r in the first quarter
-    (void)q;
+    int r = r0, gs = c->group_size;
+    (void)gs;
     if (c->wtype == W_F32) {
         const float *w = m.w;
-#ifdef HAVE_AVX512
-        for (; r < r0 + q; r++) { matmul4_f32(out + r, q, w + (size_t)r * n, (size_t)q * n, x->f, n); }
-        r = r0 + 4 * q;
+#if defined(HAVE_AVX2) || defined(HAVE_NEON)
+        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, q, w + (size_t)i * n, q * n, x->f, n))
+        r = r1;
 #endif
-        for (; r < r1; r++) { out[r] = dot_f32(w + (size_t)r * n, x->f, n); }
+        for (; r < r1; r++) { out[r] = dot_plain(w + (size_t)r * n, x->f, n); }
     } else if (c->wtype == W_BF16) {
         const uint16_t *w = m.w;
-#ifdef HAVE_BF16
-        for (; r < r0 + q; r++) { matmul4_bf16(out + r, w + (size_t)r * n, x, n, q); }
-        r = r0 + 4 * q;
+#if defined(HAVE_BF16) || defined(HAVE_AVX2)
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
+        r = r1;
+#elif defined(HAVE_NEON)
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16_neon(out + i, w + (size_t)i * n, x->f, n, q))
+        r = r1;
 #endif
         for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
-    } else {
+    } else if (c->wtype == W_Q8) {
         const int8_t *w = m.w;
-        int gs = c->group_size;
-#ifdef HAVE_VNNI
-        if (gs % 32 == 0) {
-            for (; r < r0 + q; r++) { matmul4_q8(out + r, w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs, q); }
-            r = r0 + 4 * q;
+        const float *ws = m.s;
+        size_t ng = n / gs;
+#if defined(HAVE_AVX2)
+        if (VEC_Q8(gs)) {
+            FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q))
+            r = r1;
+        }
+#elif defined(HAVE_NEON)
+        if (VEC_Q8(gs)) {
+            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q, 0))
+            r = r1;
         }
 #endif
-        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs); }
+        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, ws + r * ng, x, n, gs); }
+    } else {
+        const uint8_t *w = m.w;
+        const float *ws = m.s;
+        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
+#if defined(HAVE_AVX2)
+        if (VEC_Q4(gs)) {
+            FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, ws + i * ng, x, n, gs, q))
+            r = r1;
+        }
+#elif defined(HAVE_NEON)
+        if (VEC_Q4(gs)) {
+            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + i * rb, ws + i * ng, x, n, gs, q, 1))
+            r = r1;
+        }
+#endif
+        for (; r < r1; r++) { out[r] = dot_q4_plain(w + r * rb, ws + r * ng, x, n, gs); }
     }
 }
+#undef FOUR_ROWS
 
 // The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
 // (which keeps RoPE pairs inside one thread's part).
@@ -785,7 +1080,11 @@ static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
 }
 
 // ----------------------------------------------------------------------------
-// the forward pass, one token at a time with a KV cache
+// the forward pass: a batch of tokens at consecutive positions, with a KV cache
+//
+// Generation runs one token at a time; a prompt runs as batches of up to `batch` tokens, so that
+// each weight is read from memory once per batch (matmul_batch) rather than once per token. Every
+// token of a batch gets the same arithmetic as it would alone, so its logits are the same bits.
 //
 // With threads, the whole forward pass is one parallel region. Every thread keeps private copies of
 // the small vectors (the residual stream, the normed input, the matmul input) and computes them
@@ -793,29 +1092,57 @@ static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
 // are split between the threads, and the threads meet at one barrier after each of them.
 
 typedef struct {
-    float *x;  // (dim) residual stream
-    float *xb; // (dim) normed input of a branch
-    Input in;  // the current matmul input in the weight type's form
+    float *x;  // (batch, dim) residual stream
+    float *xb; // (batch, dim) normed input of a branch
+    Input *in; // (batch) the current matmul inputs in the weight type's form
     int kv_overflow; // fp16 cache: this thread stored a finite k or v beyond fp16's range
 } ThreadState;
+
+// Threads under load: when another job keeps a core busy, a thread on that core runs only part of
+// the time and every barrier waits for it, so n threads can be far slower than one. So the threads
+// a forward pass runs on are the cores the other jobs left free, measured from /proc/stat over the
+// last interval (all CPU time spent, less this process's own), unless OMP_DYNAMIC=false asks for
+// exactly OMP_NUM_THREADS. Where /proc/stat is missing, every thread runs.
+typedef struct {
+    double wall;  // seconds, monotonic
+    double busy;  // CPU seconds spent by everything, every core (/proc/stat)
+    double own;   // CPU seconds spent by this process
+} CpuSample;
+#define FREE_CORES_EVERY 0.1  // seconds between two looks at /proc/stat
+
+static int sample_cpu(CpuSample *cs) {
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8];
+    int got = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) : 0;
+    if (f) { fclose(f); }
+    if (got != 8) { return 0; }
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free
+    cs->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+    cs->own = ts.tv_sec + ts.tv_nsec * 1e-9;
+    cs->wall = time_s();
+    return 1;
+}
 
 typedef struct {
     ThreadState *ts;    // (n_threads) private state of each thread
     int n_threads;
-    float *q;           // (dim) query
-    float *k;           // (kv_dim) key of this position
-    float *v;           // (kv_dim) value of this position
-    float *att_out;     // (dim) attention output, heads side by side
-    float *xb2;         // (dim) branch output (wo or w2), added to the residual stream
-    float *hb;          // (hidden_dim) w1 x, then silu(w1 x) * w3 x
-    float *hb2;         // (hidden_dim) w3 x
+    int batch;          // most tokens in one forward pass
+    float *q;           // (batch, dim) queries
+    float *k;           // (batch, kv_dim) keys of these positions
+    float *v;           // (batch, kv_dim) values of these positions
+    float *att_out;     // (batch, dim) attention outputs, heads side by side
+    float *xb2;         // (batch, dim) branch outputs (wo or w2), added to the residual stream
+    float *hb;          // (batch, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    float *hb2;         // (batch, hidden_dim) w3 x
     float *att;         // (n_heads, cache_len) attention scores
-    float *logits;      // (vocab_size)
+    float *logits;      // (batch, vocab_size)
     // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
     // 16 positions, (head_size, 16) elements, component-major. Attention then runs along positions,
     // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
-    // Elements are fp32, or fp16 for q8_0 models (kv_f16), whose weights are small enough that the
-    // cache is a sizeable share of the bytes a token reads.
+    // Elements are fp32, or fp16 for q8_0 and q4 models (kv_f16), whose weights are small enough
+    // that the cache is a sizeable share of the bytes a token reads.
     void *key_cache;    // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
     void *value_cache;  // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
     int kv_f16;         // 1: the caches hold fp16 (uint16_t), 0: fp32
@@ -824,13 +1151,18 @@ typedef struct {
     int max_pos;        // positions this run can reach
     int cache_len;      // max_pos rounded up to a multiple of 16
     int parallel;       // 1: big enough for threads (see build_run_state)
+    int nt;             // threads for the next forward pass (see free_cores)
+    int adapt;          // 1: nt follows the free cores; 0: always n_threads
+    CpuSample last;     // the last look at /proc/stat
 } RunState;
 
-// Below this many multiply-adds per barrier a model runs on one thread: a barrier costs around
-// a microsecond, more than stories260K's matmuls take (its biggest is 512 x 64).
+// Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
+// more than the work it splits (stories260K's biggest matmul is 512 x 64).
 #define PAR_MIN_WORK 65536
+#define BATCH 64  // most prompt tokens per forward pass (see matmul_batch)
 
-static void build_run_state(RunState *s, const Config *c, int max_pos) {
+// since: a look at /proc/stat from the start of the program (see free_cores), if there was one
+static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {
     s->max_pos = max_pos;
     s->cache_len = (max_pos + 15) / 16 * 16;
     size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
@@ -842,25 +1174,32 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
     s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
+    const char *dyn = getenv("OMP_DYNAMIC");
+    s->nt = s->n_threads;
+    s->adapt = s->parallel && !(dyn && (!strcmp(dyn, "false") || !strcmp(dyn, "FALSE"))) && since;
+    if (since) { s->last = *since; }
+    s->batch = max_pos < BATCH ? max_pos : BATCH;
+    size_t B = s->batch;
     s->ts = xcalloc(s->n_threads, sizeof(ThreadState));
     int n_max = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     for (int i = 0; i < s->n_threads; i++) {
-        s->ts[i].x = xcalloc(c->dim, sizeof(float));
-        s->ts[i].xb = xcalloc(c->dim, sizeof(float));
-        build_input(&s->ts[i].in, n_max, c);
+        s->ts[i].x = xcalloc(B * c->dim, sizeof(float));
+        s->ts[i].xb = xcalloc(B * c->dim, sizeof(float));
+        s->ts[i].in = xcalloc(B, sizeof(Input));
+        for (size_t b = 0; b < B; b++) { build_input(&s->ts[i].in[b], n_max, c); }
     }
-    s->q = xcalloc(c->dim, sizeof(float));
-    s->k = xcalloc(c->kv_dim, sizeof(float));
-    s->v = xcalloc(c->kv_dim, sizeof(float));
-    s->att_out = xcalloc(c->dim, sizeof(float));
-    s->xb2 = xcalloc(c->dim, sizeof(float));
-    s->hb = xcalloc(c->hidden_dim, sizeof(float));
-    s->hb2 = xcalloc(c->hidden_dim, sizeof(float));
+    s->q = xcalloc(B * c->dim, sizeof(float));
+    s->k = xcalloc(B * c->kv_dim, sizeof(float));
+    s->v = xcalloc(B * c->kv_dim, sizeof(float));
+    s->att_out = xcalloc(B * c->dim, sizeof(float));
+    s->xb2 = xcalloc(B * c->dim, sizeof(float));
+    s->hb = xcalloc(B * c->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc(B * c->hidden_dim, sizeof(float));
     s->att = xcalloc((size_t)c->n_heads * s->cache_len, sizeof(float));
-    s->logits = xcalloc(c->vocab_size, sizeof(float));
-    s->kv_f16 = c->wtype == W_Q8;
+    s->logits = xcalloc(B * c->vocab_size, sizeof(float));
+    s->kv_f16 = quantised(c);
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
-    // as the positions fill the tiles (3% of a 110M q8_0 token)
+    // in the middle of generation, as the positions fill the tiles
     size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
     s->key_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     s->value_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
@@ -879,7 +1218,10 @@ static void build_run_state(RunState *s, const Config *c, int max_pos) {
 }
 
 static void free_run_state(RunState *s) {
-    for (int i = 0; i < s->n_threads; i++) { free(s->ts[i].x); free(s->ts[i].xb); free_input(&s->ts[i].in); }
+    for (int i = 0; i < s->n_threads; i++) {
+        for (int b = 0; b < s->batch; b++) { free_input(&s->ts[i].in[b]); }
+        free(s->ts[i].x); free(s->ts[i].xb); free(s->ts[i].in);
+    }
     free(s->ts); free(s->q); free(s->k); free(s->v); free(s->att_out); free(s->xb2); free(s->hb); free(s->hb2);
     free(s->att); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->rope_cos); free(s->rope_sin);
 }
@@ -892,17 +1234,37 @@ static void embed(float *x, const Transformer *t, int token) {
         memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
     } else if (c->wtype == W_BF16) {
         for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
-    } else {
+    } else if (c->wtype == W_Q8) {
         const int8_t *q = e.w;
         for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
+    } else {  // q4: the row's groups, each gs/2 bytes (see Mat)
+        const uint8_t *q = (const uint8_t *)e.w + off / 2;
+        int gs = c->group_size, half = gs / 2;
+        for (int i = 0; i < c->dim; i++) {
+            int g = i / gs, j = i % gs;
+            uint8_t b = q[g * half + j % half];
+            x[i] = ((int)(j < half ? b & 15 : b >> 4) - 8) * e.s[(off + i) / gs];
+        }
     }
 }
 
-// rows [lo, hi) of W @ x for this thread; returns lo and hi for the caller's follow-up work
-static void matmul_part(float *out, Mat m, const Input *x, int n, int rows, int tid, int nt, const Config *c,
-                        int *lo, int *hi) {
+// Rows [lo, hi) of W @ x for this thread, for each of nb inputs x[b] into out + b * rows; returns lo
+// and hi for the caller's follow-up work. One token streams the rows from memory as matmul_rows
+// reads them; for a batch, the rows go in tiles small enough to stay in the L2 cache while every
+// input of the batch is multiplied with them, so the weights are read from memory once per batch.
+#define TILE_BYTES (64 << 10)
+static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int rows, int tid, int nt,
+                        const Config *c, int *lo, int *hi) {
     thread_rows(rows, tid, nt, lo, hi);
-    matmul_rows(out, m, x, n, *lo, *hi, c);
+    if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c); return; }
+    double row_bytes = c->wtype == W_F32 ? 4.0 * n : c->wtype == W_BF16 ? 2.0 * n
+                     : (c->wtype == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
+    int tile = (int)(TILE_BYTES / row_bytes) & ~3;
+    tile = tile < 4 ? 4 : tile;
+    for (int r = *lo; r < *hi; r += tile) {
+        int r1 = r + tile < *hi ? r + tile : *hi;
+        for (int b = 0; b < nb; b++) { matmul_rows(out + (size_t)b * rows, m, &x[b], n, r, r1, c); }
+    }
 }
 
 static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int head_size) {
@@ -915,7 +1277,7 @@ static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int
     }
 }
 
-// fp16 <-> fp32 for the caches of q8_0 models, in plain C so that every build stores the same bits
+// fp16 <-> fp32 for the caches of q8_0 and q4 models, in plain C so that every build stores the same bits
 static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf, NaN stays NaN
     uint32_t u, a, sign;
     memcpy(&u, &f, 4);
@@ -934,7 +1296,7 @@ static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf,
     return (uint16_t)(sign | r);
 }
 
-static float f16_to_f32(uint16_t h) {
+static inline float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
     if (e == 0x1F) { u = sign | 0x7F800000u | (m << 13); }
     else if (e != 0) { u = sign | ((e + 112) << 23) | (m << 13); }
@@ -947,9 +1309,20 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
-// element i of a cache, and 16 of them from i on (a row of a tile)
-static inline float cache_get(const void *cache, size_t i, int f16) {
-    return f16 ? f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf (by
+// F16C or NEON where there is one: fp16 -> fp32 is exact, so every build sees the same numbers)
+static inline const float *cache_row16(const void *cache, size_t i, int f16, float *buf) {
+    if (!f16) { return (const float *)cache + i; }
+    const uint16_t *h = (const uint16_t *)cache + i;
+#if defined(HAVE_AVX2)
+    _mm256_storeu_ps(buf, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+    _mm256_storeu_ps(buf + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8))));
+#elif defined(HAVE_NEON)
+    for (int k = 0; k < 16; k += 4) { vst1q_f32(buf + k, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + k)))); }
+#else
+    for (int k = 0; k < 16; k++) { buf[k] = f16_to_f32(h[k]); }
+#endif
+    return buf;
 }
 #ifdef HAVE_AVX512
 static inline __m512 cache_load16(const void *cache, size_t i, int f16) {
@@ -963,8 +1336,8 @@ static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
     return ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
 }
 
-// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos;
-// returns 1 when an fp16 cache got a finite value beyond its range (stored as inf: see forward)
+// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
+// returns 1 when an fp16 cache got a finite value beyond its range (stored as inf: see forward_tokens)
 static int cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
     int hs = c->head_size, overflow = 0;
     size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
@@ -985,9 +1358,10 @@ static int cache_put(void *cache, const float *kv, const RunState *s, const Conf
     return overflow;
 }
 
-static void attention_head(RunState *s, const Config *c, int l, int h, int pos) {
+// head h of the token at position pos, batch entry bt: its query in s->q, its output into s->att_out
+static void attention_head(RunState *s, const Config *c, int l, int h, int pos, int bt) {
     int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
-    const float *q = s->q + h * hs;
+    const float *q = s->q + (size_t)bt * c->dim + h * hs;
     const void *kc = s->key_cache, *vc = s->value_cache;
     size_t kt = cache_tiles(s, c, l, kvh), vt = kt, tile = (size_t)hs * 16;  // kt, vt: indices into kc, vc
     int f16 = s->kv_f16;
@@ -1024,7 +1398,9 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
         for (int i = 0; i < hs; i++) {
             size_t kr = kt + b * tile + i * 16;
             float *ab = att + b * 16, qi = q[i];
-            for (int k = 0; k < 16; k++) { ab[k] += qi * cache_get(kc, kr + k, f16); }
+            float buf[16];
+            const float *row = cache_row16(kc, kr, f16, buf);
+            for (int k = 0; k < 16; k++) { ab[k] += qi * row[k]; }
         }
     }
     for (int t = 0; t < n; t++) { att[t] *= scale; }
@@ -1032,7 +1408,7 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
     softmax_fast(att, n);
     for (int t = n; t < nb * 16; t++) { att[t] = 0.0f; }  // so whole tiles can be summed below
     // out[i] = sum over t of att[t] * v_t[i]: per tile, row i of the tile dotted with att
-    float *out = s->att_out + h * hs;
+    float *out = s->att_out + (size_t)bt * c->dim + h * hs;
     int i = 0;
 #ifdef HAVE_AVX512
     for (; i + 4 <= hs; i += 4) {
@@ -1053,7 +1429,9 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos) 
         for (int b = 0; b < nb; b++) {
             size_t v = vt + b * tile + i * 16;
             const float *ab = att + b * 16;
-            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * cache_get(vc, v + k, f16); }
+            float buf[16];
+            const float *row = cache_row16(vc, v, f16, buf);
+            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * row[k]; }
         }
         float sum = 0.0f;
         for (int k = 0; k < 16; k++) { sum += lane[k]; }
@@ -1067,71 +1445,105 @@ static void barrier(void) {
 #endif
 }
 
-static void forward_thread(const Transformer *t, RunState *s, int token, int pos, int tid, int nt) {
+// The nb tokens at positions pos .. pos + nb - 1 through the model; the logits of every one of them
+// (all_logits) or of the last only, into s->logits.
+static void forward_thread(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits,
+                           int tid, int nt) {
     const Config *c = &t->c;
     const Weights *w = &t->w;
     ThreadState *me = &s->ts[tid];
     int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
-    const float *cs = s->rope_cos + (size_t)pos * (hs / 2), *sn = s->rope_sin + (size_t)pos * (hs / 2);
-    float *x = me->x;
+    Input *in = me->in;
     // When every thread's share of the q, k and v rows is whole heads (and the kv heads its q heads
     // read), each thread can run the attention of its own heads with no barrier before it.
     int own_heads = c->n_kv_heads % nt == 0 && hs % 4 == 0;
-    embed(x, t, token);
+    #define EACH(b) for (int b = 0; b < nb; b++)
+    #define ROW(v, b, n) ((v) + (size_t)(b) * (n))  // entry b of a (batch, n) buffer
+    EACH(b) { embed(ROW(me->x, b, dim), t, tokens[b]); }
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *ly = &w->layers[l];
         // attention: q, k, v with RoPE; k and v into the caches
-        rmsnorm(me->xb, x, ly->rms_att, dim, c->norm_eps);
-        prepare_input(&me->in, me->xb, dim, c);
-        matmul_part(s->q, ly->wq, &me->in, dim, dim, tid, nt, c, &lo, &hi);
-        rope(s->q, lo, hi, cs, sn, hs);
-        matmul_part(s->k, ly->wk, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        rope(s->k, lo, hi, cs, sn, hs);
-        // k and v of this position into component i of the tile holding pos, for this thread's rows
-        me->kv_overflow |= cache_put(s->key_cache, s->k, s, c, l, pos, lo, hi);
-        matmul_part(s->v, ly->wv, &me->in, dim, kv_dim, tid, nt, c, &lo, &hi);
-        me->kv_overflow |= cache_put(s->value_cache, s->v, s, c, l, pos, lo, hi);
+        EACH(b) {
+            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_att, dim, c->norm_eps);
+            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+        }
+        matmul_part(s->q, ly->wq, in, nb, dim, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { rope(ROW(s->q, b, dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs); }
+        matmul_part(s->k, ly->wk, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        // k and v of each position into component i of the tile holding it, for this thread's rows
+        EACH(b) {
+            rope(ROW(s->k, b, kv_dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs);
+            me->kv_overflow |= cache_put(s->key_cache, ROW(s->k, b, kv_dim), s, c, l, pos + b, lo, hi);
+        }
+        matmul_part(s->v, ly->wv, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        EACH(b) { me->kv_overflow |= cache_put(s->value_cache, ROW(s->v, b, kv_dim), s, c, l, pos + b, lo, hi); }
         if (own_heads) {
-            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { attention_head(s, c, l, h, pos); }
+            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
         } else {
             barrier();
-            for (int h = tid; h < c->n_heads; h += nt) { attention_head(s, c, l, h, pos); }
+            for (int h = tid; h < c->n_heads; h += nt) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
         }
         barrier();
-        prepare_input(&me->in, s->att_out, dim, c);
-        matmul_part(s->xb2, ly->wo, &me->in, dim, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { prepare_input(&in[b], ROW(s->att_out, b, dim), dim, c); }
+        matmul_part(s->xb2, ly->wo, in, nb, dim, dim, tid, nt, c, &lo, &hi);
         barrier();
-        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
         // SwiGLU feed-forward: w2(silu(w1 x) * w3 x)
-        rmsnorm(me->xb, x, ly->rms_ffn, dim, c->norm_eps);
-        prepare_input(&me->in, me->xb, dim, c);
-        matmul_part(s->hb, ly->w1, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
-        matmul_part(s->hb2, ly->w3, &me->in, dim, hidden, tid, nt, c, &lo, &hi);
-        for (int i = lo; i < hi; i++) { s->hb[i] = s->hb[i] / (1.0f + exp_fast(-s->hb[i])) * s->hb2[i]; }
+        EACH(b) {
+            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_ffn, dim, c->norm_eps);
+            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+        }
+        matmul_part(s->hb, ly->w1, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        matmul_part(s->hb2, ly->w3, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        EACH(b) {
+            float *h1 = ROW(s->hb, b, hidden), *h3 = ROW(s->hb2, b, hidden);
+            for (int i = lo; i < hi; i++) { h1[i] = h1[i] / (1.0f + exp_fast(-h1[i])) * h3[i]; }
+        }
         barrier();
-        prepare_input(&me->in, s->hb, hidden, c);
-        matmul_part(s->xb2, ly->w2, &me->in, hidden, dim, tid, nt, c, &lo, &hi);
+        EACH(b) { prepare_input(&in[b], ROW(s->hb, b, hidden), hidden, c); }
+        matmul_part(s->xb2, ly->w2, in, nb, hidden, dim, tid, nt, c, &lo, &hi);
         barrier();
-        for (int i = 0; i < dim; i++) { x[i] += s->xb2[i]; }
+        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
     }
-    rmsnorm(me->xb, x, w->rms_final, dim, c->norm_eps);
-    prepare_input(&me->in, me->xb, dim, c);
-    matmul_part(s->logits, w->wcls, &me->in, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+    int first = all_logits ? 0 : nb - 1;  // the tokens whose logits are wanted: first .. nb - 1
+    for (int b = first; b < nb; b++) {
+        rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), w->rms_final, dim, c->norm_eps);
+        prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
+    }
+    matmul_part(s->logits, w->wcls, in + first, nb - first, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+    #undef EACH
+    #undef ROW
 }
 
-static void forward_once(const Transformer *t, RunState *s, int token, int pos) {
+#ifdef _OPENMP
+// s->nt: the cores the other jobs left free in the last interval, rounded down unless nearly whole
+static void free_cores(RunState *s) {
+    CpuSample now;
+    if (!s->adapt || time_s() - s->last.wall < FREE_CORES_EVERY || !sample_cpu(&now)) { return; }
+    double others = ((now.busy - s->last.busy) - (now.own - s->last.own)) / (now.wall - s->last.wall);
+    double free = (double)sysconf(_SC_NPROCESSORS_ONLN) - (others > 0 ? others : 0);
+    int nt = (int)(free + 0.3);
+    s->nt = nt < 1 ? 1 : nt > s->n_threads ? s->n_threads : nt;
+    s->last = now;
+}
+#endif
+
+// Runs n tokens from position pos, in batches of at most s->batch; returns the logits of the last
+// (all_logits = 0), or of the last batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size
+static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
 #ifdef _OPENMP
     if (s->parallel) {
-        #pragma omp parallel
-        forward_thread(t, s, token, pos, omp_get_thread_num(), omp_get_num_threads());
+        free_cores(s);
+        #pragma omp parallel num_threads(s->nt)
+        forward_thread(t, s, tokens, nb, pos, all_logits, omp_get_thread_num(), omp_get_num_threads());
         return;
     }
 #endif
-    forward_thread(t, s, token, pos, 0, 1);  // its barriers are no-ops outside a parallel region
+    forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1);  // barriers are no-ops here
 }
 
-// The fp16 caches of q8_0 models hold |x| <= 65504. When a k or v beyond that shows up, both caches
-// become fp32 (exactly: every half is a float) and the position is computed again, so the model
+// The fp16 caches of quantised models hold |x| <= 65504. When a k or v beyond that shows up, both
+// caches become fp32 (exactly: every half is a float) and the batch is computed again, so the model
 // gives its fp32-cache answer rather than infinities; a note on stderr says so.
 static void widen_kv_cache(RunState *s, const Transformer *t, int pos) {
     size_t n = (size_t)t->c.n_layers * s->cache_len * t->c.kv_dim;
@@ -1148,32 +1560,64 @@ static void widen_kv_cache(RunState *s, const Transformer *t, int pos) {
             t->path, pos);
 }
 
-static float *forward(const Transformer *t, RunState *s, int token, int pos) {
-    forward_once(t, s, token, pos);
-    int overflow = 0;
-    for (int i = 0; i < s->n_threads; i++) { overflow |= s->ts[i].kv_overflow; s->ts[i].kv_overflow = 0; }
-    if (overflow) {
-        widen_kv_cache(s, t, pos);
-        forward_once(t, s, token, pos);  // overwrites this position's k and v in every layer
+static float *forward_tokens(const Transformer *t, RunState *s, const int *tokens, int n, int pos, int all_logits) {
+    for (int done = 0; done < n; done += s->batch) {
+        int nb = n - done < s->batch ? n - done : s->batch, overflow = 0;
+        forward_batch(t, s, tokens + done, nb, pos + done, all_logits);
+        for (int i = 0; i < s->n_threads; i++) { overflow |= s->ts[i].kv_overflow; s->ts[i].kv_overflow = 0; }
+        if (overflow) {
+            widen_kv_cache(s, t, pos + done);
+            forward_batch(t, s, tokens + done, nb, pos + done, all_logits);  // overwrites the batch's k and v
+        }
     }
     return s->logits;
 }
 
+static float *forward(const Transformer *t, RunState *s, int token, int pos) {
+    return forward_tokens(t, s, &token, 1, pos, 0);
+}
+
 // ----------------------------------------------------------------------------
-// the tokenizer: llama2.c's tokenizer .bin, and a sentencepiece-exact BPE encoder
+// the tokenizer: storyllama's tokenizer file and llama2.c's, and a BPE encoder that gives
+// sentencepiece's ids (merges by score) and Hugging Face tokenizers' (ranked merges, byte-level BPE)
+
+enum { TK_NORMAL = 1, TK_UNKNOWN, TK_CONTROL, TK_USER, TK_UNUSED, TK_BYTE };  // sentencepiece's type numbers
+// Where the dummy space goes (a segment is the text between special tokens): nowhere; before the
+// whole text (sentencepiece); before the first segment unless it starts with a space (HF Metaspace
+// "first"); before every segment that does not (Metaspace "always", ByteLevel add_prefix_space);
+// before every segment (HF's Prepend normalizer).
+enum { PREFIX_NONE, PREFIX_TEXT, PREFIX_FIRST, PREFIX_EVERY, PREFIX_ALWAYS };
+enum { TF_COLLAPSE = 1, TF_BYTE_FALLBACK = 2, TF_BYTE_LEVEL = 4, TF_ADD_BOS = 8, TF_FUSE_UNK = 16,
+       TF_IGNORE_MERGES = 32, TF_SPLIT_SPACES = 64, TF_ALL = 127 };
+#define TOK_MAGIC 0x4b544c53u  // "SLTK" read as a little-endian u32
+#define TOK_HEADER 128         // header bytes of a storyllama tokenizer file
 
 typedef struct {
     int vocab_size;
-    char **vocab;        // (vocab_size) pieces, NUL-terminated ("▁" already turned into ' ')
-    int *len;            // (vocab_size) piece lengths in bytes
-    float *scores;       // (vocab_size) merge priority: higher merges first
+    char **vocab;        // (vocab_size) token text, NUL-terminated ("▁" already turned into ' ')
+    int *len;            // (vocab_size) text lengths in bytes
+    float *scores;       // (vocab_size) merge priority when there are no ranked merges: higher first
+    unsigned char *type; // (vocab_size) TK_*
+    int bos, eos, unk;   // special ids, -1 = none
+    int end;             // an end-of-story token besides EOS (e.g. <|end_story|>), -1 = none
+    int prefix, flags;   // PREFIX_*, TF_*
     int byte_id[256];    // id of the <0xHH> piece of each byte, -1 if the vocab has none
     short *byte_val;     // (vocab_size) the byte a <0xHH> piece stands for, -1 for other pieces
-    int *table;          // hash table (table_size slots) of mergeable piece ids, -1 = empty
+    int *table;          // hash table (table_size slots) of normal piece ids, -1 = empty
     int table_size;      // a power of two, at least twice vocab_size
-    int max_len;         // longest mergeable piece in bytes
-    int collapse_spaces; // sentencepiece's remove_extra_whitespaces (see build_tokenizer)
-    char *data;          // the file's bytes: pieces point into it
+    int max_len;         // longest normal piece in bytes
+    int *merges;         // (n_merges, 3) left, right, result ids, by rank: rank 0 merges first
+    int n_merges;
+    int *merge_table;    // hash table (merge_table_size slots) of ranks by (left, right), -1 = empty
+    int merge_table_size;
+    int *special;        // (n_special) ids matched as one token wherever they appear in a prompt, longest first
+    int n_special;
+    unsigned char special_lead[256];  // 1: some special token's text starts with this byte
+    uint32_t *classes;   // (n_classes) byte-level split: code point | class << 24 (0 other, 1 letter, 2 number)
+    int n_classes;
+    unsigned char identity[32];  // sha256 of the vocabulary; all zero: unknown (llama2.c's files)
+    char *data;          // the token texts, back to back
+    unsigned char *file, *in_text;  // while reading: the file's bytes, (vocab_size) 1 = matched in text
 } Tokenizer;
 
 static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
@@ -1182,13 +1626,25 @@ static uint32_t hash_bytes(const char *s, int n) {  // FNV-1a
     return h;
 }
 
-static int lookup(const Tokenizer *tk, const char *s, int n) {
+static uint32_t hash_pair(int a, int b) { return (uint32_t)a * 2654435761u ^ ((uint32_t)b * 2246822519u + 0x9e3779b9u); }
+
+static int lookup(const Tokenizer *tk, const char *s, int n) {  // the normal piece s[0..n), or -1
     if (n > tk->max_len) { return -1; }
     uint32_t mask = tk->table_size - 1;
     for (uint32_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
         int id = tk->table[i];
         if (id < 0) { return -1; }
         if (tk->len[id] == n && memcmp(tk->vocab[id], s, n) == 0) { return id; }
+    }
+}
+
+static int merge_rank(const Tokenizer *tk, int a, int b) {  // rank of the merge (a, b), or -1
+    if (tk->n_merges == 0 || a < 0 || b < 0) { return -1; }
+    uint32_t mask = tk->merge_table_size - 1;
+    for (uint32_t i = hash_pair(a, b) & mask;; i = (i + 1) & mask) {
+        int r = tk->merge_table[i];
+        if (r < 0) { return -1; }
+        if (tk->merges[3 * r] == a && tk->merges[3 * r + 1] == b) { return r; }
     }
 }
 
@@ -1204,56 +1660,160 @@ static int parse_byte_piece(const char *p, int n) {  // "<0xHH>" -> HH, else -1
     return v;
 }
 
+// token i's text: n bytes at src, copied NUL-terminated to tk->data + *pout
+static void take_piece(Tokenizer *tk, int i, const unsigned char *src, int n, size_t *pout) {
+    tk->vocab[i] = tk->data + *pout;
+    tk->len[i] = n;
+    memcpy(tk->vocab[i], src, n);
+    tk->vocab[i][n] = '\0';
+    *pout += (size_t)n + 1;
+}
+
+// llama2.c's file: i32 max_token_length, then per token f32 score, i32 len, len bytes. Its types are
+// guessed as llama2.c's run does: <unk>, <s>, </s> at 0, 1, 2, <0xHH> byte pieces, the rest normal.
+static void read_llama2c(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
+    if (size < 4 || rd_i32(b) < 0) {
+        die("%s: not a tokenizer .bin (expected storyllama's magic \"SLTK\", or llama2.c's i32 max_token_length, "
+            "then score/length/bytes per token)", path);
+    }
+    size_t off = 4, pout = 0;
+    int n = tk->vocab_size, multi_space = 0;
+    for (int i = 0; i < n; i++) {
+        if (off + 8 > size) { die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, i, n); }
+        tk->scores[i] = rd_f32(b + off);
+        int32_t len = rd_i32(b + off + 4);
+        off += 8;
+        if (len < 0 || (size_t)len > size - off) { die("%s: token %d has length %d, past the end of the file", path, i, len); }
+        take_piece(tk, i, b + off, len, &pout);
+        off += len;
+        tk->type[i] = parse_byte_piece(tk->vocab[i], len) >= 0 ? TK_BYTE : i == 0 ? TK_UNKNOWN : i <= 2 ? TK_CONTROL : TK_NORMAL;
+        int spaces = 0;
+        while (spaces < len && tk->vocab[i][spaces] == ' ') { spaces++; }
+        multi_space |= tk->type[i] == TK_NORMAL && spaces >= 2 && spaces == len;
+    }
+    if (off != size) { die("%s holds more than the model's %d tokens: use the model's own tokenizer (-z)", path, n); }
+    tk->unk = 0;
+    tk->bos = n > 1 ? 1 : -1;
+    tk->eos = n > 2 ? 2 : -1;
+    tk->end = -1;
+    tk->prefix = PREFIX_TEXT;
+    // The file does not carry sentencepiece's remove_extra_whitespaces flag. A vocabulary trained
+    // with it on cannot contain a piece of two or more spaces, one trained with it off (Llama 2)
+    // nearly always does: so collapse whitespace exactly when there is no such piece.
+    tk->flags = TF_ADD_BOS | TF_BYTE_FALLBACK | (multi_space ? 0 : TF_COLLAPSE);
+}
+
+// storyllama's file (tokenizer.py and the README have the layout). Every field is checked before use.
+static void read_storyllama(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
+    unsigned char *in_text = tk->in_text;
+    if (size < TOK_HEADER) { die("%s: truncated: %zu bytes, the header alone needs %d", path, size, TOK_HEADER); }
+    int version = rd_i32(b + 4), n = rd_i32(b + 8);
+    if (version != 1) { die("%s: tokenizer file version %d, this run.c reads version 1 (and llama2.c's files)", path, version); }
+    if (n != tk->vocab_size) {
+        die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, n, tk->vocab_size);
+    }
+    static const char *names[4] = {"bos_id", "eos_id", "unk_id", "end_id"};
+    int *ids[4] = {&tk->bos, &tk->eos, &tk->unk, &tk->end};
+    for (int k = 0; k < 4; k++) {
+        *ids[k] = rd_i32(b + 12 + 4 * k);
+        if (*ids[k] < -1 || *ids[k] >= n) { die("%s: %s=%d out of range (-1 or 0..%d)", path, names[k], *ids[k], n - 1); }
+    }
+    int n_merges = rd_i32(b + 28), n_classes = rd_i32(b + 32);
+    tk->prefix = b[36];
+    tk->flags = b[37];
+    if (n_merges < 0 || n_merges >= (1 << 24)) { die("%s: n_merges=%d out of range (0 .. 2^24-1)", path, n_merges); }
+    if (n_classes < 0 || n_classes > 0x110000) { die("%s: n_classes=%d out of range (0 .. 0x110000)", path, n_classes); }
+    if (tk->prefix > PREFIX_ALWAYS || (tk->flags & ~TF_ALL)) { die("%s: prefix=%d or flags=%d unknown", path, tk->prefix, tk->flags); }
+    for (int i = 38; i < TOK_HEADER; i++) {
+        if ((i < 64 || i >= 96) && b[i]) { die("%s: header byte %d is %d, expected 0", path, i, b[i]); }
+    }
+    memcpy(tk->identity, b + 64, 32);
+    size_t off = TOK_HEADER, pout = 0;
+    for (int i = 0; i < n; i++) {
+        if (size - off < 10) { die("%s: truncated in token %d of %d", path, i, n); }
+        tk->type[i] = b[off];
+        in_text[i] = b[off + 1];
+        tk->scores[i] = rd_f32(b + off + 2);
+        int32_t len = rd_i32(b + off + 6);
+        off += 10;
+        if (tk->type[i] < TK_NORMAL || tk->type[i] > TK_BYTE || in_text[i] > 1) {
+            die("%s: token %d has type %d and in_text %d (expected 1..6 and 0 or 1)", path, i, tk->type[i], in_text[i]);
+        }
+        if (len < 0 || (size_t)len > size - off) { die("%s: token %d has length %d, past the end of the file", path, i, len); }
+        take_piece(tk, i, b + off, len, &pout);
+        off += len;
+    }
+    if ((uint64_t)(size - off) != 12 * (uint64_t)n_merges + 4 * (uint64_t)n_classes) {
+        die("%s: size %zu bytes does not match its %d tokens, %d merges and %d character classes", path, size, n, n_merges, n_classes);
+    }
+    tk->n_merges = n_merges;
+    tk->merges = xmalloc((size_t)3 * n_merges * sizeof(int));
+    for (int r = 0; r < n_merges; r++, off += 12) {
+        int *m = tk->merges + 3 * r;
+        for (int k = 0; k < 3; k++) { m[k] = rd_i32(b + off + 4 * k); }
+        int ok = m[0] >= 0 && m[0] < n && m[1] >= 0 && m[1] < n && m[2] >= 0 && m[2] < n;
+        if (!ok || tk->len[m[2]] != tk->len[m[0]] + tk->len[m[1]] || memcmp(tk->vocab[m[2]], tk->vocab[m[0]], tk->len[m[0]]) ||
+            memcmp(tk->vocab[m[2]] + tk->len[m[0]], tk->vocab[m[1]], tk->len[m[1]])) {
+            die("%s: merge %d (%d, %d -> %d) does not join two tokens into a third", path, r, m[0], m[1], m[2]);
+        }
+    }
+    tk->n_classes = n_classes;
+    tk->classes = xmalloc((size_t)n_classes * sizeof(uint32_t));
+    for (int i = 0; i < n_classes; i++, off += 4) {
+        uint32_t c = rd_u32(b + off), cp = c & 0xffffff, prev = i ? tk->classes[i - 1] & 0xffffff : 0;
+        if ((c >> 24) > 2 || cp > 0x10ffff || (i == 0 ? cp != 0 : cp <= prev)) {
+            die("%s: character class %d (0x%08x) out of range or out of order", path, i, c);
+        }
+        tk->classes[i] = c;
+    }
+    int byte_level = tk->flags & TF_BYTE_LEVEL;
+    if ((byte_level != 0) != (n_classes > 0) || (byte_level && (tk->flags & (TF_BYTE_FALLBACK | TF_COLLAPSE)))) {
+        die("%s: flags=%d and %d character classes do not go together (byte-level vocabularies, and only they, "
+            "have classes, and no byte fallback or collapsing)", path, tk->flags, n_classes);
+    }
+}
+
+static int cmp_special(const void *a, const void *b) {  // longest first, then lowest id
+    const int *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] > y[0] ? -1 : 1) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
 static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     memset(tk, 0, sizeof(*tk));
     size_t size;
     int fd = open_regular(path, "tokenizer", &size);
-    tk->data = xmalloc(size + 1);
-    read_fully(fd, (unsigned char *)tk->data, size, path);
+    unsigned char *b = tk->file = xmalloc(size + 1);  // held in tk: an error exit leaves nothing unreachable
+    read_fully(fd, b, size, 0, path);
     close(fd);
-    if (size < 4 || rd_i32((unsigned char *)tk->data) < 0) {
-        die("%s: not a tokenizer .bin (expected i32 max_token_length, then score/length/bytes per token)", path);
-    }
-    tk->vocab_size = vocab_size;
-    tk->vocab = xmalloc(vocab_size * sizeof(char *));
-    tk->len = xmalloc(vocab_size * sizeof(int));
-    tk->scores = xmalloc(vocab_size * sizeof(float));
-    tk->byte_val = xmalloc(vocab_size * sizeof(short));
-    // the pieces are copied out NUL-terminated right behind each other; they never grow
-    char *pieces = xmalloc((size_t)size + vocab_size);
-    size_t off = 4, pout = 0;
-    for (int i = 0; i < vocab_size; i++) {
-        if (off + 8 > (size_t)size) {
-            die("%s holds %d tokens but the model's vocab_size is %d: use the model's own tokenizer (-z)", path, i, vocab_size);
-        }
-        tk->scores[i] = rd_f32((unsigned char *)tk->data + off);
-        int32_t n = rd_i32((unsigned char *)tk->data + off + 4);
-        off += 8;
-        if (n < 0 || (size_t)n > (size_t)size - off) { die("%s: token %d has length %d, past the end of the file", path, i, n); }
-        tk->vocab[i] = pieces + pout;
-        tk->len[i] = n;
-        memcpy(pieces + pout, tk->data + off, n);
-        pieces[pout + n] = '\0';
-        pout += n + 1;
-        off += n;
-    }
-    if (off != (size_t)size) {
-        die("%s holds more than the model's %d tokens: use the model's own tokenizer (-z)", path, vocab_size);
-    }
-    free(tk->data);
-    tk->data = pieces;
-    // Mergeable pieces are the normal ones: not <unk>/<s>/</s> (ids 0..2), not <0xHH> bytes.
-    for (int b = 0; b < 256; b++) { tk->byte_id[b] = -1; }
+    int n = vocab_size;
+    tk->vocab_size = n;
+    tk->vocab = xmalloc(n * sizeof(char *));
+    tk->len = xmalloc(n * sizeof(int));
+    tk->scores = xmalloc(n * sizeof(float));
+    tk->type = xmalloc(n);
+    tk->byte_val = xmalloc(n * sizeof(short));
+    tk->data = xmalloc(size + n);  // the texts, NUL-terminated right behind each other; they never grow
+    unsigned char *in_text = tk->in_text = xcalloc(n, 1);
+    if (size >= 4 && rd_u32(b) == TOK_MAGIC) { read_storyllama(tk, b, size, path); } else { read_llama2c(tk, b, size, path); }
+    free(b);
+    tk->file = NULL;
+    // lookups: <0xHH> pieces, normal pieces (what BPE merges into), special tokens, ranked merges
+    for (int i = 0; i < 256; i++) { tk->byte_id[i] = -1; }
     tk->table_size = 1;
-    while (tk->table_size < 2 * vocab_size) { tk->table_size *= 2; }
+    while (tk->table_size < 2 * n) { tk->table_size *= 2; }
     tk->table = xmalloc(tk->table_size * sizeof(int));
     for (int i = 0; i < tk->table_size; i++) { tk->table[i] = -1; }
-    int multi_space = 0;
-    for (int id = 0; id < vocab_size; id++) {
-        int b = parse_byte_piece(tk->vocab[id], tk->len[id]);
-        tk->byte_val[id] = (short)b;
-        if (b >= 0) { if (tk->byte_id[b] < 0) { tk->byte_id[b] = id; } continue; }
-        if (id <= EOS || tk->len[id] == 0) { continue; }
+    int *order = xmalloc((size_t)2 * n * sizeof(int));  // (length, id) pairs of the special tokens
+    for (int id = 0; id < n; id++) {
+        int bv = tk->type[id] == TK_BYTE ? parse_byte_piece(tk->vocab[id], tk->len[id]) : -1;
+        tk->byte_val[id] = (short)bv;
+        if (bv >= 0 && tk->byte_id[bv] < 0) { tk->byte_id[bv] = id; }
+        if (in_text[id] && tk->len[id] > 0) {
+            order[2 * tk->n_special] = tk->len[id];
+            order[2 * tk->n_special++ + 1] = id;
+            tk->special_lead[(unsigned char)tk->vocab[id][0]] = 1;
+        }
+        if (tk->type[id] != TK_NORMAL || tk->len[id] == 0) { continue; }
         tk->max_len = tk->len[id] > tk->max_len ? tk->len[id] : tk->max_len;
         uint32_t mask = tk->table_size - 1, i = hash_bytes(tk->vocab[id], tk->len[id]) & mask;
         int dup = 0;
@@ -1262,34 +1822,46 @@ static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
             if (tk->len[o] == tk->len[id] && memcmp(tk->vocab[o], tk->vocab[id], tk->len[id]) == 0) { dup = 1; break; }
         }
         if (!dup) { tk->table[i] = id; }  // the first of duplicate pieces wins
-        int spaces = 0;
-        while (spaces < tk->len[id] && tk->vocab[id][spaces] == ' ') { spaces++; }
-        multi_space |= spaces >= 2 && spaces == tk->len[id];
     }
-    // The .bin does not carry sentencepiece's remove_extra_whitespaces flag. A vocabulary trained
-    // with it on cannot contain a piece of two or more spaces, one trained with it off (Llama 2)
-    // nearly always does: so collapse whitespace exactly when there is no such piece.
-    tk->collapse_spaces = !multi_space;
+    qsort(order, tk->n_special, 2 * sizeof(int), cmp_special);
+    tk->special = xmalloc((tk->n_special + 1) * sizeof(int));
+    for (int i = 0; i < tk->n_special; i++) { tk->special[i] = order[2 * i + 1]; }
+    free(order);
+    free(in_text);
+    tk->in_text = NULL;
+    tk->merge_table_size = 1;
+    while (tk->merge_table_size < 2 * tk->n_merges) { tk->merge_table_size *= 2; }
+    tk->merge_table = xmalloc(tk->merge_table_size * sizeof(int));
+    for (int i = 0; i < tk->merge_table_size; i++) { tk->merge_table[i] = -1; }
+    for (int r = 0; r < tk->n_merges; r++) {
+        int a = tk->merges[3 * r], c = tk->merges[3 * r + 1];
+        uint32_t mask = tk->merge_table_size - 1, i = hash_pair(a, c) & mask;
+        while (tk->merge_table[i] >= 0 && !(tk->merges[3 * tk->merge_table[i]] == a && tk->merges[3 * tk->merge_table[i] + 1] == c)) {
+            i = (i + 1) & mask;
+        }
+        if (tk->merge_table[i] < 0) { tk->merge_table[i] = r; }  // the lowest rank of a repeated pair wins
+    }
 }
 
 static void free_tokenizer(Tokenizer *tk) {
-    free(tk->vocab); free(tk->len); free(tk->scores); free(tk->byte_val); free(tk->table); free(tk->data);
+    free(tk->vocab); free(tk->len); free(tk->scores); free(tk->type); free(tk->byte_val); free(tk->table);
+    free(tk->merges); free(tk->merge_table); free(tk->special); free(tk->classes); free(tk->data);
 }
 
-// sentencepiece's identity normalisation: "▁" (U+2581) and ' ' are the same symbol; with
-// collapse_spaces, leading spaces are dropped, runs of spaces become one and trailing ones go;
-// a dummy space is prefixed to any non-empty text. out needs strlen(text) + 2 bytes.
-static int normalize(const Tokenizer *tk, const char *text, char *out) {
-    int n = 0;
+// sentencepiece's whole-text normalisation: "▁" (U+2581) and ' ' are the same symbol; with
+// TF_COLLAPSE, leading spaces are dropped, runs of spaces become one and trailing ones go; with
+// PREFIX_TEXT a dummy space is prefixed to any non-empty text. out needs strlen(text) + 2 bytes.
+static int squeeze(const Tokenizer *tk, const char *text, char *out) {
+    int n = 0, collapse = tk->flags & TF_COLLAPSE;
     const unsigned char *p = (const unsigned char *)text;
-    if (tk->collapse_spaces) { while (*p == ' ') { p++; } }
+    if (collapse) { while (*p == ' ') { p++; } }
     if (*p == '\0') { return 0; }
-    out[n++] = ' ';
-    int prev_space = tk->collapse_spaces;  // the dummy prefix counts as a space
+    if (tk->prefix == PREFIX_TEXT) { out[n++] = ' '; }
+    int prev_space = collapse;  // the dummy prefix counts as a space
     for (; *p; p++) {
         if (*p == ' ') {
             if (!prev_space) { out[n++] = ' '; }
-            prev_space = tk->collapse_spaces;
+            prev_space = collapse;
         } else if (p[0] == 0xE2 && p[1] == 0x96 && p[2] == 0x81) {
             out[n++] = ' ';  // a literal "▁" is a space to the pieces, but not to the collapsing
             prev_space = 0;
@@ -1299,7 +1871,7 @@ static int normalize(const Tokenizer *tk, const char *text, char *out) {
             prev_space = 0;
         }
     }
-    if (tk->collapse_spaces) { while (n > 0 && out[n - 1] == ' ') { n--; } }
+    if (collapse) { while (n > 0 && out[n - 1] == ' ') { n--; } }
     return n;
 }
 
@@ -1311,10 +1883,49 @@ static int utf8_len(const unsigned char *s, int n) {
     return len;
 }
 
-typedef struct { int start, len, prev, next; } Symbol;    // a span of the normalised text
-typedef struct { float score; int left, right, len, id; } Merge;  // a candidate pair of symbols
+// GPT-2 split class of the character at s: -1 whitespace (Unicode White_Space, the \s of HF's regex
+// engine), else 0 other, 1 letter, 2 number from the file's table; *n = its length in bytes
+static int char_class(const Tokenizer *tk, const unsigned char *s, int avail, int *n) {
+    int len = utf8_len(s, avail);
+    *n = len;
+    if (len == 1 && s[0] >= 0x80) { return 0; }  // a stray byte: neither letter, number nor space
+    uint32_t c = len == 1 ? s[0] : s[0] & (0x7f >> len);
+    for (int i = 1; i < len; i++) { c = c << 6 | (s[i] & 0x3f); }
+    if ((c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xa0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
+        c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000) { return -1; }
+    int lo = 0, hi = tk->n_classes - 1;  // the last class that starts at or before c (the first starts at 0)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if ((tk->classes[mid] & 0xffffff) <= c) { lo = mid; } else { hi = mid - 1; }
+    }
+    return (int)(tk->classes[lo] >> 24);
+}
 
-static int merge_before(const Merge *a, const Merge *b) {  // sentencepiece's order: score, then leftmost
+// length of the word at s by GPT-2's pre-tokenizer regex, written out by hand:
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+static int gpt2_word(const Tokenizer *tk, const unsigned char *s, int n) {
+    static const char *suffix[7] = {"s", "t", "re", "ve", "m", "ll", "d"};
+    if (s[0] == '\'') {
+        for (int k = 0; k < 7; k++) {
+            int l = (int)strlen(suffix[k]);
+            if (1 + l <= n && memcmp(s + 1, suffix[k], l) == 0) { return 1 + l; }
+        }
+    }
+    int j = s[0] == ' ' && n > 1, len, e;
+    int c = char_class(tk, s + j, n - j, &len);
+    if (c >= 0) {  // an optional space, then a run of letters, of numbers, or of other non-space characters
+        for (e = j + len; e < n && char_class(tk, s + e, n - e, &len) == c; e += len) {}
+        return e;
+    }
+    int last = 0;  // whitespace: all of it at the end of the text, else all but its last character if 2+
+    for (e = 0; e < n && char_class(tk, s + e, n - e, &len) < 0; e += len) { last = e; }
+    return e < n && last > 0 ? last : e;
+}
+
+typedef struct { int start, len, prev, next, id, word; } Symbol;  // a span of a segment; merges stay inside a word
+typedef struct { float score; int left, right, len, id; } Merge;   // a candidate pair of symbols
+
+static int merge_before(const Merge *a, const Merge *b) {  // best score (or rank) first, then leftmost
     return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
@@ -1339,73 +1950,168 @@ static Merge heap_pop(Merge *heap, int *n) {
     return top;
 }
 
-static void push_pair(const Tokenizer *tk, const char *norm, const Symbol *sym, int l, Merge *heap, int *nh) {
-    if (l < 0 || sym[l].next < 0) { return; }
+// queue the pair (symbol l, its next) if it may merge: by score, into the normal piece their union
+// spells (sentencepiece); or by rank, when (left id, right id) is a merge (Hugging Face)
+static void push_pair(const Tokenizer *tk, const char *seg, const Symbol *sym, int l, Merge *heap, int *nh) {
+    if (l < 0 || sym[l].next < 0 || sym[sym[l].next].word != sym[l].word) { return; }
     int r = sym[l].next, len = sym[l].len + sym[r].len;
-    int id = lookup(tk, norm + sym[l].start, len);
-    if (id >= 0) { Merge m = {tk->scores[id], l, r, len, id}; heap_push(heap, nh, m); }
+    if (tk->n_merges > 0) {
+        int rank = merge_rank(tk, sym[l].id, sym[r].id);
+        if (rank >= 0) { Merge m = {-(float)rank, l, r, len, tk->merges[3 * rank + 2]}; heap_push(heap, nh, m); }
+    } else {
+        int id = lookup(tk, seg + sym[l].start, len);
+        if (id >= 0) { Merge m = {tk->scores[id], l, r, len, id}; heap_push(heap, nh, m); }
+    }
 }
 
-// text -> token ids (BOS first if bos), as sentencepiece's BPE would: start from characters, then
-// repeatedly merge the adjacent pair whose union is the highest-scoring piece (leftmost on ties);
-// leftovers not in the vocab become their <0xHH> byte pieces. A heap of candidate pairs keeps it
-// O(n log n). Returns a malloc'd array of *n_out ids.
+static void add_symbol(Symbol *sym, int *ns, int start, int len, int id, int word) {
+    sym[*ns] = (Symbol){start, len, *ns - 1, -1, id, word};
+    if (*ns > 0) { sym[*ns - 1].next = *ns; }
+    (*ns)++;
+}
+
+static int all_bytes(const Tokenizer *tk, const char *s, int n) {  // byte fallback can spell s
+    if (!(tk->flags & TF_BYTE_FALLBACK)) { return 0; }
+    for (int i = 0; i < n; i++) { if (tk->byte_id[(unsigned char)s[i]] < 0) { return 0; } }
+    return 1;
+}
+
+// BPE on one segment (m bytes at seg), its ids written to out; returns how many. Words come from the
+// pre-tokenizer (GPT-2's split, a word per space, or the whole segment). Symbols start as characters
+// (bytes when byte-level); with ranked merges a character the vocab lacks becomes its <0xHH> pieces
+// (byte fallback), else <unk> (consecutive ones fused with TF_FUSE_UNK), else nothing. Then the best
+// pair merges again and again, leftmost on ties; with merges by score, leftovers not in the vocab
+// become their bytes or <unk> at the end (sentencepiece). A heap of pairs keeps it O(n log n).
+static int bpe_segment(const Tokenizer *tk, const char *seg, int m, Symbol *sym, Merge *heap, int *out) {
+    int ns = 0, ranked = tk->n_merges > 0;
+    for (int ws = 0, word = 0; ws < m; word++) {
+        int we = m;
+        if (tk->flags & TF_BYTE_LEVEL) {
+            we = ws + gpt2_word(tk, (const unsigned char *)seg + ws, m - ws);
+        } else if (tk->flags & TF_SPLIT_SPACES) {
+            for (we = ws + 1; we < m && seg[we] != ' '; we++) {}
+            if (seg[ws] != ' ') { for (we = ws; we < m && seg[we] != ' '; we++) {} }
+        }
+        int whole = ranked && (tk->flags & TF_IGNORE_MERGES) ? lookup(tk, seg + ws, we - ws) : -1;
+        if (whole >= 0) { add_symbol(sym, &ns, ws, we - ws, whole, word); ws = we; continue; }
+        for (int i = ws; i < we;) {
+            int k = (tk->flags & TF_BYTE_LEVEL) ? 1 : utf8_len((const unsigned char *)seg + i, we - i);
+            int id = ranked ? lookup(tk, seg + i, k) : -1;
+            if (!ranked || id >= 0) {
+                add_symbol(sym, &ns, i, k, id, word);
+            } else if (all_bytes(tk, seg + i, k)) {
+                for (int j = 0; j < k; j++) { add_symbol(sym, &ns, i + j, 1, tk->byte_id[(unsigned char)seg[i + j]], word); }
+            } else if (tk->unk >= 0) {
+                Symbol *last = ns > 0 ? &sym[ns - 1] : NULL;
+                if ((tk->flags & TF_FUSE_UNK) && last && last->id == tk->unk && last->word == word && last->start + last->len == i) {
+                    last->len += k;
+                } else {
+                    add_symbol(sym, &ns, i, k, tk->unk, word);
+                }
+            }
+            i += k;
+        }
+        ws = we;
+    }
+    int nh = 0, n = 0;
+    for (int i = 0; i + 1 < ns; i++) { push_pair(tk, seg, sym, i, heap, &nh); }
+    while (nh > 0) {
+        Merge mg = heap_pop(heap, &nh);
+        Symbol *a = &sym[mg.left], *b = &sym[mg.right];
+        // stale: one side was merged away since this pair was queued
+        if (a->len == 0 || b->len == 0 || a->next != mg.right || a->len + b->len != mg.len) { continue; }
+        a->len += b->len;
+        a->id = mg.id;
+        b->len = 0;
+        a->next = b->next;
+        if (b->next >= 0) { sym[b->next].prev = mg.left; }
+        push_pair(tk, seg, sym, a->prev, heap, &nh);
+        push_pair(tk, seg, sym, mg.left, heap, &nh);
+    }
+    for (int i = ns > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
+        const char *s = seg + sym[i].start;
+        int id = ranked ? sym[i].id : lookup(tk, s, sym[i].len);
+        if (id >= 0) { out[n++] = id; continue; }
+        if (all_bytes(tk, s, sym[i].len)) {
+            for (int j = 0; j < sym[i].len; j++) { out[n++] = tk->byte_id[(unsigned char)s[j]]; }
+        } else if (tk->unk >= 0) {
+            out[n++] = tk->unk;
+        }
+    }
+    return n;
+}
+
+static int match_special(const Tokenizer *tk, const char *s, int n, int *len) {  // longest special token at s, or -1
+    if (!tk->special_lead[(unsigned char)s[0]]) { return -1; }
+    for (int k = 0; k < tk->n_special; k++) {
+        int id = tk->special[k];
+        if (tk->len[id] <= n && memcmp(tk->vocab[id], s, tk->len[id]) == 0) { *len = tk->len[id]; return id; }
+    }
+    return -1;
+}
+
+// text -> token ids (BOS first if bos and the vocabulary adds one), as sentencepiece or Hugging Face
+// tokenizers would: whole-text normalisation (not byte-level), special tokens cut out wherever they
+// appear (leftmost, longest), the dummy prefix per segment, then BPE. Returns a malloc'd array.
 static int *encode(const Tokenizer *tk, const char *text, int bos, int *n_out) {
     size_t tlen = strlen(text);
     if (tlen > (size_t)INT_MAX / 8) { die("prompt of %zu bytes is too long", tlen); }
     char *norm = xmalloc(tlen + 2);
-    int n = normalize(tk, text, norm);
-    Symbol *sym = xmalloc((n + 1) * sizeof(Symbol));
-    int ns = 0;
-    for (int i = 0; i < n;) {
-        int len = utf8_len((const unsigned char *)norm + i, n - i);
-        sym[ns] = (Symbol){i, len, ns - 1, -1};
-        if (ns > 0) { sym[ns - 1].next = ns; }
-        ns++;
-        i += len;
-    }
-    Merge *heap = xmalloc((3 * (size_t)ns + 1) * sizeof(Merge));  // ns initial pairs + 2 per merge
-    int nh = 0;
-    for (int i = 0; i + 1 < ns; i++) { push_pair(tk, norm, sym, i, heap, &nh); }
-    while (nh > 0) {
-        Merge m = heap_pop(heap, &nh);
-        Symbol *a = &sym[m.left], *b = &sym[m.right];
-        // stale: one side was merged away since this pair was queued
-        if (a->len == 0 || b->len == 0 || a->next != m.right || a->len + b->len != m.len) { continue; }
-        a->len += b->len;
-        b->len = 0;
-        a->next = b->next;
-        if (b->next >= 0) { sym[b->next].prev = m.left; }
-        push_pair(tk, norm, sym, a->prev, heap, &nh);
-        push_pair(tk, norm, sym, m.left, heap, &nh);
-    }
-    int *ids = xmalloc(((size_t)n + 2) * sizeof(int));
+    int n = (int)tlen;
+    if (tk->flags & TF_BYTE_LEVEL) { memcpy(norm, text, tlen); } else { n = squeeze(tk, text, norm); }
+    char *seg = xmalloc((size_t)n + 2);
+    Symbol *sym = xmalloc(((size_t)n + 2) * sizeof(Symbol));
+    Merge *heap = xmalloc((3 * (size_t)n + 7) * sizeof(Merge));  // a segment's initial pairs + 2 per merge
+    int *ids = xmalloc((3 * (size_t)n + 3) * sizeof(int));       // <= a byte each, a prefix per segment, BOS
     int k = 0;
-    if (bos) { ids[k++] = BOS; }
-    for (int i = ns > 0 ? 0 : -1; i >= 0; i = sym[i].next) {
-        int id = lookup(tk, norm + sym[i].start, sym[i].len);
-        if (id >= 0) { ids[k++] = id; continue; }
-        for (int j = 0; j < sym[i].len; j++) {  // byte fallback, <unk> (0) if the vocab has no byte pieces
-            int b = tk->byte_id[(unsigned char)norm[sym[i].start + j]];
-            ids[k++] = b >= 0 ? b : 0;
-        }
+    if (bos && (tk->flags & TF_ADD_BOS) && tk->bos >= 0) { ids[k++] = tk->bos; }
+    for (int pos = 0; pos <= n;) {
+        int start = pos, id = -1, slen = 0;
+        while (start < n && (id = match_special(tk, norm + start, n - start, &slen)) < 0) { start++; }
+        int seglen = start - pos, m = 0;
+        int first_ok = tk->prefix == PREFIX_EVERY || (tk->prefix == PREFIX_FIRST && pos == 0);
+        if (seglen > 0 && (tk->prefix == PREFIX_ALWAYS || (first_ok && norm[pos] != ' '))) { seg[m++] = ' '; }
+        memcpy(seg + m, norm + pos, seglen);
+        k += bpe_segment(tk, seg, m + seglen, sym, heap, ids + k);
+        if (id >= 0) { ids[k++] = id; }
+        pos = id >= 0 ? start + slen : n + 1;
     }
-    free(norm); free(sym); free(heap);
+    free(norm); free(seg); free(sym); free(heap);
     *n_out = k;
     return ids;
 }
 
-// print the text of token `next` that follows token `prev`
+// print the text of token `next` that follows token `prev` (-1: none): control tokens print nothing,
+// <0xHH> pieces their byte, and the dummy prefix's space comes off the first piece of a text
 static void print_piece(const Tokenizer *tk, int prev, int next) {
     const char *p = tk->vocab[next];
-    int b = tk->byte_val[next];
+    int n = tk->len[next], b = tk->byte_val[next];
+    if (tk->type[next] == TK_CONTROL) { return; }
     if (b >= 0) {
         // raw byte pieces: UTF-8 bytes and printable ASCII pass, control codes are dropped
         if (b >= 0x80 || isprint(b) || isspace(b)) { putchar(b); }
         return;
     }
-    if (prev == BOS && p[0] == ' ') { p++; }  // sentencepiece drops the dummy prefix of the first word
-    fputs(p, stdout);
+    int start = prev < 0 || prev == tk->bos;
+    if (start && tk->prefix != PREFIX_NONE && !(tk->flags & TF_BYTE_LEVEL) && n > 0 && p[0] == ' ') { p++, n--; }
+    fwrite(p, 1, n, stdout);
+}
+
+// the model's and the tokenizer's identities: a tokenizer of another vocabulary is refused (both carry
+// one and they differ); when only one of them carries one, a note says it could not be checked
+static void check_identity(const Config *c, const Tokenizer *tk, const char *model_path, const char *tok_path) {
+    static const unsigned char zero[32];
+    int m = memcmp(c->vocab_id, zero, 32) != 0, t = memcmp(tk->identity, zero, 32) != 0;
+    if (m && t && memcmp(c->vocab_id, tk->identity, 32) != 0) {
+        die("%s is not the tokenizer of %s (vocabulary %02x%02x%02x%02x%02x%02x, the model's %02x%02x%02x%02x%02x%02x): "
+            "use the model's own tokenizer (-z)", tok_path, model_path, tk->identity[0], tk->identity[1], tk->identity[2],
+            tk->identity[3], tk->identity[4], tk->identity[5], c->vocab_id[0], c->vocab_id[1], c->vocab_id[2],
+            c->vocab_id[3], c->vocab_id[4], c->vocab_id[5]);
+    }
+    if (m != t) {
+        fprintf(stderr, "run: note: %s carries no vocabulary identity (an older file): cannot check that %s is %s's tokenizer\n",
+                m ? tok_path : model_path, tok_path, model_path);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1602,31 +2308,47 @@ static void check_prompt_fits(int n_tokens, const Config *c) {
     }
 }
 
-static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *prompt, int steps) {
+static int ends_story(const Tokenizer *tk, int id) { return id == tk->bos || id == tk->eos || id == tk->end; }
+
+static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *prompt, int steps,
+                     const char *tok_path) {
     int n_prompt;
     int *prompt_tokens = encode(tk, prompt ? prompt : "", 1, &n_prompt);
+    if (n_prompt == 0 && tk->bos < 0) { die("%s has no BOS token to start a story with: give a prompt (-i)", tok_path); }
+    if (n_prompt == 0) { prompt_tokens[n_prompt++] = tk->bos; }  // a vocabulary that adds no BOS to prompts
     check_prompt_fits(n_prompt, &t->c);
-    int token = prompt_tokens[0], pos = 0;
-    double start = 0.0;
-    while (pos < steps) {
-        float *logits = forward(t, s, token, pos);
-        // the prompt is forced token by token; after it, the sampler picks
-        int next = pos < n_prompt - 1 ? prompt_tokens[pos + 1] : sample_or_die(sp, logits, t, pos);
-        pos++;
-        if (next == BOS || next == EOS) {  // the end of a story
-            if (pos == 1) {  // nothing printed: say why the story is empty (as llama2.c, it is not resampled)
+    // the prompt (as much of it as -n steps reach) goes through the model in batches; then the
+    // sampler picks each next token from the logits of the one before
+    int n_fill = n_prompt < steps ? n_prompt : steps;
+    if (prompt_tokens[0] != tk->bos) { print_piece(tk, -1, prompt_tokens[0]); }
+    double t0 = time_s();
+    float *logits = forward_tokens(t, s, prompt_tokens, n_fill, 0, 0);
+    double prefill = time_s() - t0;
+    for (int i = 1; i < n_fill; i++) { print_piece(tk, prompt_tokens[i - 1], prompt_tokens[i]); }
+    fflush(stdout);
+    int token = prompt_tokens[n_fill - 1], pos = n_fill;
+    double start = 0.0;  // the prompt's pass, the first, pays for the page faults: not timed
+    while (n_fill == n_prompt) {
+        int next = sample_or_die(sp, logits, t, pos - 1);  // the logits of position pos - 1
+        if (ends_story(tk, next)) {  // BOS, EOS or the end-of-story token
+            if (pos == 1 && prompt_tokens[0] == tk->bos) {
+                // nothing printed: say why the story is empty (as in llama2.c, it is not resampled)
                 fprintf(stderr, "run: note: the story ended before it began: the first token sampled was %s "
-                        "(try another seed -s, or a prompt -i)\n", next == EOS ? "EOS" : "BOS");
+                        "(try another seed -s, or a prompt -i)\n",
+                        next == tk->eos ? "EOS" : next == tk->bos ? "BOS" : "the end-of-story token");
             }
             break;
         }
         print_piece(tk, token, next);
         fflush(stdout);
         token = next;
-        if (start == 0.0) { start = time_s(); }  // the first step is slower (page faults): not timed
+        if (pos >= steps) { break; }
+        if (start == 0.0) { start = time_s(); }
+        logits = forward(t, s, token, pos++);
     }
     printf("\n");
-    if (pos > 1 && start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - 1) / (time_s() - start)); }
+    if (n_fill > 1) { fprintf(stderr, "prompt: %d tokens, %f tok/s\n", n_fill, n_fill / prefill); }
+    if (start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - n_fill) / (time_s() - start)); }
     free(prompt_tokens);
 }
 
@@ -1681,12 +2403,12 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
             printf("Assistant: ");
         }
         token = user_idx < n_prompt ? prompt_tokens[user_idx++] : next;
-        if (token == EOS) { user_turn = 1; }
+        if (token == tk->eos) { user_turn = 1; }
         float *logits = forward(t, s, token, pos);
         next = sample_or_die(sp, logits, t, pos);
         pos++;
-        if (user_idx >= n_prompt && next != EOS) { print_piece(tk, token, next); fflush(stdout); }
-        if (next == EOS) { printf("\n"); }
+        if (user_idx >= n_prompt && next != tk->eos) { print_piece(tk, token, next); fflush(stdout); }
+        if (next == tk->eos) { printf("\n"); }
     }
     printf("\n");
     if (pos >= steps) {
@@ -1694,10 +2416,10 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
         fflush(stdout);
         if (steps < t->c.seq_len) {
             die("-n: the conversation reached its %d tokens%s: start again with a larger -n (the context holds %d)",
-                steps, next == EOS ? "" : " in the middle of a reply", t->c.seq_len);
+                steps, next == tk->eos ? "" : " in the middle of a reply", t->c.seq_len);
         }
         die("the conversation filled the model's context of %d tokens%s", steps,
-            next == EOS ? "" : " in the middle of a reply");
+            next == tk->eos ? "" : " in the middle of a reply");
     }
     free(prompt_tokens);
 }
@@ -1721,9 +2443,11 @@ static void write_logits(const Transformer *t, RunState *s, const int *ids, int 
     const char *out = in_place ? dest : tmp;
     FILE *f = fopen(out, "wb");
     if (!f) { die("cannot write %s: %s", out, strerror(errno)); }
-    for (int pos = 0; pos < n; pos++) {
-        float *logits = forward(t, s, ids[pos], pos);
-        if (fwrite(logits, sizeof(float), t->c.vocab_size, f) != (size_t)t->c.vocab_size) {
+    for (int pos = 0; pos < n; pos += s->batch) {
+        int nb = n - pos < s->batch ? n - pos : s->batch;
+        float *logits = forward_tokens(t, s, ids + pos, nb, pos, 1);
+        size_t count = (size_t)nb * t->c.vocab_size;
+        if (fwrite(logits, sizeof(float), count, f) != count) {
             if (!in_place) { remove(tmp); }
             die("write to %s failed: %s", out, strerror(errno));
         }
@@ -1764,7 +2488,7 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
 // weights) and refused before it is allocated; -n lower still runs such a file.
 static void check_cache_size(const Transformer *t, int steps) {
     const Config *c = &t->c;
-    double bytes = 2.0 * c->n_layers * ((steps + 15) / 16 * 16) * c->kv_dim * (c->wtype == W_Q8 ? 2 : 4);
+    double bytes = 2.0 * c->n_layers * ((steps + 15) / 16 * 16) * c->kv_dim * (quantised(c) ? 2 : 4);
     if (bytes > (double)(1 << 30) && bytes > 64.0 * t->file_size) {
         die("%s: max_seq_len=%d: a KV cache for %d steps would take %.1f GB, %.0f times the model file: a corrupt "
             "header? (-n sets fewer steps)", t->path, c->seq_len, steps, bytes / 1e9, bytes / t->file_size);
@@ -1787,6 +2511,8 @@ static void usage(void) {
         "  -i <string> input prompt (-m logits: token ids separated by spaces)\n"
         "  -z <string> tokenizer .bin; default: tok<vocab_size>.bin, then tokenizer.bin,\n"
         "              looked for next to the checkpoint, then in the current directory\n"
+        "  -e <string> the end-of-story token besides BOS and EOS, by its text; default: the\n"
+        "              tokenizer's (e.g. <|end_story|>); \"\" for none\n"
         "  -m <string> mode: generate|chat (default generate); logits|tokenize for tests and tools:\n"
         "              logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
         "              tokenize prints the ids of -i (no BOS) on one line\n"
@@ -1841,7 +2567,7 @@ static char *find_tokenizer(const char *checkpoint, int vocab_size) {
 
 int main(int argc, char *argv[]) {
     const char *checkpoint = NULL, *tokenizer_path = NULL, *prompt = NULL, *system_prompt = NULL;
-    const char *mode = "generate", *out_path = NULL;
+    const char *mode = "generate", *out_path = NULL, *end_text = NULL;
     float temperature = 1.0f, topp = 0.9f;
     int steps = 256, topk = 0;
     unsigned long long seed = 0;
@@ -1863,6 +2589,7 @@ int main(int argc, char *argv[]) {
         case 'n': steps = (int)parse_int("-n", v, 0, INT_MAX, "a number of steps >= 0"); break;
         case 'i': prompt = v; break;
         case 'z': tokenizer_path = v; break;
+        case 'e': end_text = v; break;
         case 'y': system_prompt = v; break;
         case 'o': out_path = v; break;
         case 'm':
@@ -1876,9 +2603,12 @@ int main(int argc, char *argv[]) {
     }
     if (!strcmp(mode, "logits") && !out_path) { die("-m logits needs -o <file> for the logits"); }
     if (seed == 0) { seed = (unsigned int)time(NULL); }
+    CpuSample start;
+    const CpuSample *since = sample_cpu(&start) ? &start : NULL;
 
     Transformer t;
-    build_transformer(&t, checkpoint);
+    int tools = !strcmp(mode, "logits") || !strcmp(mode, "tokenize");  // one pass over the weights, or none
+    build_transformer(&t, checkpoint, tools ? 1 : steps);
     const Config *c = &t.c;
     if (steps == 0 || steps > c->seq_len) { steps = c->seq_len; }
 
@@ -1887,7 +2617,7 @@ int main(int argc, char *argv[]) {
         int *ids = parse_ids(prompt ? prompt : "", c->vocab_size, &n);
         check_prompt_fits(n, c);
         RunState s;
-        build_run_state(&s, c, n);
+        build_run_state(&s, c, n, since);
         write_logits(&t, &s, ids, n, out_path);
         free(ids);
         free_run_state(&s);
@@ -1896,9 +2626,19 @@ int main(int argc, char *argv[]) {
     }
 
     char *found = tokenizer_path ? NULL : find_tokenizer(checkpoint, c->vocab_size);
+    const char *tok_path = tokenizer_path ? tokenizer_path : found;
     Tokenizer tk;
-    build_tokenizer(&tk, tokenizer_path ? tokenizer_path : found, c->vocab_size);
-    free(found);
+    build_tokenizer(&tk, tok_path, c->vocab_size);
+    check_identity(c, &tk, checkpoint, tok_path);
+    if (end_text) {
+        int n = (int)strlen(end_text);
+        tk.end = -1;
+        for (int i = 0; i < tk.vocab_size && n > 0 && tk.end < 0; i++) {
+            if (tk.len[i] == n && memcmp(tk.vocab[i], end_text, n) == 0) { tk.end = i; }
+        }
+        if (n > 0 && tk.end < 0) { die("-e: '%s' is not a token of %s", end_text, tok_path); }
+    }
+    if (!strcmp(mode, "chat") && tk.eos < 0) { die("-m chat: %s has no EOS token to end a reply with", tok_path); }
     if (!strcmp(mode, "tokenize")) {
         int n;
         int *ids = encode(&tk, prompt ? prompt : "", 0, &n);
@@ -1907,22 +2647,24 @@ int main(int argc, char *argv[]) {
         free(ids);
         free_tokenizer(&tk);
         free_transformer(&t);
+        free(found);
         return 0;
     }
 
-    check_cache_size(&t, steps);
     RunState s;
-    build_run_state(&s, c, steps);
+    check_cache_size(&t, steps);
+    build_run_state(&s, c, steps, since);
     Sampler sp;
     build_sampler(&sp, c->vocab_size, temperature, topp, topk, seed);
     if (!strcmp(mode, "chat")) {
         chat(&t, &s, &tk, &sp, prompt, system_prompt, steps);
     } else {
-        generate(&t, &s, &tk, &sp, prompt, steps);
+        generate(&t, &s, &tk, &sp, prompt, steps, tok_path);
     }
     free_sampler(&sp);
     free_run_state(&s);
     free_tokenizer(&tk);
     free_transformer(&t);
+    free(found);
     return 0;
 }

@@ -1,13 +1,17 @@
-"""Sample stories from a checkpoint written by train.py.
+"""Sample stories from a checkpoint written by train.py, or from a run.c .bin model.
 
     python sample.py --checkpoint=out/ckpt.pt
     python sample.py --checkpoint=out/ckpt.pt --start="Once upon a time" --num_samples=3 --temperature=0.8
     python sample.py --checkpoint=out/ckpt.pt --start=FILE:prompt.txt --temperature=0   # greedy
+    python sample.py --checkpoint=out/model.bin                                       # a run.c model
 
-Every sample begins with BOS and the prompt, and ends at the end of the story (EOS, or a BOS that
-starts the next one), after max_new_tokens tokens, or when the context is full. The tokenizer is
-the one the checkpoint was trained with (its vocab_source and vocab_size; --tokenizer overrides).
-The checkpoint must match the model exactly: a missing, extra or misshapen weight is an error.
+Every sample begins with BOS (where the vocabulary adds one) and the prompt, and ends at the end of
+the story (EOS, a BOS that starts the next one, or the vocabulary's end-of-story token such as
+<|end_story|>: end_token), after max_new_tokens tokens, or when the context is full. The tokenizer is
+the model's own: for a checkpoint the one it was trained with (its vocab_source and vocab_size), for
+a .bin the run.c tokenizer beside it, found as run.c finds it; --tokenizer overrides, and one whose
+vocabulary identity differs from the model's is refused. The model must match its file exactly: a
+missing, extra or misshapen weight is an error.
 """
 import sys
 import time
@@ -16,7 +20,8 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure_or_exit
-from model import load_checkpoint
+from model import load_checkpoint, use_free_cores
+import tokenizer as T
 
 defaults = dict(
     checkpoint="out/ckpt.pt",
@@ -30,7 +35,8 @@ defaults = dict(
     device="cuda" if torch.cuda.is_available() else "cpu",
     dtype="float32",  # float32, bfloat16, float16 (autocast; the weights stay fp32)
     compile=False,
-    tokenizer=None,  # a sentencepiece .model instead of the checkpoint's own
+    tokenizer=None,  # a tokenizer (.model, tokenizer.json, HF directory, run.c file) instead of the model's own
+    end_token="auto",  # a story also ends at this token: auto (the vocabulary's, e.g. <|end_story|>), "" (none), or its text
 )
 
 
@@ -50,6 +56,35 @@ def find_tokenizer(model, train_config):
         die(f"the checkpoint's vocabulary: {e}; pass --tokenizer=PATH")
 
 
+def load_model(path, device):
+    """(model, vocabulary identity or None, train config, default tokenizer path) of a train.py checkpoint
+    or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file)."""
+    import export
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        die(f"--checkpoint={path}: {e.strerror}")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        try:
+            model, ckpt = load_checkpoint(path, device)
+        except ValueError as e:
+            die(str(e))
+        ident = ckpt.get("vocab_identity")
+        train_config = ckpt.get("config") or {}
+        return model, bytes.fromhex(ident) if isinstance(ident, str) else None, train_config, None
+    try:
+        model, h = export.load_bin(path), export.read_header(path)
+    except (ValueError, OSError) as e:
+        die(f"{path} is neither a train.py checkpoint (a zip or pickle file) nor a run.c .bin model ({e})")
+    found = next((str(p) for p in T.beside(path, model.args.vocab_size) if p.is_file()), None)
+    if found is None:
+        die(f"no tokenizer for {path}: looked for {' and '.join(map(str, T.beside(path, model.args.vocab_size)))} "
+            "(export.py writes it beside the model); pass --tokenizer=PATH")
+    return model.to(device), h["vocab_id"], {}, found
+
+
 def main():
     cfg = configure_or_exit(defaults, prog="sample.py", none_types={"top_k": int, "tokenizer": str})
     if cfg["temperature"] < 0 or not 0 < cfg["top_p"] <= 1 or (cfg["top_k"] is not None and cfg["top_k"] < 1):
@@ -60,21 +95,21 @@ def main():
     if cfg["dtype"] not in ("float32", "bfloat16", "float16"):
         die(f"--dtype={cfg['dtype']!r}: expected float32, bfloat16 or float16")
     device = cfg["device"]
+    if device == "cpu":
+        use_free_cores()  # only the cores other processes leave free; OMP_NUM_THREADS wins
+    model, model_id, train_config, beside = load_model(cfg["checkpoint"], device)
+    tok_path = cfg["tokenizer"] or beside or find_tokenizer(model, train_config)
     try:
-        model, ckpt = load_checkpoint(cfg["checkpoint"], device)
-    except ValueError as e:
-        die(str(e))
-    train_config = ckpt.get("config") or {}
-    del ckpt  # the optimizer state is not needed here
-
-    from tokenizer import Tokenizer
-    tok_path = cfg["tokenizer"] or find_tokenizer(model, train_config)
-    try:
-        tok = Tokenizer(tok_path)
+        tok = T.Tokenizer(tok_path)
     except (OSError, ValueError) as e:
-        die(f"{e} (the checkpoint's vocabulary; pass --tokenizer=PATH to use another)")
+        die(f"{e} (the model's vocabulary; pass --tokenizer=PATH to use another)")
     if tok.n_words != model.args.vocab_size:
         die(f"tokenizer {tok_path} has {tok.n_words} tokens, the model {model.args.vocab_size}")
+    try:
+        T.check_identity(model_id, cfg["checkpoint"], tok, lambda msg: print(f"sample.py: {msg}", file=sys.stderr))
+        stops = tok.stops(cfg["end_token"])
+    except ValueError as e:
+        die(f"--end_token: {e}" if "end token" in str(e) else str(e))
 
     start = cfg["start"]
     if start.startswith("FILE:"):
@@ -83,7 +118,10 @@ def main():
                 start = f.read()
         except OSError as e:
             die(f"--start={cfg['start']}: {e.strerror}")
-    ids = tok.encode(start, bos=True, eos=False)
+    try:
+        ids = tok.prompt(start)
+    except ValueError as e:
+        die(f"--start: {e}")
     if len(ids) >= model.args.max_seq_len:
         die(f"--start is {len(ids)} tokens, the context holds {model.args.max_seq_len}")
 
@@ -93,7 +131,6 @@ def main():
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg["dtype"]]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     amp = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
-    stops = (tok.bos_id, tok.eos_id)
     x = torch.tensor([ids], dtype=torch.long, device=device)
     n_tokens, t0 = 0, time.perf_counter()
     for i in range(cfg["num_samples"]):
@@ -106,7 +143,7 @@ def main():
         new = y[0, len(ids):].tolist()
         story = new[:next((k for k, t in enumerate(new) if t in stops), len(new))]
         n_tokens += len(new)
-        print(tok.decode(ids[1:] + story))
+        print(tok.decode(ids + story))
         if i + 1 < cfg["num_samples"]:
             print("---------------")
     print(f"achieved {n_tokens / (time.perf_counter() - t0):.1f} tok/s", file=sys.stderr)

@@ -2,6 +2,7 @@
 tinystories.py: the TinyStories data commands, from the download to the token shards.
 
     python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH]
+    python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
 
@@ -39,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
-                        pack_header, shard_dir, tokenizer_path)
+                        pack_header, shard_dir, smallest_vocab, tokenizer_path)
 from download import fetch
 from tokenizer import Tokenizer
 
@@ -274,6 +275,62 @@ def download(dataset="v1", data_dir=None, source=None, retries=3):
         print(f"nothing to do: TinyStories {dataset} is already in {data_dir}")
 
 
+# Karpathy's tinyllamas (llama2.c's trained models) and Meta's Llama 2 tokenizer, for ./run.
+# name: (where it comes from, sha256 or None, size in bytes). Hugging Face sends the sha256 of the
+# big models itself; their sizes follow from their llama2.c v0 headers (checked by a test).
+MODELS_BASE = "https://huggingface.co/karpathy/tinyllamas/resolve/main/"
+LLAMA2C_BASE = "https://raw.githubusercontent.com/karpathy/llama2.c/master/"
+MODEL_FILES = {
+    "stories260K.bin": (MODELS_BASE + "stories260K/",
+                        "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696", 1_056_540),
+    "tok512.bin": (MODELS_BASE + "stories260K/",
+                   "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312", 6_227),
+    "stories15M.bin": (MODELS_BASE, None, 60_816_028),
+    "stories42M.bin": (MODELS_BASE, None, 167_020_572),
+    "stories110M.bin": (MODELS_BASE, None, 438_381_596),
+    "tokenizer.bin": (LLAMA2C_BASE, "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361", 433_869),
+    "tokenizer.model": (LLAMA2C_BASE, "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347", 499_723),
+}
+MODEL_SETS = {"stories260K": ["stories260K.bin", "tok512.bin"], "stories15M": ["stories15M.bin", "tokenizer.bin"],
+              "stories42M": ["stories42M.bin", "tokenizer.bin"], "stories110M": ["stories110M.bin", "tokenizer.bin"],
+              "llama2_tokenizer": ["tokenizer.model", "tokenizer.bin"]}
+
+
+def download_models(names=None, data_dir=None, source=None, retries=3):
+    """
+    Fetch tinyllamas models into data/models/ (each with its run.c tokenizer beside it, so
+    `./run data/models/stories15M.bin` needs no -z) and Meta's Llama 2 tokenizer.model to where
+    the vocabulary rule puts it (data/tokenizer.model, for --vocab_source=llama2).
+    """
+    data_dir = default_data_dir(data_dir)
+    names = list(names or MODEL_SETS)
+    unknown = [n for n in names if n not in MODEL_SETS]
+    if unknown:
+        raise DataError(f"--models {' '.join(unknown)}: unknown; choose from {', '.join(MODEL_SETS)}")
+    source = source or os.environ.get("STORYLLAMA_SOURCE") or None
+    files = dict.fromkeys(f for n in names for f in MODEL_SETS[n])  # in order, once each
+    did = False
+    for name in files:
+        folder = tokenizer_path(LLAMA2_VOCAB, "llama2", data_dir).parent if name.endswith(".model") \
+            else data_dir / "models"
+        base, sha, size = MODEL_FILES[name]
+        dest = folder / name
+        if dest.is_file() and dest.stat().st_size == size:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        fetch(name, folder, base, source, retries, sha256=sha)
+        if dest.stat().st_size != size:
+            got = dest.stat().st_size
+            dest.unlink()
+            raise DataError(f"{name}: {got} bytes, expected {size}: not llama2.c's file; deleted it")
+        did = True
+    where = f"{data_dir / 'models'}" + (" and the Llama 2 tokenizer.model in " + str(data_dir)
+                                        if "tokenizer.model" in files else "")
+    print(f"{'done' if did else 'nothing to do'}: {', '.join(names)} in {where}")
+    if "stories260K" in names:
+        print(f"try: make && ./run {data_dir / 'models' / 'stories260K.bin'}")
+
+
 # -----------------------------------------------------------------------------
 # train_vocab
 
@@ -309,11 +366,11 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     data_dir = default_data_dir(data_dir)
     special_tokens = list(special_tokens)
     _check_vocab_size(vocab_size)
-    smallest = 3 + 256 + len(special_tokens) + 1  # unk/bos/eos, 256 byte tokens, specials, a merge
+    smallest = smallest_vocab(len(special_tokens))
     if vocab_size < smallest:
         raise DataError(f"--vocab_size={vocab_size}: must be at least {smallest} "
                         "(3 control + 256 byte-fallback tokens + special tokens + 1)")
-    model = data_dir / f"tok{vocab_size}.model"
+    model = tokenizer_path(vocab_size, "custom", data_dir)
     if model.is_file():
         old = Tokenizer(model)
         if old.n_words == vocab_size and _special_pieces(old) == special_tokens:
@@ -353,7 +410,7 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     tok = Tokenizer(tmp)
     vocab = "".join(f"{tok.sp_model.id_to_piece(i)}\t{tok.sp_model.get_score(i):g}\n"
                     for i in range(tok.n_words))
-    vocab_tmp = model.with_name(f"tok{vocab_size}.vocab.tmp")
+    vocab_tmp = model.with_name(model.stem + ".vocab.tmp")
     vocab_tmp.write_text(vocab, encoding="utf-8")
     os.replace(vocab_tmp, model.with_suffix(".vocab"))
     os.replace(tmp, model)
@@ -464,6 +521,8 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
                 if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH")
         raise DataError(f"tokenizer {model} not found: {hint}")
     tok = Tokenizer(model)
+    if tok.sp_model is None:  # shards are encoded by sentencepiece itself, and hashed by its .model file
+        raise DataError(f"tokenizer {model}: pretokenize needs a sentencepiece .model, not a {tok.kind} tokenizer file")
     if tok.n_words != vocab_size:
         raise DataError(f"tokenizer {model} has {tok.n_words} tokens, but --vocab_size={vocab_size}")
     tok_sha = file_sha256(model)
@@ -585,6 +644,16 @@ def main(argv=None):
                         "(default: $STORYLLAMA_SOURCE)")
     p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
 
+    p = sub.add_parser("download_models", help="fetch llama2.c's trained models and the Llama 2 tokenizer",
+                       description="fetch llama2.c's trained tinyllamas models (with their run.c tokenizers) "
+                                   "into data/models/ and Meta's Llama 2 tokenizer.model into data/")
+    common(p)
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help=f"which (default all): {' '.join(MODEL_SETS)}")
+    p.add_argument("--source", default=None, metavar="URL_OR_PATH",
+                   help="mirror URL or local folder holding the files by name (default: $STORYLLAMA_SOURCE)")
+    p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
+
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
     inputs(p)
@@ -609,6 +678,8 @@ def main(argv=None):
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir, args.source, args.retries)
+        elif args.command == "download_models":
+            download_models(args.models, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
             files = input_files(args.data_dir, args.dataset, args.input)
             train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)

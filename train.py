@@ -36,7 +36,9 @@ from tqdm import tqdm
 
 from configurator import configure_or_exit
 import dataloader
-from model import ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint
+from model import (ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint,
+                   use_free_cores)
+from tokenizer import Tokenizer
 
 try:
     import fcntl  # the out_dir lock (POSIX); without it (Windows) runs are not locked
@@ -74,19 +76,28 @@ n_kv_heads = None  # None: n_heads (no grouped-query attention)
 multiple_of = 32
 dropout = 0.0
 tie_embeddings = True
-# AdamW optimizer
+# optimizer: "adamw" (AdamW for every weight) or "muon" (Muon for the matrices inside the blocks,
+# AdamW for the embedding, the classifier and the norm gains)
+optimizer = "adamw"
 gradient_accumulation_steps = 1  # micro-batches per iteration, over all processes together
-learning_rate = 1e-3  # the peak learning rate
+learning_rate = 1e-3  # AdamW's peak learning rate
+muon_lr = 0.02  # Muon's peak learning rate
+muon_momentum = 0.95
 max_iters = 5000  # iterations (optimizer steps) to train for
-weight_decay = 1e-1
+max_minutes = 0.0  # > 0: also a budget of training time (evaluations and checkpoints not counted)
+weight_decay = 1e-1  # decoupled: each step shrinks decayed weights by lr * weight_decay
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip the gradient norm at this value; 0 disables
-# learning rate schedule: linear warm-up, then cosine decay to min_lr
+# learning rate schedule: linear warm-up over warmup_iters, then "cosine" decay to min_lr, or "wsd"
+# (warm-up, stable, decay): the peak until the last decay_frac of the run, then linear to min_lr.
+# The run's progress is the larger of iterations (to lr_decay_iters) and time (of max_minutes) spent.
 decay_lr = True
+lr_schedule = "cosine"
 warmup_iters = 100
+decay_frac = 0.2
 lr_decay_iters = None  # None: max_iters
-min_lr = None  # None: learning_rate / 10
+min_lr = None  # None: learning_rate / 10 (every group's floor is the same fraction of its peak)
 # system
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:1, mps
 dtype = "auto"  # float32, bfloat16, float16 (with a GradScaler); auto: bf16/fp16 on CUDA, fp32 elsewhere
@@ -137,6 +148,14 @@ except dataloader.DataError as e:
     die(f"--{e}", 2)
 if dtype not in ("auto", "float32", "bfloat16", "float16"):
     die(f"--dtype={dtype!r}: expected float32, bfloat16, float16 or auto", 2)
+if optimizer not in ("adamw", "muon"):
+    die(f"--optimizer={optimizer!r}: expected 'adamw' or 'muon'", 2)
+if lr_schedule not in ("cosine", "wsd"):
+    die(f"--lr_schedule={lr_schedule!r}: expected 'cosine' or 'wsd'", 2)
+if not 0.0 < decay_frac <= 1.0:
+    die(f"--decay_frac={decay_frac}: must be in (0, 1]", 2)
+if max_minutes < 0.0:
+    die(f"--max_minutes={max_minutes}: must be >= 0 (0: no time budget)", 2)
 try:
     device_kind = torch.device(device).type
 except RuntimeError as e:
@@ -171,6 +190,8 @@ scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")  # fp16 n
 torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (peak_flops assumes it)
 torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed + rank)  # each rank its own dropout stream; DDP copies rank 0's weights
+# on a CPU, the cores other processes leave free (checked again at every log line); OMP_NUM_THREADS wins
+cpu_reading = use_free_cores() if device_type == "cpu" else None
 tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
 
 # -----------------------------------------------------------------------------
@@ -179,9 +200,12 @@ try:
     shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir) for split in ("train", "val")}
     bytes_per_token = dataloader.bytes_per_token(shards["val"])
     train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
+    # the vocabulary's identity goes into every checkpoint: sample.py, export.py and run.c check tokenizers by it
+    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir)
+    vocab_identity = Tokenizer(vocab_model).identity.hex() if vocab_model.is_file() else None
     eval_batches = {split: dataloader.Batches(shards[split], batch_size, max_seq_len, seed + 1, bos_aligned)
                     for split in ("train", "val")}
-except dataloader.DataError as e:
+except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer model
     die(str(e))
 
 
@@ -240,9 +264,18 @@ if ckpt is not None:
     except ValueError as e:
         die(f"{e} (the model now: {asdict(margs)})")
 raw_model.to(device)
-optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizers = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer,
+                                            muon_lr, muon_momentum)
+peak_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]  # the schedule scales these
+train_seconds = 0.0  # training time so far (the budget's clock), carried over by checkpoints
 if ckpt is not None:
-    optimizer.load_state_dict(ckpt["optimizer"])
+    saved = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
+    if len(saved) != len(optimizers):
+        die(f"{ckpt_path} holds the state of {len(saved)} optimizers, --optimizer={optimizer} has "
+            f"{len(optimizers)}: resume with the checkpoint's optimizer", 2)
+    for opt, state in zip(optimizers, saved):
+        opt.load_state_dict(state)
+    train_seconds = ckpt.get("train_seconds", 0.0)
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
 model = torch.compile(raw_model) if compile else raw_model
@@ -319,9 +352,11 @@ def save_checkpoint():
         rngs[0] = rng_state()
     if not master:
         return
-    ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "model_args": asdict(margs),
-            "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config, "rng": rngs,
-            "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    ckpt = {"model": raw_model.state_dict(), "optimizer": [opt.state_dict() for opt in optimizers],
+            "model_args": asdict(margs), "iter_num": iter_num, "train_seconds": train_seconds,
+            "best_val_loss": best_val_loss, "config": config, "rng": rngs,
+            "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "vocab_identity": vocab_identity}
     write_checkpoint(ckpt)
     saved_iter = iter_num
 
@@ -337,35 +372,56 @@ def everyone(flag):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches of each split (the same batches at every evaluation)."""
+    """Mean loss over eval_iters fixed batches of each split (the same batches at every evaluation),
+    with a progress bar; None when Ctrl-C asks to stop meanwhile (an evaluation can take minutes)."""
     out = {}
     eval_model.eval()
-    for split in ("train", "val"):
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            x, y = (t.to(device) for t in eval_batches[split][k])
-            with amp:
-                _, loss = eval_model(x, y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+    with tqdm(total=2 * eval_iters, desc="evaluating", unit="batch", leave=False, disable=None,
+              dynamic_ncols=True) as eval_bar:
+        for split in ("train", "val"):
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                if stop_requested:
+                    eval_model.train()
+                    return None
+                x, y = (t.to(device) for t in eval_batches[split][k])
+                with amp:
+                    _, loss = eval_model(x, y)
+                losses[k] = loss.item()
+                eval_bar.update(1)
+            out[split] = losses.mean().item()
     eval_model.train()
     return out
 
 
-def eta(iters_left, sec_per_iter):
+def eta(seconds):
     """Time left as h:mm:ss, for log lines that go to files where the tqdm bar is hidden."""
-    s = int(iters_left * sec_per_iter)
+    s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def get_lr(it):
-    """Linear warm-up to learning_rate over warmup_iters, then cosine decay to min_lr at lr_decay_iters."""
+budget = 60.0 * max_minutes  # seconds of training; 0: none
+
+
+def progress(it, seconds):
+    """How far the run is, from 0 (end of warm-up) to 1 (where the learning rate reaches its floor):
+    iterations towards lr_decay_iters or training time towards max_minutes, whichever is further."""
+    p = (it - warmup_iters) / max(lr_decay_iters - warmup_iters, 1)
+    if budget:
+        p = max(p, seconds / budget)
+    return min(max(p, 0.0), 1.0)
+
+
+def lr_factor(it, seconds):
+    """The learning rate of iteration it as a fraction of the peak (every group's own peak)."""
+    if not decay_lr:
+        return 1.0
     if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+        return (it + 1) / (warmup_iters + 1)
+    floor, p = (min_lr / learning_rate if learning_rate > 0 else 0.0), progress(it, seconds)
+    if lr_schedule == "cosine":
+        return floor + 0.5 * (1.0 + math.cos(math.pi * p)) * (1.0 - floor)
+    return 1.0 - (1.0 - floor) * max(p - (1.0 - decay_frac), 0.0) / decay_frac  # wsd
 
 
 # -----------------------------------------------------------------------------
@@ -378,7 +434,23 @@ def request_stop(signum, frame):
     stop_requested = True
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
     if master:
-        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration and saving {ckpt_path}")
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration (or evaluation batch) and "
+                   f"saving {ckpt_path}")
+
+
+def stop():
+    """After Ctrl-C/SIGTERM (every rank calls it): save the last completed iteration, if this run
+    trained one, and exit with 130."""
+    trained = iter_num > (resumed_at or 0)
+    if trained:
+        save_checkpoint()
+    if master:
+        tqdm.write(f"interrupted at iteration {iter_num}: " + (f"saved {ckpt_path}; continue with --init_from=resume"
+                                                               if trained else "nothing trained yet, nothing saved"))
+    bar.close()
+    if ddp:
+        dist.destroy_process_group()
+    sys.exit(130)
 
 
 signal.signal(signal.SIGINT, request_stop)
@@ -421,8 +493,14 @@ def record(entry):
 if master and init_from == "resume":
     record({"iter": iter_num, "event": "resume"})
 resumed_at = iter_num if init_from == "resume" else None
-# the bar shows on a terminal only (disable=None): in log files the log lines say it all
-bar = tqdm(total=max_iters, initial=iter_num, disable=None if master else True, unit="it", dynamic_ncols=True)
+# the bar shows on a terminal only (disable=None): in log files the log lines say it all. With a time
+# budget it counts seconds of training, so that its ETA is the budget's.
+if budget:
+    bar = tqdm(total=round(budget), initial=min(round(train_seconds), round(budget)), unit="s",
+               disable=None if master else True, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
+else:
+    bar = tqdm(total=max_iters, initial=iter_num, disable=None if master else True, unit="it", dynamic_ncols=True)
 # since the last log line: training loss summed over iterations (on device: no sync per step), and
 # the iterations timed since t_log (an evaluation restarts the clock: it is not training speed)
 loss_acc, loss_iters = torch.zeros((), device=device), 0
@@ -431,19 +509,25 @@ t_log, timed_iters = time.perf_counter(), 0
 # sync per step) and looked at with each log line; fp16's GradScaler skips inf gradients by design
 first_bad = torch.full((), -1, device=device)
 while True:
-    lr = get_lr(iter_num) if decay_lr else learning_rate
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    factor = lr_factor(iter_num, train_seconds)
+    for opt, peaks in zip(optimizers, peak_lrs):
+        for group, group_peak in zip(opt.param_groups, peaks):
+            group["lr"] = factor * group_peak
+    lr = factor * learning_rate
+    out_of_time = budget > 0 and train_seconds >= budget
 
-    if eval_only or iter_num == max_iters or (iter_num % eval_interval == 0 and iter_num != resumed_at):
-        improved = False
+    if eval_only or iter_num == max_iters or out_of_time or (iter_num % eval_interval == 0 and iter_num != resumed_at):
+        improved, losses = False, None
         if master:
             losses = estimate_loss()
+        if everyone(stop_requested):  # Ctrl-C during the evaluation: its numbers would be partial
+            stop()
+        if master:
             bpb = losses["val"] / math.log(2) / bytes_per_token
             tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                        f"val {bpb:.4f} bits/byte")
-            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
-                    "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
+            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_s": train_seconds,
+                    "train_loss": losses["train"], "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
         if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
@@ -451,10 +535,15 @@ while True:
                 tqdm.write(f"saving checkpoint to {ckpt_path}")
             save_checkpoint()
         t_log, timed_iters = time.perf_counter(), 0
-    if eval_only or iter_num >= max_iters:
+        bar.unpause()  # the bar's rate and ETA count training only
+    if out_of_time and master:
+        tqdm.write(f"time budget spent: {iter_num} iterations ({iter_num * tokens_per_iter:,} tokens) in "
+                   f"{train_seconds / 60:.2f} minutes of training")
+    if eval_only or iter_num >= max_iters or out_of_time:
         break
 
     # forward, backward, update: micro_steps micro-batches, gradients averaged over all of them
+    t_iter = time.perf_counter()
     for m in range(micro_steps):
         x, y = next(train_data[m])
         # DDP: only the last micro-batch's backward all-reduces the gradients
@@ -467,22 +556,33 @@ while True:
         loss_acc += loss.detach()
     bad = ~torch.isfinite(loss_acc)  # the sum since the last log line: NaN or inf stays so
     if grad_clip > 0.0:
-        scaler.unscale_(optimizer)
+        for opt in optimizers:
+            scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
         bad |= ~torch.isfinite(grad_norm) & (not scaler.is_enabled())
     first_bad = torch.where(bad & (first_bad < 0), iter_num, first_bad)
-    scaler.step(optimizer)
+    for opt in optimizers:
+        scaler.step(opt)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     iter_num += 1
     loss_iters += 1
     timed_iters += 1
-    bar.update(1)
+    dt_iter = time.perf_counter() - t_iter
+    if budget and ddp:  # every rank follows rank 0's clock: the same learning rates, the same last iteration
+        t = torch.tensor([dt_iter], dtype=torch.float64, device=device)
+        dist.broadcast(t, 0)
+        dt_iter = t.item()
+    train_seconds += dt_iter
+    bar.update(min(dt_iter, max(budget - bar.n, 0)) if budget else 1)
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
         if everyone(int(first_bad) >= 0):
             diverged(f"the loss or gradient norm was NaN or inf at iteration {int(first_bad)}" if int(first_bad) >= 0
                      else "another process saw a NaN or inf loss")
+        if device_type == "cpu":
+            cpu_reading = use_free_cores(cpu_reading)
         if ddp:
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= world_size
@@ -491,24 +591,18 @@ while True:
         tok_s = tokens_per_iter / dt
         mfu = raw_model.estimate_mfu(tok_s / world_size, peak)
         if master:
+            left = budget - train_seconds if budget else (max_iters - iter_num) * dt
             tqdm.write(f"iter {iter_num} | loss {lossf:.4f} | lr {lr:.3e} | {dt * 1000:.1f} ms/iter | "
-                       f"{tok_s:,.0f} tok/s | mfu {mfu * 100:.1f}% | eta {eta(max_iters - iter_num, dt)}")
+                       f"{tok_s:,.0f} tok/s | mfu {mfu * 100:.1f}% | eta {eta(left)}")
             bar.set_postfix(loss=f"{lossf:.4f}", tok_s=f"{tok_s:,.0f}")
             record({"iter": iter_num, "loss": lossf, "lr": lr, "ms_per_iter": dt * 1000, "tok_per_s": tok_s,
-                    "mfu": mfu})
+                    "mfu": mfu, "train_s": train_seconds})
         loss_acc, loss_iters = torch.zeros((), device=device), 0
         t_log, timed_iters = time.perf_counter(), 0
 
     # DDP: the ranks agree at log iterations only, to spare a host sync per iteration on GPUs
     if (not ddp or iter_num % log_interval == 0) and everyone(stop_requested):
-        save_checkpoint()
-        if master:
-            tqdm.write(f"interrupted at iteration {iter_num}: saved {ckpt_path}; "
-                       "continue with --init_from=resume")
-        bar.close()
-        if ddp:
-            dist.destroy_process_group()
-        sys.exit(130)
+        stop()
 
 bar.close()
 if metrics is not None:

@@ -1,22 +1,29 @@
-"""Benchmark run.c: tokens/s, weight bytes read per token, and the fraction of the memory roofline.
+"""Benchmark run.c against llama2.c: tokens/s, start-up, prompt speed, threads beside a busy core.
 
     make bench                                    (= python bench/bench_run.py)
-    python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0 --runs 5
+    python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0,q4 --builds native,avx2 --runs 5
+    python bench/bench_run.py --llama2c ~/llama2.c   (a checkout of karpathy/llama2.c; never committed)
 
 What it does, all in one run so the numbers compare:
-  1. builds `runomp` (vector kernels + OpenMP) and a baseline: the same run.c with -DPLAIN (its plain C
-     row-dot kernels, what a straightforward implementation does) at -O3 -march=native -fopenmp;
+  1. builds run.c for each --builds: native (`make run`: -O3 -march=native -fopenmp) and avx2 (`make
+     runavx2`: -O3 -march=haswell -fopenmp, what an AVX2 laptop runs); and llama2.c's run.c and runq.c
+     from --llama2c with llama2.c's own runomp flags (-Ofast -fopenmp) and the same -march, under
+     bench/out/llama2c/ (skipped, with a note, when no checkout is given or found);
   2. compiles a streaming-read C kernel (bench/out/bandwidth.c) for the machine's memory read bandwidth
-     on transparent huge pages (where run.c keeps the weights), measured just before and just after every
-     run: the roofline is that bandwidth divided by the weight bytes a token reads;
+     on transparent huge pages (where run.c keeps the weights of long runs), measured around every run:
+     % roofline is tok/s x the weight bytes a token reads / that bandwidth;
   3. exports random-weight models of llama2.c's 15M/42M/110M shapes (dim 288/512/768, 6/8/12 layers and
-     heads, vocab 32000) as v3 fp32/bf16/q8_0 under bench/out/ (kept for the next run), plus the real
-     stories260K (v0 fp32 as shipped, and re-exported bf16/q8_0);
-  4. runs each at -t 0 -n 256 from BOS with 1 thread and all cores, --runs rounds; within a model size
-     every measurement (all dtypes, baseline, bandwidth) is interleaved round by round, each round
-     starting at a different place, because this VM's bandwidth drifts; prints a markdown table of
-     medians (ratios and roofline fractions are paired within a round, then the median taken), then
-     the int8/bf16 quality against fp32 on real text (stories260K).
+     heads, vocab 32000) as v3 fp32/bf16/q8_0/q4 under bench/out/ (kept for the next run), plus v0 and
+     v2 copies for llama2.c's run and runq; and the real stories260K (v0 as shipped, re-exported);
+  4. per model, build and dtype, interleaved round by round (each round starting at a different place,
+     because this VM's bandwidth drifts): run.c at -t 0 -n 256 from BOS on 1 thread and on all cores;
+     llama2.c's equivalent (run for fp32, runq for q8_0) on all cores; start-up: the whole process at
+     -n 16, ours and llama2.c's; prompt: a 210-token prompt, run.c's batched prompt tok/s and llama2.c's
+     (its tok/s over the prompt, which it runs token by token); prints a markdown table of medians;
+  5. threads under load: 15M fp32 and 110M q8_0 with a busy-looping process beside them, on 1 thread,
+     on 2 threads (run.c's default: the free cores) and on 2 fixed threads (OMP_DYNAMIC=false), and
+     llama2.c on 2 threads; then the same without the busy process;
+  6. int8/int4/bf16 quality against fp32 on real text (stories260K).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 """
@@ -46,6 +53,9 @@ SHAPES = {  # llama2.c's stories15M/42M/110M
     "42M": ModelArgs(dim=512, n_layers=8, n_heads=8, vocab_size=32000, max_seq_len=1024),
     "110M": ModelArgs(dim=768, n_layers=12, n_heads=12, vocab_size=32000, max_seq_len=1024),
 }
+BUILDS = {"native": ("run", "native"), "avx2": ("runavx2", "haswell")}  # make target, llama2.c's -march
+PROMPT = ("Once upon a time, there was a little dog named Max. He liked to run in the park with his "
+          "friend Lily. ") * 8  # about 210 tokens with either vocabulary (15M holds 256)
 BANDWIDTH_C = r"""
 // Streaming read bandwidth: every thread sums its contiguous slice of a buffer (first touched by that
 // thread), either as one sequential stream or as four streams over its four quarters (the pattern
@@ -116,15 +126,25 @@ def sh(cmd, **kw):
     return r
 
 
-def build():
-    """runomp via the Makefile, the -DPLAIN baseline and the bandwidth kernel by hand."""
+def build(builds, llama2c):
+    """run.c's builds via the Makefile, llama2.c's run and runq (if a checkout is there) and the
+    bandwidth kernel: {build: {"ours": path, "run": path, "runq": path}}."""
     OUT.mkdir(parents=True, exist_ok=True)
     cc = os.environ.get("CC", "cc")
-    sh(["make", "-C", str(REPO), "runomp"])
-    sh([cc, "-O3", "-march=native", "-fopenmp", "-DPLAIN", "-o", str(OUT / "run_plain"), str(REPO / "run.c"), "-lm"])
+    bins = {}
+    for b in builds:
+        target, march = BUILDS[b]
+        sh(["make", "-C", str(REPO), target])
+        bins[b] = {"ours": REPO / target}
+        if llama2c:
+            (OUT / "llama2c").mkdir(exist_ok=True)
+            for prog in ("run", "runq"):
+                exe = OUT / "llama2c" / f"{prog}_{march}"
+                sh([cc, "-Ofast", "-fopenmp", f"-march={march}", "-o", str(exe), str(llama2c / f"{prog}.c"), "-lm"])
+                bins[b][prog] = exe
     (OUT / "bandwidth.c").write_text(BANDWIDTH_C)
     sh([cc, "-O3", "-march=native", "-fopenmp", "-o", str(OUT / "bandwidth"), str(OUT / "bandwidth.c")])
-    return {"fast": REPO / "runomp", "baseline": OUT / "run_plain"}
+    return bins
 
 
 def bandwidth(threads, huge, mb=1024, reps=8):
@@ -165,37 +185,83 @@ def stories_model(dtype):
     return path
 
 
+def llama2c_model(name, dtype):
+    """The file llama2.c's equivalent reads: v0 for run (fp32), v2 for runq (q8_0); None for the
+    types llama2.c has no program for."""
+    if dtype not in ("fp32", "q8_0"):
+        return None
+    if name == "stories260K" and dtype == "fp32":
+        return SHARED / "models" / "stories260K.bin"
+    version = 0 if dtype == "fp32" else 2
+    path = OUT / f"{name}_llama2c_v{version}.bin"
+    try:
+        read_header(path)
+    except (OSError, ValueError):
+        src = stories_model("fp32") if name == "stories260K" else random_model(name, "fp32")
+        model_export(load_bin(src), path, version=version)
+    return path
+
+
 def weight_bytes_per_token(path):
     """Bytes of weights one token reads: every matrix of every layer, the classifier, the norms and one
     embedding row (the whole table only when it is also the classifier)."""
     h = read_header(path)
     dim, hidden, L, V = h["dim"], h["hidden_dim"], h["n_layers"], h["vocab_size"]
     kv_dim = h["n_kv_heads"] * dim // h["n_heads"]
-    per_elem = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + (4.0 / h["group_size"] if h["group_size"] else 0)}
-    b = per_elem[h["weight_type"]]
+    scales = 4.0 / h["group_size"] if h["group_size"] else 0
+    b = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales}[h["weight_type"]]
     matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden) + V * dim
     return matrices * b + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * b)
 
 
-def tok_per_s(binary, path, threads, tokenizer):
-    """One run at -t 0 -n 256: the tok/s run.c reports."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="true")
-    r = sh([str(binary), str(path), "-t", "0", "-n", "256", "-z", str(tokenizer)], env=env)
-    return float(re.search(r"achieved tok/s: ([0-9.]+)", r.stderr).group(1))
+def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynamic=True):
+    """One run at -t 0: (generation tok/s, prompt tok/s or None), as the program reports them."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("OMP_DYNAMIC", None)
+    if bind:
+        env["OMP_PROC_BIND"] = "true"
+    if not dynamic:
+        env["OMP_DYNAMIC"] = "false"
+    r = sh([str(binary), str(path), "-t", "0", "-n", str(n), "-z", str(tokenizer), *(["-i", prompt] if prompt else [])],
+           env=env)
+    gen = float(re.search(r"achieved tok/s: ([0-9.]+)", r.stderr).group(1))
+    m = re.search(r"prompt: \d+ tokens, ([0-9.]+) tok/s", r.stderr)
+    return gen, float(m.group(1)) if m else None
+
+
+def prompt_speed(binary, path, tokenizer, threads, ours):
+    """Tokens/s over PROMPT: run.c reports its batched prompt; llama2.c runs it token by token, so its
+    tok/s at -n (the prompt's length) is its prompt speed."""
+    if ours:
+        return speed(binary, path, tokenizer, threads, n=400, prompt=PROMPT)[1]
+    n_prompt = len(sh([str(REPO / "run"), str(path), "-z", str(tokenizer), "-m", "tokenize", "-i", PROMPT]).stdout.split()) + 1
+    return speed(binary, path, tokenizer, threads, n=n_prompt, prompt=PROMPT)[0]
+
+
+def startup(binary, path, tokenizer, threads):
+    """Seconds for the whole process at -n 16: start-up (loading or mapping the file) plus 16 tokens."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("OMP_DYNAMIC", None)
+    t0 = time.perf_counter()
+    sh([str(binary), str(path), "-t", "0", "-n", "16", "-z", str(tokenizer)], env=env)
+    return time.perf_counter() - t0
+
+
+QUALITY_DTYPES = ("fp32", "bf16", "q8_0", "q4")
 
 
 def quality(tokenizer_model, n_windows=24):
-    """Top-1 agreement and mean next-token loss of stories260K bf16/q8_0 against fp32 (C logits)."""
+    """Top-1 agreement and mean next-token loss of stories260K bf16/q8_0/q4 against fp32 (C logits)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     texts = json.loads((SHARED / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
     windows = [[1] + sp.encode(t)[:255] for t in texts[-n_windows:]]
     out = {}
-    for dtype in ("fp32", "bf16", "q8_0"):
+    for dtype in QUALITY_DTYPES:
         path, top1, nll = stories_model(dtype), [], []
         for ids in windows:
             o = OUT / "logits.bin"
-            sh([str(REPO / "runomp"), str(path), "-m", "logits", "-i", " ".join(map(str, ids)), "-o", str(o)])
+            sh([str(REPO / "run"), str(path), "-m", "logits", "-i", " ".join(map(str, ids)), "-o", str(o)])
             L = np.fromfile(o, np.float32).reshape(len(ids), -1).astype(np.float64)
             m = L.max(1, keepdims=True)
             logp = L - m - np.log(np.exp(L - m).sum(1, keepdims=True))
@@ -205,86 +271,145 @@ def quality(tokenizer_model, n_windows=24):
     return out
 
 
+def rotated(jobs, r):
+    return jobs[r % len(jobs):] + jobs[:r % len(jobs)]
+
+
+def speed_table(a, bins, threads, tok_for):
+    """The main table: per model, build and dtype, every measurement interleaved round by round."""
+    top = max(threads)
+    head = ["model", "build", "dtype", "MB/token", "llama2.c tok/s"]
+    for t in threads:
+        head += [f"{t}T tok/s", f"{t}T % roofline"]
+    head += ["vs llama2.c", "vs fp32", "start -n 16 s (llama2.c)", "prompt tok/s (llama2.c)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name in a.models.split(","):
+        tok = tok_for(name)
+        paths = {d: stories_model(d) if name == "stories260K" else random_model(name, d) for d in a.dtypes.split(",")}
+        l2c = {d: llama2c_model(name, d) for d in paths}
+        for b in bins:  # warm the page cache
+            for d in paths:
+                speed(bins[b]["ours"], paths[d], tok, top)
+        jobs = []
+        for b in bins:
+            for d in paths:
+                jobs += [(b, d, "ours", t) for t in threads] + [(b, d, "start", 0), (b, d, "prompt", 0)]
+                if l2c[d] and "run" in bins[b]:
+                    jobs += [(b, d, "l2c", top), (b, d, "l2c start", 0), (b, d, "l2c prompt", 0)]
+        samples = {}
+        for r in range(a.runs):
+            for b, d, what, t in rotated(jobs, r):
+                ours = bins[b]["ours"]
+                theirs = bins[b].get("run" if d == "fp32" else "runq")
+                key = (b, d, what, t)
+                if what == "ours":
+                    bw0 = bandwidth(t, huge=True, mb=256, reps=2)
+                    samples.setdefault(key, []).append(speed(ours, paths[d], tok, t)[0])
+                    samples.setdefault((b, d, "bw", t), []).append((bw0 + bandwidth(t, huge=True, mb=256, reps=2)) / 2)
+                elif what == "l2c":
+                    samples.setdefault(key, []).append(speed(theirs, l2c[d], tok, t)[0])
+                elif what.endswith("start"):
+                    samples.setdefault(key, []).append(startup(ours if what == "start" else theirs,
+                                                               paths[d] if what == "start" else l2c[d], tok, top))
+                else:
+                    samples.setdefault(key, []).append(prompt_speed(ours if what == "prompt" else theirs,
+                                                                    paths[d] if what == "prompt" else l2c[d], tok, top,
+                                                                    what == "prompt"))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+
+        def paired(k1, k2):  # median of the per-round ratios: the drift between rounds cancels
+            return statistics.median(x / y for x, y in zip(samples[k1], samples[k2]))
+        for b in bins:
+            for d in paths:
+                wb = weight_bytes_per_token(paths[d])
+                has = (b, d, "l2c", top) in samples
+                row = [name, b, d, f"{wb / 1e6:.1f}", f"{med[(b, d, 'l2c', top)]:,.0f}" if has else "-"]
+                for t in threads:
+                    roof = statistics.median(x * wb / (y * 1e9) for x, y in
+                                             zip(samples[(b, d, "ours", t)], samples[(b, d, "bw", t)]))
+                    row += [f"{med[(b, d, 'ours', t)]:,.0f}", f"{100 * roof:.0f}%"]
+                row.append(f"{paired((b, d, 'ours', top), (b, d, 'l2c', top)):.2f}x" if has else "-")
+                row.append(f"{paired((b, d, 'ours', top), (b, 'fp32', 'ours', top)):.2f}x" if "fp32" in paths else "-")
+                row.append(f"{med[(b, d, 'start', 0)]:.2f}" + (f" ({med[(b, d, 'l2c start', 0)]:.2f})" if has else ""))
+                row.append(f"{med[(b, d, 'prompt', 0)]:,.0f}" + (f" ({med[(b, d, 'l2c prompt', 0)]:,.0f})" if has else ""))
+                print("| " + " | ".join(row) + " |", flush=True)
+
+
+def busy_table(a, bins, tokenizer):
+    """Threads under load: 2 threads against 1 with a busy-looping process beside them, and without."""
+    print("\nthreads under load (native build, -t 0 -n 256 from BOS, no OMP_PROC_BIND; 'busy' = a Python "
+          "busy loop running beside it; 2T = run.c's default, the free cores; 2T fixed = OMP_DYNAMIC=false):\n")
+    cases = [("15M", "fp32"), ("110M", "q8_0")]
+    cols = ["1T", "2T", "2T fixed"] + (["llama2.c 2T"] if "run" in bins["native"] else [])
+    print("| model | dtype | machine | " + " | ".join(f"{c} tok/s" for c in cols) + " | 2T / 1T |")
+    print("|" + "---|" * (len(cols) + 4))
+    for name, d in cases:
+        path, l2c = random_model(name, d), llama2c_model(name, d)
+        samples = {}
+        for busy in (True, False):
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                time.sleep(0.5)
+                for r in range(a.runs):
+                    for c in rotated(cols, r):
+                        if c.startswith("llama2.c"):
+                            v = speed(bins["native"]["run" if d == "fp32" else "runq"], l2c, tokenizer, 2, bind=False)[0]
+                        else:
+                            v = speed(bins["native"]["ours"], path, tokenizer, 1 if c == "1T" else 2, bind=False,
+                                      dynamic=c != "2T fixed")[0]
+                        samples.setdefault((busy, c), []).append(v)
+            finally:
+                if hog:
+                    hog.kill()
+                    hog.wait()
+            med = {c: statistics.median(samples[(busy, c)]) for c in cols}
+            ratio = statistics.median(x / y for x, y in zip(samples[(busy, "2T")], samples[(busy, "1T")]))
+            print(f"| {name} | {d} | {'one core busy' if busy else 'idle'} | "
+                  + " | ".join(f"{med[c]:,.0f}" for c in cols) + f" | {ratio:.2f}x |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="stories260K,15M,42M,110M")
-    p.add_argument("--dtypes", default="fp32,bf16,q8_0")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--dtypes", default="fp32,bf16,q8_0,q4")
+    p.add_argument("--builds", default="native,avx2", help="native, avx2 (-march=haswell)")
+    p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", default=None, help="thread counts, default 1 and all cores")
-    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--llama2c", default=os.environ.get("LLAMA2C", "/tmp/llama2c"),
+                   help="a checkout of karpathy/llama2.c (run.c, runq.c); default $LLAMA2C or /tmp/llama2c")
+    p.add_argument("--no-busy", action="store_true", help="skip the threads-under-load table")
     p.add_argument("--no-quality", action="store_true")
     a = p.parse_args()
     cores = os.cpu_count()
     threads = [int(t) for t in a.threads.split(",")] if a.threads else sorted({1, cores})
-    bins = build()
+    llama2c = Path(a.llama2c)
+    if not (llama2c / "run.c").exists() or not (llama2c / "runq.c").exists():
+        print(f"note: no llama2.c checkout at {llama2c} (--llama2c): its columns stay empty", file=sys.stderr)
+        llama2c = None
+    bins = build(a.builds.split(","), llama2c)
     tok32000, tok512 = SHARED / "models" / "tokenizer.bin", SHARED / "models" / "tok512.bin"
     load = os.getloadavg()[0]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    small = {t: bandwidth(t, huge=False) for t in threads}
     print(f"\nmachine: {cpu}, {cores} cores, {platform.system()} {platform.release()}; load average at start {load:.2f}")
-    print(f"command: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./runomp MODEL.bin -t 0 -n 256, median of {a.runs} runs "
-          f"interleaved with the other columns; baseline: run.c -DPLAIN (plain C kernels) -O3 -march=native -fopenmp, "
-          f"{max(threads)} threads; vs baseline and vs fp32 at {max(threads)} threads")
-    print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages (where run.c keeps the "
-          "weights), median of measurements interleaved with the runs (it drifts on this shared VM), divided by "
-          "the weight bytes a token reads (% roofline: median over runs of tok/s against the mean of the bandwidth "
-          "measured just before and just after that run); on 4 KB pages it reads "
-          + ", ".join(f"{small[t]:.1f}" for t in threads) + " GB/s (" + ", ".join(f"{t}T" for t in threads) + "); "
-          "vs baseline and vs fp32: median over rounds of the ratio within a round\n")
-    head = ["model", "dtype", "MB/token"]
-    if not a.no_baseline:
-        head += ["baseline tok/s"]
-    for t in threads:
-        head += [f"{t}T GB/s", f"{t}T tok/s", f"{t}T % roofline"]
-    head += ["vs baseline", "vs fp32"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    dtypes = a.dtypes.split(",")
-    for name in a.models.split(","):
-        # The memory bandwidth of this VM drifts from minute to minute, so every measurement of one
-        # model size (all dtypes, baseline, fast, bandwidth) is interleaved round by round.
-        paths = {d: stories_model(d) if name == "stories260K" else random_model(name, d) for d in dtypes}
-        tok = tok512 if name == "stories260K" else tok32000
-        for d in dtypes:  # warm the page cache
-            tok_per_s(bins["fast"], paths[d], max(threads), tok)
-        samples = {}
-        # The VM's bandwidth also depends on what ran just before (a heavy run after lighter ones went
-        # up to 1.6x faster), so each round starts the list at a different place; the dtypes of one
-        # thread count run back to back, so the ratios between them compare runs seconds apart.
-        jobs = [(d, t) for t in (["base"] if not a.no_baseline else []) + threads for d in dtypes]
-        for r in range(a.runs):
-            for d, t in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
-                if t == "base":
-                    samples.setdefault((d, "base"), []).append(tok_per_s(bins["baseline"], paths[d], max(threads), tok))
-                    continue
-                bw0 = bandwidth(t, huge=True, mb=256, reps=2)  # the bandwidth just before and just after each run
-                samples.setdefault((d, t), []).append(tok_per_s(bins["fast"], paths[d], t, tok))
-                samples.setdefault((d, "bw", t), []).append((bw0 + bandwidth(t, huge=True, mb=256, reps=2)) / 2)
-        med = {k: statistics.median(v) for k, v in samples.items()}
-        top = max(threads)
-
-        def ratio(d, key):  # paired within each round: the drift between rounds cancels
-            return statistics.median(x / y for x, y in zip(samples[(d, top)], samples[key]))
-        for d in dtypes:
-            wb = weight_bytes_per_token(paths[d])
-            row = [name, d, f"{wb / 1e6:.1f}"]
-            if not a.no_baseline:
-                row.append(f"{med[(d, 'base')]:,.0f}")
-            for t in threads:
-                bw, v = med[(d, "bw", t)], med[(d, t)]
-                roof = statistics.median(x * wb / (y * 1e9) for x, y in zip(samples[(d, t)], samples[(d, "bw", t)]))
-                row += [f"{bw:.1f}", f"{v:,.0f}", f"{100 * roof:.0f}%"]
-            row.append(f"{ratio(d, (d, 'base')):.2f}x" if not a.no_baseline else "-")
-            row.append(f"{ratio(d, ('fp32', top)):.2f}x" if "fp32" in dtypes else "-")
-            print("| " + " | ".join(row) + " |", flush=True)
+    print(f"command: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./run MODEL.bin -t 0 -n 256 (native: make run; avx2: make "
+          f"runavx2), median of {a.runs} rounds, every column of a model interleaved; llama2.c: its run (fp32, v0 file) "
+          f"or runq (q8_0, v2 file) built -Ofast -fopenmp with the build's -march, {max(threads)} threads; vs: "
+          f"median over rounds of the ratio within a round, at {max(threads)} threads; start: seconds for the "
+          f"whole process at -n 16; prompt: tok/s over a {len(PROMPT)}-character prompt (~210 tokens)")
+    print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages with as many threads, "
+          "measured just before and after each run; % roofline = tok/s x MB/token / that bandwidth\n")
+    speed_table(a, bins, threads, lambda name: tok512 if name == "stories260K" else tok32000)
+    if not a.no_busy and "native" in bins:
+        busy_table(a, bins, tok32000)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     if a.no_quality:
         return
-    q = quality(SHARED / "models" / "tok512.model")
+    q = quality(tok512.with_suffix(".model"))
     ref_top1, ref_loss, n = q["fp32"]
     print(f"\nquality, stories260K on {n} tokens of held-out TinyStories (C logits):")
-    for dtype in ("fp32", "bf16", "q8_0"):
+    for dtype in QUALITY_DTYPES:
         top1, loss, _ = q[dtype]
         print(f"  {dtype:5s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
               f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")

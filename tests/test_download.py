@@ -413,3 +413,50 @@ def test_unsafe_archive_is_refused(tmp_path):
     with pytest.raises(DataError, match="cannot extract"):
         ts.download("v1", tmp_path)
     assert not (tmp_path.parent / "evil.json").exists() and not (tmp_path / ts.V1_DIR).exists()
+
+
+# ---------------------------------------------------------------------------- download_models
+
+def test_model_zoo_from_a_mirror_checks_hashes(server, shared, tmp_path, capsys):
+    models = shared / "models"
+    for name in ("stories260K.bin", "tok512.bin", "tokenizer.bin", "tokenizer.model"):
+        server.files[name] = (models / name).read_bytes()
+    args = ["download_models", "--models", "stories260K", "llama2_tokenizer", "--source", server.url,
+            "--data_dir", str(tmp_path)]
+    assert ts.main(args) == 0
+    for name in ("stories260K.bin", "tok512.bin", "tokenizer.bin"):
+        assert (tmp_path / "models" / name).read_bytes() == (models / name).read_bytes()
+    # the Llama 2 tokenizer.model goes where --vocab_source=llama2 looks for it
+    import dataloader
+    assert dataloader.tokenizer_path(32000, "llama2", tmp_path).read_bytes() == (models / "tokenizer.model").read_bytes()
+    n = len(server.requests)
+    capsys.readouterr()
+    assert ts.main(args) == 0 and len(server.requests) == n and "nothing to do" in capsys.readouterr().out
+    # a mirror serving another file under the name: refused by the known sha256, nothing kept
+    server.files["tok512.bin"] = (models / "tokenizer.bin").read_bytes()[:6227]
+    other = tmp_path / "other"
+    assert ts.main(["download_models", "--models", "stories260K", "--source", server.url, "--data_dir", str(other)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "tok512.bin is corrupt: sha256" in err[-1] and "expected 037cb335" in err[-1]
+    assert not (other / "models" / "tok512.bin").exists() and not list(other.rglob("*.part"))
+
+
+def test_model_zoo_local_folder_and_bad_names(shared, tmp_path, capsys):
+    assert ts.main(["download_models", "--models", "stories260K", "--source", str(shared / "models"),
+                    "--data_dir", str(tmp_path)]) == 0
+    assert (tmp_path / "models" / "stories260K.bin").stat().st_size == 1_056_540
+    assert ts.main(["download_models", "--models", "stories7B", "--data_dir", str(tmp_path)]) == 1
+    assert "stories7B: unknown; choose from stories260K" in capsys.readouterr().err
+
+
+def test_model_zoo_sizes_are_the_v0_headers_of_llama2c_shapes():
+    """The sizes download_models expects for the models it cannot hash are llama2.c's v0 files of
+    the published shapes (dim, layers, heads, 32000 tokens, context), computed by export's layout."""
+    import export
+    shapes = {"stories15M.bin": (288, 6, 6, 256), "stories42M.bin": (512, 8, 8, 1024),
+              "stories110M.bin": (768, 12, 12, 1024)}
+    for name, (dim, layers, heads, ctx) in shapes.items():
+        hidden = 32 * ((int(2 * 4 * dim / 3) + 31) // 32)  # llama2.c's rule, multiple_of 32
+        h = dict(version=0, dim=dim, hidden_dim=hidden, n_layers=layers, n_heads=heads, n_kv_heads=heads,
+                 vocab_size=32000, max_seq_len=ctx, shared=True, weight_type="fp32", group_size=0)
+        assert export._layout(h)[1] == ts.MODEL_FILES[name][2], name

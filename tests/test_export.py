@@ -20,7 +20,7 @@ CONFIGS = {
                                     max_seq_len=24, tie_embeddings=False),
     "mha_hidden172": ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=128, hidden_dim=172, max_seq_len=16),
 }
-FORMATS = [(0, None), (1, None), (2, None), (3, "fp32"), (3, "bf16"), (3, "q8_0")]
+FORMATS = [(0, None), (1, None), (2, None), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4")]
 
 
 def make_model(args, seed=0):
@@ -48,6 +48,28 @@ def ref_q80(w, gs):
     w = w.float().reshape(-1, gs)
     s = w.abs().max(dim=1).values / 127.0
     return torch.round(w / s[:, None]).to(torch.int8).reshape(-1), s
+
+
+def decode_q4(packed, scales, gs):
+    """The v3 q4 encoding read independently in numpy: byte j of a group holds level + 8 of weight j
+    (low nibble) and of weight j + gs/2 (high nibble); the value is level * the group's scale."""
+    b = np.frombuffer(packed, np.uint8).reshape(-1, gs // 2).astype(np.int64)
+    levels = np.concatenate([b & 15, b >> 4], axis=1) - 8
+    return (levels * np.frombuffer(scales, np.float32)[:, None]).astype(np.float32), levels
+
+
+def check_q4(packed, scales, w, gs):
+    """q4 bytes of w as the format says: every scale is m / -8 or m / 7 for the group's
+    largest-magnitude value m (up to sign), and every weight is its nearest level (or clamped)."""
+    w = w.detach().float().numpy().reshape(-1, gs)
+    s = np.frombuffer(scales, np.float32)
+    vals, levels = decode_q4(packed, scales, gs)
+    m = np.abs(w).max(1)
+    assert np.all(np.isclose(np.abs(s), m / 8, rtol=1e-6, atol=0) | np.isclose(np.abs(s), m / 7, rtol=1e-6, atol=0)
+                  | (m == 0))
+    inside = (levels > -8) & (levels < 7)  # not clamped: within half a step
+    assert np.all(np.abs(vals - w)[inside] <= (np.abs(s)[:, None] * (0.5 + 1e-5) + 1e-30).repeat(gs, 1)[inside])
+    assert np.abs(vals - w).max() <= np.abs(s).max() * 1.5
 
 
 def layer_names(L, name):
@@ -112,7 +134,7 @@ def test_v0_v1_v2_bytes_match_llama2c_definition(tmp_path, cfg):
     assert (tmp_path / "v2.bin").read_bytes() == exp2
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "q8_0", "q4"])
 def test_v3_header_and_aligned_arrays(tmp_path, dtype):
     args = CONFIGS["mqa_untied_vocab71"]
     args = ModelArgs(**{**args.__dict__, "rope_theta": 500000.0, "norm_eps": 1e-6})
@@ -125,8 +147,8 @@ def test_v3_header_and_aligned_arrays(tmp_path, dtype):
     shared, gs, wt, theta, eps = struct.unpack_from("<BiBff", b, 36)
     assert (magic, version) == (MAGIC, 3)
     assert params == [32, 88, 2, 4, 1, 71, 24]
-    assert shared == 0 and wt == {"fp32": 0, "bf16": 1, "q8_0": 2}[dtype]
-    assert gs == (8 if dtype == "q8_0" else 0)  # 88 = 8*11: the largest power of two <= 64 dividing 32 and 88
+    assert shared == 0 and wt == {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}[dtype]
+    assert gs == (8 if dtype in ("q8_0", "q4") else 0)  # 88 = 8*11: the largest power of two <= 64 dividing 32 and 88
     assert theta == 500000.0 and eps == np.float32(1e-6)
     assert b[50:256] == bytes(206)
     off = 256
@@ -144,6 +166,13 @@ def test_v3_header_and_aligned_arrays(tmp_path, dtype):
             take(f32(w))
         elif dtype == "bf16":
             take(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+        elif dtype == "q4":
+            start = -(-off // 64) * 64
+            packed = b[start:start + w.numel() // 2]
+            take(packed)
+            scales = b[-(-off // 64) * 64:-(-off // 64) * 64 + 4 * (w.numel() // gs)]
+            take(scales)
+            check_q4(packed, scales, w, gs)
         else:
             q, s = ref_q80(w, gs)
             take(q.numpy().tobytes())
@@ -175,6 +204,11 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
             want = w
         elif dtype == "bf16":
             want = w.to(torch.bfloat16).float()
+        elif dtype == "q4":
+            from export import quantize_q4
+            q, s = quantize_q4(w, gs)
+            check_q4(q.numpy().tobytes(), s.numpy().tobytes(), w, gs)
+            want = torch.from_numpy(decode_q4(q.numpy().tobytes(), s.numpy().tobytes(), gs)[0]).reshape(w.shape)
         else:
             q, s = ref_q80(w, gs)
             want = (q.float().reshape(-1, gs) * s[:, None]).reshape(w.shape)
@@ -182,8 +216,8 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
     lg, lg2 = logits_of(m), logits_of(m2)
     if version in (0, 1) or dtype == "fp32":
         assert torch.equal(lg, lg2)
-    else:
-        assert (lg - lg2).abs().max() < 0.05 * lg.abs().max()
+    else:  # int4 weights move the logits more
+        assert (lg - lg2).abs().max() < (0.15 if dtype == "q4" else 0.05) * lg.abs().max()
 
 
 def test_q8_requantising_dequantised_weights_is_stable():
@@ -196,6 +230,24 @@ def test_q8_requantising_dequantised_weights_is_stable():
     assert torch.equal(q, rq) and torch.equal(s, rs)
     q2, s2 = quantize_q80(dequantize_q80(q, s, w.shape), 64)
     assert torch.equal(q2, q) and torch.equal(s2, s)
+
+
+def test_q4_requantising_dequantised_weights_is_stable():
+    """q4 groups read back as the format says; dequantised, they requantise to the same bytes, also
+    for weights on few levels (where the two candidate scales tie) and for zero groups."""
+    from export import dequantize_q4, quantize_q4
+    torch.manual_seed(2)
+    for gs in (4, 8, 32):
+        w = torch.randn(3000, gs) * torch.exp(torch.randn(3000, 1) * 3)
+        w[::7] = torch.randint(-2, 3, (w[::7].shape)).float()  # few distinct values per group
+        w[5] = 0.0
+        q, s = quantize_q4(w, gs)
+        check_q4(q.numpy().tobytes(), s.numpy().tobytes(), w, gs)
+        d = dequantize_q4(q, s, w.shape)
+        assert np.array_equal(d.numpy(), decode_q4(q.numpy().tobytes(), s.numpy().tobytes(), gs)[0].reshape(w.shape))
+        assert torch.equal(d[5], torch.zeros(gs))
+        q2, s2 = quantize_q4(d, gs)
+        assert torch.equal(q2, q) and torch.equal(s2, s)
 
 
 def test_q8_zero_group_has_zero_scale(tmp_path):
@@ -269,11 +321,11 @@ def test_legacy_versions_refuse_theta_and_eps(tmp_path, field, value):
 def test_dtype_takes_effect_and_bad_combinations_are_refused(tmp_path):
     m = make_model(CONFIGS["gqa_tied_vocab67"])  # group size 16: q8_0 is smaller than bf16
     sizes = {}
-    for dtype in ("fp32", "bf16", "q8_0"):
+    for dtype in ("fp32", "bf16", "q8_0", "q4"):
         model_export(m, tmp_path / f"{dtype}.bin", 3, dtype)
         sizes[dtype] = os.path.getsize(tmp_path / f"{dtype}.bin")
         assert read_header(tmp_path / f"{dtype}.bin")["weight_type"] == dtype
-    assert sizes["fp32"] > sizes["bf16"] > sizes["q8_0"]
+    assert sizes["fp32"] > sizes["bf16"] > sizes["q8_0"] > sizes["q4"]
     for version, dtype in ((0, "bf16"), (1, "q8_0"), (2, "fp32"), (3, "int4")):
         with pytest.raises(ValueError, match="dtype"):
             model_export(m, tmp_path / "bad.bin", version, dtype)

@@ -1,9 +1,12 @@
 """Hugging Face interop: hf_import/hf_export against transformers' LlamaForCausalLM, offline, tiny random models."""
 import json
 import os
+import struct
 
 import pytest
 import torch
+
+from conftest import SHARED
 
 from export import hf_export, hf_import, load_bin, model_export
 from model import ModelArgs, Transformer
@@ -128,3 +131,174 @@ def test_cli_import_and_export(repo, tmp_path):
     torch.testing.assert_close(hf_logits(hf2), hf_logits(hf), atol=1e-5, rtol=1e-5)
     r = run(f"--to_hf={tmp_path / 'out2'}", f"--hf={tmp_path / 'nothing'}")
     assert r.returncode == 1 and "nothing" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# -----------------------------------------------------------------------------
+# hostile directories: one line naming the file, never a traceback, nothing big allocated or read
+
+
+def export_hf(repo, src, out, capped=False):
+    """export.py OUT --hf=src: its exit status and stderr. In this process (its error is SystemExit's
+    message; any other exception fails the test), or with capped=True in one whose address space is
+    2 GB (a config that made it allocate its claimed size would fail with MemoryError instead)."""
+    import resource
+    import subprocess
+    import sys
+
+    import export
+    if not capped:
+        import contextlib
+        import io
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                export.main([str(out), f"--hf={src}"])
+                code = 0
+            except SystemExit as e:
+                code, msg = 1, str(e.code)
+                print(msg, file=err)
+        return subprocess.CompletedProcess([], code, "", err.getvalue())
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    return subprocess.run([sys.executable, str(repo / "export.py"), str(out), f"--hf={src}"], capture_output=True,
+                          text=True, timeout=120, preexec_fn=cap)
+
+
+def one_line_error(r, *words):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith("export.py: error: ") and all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile") / "good"
+    hf_llama(True, 2).save_pretrained(d)
+    hf_llama(False, 2).save_pretrained(d.parent / "sharded", max_shard_size="20KB")
+    return d
+
+
+def variant(good_dir, tmp_path, config=None, files=None):
+    """A copy of the good directory with config.json fields changed and files replaced ({name: bytes or None})."""
+    import shutil
+    d = tmp_path / "hf"
+    shutil.copytree(good_dir, d)
+    if config is not None:
+        c = json.loads((d / "config.json").read_text())
+        c.update(config)
+        (d / "config.json").write_text(json.dumps(c))
+    for name, data in (files or {}).items():
+        if data is None:
+            os.remove(d / name)
+        else:
+            (d / name).write_bytes(data)
+    return d
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"hidden_size": 1e9}, ["hidden_size=1000000000.0", "expected an integer"]),
+    ({"hidden_size": 10 ** 9}, ["hidden_size=1000000000", "expected an integer in 1 .. 16777215"]),
+    ({"hidden_size": 6 << 17, "intermediate_size": 1 << 22, "head_dim": None}, ["model.embed_tokens.weight", "config.json implies"]),
+    ({"num_hidden_layers": 100000}, ["num_hidden_layers=100000 needs 900002 weights, the weight files hold 20"]),
+    ({"vocab_size": -3}, ["vocab_size=-3"]),
+    ({"num_attention_heads": True}, ["num_attention_heads=True"]),
+    ({"num_key_value_heads": 4}, ["n_kv_heads=4 must divide n_heads=6"]),
+    ({"rope_theta": -1}, ["rope_theta=-1", "positive finite"]),
+    ({"rope_theta": 0}, ["rope_theta=0"]),
+    ({"rope_theta": float("inf")}, ["rope_theta=inf"]),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, ["rope_theta=nan"]),
+    ({"rms_norm_eps": 0}, ["rms_norm_eps=0"]),
+    ({"rms_norm_eps": 2.0}, ["rms_norm_eps=2.0"]),
+    ({"tie_word_embeddings": "yes"}, ["tie_word_embeddings='yes'"]),
+    ({"model_type": "gpt2"}, ["model_type 'gpt2' is not supported"]),
+    ({"rope_scaling": "linear"}, ["rope_parameters / rope_scaling must be objects"]),
+])
+def test_hostile_config(repo, good_dir, tmp_path, change, words):
+    d = variant(good_dir, tmp_path, config=change)
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin", capped="hidden_size" in change), *words)
+    assert not (tmp_path / "m.bin").exists()
+
+
+@pytest.mark.parametrize("name,data,words", [
+    ("config.json", b"{not json", ["config.json: not a readable JSON config.json"]),
+    ("config.json", b"[1, 2]", ["config.json: expected a JSON object, got list"]),
+    ("config.json", None, ["config.json: cannot read the config.json"]),
+    ("model.safetensors", b"\x01\x02", ["not a safetensors file (2 bytes)"]),
+    ("model.safetensors", struct.pack("<Q", 1 << 60) + b"{}", ["header length 1152921504606846976"]),
+    ("model.safetensors", struct.pack("<Q", 4) + b"{{{{", ["bad JSON header"]),
+    ("model.safetensors", struct.pack("<Q", 2) + b"[]", ["the header is not a JSON object"]),
+    ("tokenizer.json", b"\xff\xfe garbage", ["tokenizer.json: not a readable JSON tokenizer.json"]),
+    ("tokenizer_config.json", b"[]", ["tokenizer_config.json: expected a JSON object"]),
+])
+def test_hostile_files(repo, good_dir, tmp_path, name, data, words):
+    if name.startswith("tokenizer"):  # a 512-token model with tok512's tokenizer, then broken
+        import tokenizer as T
+        import hf_tokenizer
+        d = tmp_path / "hf"
+        config = transformers.LlamaConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, max_position_embeddings=32)
+        transformers.LlamaForCausalLM(config).save_pretrained(d)
+        hf_tokenizer.write_tokenizer(T.Tokenizer(SHARED / "models" / "tok512.model").vocab, d, 32)
+        assert export_hf(repo, d, tmp_path / "ok.bin").returncode == 0  # good as written
+        (d / name).write_bytes(data)
+    else:
+        d = variant(good_dir, tmp_path, files={name: data})
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin"), *words)
+
+
+def tensor_entry(dtype="F32", shape=(97, 48), offsets=None):
+    import math
+    n = math.prod(shape) * 4
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": offsets or [0, n]}
+
+
+@pytest.mark.parametrize("entry,words", [
+    (tensor_entry(offsets=[0, 1 << 40]), ["outside the"]),
+    (tensor_entry(offsets=[-8, 10]), ["outside the"]),
+    (tensor_entry(shape=(97, 47), offsets=[0, 97 * 48 * 4]), ["has 18624 bytes for shape [97, 47]"]),
+    (tensor_entry(shape=(97, 47)), ["is F32 [97, 47], config.json implies a float tensor of shape [97, 48]"]),
+    (tensor_entry(dtype="I64", shape=(97, 24)), ["is I64 [97, 24], config.json implies a float tensor"]),
+    ({"dtype": "F32", "shape": "97x48", "data_offsets": [0, 4]}, ["malformed header entry"]),
+])
+def test_hostile_safetensors_header(repo, good_dir, tmp_path, entry, words):
+    raw = (good_dir / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + n])
+    header["model.embed_tokens.weight"] = entry
+    hj = json.dumps(header).encode()
+    d = variant(good_dir, tmp_path, files={"model.safetensors": struct.pack("<Q", len(hj)) + hj + raw[8 + n:]})
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin"), "model.safetensors", *words)
+
+
+def test_hostile_weight_map(repo, good_dir, tmp_path):
+    import shutil
+    src = good_dir.parent / "sharded"
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    for target, words in (("/dev/zero", "expected a file name in"), ("../good/model.safetensors", "expected a file name in"),
+                          ("missing.safetensors", "cannot read the safetensors file"), ("link", "is not a regular file")):
+        d = tmp_path / f"case{len(os.listdir(tmp_path))}"
+        shutil.copytree(src, d)
+        os.symlink("/dev/zero", d / "link")
+        wm = {k: (target if v == first else v) for k, v in index["weight_map"].items()}
+        (d / "model.safetensors.index.json").write_text(json.dumps({**index, "weight_map": wm}))
+        one_line_error(export_hf(repo, d, tmp_path / "m.bin"), words)
+    d = tmp_path / "notmap"
+    shutil.copytree(src, d)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin"), "weight_map must map tensor names to file names")
+
+
+def test_huge_or_garbage_pytorch_bin_is_refused_by_size(repo, good_dir, tmp_path):
+    d = variant(good_dir, tmp_path, files={"model.safetensors": None})
+    with open(d / "pytorch_model.bin", "wb") as f:  # sparse: 64 GB on paper, nothing on disk
+        f.truncate(64 << 30)
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin", capped=True), "the weight files hold 68,719,476,736 bytes",
+                   "config.json's model at most")
+    (d / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin"), "pytorch_model.bin: not a readable state dict")
+    os.remove(d / "pytorch_model.bin")
+    os.symlink("/dev/zero", d / "pytorch_model.bin")
+    one_line_error(export_hf(repo, d, tmp_path / "m.bin", capped=True), "is not a regular file")

@@ -1,6 +1,7 @@
 """model.py: shapes, weight names, parameter counts, RoPE layout, GQA, init, dropout, the KV cache and
 sampling, and a real llama2.c checkpoint (stories260K.bin) decoding to its documented story."""
 import math
+import os
 import runpy
 import struct
 from pathlib import Path
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables, sample_next
+from model import (ClassifierLoss, ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
+                   sample_next)
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len",
@@ -75,6 +78,28 @@ def test_shapes_and_contract_names():
     assert untied.output.weight is not untied.tok_embeddings.weight
     n = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert n(untied) - n(m) == 64 * 32
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_loss_and_gradients_equal_plain_cross_entropy(tie, monkeypatch):
+    """The chunked classifier loss against F.cross_entropy on the full logits: the loss, every
+    gradient (tied and untied classifier), ignored targets, several chunks, and no_grad."""
+    m = tiny(tie_embeddings=tie)
+    x, y = torch.randint(0, 64, (3, 10)), torch.randint(0, 64, (3, 10))
+    y[0, 2] = y[2, 9] = -1
+    logits, _ = m(x)
+    ref = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+    ref.backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    monkeypatch.setattr(ClassifierLoss, "CHUNK", 64 * 7)  # 7 rows per chunk: 5 chunks, the last one short
+    _, loss = m(x, y)
+    (2 * loss).backward()  # backward scales the precomputed gradients by the incoming one
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * want[n], atol=1e-6, rtol=1e-5, msg=n)
+    with torch.no_grad():
+        assert m(x, y)[1].item() == pytest.approx(ref.item(), abs=1e-6)
 
 
 def test_hidden_dim_rule_and_bad_shapes():
@@ -247,12 +272,28 @@ def test_tiny_temperature_does_not_overflow():
 
 def test_configure_optimizers_decays_matrices_only():
     m = tiny()
-    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    (opt,) = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in m.parameters())
     assert sum(p is m.tok_embeddings.weight for p in decay["params"]) == 1  # tied: once
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_takes_the_block_matrices(tie):
+    m = tiny(tie_embeddings=tie)
+    muon, adamw = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", "muon", muon_lr=0.05)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in m.named_parameters()}
+    in_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    assert in_muon == sorted(n for n, p in m.named_parameters() if n.startswith("layers.") and p.dim() == 2)
+    assert muon.param_groups[0]["lr"] == 0.05 and [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3]
+    rest = [names[id(p)] for g in adamw.param_groups for p in g["params"]]
+    assert sorted(rest + in_muon) == sorted(names.values())  # every weight once, in one of them
+    assert {"tok_embeddings.weight", "norm.weight"} <= set(rest) and ("output.weight" in rest) != tie
+    with pytest.raises(ValueError, match="optimizer"):
+        m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", "sgd")
 
 
 def test_flops_and_mfu():
@@ -276,3 +317,27 @@ def test_stories260K_bin_greedy_story(shared):
     assert text.startswith("Once upon a time, there was a little girl named Lily. She loved to play outside in "
                            "the park. One day, she saw a big, red ball. She wanted to play with it, but it was "
                            "too high.\nLily's mom said, \"Lily, let's go to the park.\""), text
+
+
+def test_free_cores_counts_other_processes_only(monkeypatch):
+    """Busy jiffies of the machine minus this process's own CPU time, per wall second, in cores."""
+    import model
+    hz = os.sysconf("SC_CLK_TCK")
+    readings = iter([(0, 0.0, 0.0), (int(1.5 * hz), 0.5, 1.0), (int(2.1 * hz), 1.5, 2.0)])
+    monkeypatch.setattr(model, "_cpu_reading", lambda: next(readings))
+    monkeypatch.setattr(model.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(model.time, "sleep", lambda s: None)
+    n, r = model.free_cores()  # 1.5 cores busy, 0.5 of them ours: one other core busy
+    assert n == 1 and r == (int(1.5 * hz), 0.5, 1.0)
+    n, _ = model.free_cores(r)  # 0.6 cores busy, all ours (1.0 s of CPU in 1 s): nothing else runs
+    assert n == 2
+    monkeypatch.setattr(model, "_cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
+    assert model.free_cores() == (None, None)
+
+
+def test_use_free_cores_leaves_omp_num_threads_alone(monkeypatch):
+    import model
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(model, "free_cores", lambda prev=None: (_ for _ in ()).throw(AssertionError("read load")))
+    before = torch.get_num_threads()
+    assert model.use_free_cores() is None and torch.get_num_threads() == before

@@ -11,18 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PLAIN_BUILD, SANITIZED
+from conftest import SANITIZED
 from export import MAGIC, model_export
 from model import ModelArgs, Transformer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def run_bin():
-    r = subprocess.run(["make", "-C", str(REPO), PLAIN_BUILD], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / PLAIN_BUILD
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +27,7 @@ def files(tmp_path_factory, shared):
     out = {"dir": d, "tok512": shared / "models" / "tok512.bin", "llama_tok": shared / "models" / "tokenizer.bin",
            "stories": shared / "models" / "stories260K.bin"}
     for name, version, dtype in (("v0", 0, None), ("v1", 1, None), ("v2", 2, None), ("v3", 3, "fp32"),
-                                 ("v3_q8", 3, "q8_0"), ("v3_bf16", 3, "bf16")):
+                                 ("v3_q8", 3, "q8_0"), ("v3_bf16", 3, "bf16"), ("v3_q4", 3, "q4")):
         out[name] = d / f"tiny_{name}.bin"
         model_export(model, out[name], version=version, dtype=dtype)
     out["v32000"] = d / "tiny32000.bin"
@@ -108,6 +101,9 @@ CHECKPOINT_CASES = {
     "v3_norm_eps_zero": ("v3", dict(patch={46: f32(0.0)}), "norm_eps"),
     "v3_group_size_with_fp32": ("v3", dict(patch={37: i32(32)}), "group_size=32 but weight_type is fp32"),
     "v3_q8_group_size_zero": ("v3_q8", dict(patch={37: i32(0)}), "group_size=0"),
+    "v3_q4_group_size_odd": ("v3_q4", dict(patch={37: i32(1)}), "group_size=1 must be positive, even"),
+    "v3_q4_truncated": ("v3_q4", dict(cut=-3), "truncated"),
+    "v3_q4_weight_type_q8": ("v3_q4", dict(patch={41: b"\x02"}), "truncated"),  # q8_0 needs twice the bytes
     "v0_garbage": ("v0", dict(patch={0: i32(-7), 4: i32(123456789)}), "bad magic"),
 }
 
@@ -357,14 +353,21 @@ def write_v1(path, header, rnd):
 
 
 @pytest.mark.parametrize("vocab", [1, 2])
-def test_vocab_without_bos_and_eos_is_refused(run_bin, files, vocab):
-    """Generation starts at BOS=1 and ends at EOS=2: a vocabulary without those ids would read past the
-    embeddings. A well-formed file of such a shape is refused at its header."""
+def test_vocab_of_one_or_two_tokens(run_bin, san_bin, files, vocab):
+    """A well-formed vocab_size=1 header: llama2.c's top-p cutoff (1 - p) / (n - 1) admits no token and its
+    sampler read pi[-1]. Every sampler on a one- and a two-token model (with a tokenizer of that size) ends
+    cleanly, without a sanitizer report."""
     import numpy as np
     shape = dict(dim=8, hidden_dim=16, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=vocab, max_seq_len=8)
     path = write_v1(files["dir"] / f"vocab{vocab}.bin", shape, np.random.default_rng(0))
-    expect_error(run_bin, [path, "-z", files["tok512"]], f"vocab_size={vocab} too small")
-    expect_error(run_bin, [path, "-m", "logits", "-i", "0", "-o", files["dir"] / "l.bin"], "too small")
+    pieces = [b"a", b"b"][:vocab]
+    tok = files["dir"] / f"tok_vocab{vocab}.bin"
+    tok.write_bytes(struct.pack("<i", 1) + b"".join(struct.pack("<fi", 0.0, 1) + p for p in pieces))
+    for sampler in SAMPLERS:
+        for r in run_both(run_bin, san_bin, [path, "-z", tok, "-i", "a", "-n", "6", "-s", "1", *sampler]):
+            err = r.stderr.decode(errors="replace").strip().splitlines()
+            assert r.returncode == 0, (sampler, r.returncode, err)
+            assert set(r.stdout.strip()) <= set(b"ab"), r.stdout
 
 
 def test_top_p_below_one_over_vocab_on_a_flat_distribution(run_bin, san_bin, files):

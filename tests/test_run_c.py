@@ -1,17 +1,23 @@
 """run.c against PyTorch and sentencepiece.
 
-Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0), greedy generation,
-llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/bf16 quality on
-real text, the vector kernels against the plain C ones, the fp16 conversions of the q8_0 KV cache
-against numpy, and a sanitizer build. Two builds are made once per session: `run` (portable: plain C
-kernels, one thread) and `runomp` (-march=native vector kernels + OpenMP); every C check runs on both.
+Logits at every position for every .bin format (v0, v1, v2, v3 fp32/bf16/q8_0/q4), greedy generation,
+llama2.c's sampler stream, the BPE encoder against sentencepiece, chat mode, int8/int4/bf16 quality
+on real text, the vector kernels against the plain C ones, the fp16 conversions of the KV cache of
+quantised models against numpy, and a sanitizer build. The builds are made once per session:
+`runplain` (portable: plain C kernels, one thread), `run` (this CPU's vector kernels + OpenMP), and
+where this machine can run them `runavx2` (AVX2 + FMA), `runavxvnni` (+ AVX-VNNI) and, under
+qemu-aarch64 when the cross compiler is installed, `runarm_neon` and `runarm_dot` (NEON, + dot
+product). The kernel checks (logits, generation, the documented samples) run on every build and
+compare each vector build with runplain; the others run on runplain and run.
 """
 import json
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,9 +28,25 @@ import torch
 from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD
 from export import load_bin, model_export, read_header
 from model import ModelArgs, Transformer
+from prompts import prompts
 
 REPO = Path(__file__).resolve().parent.parent
-BUILDS = [PLAIN_BUILD, VECTOR_BUILD]  # plain kernels, vector kernels + threads
+
+
+def cpu_flags():
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+FLAGS = cpu_flags()
+QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]  # runs the aarch64 builds, with Debian's cross libc
+ARM = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which(QEMU[0]))
+HOST_BUILDS = [PLAIN_BUILD, VECTOR_BUILD]  # plain kernels; this CPU's vector kernels + threads (conftest)
+BUILDS = HOST_BUILDS + ([] if SANITIZED else (["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else [])
+                        + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else [])
+                        + (["runarm_neon", "runarm_dot"] if ARM else []))
 
 # GQA, MQA and MHA; tied and untied; odd vocab sizes; q8_0 group sizes 64 (vnni), 32 (vnni) and
 # 4 (plain fallback); fp32 tails (dim 48, hidden 100, head size 12); rope_theta/norm_eps only in
@@ -38,7 +60,8 @@ CONFIGS = {
     "wide_threads": ModelArgs(dim=512, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=1001, hidden_dim=128,
                               max_seq_len=160),
 }
-FORMATS = ["v0", "v1", "v2", "v3_fp32", "v3_bf16", "v3_q8_0"]
+FORMATS = ["v0", "v1", "v2", "v3_fp32", "v3_bf16", "v3_q8_0", "v3_q4"]
+QUANTISED = ("v2", "v3_q8_0", "v3_q4")  # formats whose matmul inputs run.c quantises to int8
 ATOL = 1e-4
 
 
@@ -63,7 +86,7 @@ def make_model(args, seed=0):
 
 
 def fake_quant_inputs(model, group_size):
-    """Make `model` quantise every matmul input the way run.c's q8_0 path does (per group of
+    """Make `model` quantise every matmul input the way run.c's q8_0 and q4 paths do (per group of
     group_size: scale = max|x|/127, q = x * (1/scale) rounded half away from zero), so that its
     logits are run.c's up to float summation order. Returns the hook handles."""
     def hook(mod, args):
@@ -78,7 +101,7 @@ def fake_quant_inputs(model, group_size):
 
 
 class F16KVCache(torch.overrides.TorchFunctionMode):
-    """Attention sees k and v rounded to fp16, as run.c's KV cache holds them for q8_0 models
+    """Attention sees k and v rounded to fp16, as run.c's KV cache holds them for q8_0 and q4 models
     (rounding on use equals rounding on store: it is idempotent)."""
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.nn.functional.scaled_dot_product_attention:
@@ -89,10 +112,10 @@ class F16KVCache(torch.overrides.TorchFunctionMode):
 
 def reference_for(path):
     """The PyTorch model run.c should match for a .bin: its weights as stored (load_bin), with
-    run.c's activation quantisation and fp16 KV cache emulated for q8_0 files."""
+    run.c's activation quantisation and fp16 KV cache emulated for q8_0 and q4 files."""
     h = read_header(path)
     ref = load_bin(path)
-    if h["weight_type"] == "q8_0":
+    if h["weight_type"] in ("q8_0", "q4"):
         fake_quant_inputs(ref, h["group_size"])
         forward = ref.forward
 
@@ -103,16 +126,24 @@ def reference_for(path):
     return ref
 
 
+def command(binary):
+    """The command line that runs a build here: the aarch64 ones under qemu."""
+    return [*(QEMU if binary.startswith("runarm") else []), str(REPO / binary)]
+
+
 def run_c(binary, *args, check=True, **kw):
-    r = subprocess.run([str(REPO / binary), *map(str, args)], capture_output=True, timeout=120, **kw)
+    """A build run on args. OMP_DYNAMIC=false keeps every thread on, however busy the machine, so
+    that the threaded code is what the checks see (run.c otherwise leaves busy cores out)."""
+    kw.setdefault("env", dict(os.environ, OMP_DYNAMIC="false"))
+    r = subprocess.run([*command(binary), *map(str, args)], capture_output=True, timeout=300, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"{binary} {args[:3]}... failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     return r
 
 
-def c_logits(binary, path, ids, tmp_path):
+def c_logits(binary, path, ids, tmp_path, **kw):
     out = tmp_path / f"logits_{binary}_{os.getpid()}.bin"
-    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out)
+    run_c(binary, path, "-m", "logits", "-i", " ".join(map(str, ids)), "-o", out, **kw)
     return np.fromfile(out, np.float32).reshape(len(ids), -1)
 
 
@@ -199,7 +230,7 @@ def stories(shared, tmp_path_factory):
     src = shared / "models" / "stories260K.bin"
     model = load_bin(src)
     paths = {"v0": src}
-    for fmt in ("v2", "v3_bf16", "v3_q8_0"):
+    for fmt in ("v2", "v3_bf16", "v3_q8_0", "v3_q4"):
         version, dtype = fmt_args(fmt)
         paths[fmt] = d / f"stories260K_{fmt}.bin"
         model_export(model, paths[fmt], version=version, dtype=dtype)
@@ -236,21 +267,37 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
     # q8_0 quantises activations: an activation 1e-7 from a rounding boundary lands on either
     # side depending on summation order, moving logits by one quantum (~1% of their spread) from
     # there on. Such flips are rare but can happen anywhere, so q8_0 gets a spread-relative bound.
-    q8 = fmt in ("v2", "v3_q8_0")
+    q8 = fmt in QUANTISED
     tol = 0.05 * want.std() if q8 else ATOL
     results = {b: c_logits(b, path, ids[0].tolist(), tmp_path) for b in builds}
     for b, got in results.items():
         err = np.abs(got - want).max()
         assert err < tol, f"{b} {cfg} {fmt}: max |C - PyTorch| = {err:.3g}"
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
-    # the vector kernels (runomp) against the plain ones (run): the same numbers up to rounding
-    assert np.abs(results[PLAIN_BUILD] - results[VECTOR_BUILD]).max() < (tol if q8 else 2e-5)
+        # every vector build against the plain kernels: the same numbers up to rounding
+        diff = np.abs(got - results[PLAIN_BUILD]).max()
+        assert diff < (tol if q8 else 2e-5), f"{b} against the plain build, {cfg} {fmt}: {diff:.3g}"
     # and the quantised files stay close to the fp32 model itself
     rel = np.abs(results[VECTOR_BUILD] - orig).max() / orig.std()
-    assert rel < (0.02 if fmt == "v3_bf16" else 0.15 if fmt in ("v2", "v3_q8_0") else 1e-4), rel
+    bound = {"v3_bf16": 0.02, "v2": 0.15, "v3_q8_0": 0.15, "v3_q4": 1.0}.get(fmt, 1e-4)
+    assert rel < bound, rel
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0"])
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "wide_threads"])
+def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
+    """-m logits runs the ids as batches of up to 64 tokens; each position's logits are the same bits
+    as when that position is the last of a shorter run (other batches, another split over threads)."""
+    model, paths = tiny[cfg]
+    T = model.args.max_seq_len
+    ids = torch.randint(0, model.args.vocab_size, (T,), generator=torch.Generator().manual_seed(3)).tolist()
+    for b in builds:
+        full = c_logits(b, paths[fmt], ids, tmp_path)
+        for k in (1, 5, T // 2, T - 1):
+            assert np.array_equal(c_logits(b, paths[fmt], ids[:k], tmp_path)[-1], full[k - 1]), (b, k)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
 @pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mqa_untied_v131", "wide_threads"])
 def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
     model, paths = tiny[cfg]
@@ -303,6 +350,23 @@ def test_q8_fp16_kv_cache_never_overflows(builds, tmp_path, which):
         assert err < 0.05 * want.std(), f"{b}: max |C - PyTorch| = {err:.3g}"
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
         assert b"beyond fp16's range at position 0: KV cache switched to fp32" in r.stderr, r.stderr
+
+
+def test_threads_follow_free_cores_and_outputs_do_not(builds, tiny, tmp_path):
+    """With a busy-looping job beside it and OMP_DYNAMIC unset, run.c moves between 1 and 2 threads as
+    it finds the cores free or taken (see free_cores); the tokens stay those of the fixed run."""
+    model, paths = tiny["wide_threads"]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_DYNAMIC"}
+        for fmt in ("v1", "v3_q4"):
+            ids = [i % model.args.vocab_size for i in range(3, 3 + model.args.max_seq_len)]
+            adaptive = c_logits(VECTOR_BUILD, paths[fmt], ids, tmp_path, env=env)
+            fixed = c_logits(VECTOR_BUILD, paths[fmt], ids, tmp_path)
+            assert np.array_equal(adaptive, fixed)
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 # -----------------------------------------------------------------------------
@@ -408,10 +472,10 @@ def test_top_k_only_picks_top_k(builds, stories, shared, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# quality of the int8 and bf16 paths on real text (stories260K re-exported)
+# quality of the int8, int4 and bf16 paths on real text (stories260K re-exported)
 
 
-def test_int8_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
+def test_int8_int4_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(shared / "models" / "tok512.model"))
     texts = json.loads((shared / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
@@ -434,38 +498,18 @@ def test_int8_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
 
     ref_top1, ref_loss = evaluate(stories["v0"])
     assert ref_loss < 2.5  # the model does read this text
-    for fmt in ("v2", "v3_q8_0", "v3_bf16"):
+    # int8 and bf16 barely move the loss; int4 (issue 14's target: within 3% of fp32) moves it more
+    for fmt, min_agree, max_loss in (("v2", 0.95, 0.01), ("v3_q8_0", 0.95, 0.01), ("v3_bf16", 0.95, 0.01),
+                                     ("v3_q4", 0.85, 0.03)):
         top1, loss = evaluate(stories[fmt])
         agree = (top1 == ref_top1).mean()
-        assert agree >= 0.95, (fmt, agree)
-        assert abs(loss - ref_loss) / ref_loss < 0.01, (fmt, loss, ref_loss)
+        print(f"{fmt}: top-1 agreement {agree:.3f}, loss {loss:.4f} against {ref_loss:.4f}")
+        assert agree >= min_agree, (fmt, agree)
+        assert abs(loss - ref_loss) / ref_loss < max_loss, (fmt, loss, ref_loss)
 
 
 # -----------------------------------------------------------------------------
 # the tokenizer against sentencepiece
-
-
-def prompts():
-    """A few hundred varied prompts, the same every run."""
-    rnd = random.Random(1234)
-    fixed = ["", " ", "  ", "\n", "\t", "a", " a", "a ", "  hello   world  ", "Hello, World!", "12345",
-             "3.14159 and 2,718", "x\u2581y", "\u2581", "\u2581\u2581a", "a\u2581", "<s>hi</s>", "<0x41><unk>",
-             "caf\u00e9 na\u00efve \u00fcber", "\u3053\u3093\u306b\u3061\u306f\u4e16\u754c", "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440",
-             "\u0645\u0631\u062d\u0628\u0627", "\U0001F600\U0001F680 emoji!", "\U0001F468\u200D\U0001F469\u200D\U0001F467",
-             "\U0001F1EB\U0001F1F7", "e\u0301\u0302", "tab\tsep\tvalues", "line1\nline2\r\nline3", "\x01\x02\x7f",
-             "Once upon a time, there was a little girl named Lily.", "   leading", "trailing   ",
-             "a  b   c    d", " \n \t ", "\u3000ideographic\u3000space", "\u00a0nbsp\u00a0", "ÿþ", "\uffff\ufffd"]
-    pool = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789   ,.!?'\"-\n\t") + \
-        ["\u00e9", "\u00f1", "\u4e2d", "\u6587", "\U0001F600", "\u2581", "  ", "\u0416", "<", ">", "\u00a0"]
-    words = ("the little dog ran to the park and saw a big red ball . she was happy ! "
-             "Tim said : \" I want to play \" 42 1999").split(" ")
-    out = list(fixed)
-    for _ in range(130):
-        out.append("".join(rnd.choice(pool) for _ in range(rnd.randint(1, 40))))
-    for _ in range(130):
-        sep = rnd.choice([" ", " ", " ", "  ", "\n", " \n "])
-        out.append(sep.join(rnd.choice(words) for _ in range(rnd.randint(1, 25))))
-    return out
 
 
 @pytest.mark.parametrize("which", ["tok512", "llama2"])
@@ -489,7 +533,7 @@ def test_tokenizer_100KB_prompt_is_fast(builds, shared, llama_vocab_model, kind)
     sp = spm.SentencePieceProcessor(model_file=str(shared / "models" / "tokenizer.model"))
     text = {"story_text": (shared / "tinystories" / "TinyStories-train.head-2MiB.txt").read_text()[:100_000],
             "one_char": "a" * 100_000, "spaces": " " * 100_000}[kind]
-    for b in BUILDS:
+    for b in HOST_BUILDS:
         t0 = time.perf_counter()
         got = run_c(b, llama_vocab_model, "-z", shared / "models" / "tokenizer.bin", "-m", "tokenize", "-i", text)
         elapsed = time.perf_counter() - t0
@@ -503,7 +547,7 @@ def test_tokenizer_100KB_prompt_is_fast(builds, shared, llama_vocab_model, kind)
 
 def test_chat_mode(builds, shared, llama_vocab_model):
     tok = shared / "models" / "tokenizer.bin"
-    for b in BUILDS:
+    for b in HOST_BUILDS:
         # -p 0: plain multinomial; a random model's flat distribution makes top-p sort 32000 tokens
         # a random model rarely says EOS: its first reply runs into -n, which ends the chat with an error
         r = run_c(b, llama_vocab_model, "-z", tok, "-m", "chat", "-y", "You are kind.", "-n", 200, "-s", 1, "-p", 0,

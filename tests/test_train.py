@@ -1,6 +1,7 @@
 """train.py end to end on real TinyStories text tokenized with stories260K's 512-token vocabulary:
-the loss goes down, a resumed run is bitwise identical to an uninterrupted one, two DDP processes
-match one process, Ctrl-C saves a checkpoint, and missing data gets a how-to message."""
+the loss goes down with each optimizer and schedule, a resumed run is bitwise identical to an
+uninterrupted one, two DDP processes match one process, a time budget stops training, Ctrl-C saves
+a checkpoint, and missing data gets a how-to message."""
 import json
 import math
 import os
@@ -65,6 +66,12 @@ def test_no_data_says_how_to_prepare_it(tmp_path):
     for step in ("python tinystories.py download", "python tinystories.py train_vocab --vocab_size=512",
                  "python tinystories.py pretokenize --vocab_size=512"):
         assert step in err, err
+    # the hint keeps the user's --data_dir, and never suggests a command that would fail
+    for args, want, never in ((["--data_dir=elsewhere"], "train_vocab --vocab_size=512 --data_dir=elsewhere", None),
+                              (["--vocab_size=100"], "at least 260 tokens", "train_vocab --vocab_size=100")):
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=env(STORYLLAMA_DATA=str(tmp_path / "nodata")))
+        assert r.returncode == 1 and want in r.stderr and (never is None or never not in r.stderr), r.stderr
 
 
 def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
@@ -83,11 +90,35 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     assert all(m["tok_per_s"] > 0 and 0 < m["mfu"] < 1 for m in logs)
     ckpt = load(out)
     assert ckpt["iter_num"] == 60 and ckpt["model_args"]["dim"] == 64 and ckpt["config"]["learning_rate"] == 3e-3
+    from tokenizer import Tokenizer  # the checkpoint names its vocabulary, for sample.py, export.py and run.c
+    assert ckpt["vocab_identity"] == Tokenizer(data_dir / "tok512.model").identity.hex()
     assert not (out / "ckpt.pt.tmp").exists()
+    import plot  # plot.py reads what train.py really writes
+    run = plot.load_run(out)
+    assert [p[0] for p in run["val"]] == [0, 60] and run["val"][1][1] == 60 * 16 * 64 and run["val"][1][2] > 0
 
 
-# dropout (RNG) and 2 micro-batches (data position), 8 iterations
-RESUME = [*TINY, "--dropout=0.1", "--gradient_accumulation_steps=2", "--lr_decay_iters=8", "--always_save_checkpoint=True"]
+def test_muon_and_wsd_lower_the_loss(data_dir, tmp_path):
+    """AdamW with cosine is test_loss_goes_down_and_bits_per_byte; Muon with cosine trains in the DDP test."""
+    out = tmp_path / "out"
+    train(*TINY, "--dim=64", "--max_seq_len=64", "--batch_size=16", "--learning_rate=3e-3", "--muon_lr=0.03",
+          "--optimizer=muon", "--lr_schedule=wsd", "--decay_frac=0.5", "--min_lr=3e-4",
+          "--max_iters=40", "--eval_interval=40", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=tmp_path)
+    evals = [m for m in metrics(out) if "val_loss" in m]
+    lrs = {m["iter"]: m["lr"] for m in metrics(out) if "tok_per_s" in m}
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals
+    # the log line of iteration i shows the rate iteration i - 1 trained with: after 2 warm-up
+    # iterations the peak until half-way (progress = iterations past warm-up / 38), then linear to min_lr
+    wsd = lambda it: 3e-3 - 2.7e-3 * max((it - 2) / 38 - 0.5, 0) / 0.5  # noqa: E731
+    assert lrs[2] < 3e-3 and lrs[3] == lrs[20] == 3e-3
+    assert [lrs[i + 1] for i in (25, 30, 39)] == pytest.approx([wsd(25), wsd(30), wsd(39)])
+    ckpt = load(out)
+    assert len(ckpt["optimizer"]) == 2 and ckpt["config"]["optimizer"] == "muon" and ckpt["train_seconds"] > 0
+
+
+# dropout (RNG), 2 micro-batches (data position) and both optimizers (Muon's momentum, AdamW's moments)
+RESUME = [*TINY, "--dropout=0.1", "--gradient_accumulation_steps=2", "--lr_decay_iters=8", "--optimizer=muon",
+          "--always_save_checkpoint=True"]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +133,11 @@ def assert_same_run(a, b):
     assert a["iter_num"] == b["iter_num"] == 8 and a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert len(a["optimizer"]) == len(b["optimizer"]) == 2  # Muon, AdamW
+    for oa, ob in zip(a["optimizer"], b["optimizer"]):
+        assert oa["state"].keys() == ob["state"].keys() and oa["state"]
+        for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_resume_is_bitwise_identical(data_dir, straight, tmp_path):
@@ -127,9 +161,9 @@ def test_resume_is_bitwise_identical(data_dir, straight, tmp_path):
 
 
 def test_ddp_two_processes_match_one(data_dir, tmp_path):
-    """torchrun gloo, 2 processes x 1 micro-batch vs 1 process x 2 micro-batches: the same data, the
-    same averaged gradients; only the order of float additions differs."""
-    common = [*TINY, "--gradient_accumulation_steps=2", "--max_iters=6", "--eval_interval=6",
+    """torchrun gloo, 2 processes x 1 micro-batch vs 1 process x 2 micro-batches, with Muon: the same
+    data, the same averaged gradients; only the order of float additions differs."""
+    common = [*TINY, "--gradient_accumulation_steps=2", "--max_iters=6", "--eval_interval=6", "--optimizer=muon",
               "--learning_rate=3e-3", f"--data_dir={data_dir}"]
     one = train(*common, f"--out_dir={tmp_path / 'one'}", cwd=tmp_path)
     two = train(*common, f"--out_dir={tmp_path / 'two'}", cwd=tmp_path, torchrun=2)
@@ -171,6 +205,49 @@ def test_as_typed_then_ctrl_c_saves(data_dir, tmp_path):
     train("--init_from=resume", f"--max_iters={ckpt['iter_num'] + 1}", "--eval_iters=1", cwd=tmp_path,
           STORYLLAMA_DATA=str(data_dir))
     assert load(tmp_path / "out")["iter_num"] == ckpt["iter_num"] + 1
+
+
+def test_ctrl_c_during_evaluation_stops_at_once(data_dir, tmp_path):
+    """Ctrl-C in the middle of a long evaluation stops the run within seconds (it used to finish the
+    evaluation first: minutes), keeps the last completed iteration's checkpoint and records no
+    partial evaluation."""
+    out = tmp_path / "out"
+    train(*TINY, "--max_iters=4", "--eval_interval=4", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=tmp_path)
+    # resumed at 4 (no evaluation there): iterations 5 and 6, then an evaluation of 2 x 100,000 batches
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--init_from=resume", "--max_iters=8",
+                          "--eval_interval=6", "--eval_iters=100000", f"--out_dir={out}"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("iter 6 |"):
+                break
+        t0 = time.time()
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=120)
+        waited = time.time() - t0
+    finally:
+        p.kill()
+    assert p.returncode == 130, "".join(lines) + rest
+    assert waited < 30, waited
+    assert "interrupted at iteration 6: saved" in rest
+    assert load(out)["iter_num"] == 6
+    assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, 4]
+
+
+def test_time_budget_stops_training(data_dir, tmp_path):
+    """A 3-second budget: training stops on time whatever max_iters says, with the learning rate at
+    its floor, and the checkpoint and the log say how many iterations it got."""
+    out = tmp_path / "out"
+    r = train(*TINY, "--max_minutes=0.05", "--max_iters=1000000", "--eval_interval=1000000", "--warmup_iters=0",
+              "--min_lr=1e-5", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=tmp_path)
+    ckpt, logs = load(out), [m for m in metrics(out) if "tok_per_s" in m]
+    assert 3.0 <= ckpt["train_seconds"] < 3.0 + 5.0 and 0 < ckpt["iter_num"] == logs[-1]["iter"]
+    assert f"time budget spent: {ckpt['iter_num']} iterations" in r.stdout
+    lrs = [m["lr"] for m in logs]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4  # decayed with time, to near min_lr
+    assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, ckpt["iter_num"]]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -1,0 +1,297 @@
+"""Hugging Face Llama directories, both ways, without transformers or safetensors: config.json, the
+weights (safetensors, written and read by the ~40 lines below; pytorch_model.bin read with
+torch.load(weights_only=True)) and, through hf_tokenizer.py, the tokenizer. export.py's --to_hf and
+--hf call hf_export and hf_import.
+
+Reading assumes the directory may be hostile: every value is checked before it is used (config sizes
+against the weight files' own headers before anything is allocated, weight_map entries must be
+regular files in the directory, safetensors headers and offsets against the file size) and every
+problem is one ValueError line naming the file.
+
+HF rotates the halves (x[j], x[j + hs/2]) of each head where Meta/llama2.c rotate the pairs
+(x[2j], x[2j+1]); the same model is had by reordering the rows of wq and wk inside each head:
+interleaved row 2j -> HF row j, row 2j+1 -> HF row j + hs/2.
+"""
+import json
+import math
+import os
+import struct
+
+import torch
+
+from hf_tokenizer import MAX_JSON, _atomic_write, _regular_file, read_json, write_tokenizer
+from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
+
+ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+             "F64": (torch.float64, 8)}
+MAX_DIM = 1 << 24  # every shape field is below this, as in the .bin readers
+
+
+# -----------------------------------------------------------------------------
+# safetensors: u64 header length, a JSON header {name: {dtype, shape, data_offsets}}, raw little-endian data
+
+def write_safetensors(path, tensors: dict):
+    """tensors {name: fp32 tensor} -> a .safetensors file (atomically)."""
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name, t in tensors.items():
+        b = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)  # data starts 8-byte aligned
+    _atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+
+
+def safetensors_header(path):
+    """{name: (dtype, shape, start, end)} of a .safetensors file, every entry checked against the file."""
+    size = _regular_file(path, "safetensors file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if not 2 <= n <= min(MAX_JSON, size - 8):
+            raise ValueError(f"{path}: not a safetensors file (header length {n} in a {size}-byte file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a safetensors file (bad JSON header: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (the header is not a JSON object)")
+    out, data_size = {}, size - 8 - n
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(meta, dict) and isinstance(meta.get("dtype"), str) and isinstance(meta.get("shape"), list) \
+            and all(type(d) is int and 0 <= d < 1 << 40 for d in meta["shape"]) \
+            and isinstance(meta.get("data_offsets"), list) and len(meta["data_offsets"]) == 2 \
+            and all(type(o) is int for o in meta["data_offsets"])
+        if not ok:
+            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry")
+        a, b = meta["data_offsets"]
+        if not 0 <= a <= b <= data_size:
+            raise ValueError(f"{path}: tensor {name!r} lies at bytes {a}..{b}, outside the {data_size} bytes of data")
+        if meta["dtype"] in ST_DTYPES and b - a != math.prod(meta["shape"]) * ST_DTYPES[meta["dtype"]][1]:
+            raise ValueError(f"{path}: tensor {name!r} has {b - a} bytes for shape {meta['shape']} {meta['dtype']}")
+        out[name] = (meta["dtype"], tuple(meta["shape"]), 8 + n + a, 8 + n + b)
+    return out
+
+
+def _read_tensor(path, entry):
+    dtype, shape, a, b = entry
+    with open(path, "rb") as f:
+        f.seek(a)
+        buf = bytearray(f.read(b - a))
+    if len(buf) != b - a:
+        raise ValueError(f"{path}: truncated (the file shrank while reading)")
+    t = torch.frombuffer(buf, dtype=ST_DTYPES[dtype][0]) if buf else torch.empty(0, dtype=ST_DTYPES[dtype][0])
+    return t.reshape(shape)
+
+
+# -----------------------------------------------------------------------------
+# the model: config.json and the weights
+
+def _to_hf_rows(w, n_heads):
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _from_hf_rows(w, n_heads):
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _name_map(n_layers, tied):
+    """Our weight names -> HF's (w1 gate, w3 up, w2 down)."""
+    m = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    for i in range(n_layers):
+        for ours, theirs in (("attention_norm", "input_layernorm"), ("attention.wq", "self_attn.q_proj"),
+                             ("attention.wk", "self_attn.k_proj"), ("attention.wv", "self_attn.v_proj"),
+                             ("attention.wo", "self_attn.o_proj"), ("ffn_norm", "post_attention_layernorm"),
+                             ("feed_forward.w1", "mlp.gate_proj"), ("feed_forward.w2", "mlp.down_proj"),
+                             ("feed_forward.w3", "mlp.up_proj")):
+            m[f"layers.{i}.{ours}.weight"] = f"model.layers.{i}.{theirs}.weight"
+    if not tied:
+        m["output.weight"] = "lm_head.weight"
+    return m
+
+
+def hf_export(model, dirpath, vocab=None):
+    """Write model as a Hugging Face LlamaForCausalLM directory: config.json, generation_config.json,
+    model.safetensors, and with a vocabulary (tokenizer.Vocab) tokenizer.json and tokenizer_config.json."""
+    from export import _unwrap
+
+    model = _unwrap(model)
+    a = model.args
+    n_kv = a.n_kv_heads or a.n_heads
+    sd = model.state_dict()
+    tied = bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"]))
+    tensors = {}
+    for ours, theirs in _name_map(a.n_layers, tied).items():
+        w = sd[ours].detach().to("cpu", torch.float32)
+        if ours.endswith("attention.wq.weight"):
+            w = _to_hf_rows(w, a.n_heads)
+        elif ours.endswith("attention.wk.weight"):
+            w = _to_hf_rows(w, n_kv)
+        tensors[theirs] = w
+    bos, eos = (vocab.bos, vocab.eos) if vocab else (1, 2)  # llama2.c's ids when the vocabulary is unknown
+    stops = sorted({i for i in ((vocab.bos, vocab.eos, vocab.end) if vocab else (1, 2)) if i >= 0})
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": a.dim, "intermediate_size": ffn_hidden_dim(a), "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads, "num_key_value_heads": n_kv, "head_dim": a.dim // a.n_heads,
+        "vocab_size": a.vocab_size, "max_position_embeddings": a.max_seq_len,
+        "rms_norm_eps": a.norm_eps, "hidden_act": "silu", "tie_word_embeddings": tied,
+        # transformers < 5 reads rope_theta, 5.x rope_parameters (and still accepts rope_theta)
+        "rope_theta": a.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta},
+        "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": bos if bos >= 0 else None, "eos_token_id": eos if eos >= 0 else None,
+        "torch_dtype": "float32", "dtype": "float32", "initializer_range": 0.02, "pretraining_tp": 1, "use_cache": True,
+    }
+    # generation stops where sample.py and run.c stop a story: BOS, EOS, the end-of-story token
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": stops, "pad_token_id": stops[0] if stops else None}
+    os.makedirs(dirpath, exist_ok=True)
+    write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
+    for name, obj in (("config.json", config), ("generation_config.json", generation)):
+        _atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
+    if vocab is not None:
+        write_tokenizer(vocab, dirpath, a.max_seq_len)
+
+
+def _config_args(c, path):
+    """ModelArgs from a config.json object; ValueError naming the field when one is missing or bad."""
+    def get(key, default=None, kind=int):
+        v = c.get(key, default)
+        if kind is int and not (type(v) is int and 0 < v < MAX_DIM):
+            raise ValueError(f"{path}: {key}={v!r}: expected an integer in 1 .. {MAX_DIM - 1}")
+        if kind is float and not (type(v) in (int, float) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{path}: {key}={v!r}: expected a positive finite number")
+        return v
+
+    rope = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or not isinstance(scaling, dict):
+        raise ValueError(f"{path}: rope_parameters / rope_scaling must be objects")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise ValueError(f"{path}: rope scaling {rope or scaling} is not supported (plain RoPE only)")
+    if c.get("attention_bias") or c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: biases or an activation other than silu are not supported")
+    if c.get("model_type", "llama") != "llama":
+        raise ValueError(f"{path}: model_type {c.get('model_type')!r} is not supported (Llama only)")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
+        if key not in c:
+            raise ValueError(f"{path}: config.json lacks {key!r}")
+    dim, n_heads = get("hidden_size"), get("num_attention_heads")
+    eps = get("rms_norm_eps", 1e-6, float)
+    thetas = [v for v in (c.get("rope_theta"), rope.get("rope_theta")) if v is not None] or [10000.0]
+    for theta in thetas:  # transformers 4 reads rope_theta, 5 rope_parameters: each must be good
+        if not (type(theta) in (int, float) and math.isfinite(theta) and theta > 0):
+            raise ValueError(f"{path}: rope_theta={theta!r}: expected a positive finite number")
+    if len(set(thetas)) > 1:
+        raise ValueError(f"{path}: rope_theta={thetas[0]} and rope_parameters' rope_theta={thetas[1]} disagree")
+    theta = thetas[0]
+    if eps >= 1:
+        raise ValueError(f"{path}: rms_norm_eps={eps}: expected a number in (0, 1)")
+    tied = c.get("tie_word_embeddings", False)
+    if type(tied) is not bool:
+        raise ValueError(f"{path}: tie_word_embeddings={tied!r}: expected true or false")
+    args = ModelArgs(dim=dim, n_layers=get("num_hidden_layers"), n_heads=n_heads,
+                     n_kv_heads=get("num_key_value_heads", n_heads), vocab_size=get("vocab_size"),
+                     hidden_dim=get("intermediate_size"), max_seq_len=get("max_position_embeddings", 2048),
+                     norm_eps=float(eps), rope_theta=float(theta), tie_embeddings=tied)
+    if c.get("head_dim") not in (None, dim // n_heads):
+        raise ValueError(f"{path}: head_dim={c['head_dim']} != hidden_size/num_attention_heads: not supported")
+    try:
+        check_args(args)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return args
+
+
+def _weight_files(dirpath):
+    """[(path, kind)] of an HF directory's weight files: (sharded) safetensors or pytorch_model.bin."""
+    for index, single, kind in (("model.safetensors.index.json", "model.safetensors", "st"),
+                                ("pytorch_model.bin.index.json", "pytorch_model.bin", "pt")):
+        ipath = os.path.join(dirpath, index)
+        if os.path.exists(ipath):
+            wm = read_json(ipath, "weight index").get("weight_map")
+            if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+                raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
+            files = sorted(set(wm.values()))
+            for name in files:  # shards live in the directory itself: no paths out of it
+                if os.path.basename(name) != name or name in ("", ".", ".."):
+                    raise ValueError(f"{ipath}: weight_map names {name!r}, expected a file name in {dirpath}")
+            return [(os.path.join(dirpath, name), kind) for name in files]
+        if os.path.exists(os.path.join(dirpath, single)):
+            return [(os.path.join(dirpath, single), kind)]
+    raise ValueError(f"{dirpath}: no model.safetensors or pytorch_model.bin (or their .index.json)")
+
+
+def hf_import(dirpath) -> Transformer:
+    """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
+    Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
+    from export import _build, _tensor_order
+
+    dirpath = os.fspath(dirpath)
+    if not os.path.isdir(dirpath):
+        raise ValueError(f"{dirpath}: not a directory")
+    cpath = os.path.join(dirpath, "config.json")
+    args = _config_args(read_json(cpath, "config.json"), cpath)
+    files, a = _weight_files(dirpath), args
+    # the files must be able to hold what config.json claims before any list or tensor of that size exists
+    n_tensors = 2 + 9 * a.n_layers + (not a.tie_embeddings)
+    kv_dim = a.n_kv_heads * (a.dim // a.n_heads)
+    n_params = a.vocab_size * a.dim * (1 + (not a.tie_embeddings)) + a.dim + a.n_layers * (
+        2 * a.dim + 2 * a.dim * a.dim + 2 * kv_dim * a.dim + 3 * a.hidden_dim * a.dim)
+    if files[0][1] == "st":
+        held = {name: (path, entry) for path, _ in files for name, entry in safetensors_header(path).items()}
+    else:  # pickled state dicts can only be bounded by their size: the fp64 model plus slack at most
+        limit = 8 * n_params + (1 << 20)
+        total = sum(_regular_file(p, "weight file") for p, _ in files)
+        if total > limit:
+            raise ValueError(f"{dirpath}: the weight files hold {total:,} bytes, config.json's model at most {limit:,}")
+        held = {}
+        for path, _ in files:
+            try:
+                part = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
+                raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: "
+                                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+            if not isinstance(part, dict):
+                raise ValueError(f"{path}: not a state dict")
+            held.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
+    if n_tensors > len(held):
+        raise ValueError(f"{cpath}: num_hidden_layers={a.n_layers} needs {n_tensors} weights, the weight files hold "
+                         f"{len(held)} tensors")
+    h = dict(version=1, dim=a.dim, hidden_dim=a.hidden_dim, n_layers=a.n_layers, n_heads=a.n_heads,
+             n_kv_heads=a.n_kv_heads, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len, shared=a.tie_embeddings)
+    shapes = dict(_tensor_order(h))
+    names = _name_map(a.n_layers, a.tie_embeddings)
+    want = {theirs: shapes[ours] for ours, theirs in names.items()}
+    sd = {}
+    for ours, theirs in names.items():
+        if theirs not in held:
+            raise ValueError(f"{dirpath}: weight {theirs} missing")
+        if files[0][1] == "st":
+            path, entry = held[theirs]
+            if entry[0] not in ST_DTYPES or entry[1] != tuple(want[theirs]):
+                raise ValueError(f"{path}: weight {theirs} is {entry[0]} {list(entry[1])}, config.json implies "
+                                 f"a float tensor of shape {list(want[theirs])}")
+            w = _read_tensor(path, entry)
+        else:
+            w = held[theirs]
+            if tuple(w.shape) != tuple(want[theirs]) or not w.is_floating_point():
+                raise ValueError(f"{dirpath}: weight {theirs} is {w.dtype} {list(w.shape)}, config.json implies "
+                                 f"a float tensor of shape {list(want[theirs])}")
+        w = w.float()
+        if ours.endswith("attention.wq.weight"):
+            w = _from_hf_rows(w, args.n_heads)
+        elif ours.endswith("attention.wk.weight"):
+            w = _from_hf_rows(w, args.n_kv_heads)
+        sd[ours] = w
+    if args.tie_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    return _build(args, sd)
