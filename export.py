@@ -220,8 +220,6 @@ def _header(model, version, dtype, group_size) -> dict:
             if _f32(getattr(args, name)) != _f32(legacy):
                 raise ValueError(f"{name}={getattr(args, name)} cannot be stored in version {version} "
                                  f"(its readers assume {legacy}): use --version=3")
-    if args.vocab_size < 3:
-        raise ValueError(f"vocab_size={args.vocab_size}: a .bin model needs the ids BOS=1 and EOS=2 (at least 3 tokens)")
     sd = model.state_dict()
     hidden = ffn_hidden_dim(args)
     h = dict(version=version, dim=args.dim, hidden_dim=hidden, n_layers=args.n_layers, n_heads=args.n_heads,
@@ -296,8 +294,6 @@ def _sane(h: dict) -> str:
     for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
         if not 0 < h[k] < 1 << 24:
             return f"{k}={h[k]} out of range"
-    if h["vocab_size"] < 3:
-        return f"vocab_size={h['vocab_size']} too small (expected at least 3: <unk>, BOS=1, EOS=2)"
     if h["dim"] % h["n_heads"] or (h["dim"] // h["n_heads"]) % 2:
         return f"dim={h['dim']} is not n_heads={h['n_heads']} times an even head size"
     if h["n_heads"] % h["n_kv_heads"]:

@@ -47,6 +47,8 @@ MODELS = {
     "model_v3_bf16.bin": (dict(tie_embeddings=False), dict(version=3, dtype="bf16")),
     "model_v3_q8_0_gs4.bin": ({}, dict(version=3, dtype="q8_0", group_size=4)),  # run.c's small-group kernel
     "model_v3_q8_0_gs32.bin": (dict(dim=64, hidden_dim=64), dict(version=3, dtype="q8_0", group_size=32)),
+    "model_v3_q4_gs4.bin": ({}, dict(version=3, dtype="q4", group_size=4)),
+    "model_v3_q4_gs32.bin": (dict(dim=64, hidden_dim=64), dict(version=3, dtype="q4", group_size=32)),
     "model_v3_vocab64.bin": (dict(vocab_size=64), dict(version=3)),  # no tokenizer of its size
     "model_v2_odd.bin": (ODD, dict(version=2, group_size=2)),  # the plain q8 kernel; v2 scales off 4-byte alignment
     "model_v3_fp32_odd.bin": ({**ODD, "tie_embeddings": False}, dict(version=3, dtype="fp32")),
@@ -69,8 +71,9 @@ def stories(n=300, seed=0):
     return out
 
 
-def sentencepiece_tokenizer(special_tokens=(), vocab=VOCAB):
-    """A vocabulary trained by tinystories.train_vocab, exported to run.c's format by tokenizer.py."""
+def sentencepiece_tokenizer(special_tokens=(), vocab=VOCAB, legacy=False):
+    """A vocabulary trained by tinystories.train_vocab, exported by tokenizer.py: in our tokenizer file
+    format, or llama2.c's (legacy)."""
     def write(path):
         import tinystories
         from tokenizer import Tokenizer
@@ -78,15 +81,16 @@ def sentencepiece_tokenizer(special_tokens=(), vocab=VOCAB):
             text = Path(d) / "stories.json"
             text.write_text(json.dumps({"texts": stories()}))
             model = tinystories.train_vocab(vocab, [text], data_dir=d, special_tokens=special_tokens)
-            Tokenizer(model).export(path)
+            Tokenizer(model).export(path, legacy=legacy)
     return write
 
 
 # file name: a function writing it
 TOKENIZERS = {
     "tok_384.bin": sentencepiece_tokenizer(),
+    "tok_384_legacy.bin": sentencepiece_tokenizer(legacy=True),  # llama2.c's tokenizer file
     "tok_384_special.bin": sentencepiece_tokenizer(("<|start_story|>", "<|end_story|>")),
-    "tok_383.bin": sentencepiece_tokenizer(vocab=VOCAB - 1),  # the odd models' vocabulary
+    "tok_383.bin": sentencepiece_tokenizer(vocab=VOCAB - 1, legacy=True),  # the odd models' vocabulary
 }
 
 
