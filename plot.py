@@ -4,8 +4,9 @@
     python plot.py out260K/ out/ -o cmp.png  # several side by side, one colour each
 
 Reads each run's metrics.jsonl (written by train.py: a line per log interval and per evaluation).
-Minutes are training time: the sum of the logged ms/iter over the iterations between log lines, so
-evaluations and pauses between resumed sessions do not count. A resumed run's later lines replace
+Minutes are training time: train.py's training clock (train_s; for older runs the logged ms/iter
+summed over the iterations between log lines), so evaluations and pauses between resumed sessions do
+not count. A resumed run's later lines replace
 the lines of the iterations it repeated. matplotlib is needed here only (pip install matplotlib).
 """
 import argparse
@@ -41,10 +42,13 @@ def load_run(folder):
     # tokens per iteration from any evaluation that records its tokens (iteration 0 says nothing)
     per_iter = next((e["tokens"] / e["iter"] for e in evals if e.get("tokens") and e["iter"]), None)
     minutes, t, prev = {0: 0.0}, 0.0, 0
-    for e in logs:
-        t += e["ms_per_iter"] * (e["iter"] - prev) / 60000
+    for e in logs:  # train.py records its training clock (train_s); older runs only ms/iter
+        t = e["train_s"] / 60 if "train_s" in e else t + e["ms_per_iter"] * (e["iter"] - prev) / 60000
         minutes[e["iter"]] = t
         prev = e["iter"]
+    for e in evals:
+        if "train_s" in e:
+            minutes[e["iter"]] = e["train_s"] / 60
 
     def at(it):  # training minutes at iteration it (linear between log lines)
         known = sorted(minutes)

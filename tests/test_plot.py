@@ -62,3 +62,9 @@ def test_errors_are_one_line(tmp_path):
     write_run(tmp_path / "ok", [ev(0, 6.0), log(10, 500, 5.0)])
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ok")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and r.stderr.strip() == "plot.py: error: plot.py needs matplotlib: pip install matplotlib"
+
+
+def test_training_clock_is_used_when_recorded(tmp_path):
+    lines = [{**ev(0, 6.0), "train_s": 0.0}, {**log(10, 600, 5.0), "train_s": 30.0}, {**ev(10, 5.0), "train_s": 30.0}]
+    run = plot.load_run(write_run(tmp_path / "c", lines))
+    assert run["train"][0][2] == 0.5 and run["val"][1][2] == 0.5  # 30 s of training, not 10 x 0.6 s
