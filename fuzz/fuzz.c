@@ -383,7 +383,7 @@ static void fork_server(Fuzzer *f) {
 }
 
 // what is wrong with an execution, or NULL, from its wait status and stderr: exit 0 may print notes
-// and the speed, exit 1 notes and exactly one error line; nothing else is expected
+// and the speeds, exit 1 notes and exactly one error line; nothing else is expected
 static const char *verdict(int status, const char *err, size_t n) {
     if (WIFSIGNALED(status)) { return WTERMSIG(status) == SIGALRM ? "hang" : "crash"; }
     int code = WEXITSTATUS(status), errors = 0;
@@ -399,7 +399,8 @@ static const char *verdict(int status, const char *err, size_t n) {
         if (memmem(line, len, "WARNING: AddressSanitizer failed to allocate", 44)) { line += len + 1; continue; }
         if (memmem(line, len, "Sanitizer", 9)) { return "sanitizer"; }
         if (len >= 12 && !memcmp(line, "run: error: ", 12)) { errors++; }
-        else if (!(len >= 11 && !memcmp(line, "run: note: ", 11)) && !(len >= 15 && !memcmp(line, "achieved tok/s:", 15))) {
+        else if (!(len >= 11 && !memcmp(line, "run: note: ", 11)) && !(len >= 15 && !memcmp(line, "achieved tok/s:", 15))
+                 && !(code == 0 && len >= 8 && !memcmp(line, "prompt: ", 8))) {  // the speeds run.c reports
             return "stderr";
         }
         line += len + 1;
