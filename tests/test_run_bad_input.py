@@ -382,9 +382,10 @@ def test_top_p_below_one_over_vocab_on_a_flat_distribution(run_bin, san_bin, fil
         assert r.stdout == b"<unk>" * 6 + b"\n", r.stdout  # -n 6: six sampled tokens
 
 
-def eos_model(files, name, **shape):
-    """A model that puts nearly all its probability on EOS after any token: every embedding is the same
-    unit vector, the residual branches add nothing, and only the classifier row of EOS sees it."""
+def eos_model(files, name, eos_logit=30.0, **shape):
+    """A model whose logits are the same after any token: every embedding is the same unit vector, the
+    residual branches add nothing, and only the classifier row of EOS sees it, with logit eos_logit
+    (30: nearly always EOS; -30: never), every other token 0."""
     def edit(m):
         m.tok_embeddings.weight.zero_()
         m.tok_embeddings.weight[:, 0] = 1.0
@@ -392,7 +393,7 @@ def eos_model(files, name, **shape):
             layer.attention.wo.weight.zero_()
             layer.feed_forward.w2.weight.zero_()
         m.output.weight.zero_()
-        m.output.weight[2, 0] = 30.0 / SHAPE["dim"] ** 0.5  # EOS logit 30, every other 0
+        m.output.weight[2, 0] = eos_logit / SHAPE["dim"] ** 0.5
     path = files["dir"] / name
     model_export(edited_model(edit, tie_embeddings=False, **shape), path, version=1)
     return path
@@ -413,8 +414,7 @@ def test_story_that_ends_before_it_begins_says_so(run_bin, files):
 def test_chat_reaching_n_mid_reply_is_an_error(run_bin, files):
     """A reply that runs into -n ends the chat with an error (exit 1), not a silent exit 0 that leaves the
     user's next line to the shell; end of input after complete replies is a normal end."""
-    path = files["dir"] / "chat64.bin"
-    model_export(edited_model(lambda m: None, max_seq_len=64), path, version=1)  # a random model: rarely EOS
+    path = eos_model(files, "chat64.bin", eos_logit=-30.0, max_seq_len=64)  # replies that never end
     r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-m", "chat", "-n", "40", "-s", "1"],
                        input=b"\nhi\nmore\n", capture_output=True, timeout=60)
     err = r.stderr.decode().strip()
