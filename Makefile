@@ -10,8 +10,12 @@
 #   make runarm     aarch64 cross builds (gcc-aarch64-linux-gnu): runarm_neon (armv8-a NEON) and
 #                   runarm_dot (armv8.2-a + dot product); the tests run them under qemu-aarch64
 #   make rundebug   -O0 -g, for gdb
-#   make sanitize   the native build under AddressSanitizer + UndefinedBehaviorSanitizer (run_sanitize)
+#   make run_sanitize  the native build under AddressSanitizer + UndefinedBehaviorSanitizer
+#                   (run_sanitize_plain: the plain kernels, one thread); make sanitize: the C tests on
+#                   these two in place of runplain and run, clean or failing
 #   make test       the C tests (pytest); make bench: bench/bench_run.py; make clean
+#   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
+#                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
 CC ?= cc
 ARMCC ?= aarch64-linux-gnu-gcc
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -22,7 +26,12 @@ accepts = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/n
 NATIVE := $(or $(call accepts,-march=native),$(call accepts,-mcpu=native))
 OPENMP := $(call accepts,-fopenmp)
 
-.PHONY: all runomp runarm test bench clean
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 0
+C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
+
+.PHONY: all runomp runarm test bench clean sanitize fuzz
 all: run
 
 run: run.c
@@ -51,16 +60,33 @@ runarm_dot: run.c
 rundebug: run.c
 	$(CC) -O0 -g $(WARN) -o $@ $< $(LDLIBS)
 
-sanitize: run_sanitize
 run_sanitize: run.c
-	$(CC) -O1 -g $(NATIVE) $(OPENMP) -fsanitize=address,undefined -fno-sanitize-recover=all \
-		-fno-omit-frame-pointer $(WARN) -o $@ $< $(LDLIBS)
+	$(CC) -O1 -g $(NATIVE) $(OPENMP) $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
+
+run_sanitize_plain: run.c
+	$(CC) -O1 -g -DPLAIN $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
+
+# the C tests with both sanitizer builds standing in for runplain and run: any report fails a test
+sanitize: run_sanitize run_sanitize_plain
+	STORYLLAMA_BUILDS="run_sanitize_plain run_sanitize" $(PYTHON) -m pytest -q $(C_TESTS)
+
+# the fuzzer: run.c traced for coverage (target.o) and the driver, both under the sanitizers, one thread
+fuzz/run_fuzz: fuzz/fuzz.c fuzz/target.c run.c
+	$(CC) -O1 -g $(NATIVE) $(SANITIZE) -fsanitize-coverage=trace-pc -DHUGE_PAGE_BYTES=64 $(WARN) -c -o fuzz/target.o fuzz/target.c
+	$(CC) -O1 -g $(SANITIZE) $(WARN) -o $@ fuzz/fuzz.c fuzz/target.o $(LDLIBS)
+
+fuzz/seeds/made: fuzz/make_seeds.py export.py tokenizer.py tinystories.py
+	$(PYTHON) fuzz/make_seeds.py fuzz/seeds && touch $@
+
+fuzz: fuzz/run_fuzz fuzz/seeds/made
+	fuzz/run_fuzz fuzz/seeds $(FUZZ_SECONDS) $(FUZZ_RUNS)
 
 test:
-	$(PYTHON) -m pytest -q tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
+	$(PYTHON) -m pytest -q $(C_TESTS)
 
 bench:
 	$(PYTHON) bench/bench_run.py
 
 clean:
-	rm -f run runplain runfast runomp runavx2 runavxvnni runarm_neon runarm_dot rundebug run_sanitize
+	rm -f run runplain runfast runomp runavx2 runavxvnni runarm_neon runarm_dot rundebug run_sanitize run_sanitize_plain \
+		fuzz/run_fuzz fuzz/target.o

@@ -120,19 +120,32 @@ def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokeni
 
 
 def read_header(path):
-    """The header of a shard as a dict; DataError when it is not a complete storyllama shard."""
+    """The header of a shard as a dict; DataError when it is not a complete storyllama shard or a
+    field is one no pretokenize run writes (everything the batches and bits per byte rely on)."""
     path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(HEADER_SIZE)
+    if not path.is_file():  # a directory named like a shard; a FIFO would block the read
+        raise DataError(f"{path}: not a regular file, expected a token shard; re-run pretokenize")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_SIZE)
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
         raise DataError(f"{path}: not a storyllama token shard (bad magic); re-run pretokenize")
     magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha = struct.unpack_from(HEADER_FMT, raw)
     if version != VERSION:
         raise DataError(f"{path}: shard format version {version}, this code reads version {VERSION}")
-    size = path.stat().st_size
     if size != HEADER_SIZE + 2 * n_tokens:
         raise DataError(f"{path}: {size} bytes, the header says {HEADER_SIZE + 2 * n_tokens} "
                         "(truncated?); re-run pretokenize")
+    # every story is BOS, its tokens, EOS and holds some text: so 2 * n_stories <= n_tokens, n_bytes > 0
+    problem = (f"vocab_size={vocab} (ids are uint16)" if not 0 < vocab <= 1 << 16 else
+               f"bos_id={bos}, eos_id={eos} for a {vocab}-token vocabulary" if max(bos, eos) >= vocab else
+               f"n_stories={n_stories} for {n_tokens} tokens" if 2 * n_stories > n_tokens or (n_tokens and not n_stories)
+               else f"n_bytes=0 for {n_tokens} tokens" if n_tokens and not n_bytes else "")
+    if problem:
+        raise DataError(f"{path}: damaged or forged header: {problem}; re-run pretokenize")
     return {"vocab_size": vocab, "bos_id": bos, "eos_id": eos, "n_tokens": n_tokens,
             "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex()}
 
@@ -166,8 +179,20 @@ def split_shards(split, vocab_size, vocab_source="custom", data_dir=None):
                             f"than {model} ({want_sha[:12]}...); re-run pretokenize")
         if out and h["tokenizer_sha256"] != out[0][1]["tokenizer_sha256"]:
             raise DataError(f"{p}: made with another tokenizer than {out[0][0]}; re-run pretokenize")
+        check_tokens(p, h)
         out.append((p, h))
     return out
+
+
+def check_tokens(path, header):
+    """DataError unless every token id in the shard is below its vocab_size: one pass over the
+    memmap at load (about 10 GB/s from the page cache), so a damaged shard is refused before
+    training starts instead of failing an embedding lookup thousands of iterations in."""
+    tokens = load_shard(path)
+    if len(tokens) and int(tokens.max()) >= header["vocab_size"]:
+        at = int(np.argmax(tokens >= header["vocab_size"]))
+        raise DataError(f"{path}: token id {int(tokens[at])} at position {at} is outside the "
+                        f"{header['vocab_size']}-token vocabulary: a damaged shard; re-run pretokenize")
 
 
 def bytes_per_token(shards):

@@ -6,6 +6,9 @@ download.py: resumable, verified HTTP downloads (and local copies) for the data 
 
 A file is complete when its size is the total the server gave (Content-Length/Content-Range) and,
 if the server gives a sha256 (Hugging Face sends X-Linked-ETag on its redirect), its hash matches.
+A body of unknown length counts only when its framing proves it whole (the last chunk of a chunked
+body) or the sha256 matches. Limits: max_bytes per file, a deadline per file (all attempts
+together), and an attempt that stalls (under STALL_BYTES in STALL_SECONDS) is retried.
 """
 import http.client
 import os
@@ -21,6 +24,9 @@ from dataloader import DataError, file_sha256
 
 SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
                "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
+MAX_BYTES = 8 << 30  # per file: the largest TinyStories file is 2.2 GB, an endless body stops here
+DEADLINE = 6 * 3600  # seconds per file: 2.2 GB at 100 KB/s; a trickle cannot hold a download longer
+STALL_SECONDS, STALL_BYTES = 60, 16 << 10  # an attempt that moves less than this is dropped and resumed
 
 
 class _RecordRedirects(urllib.request.HTTPRedirectHandler):
@@ -46,16 +52,19 @@ def _server_sha256(all_headers):
     return None
 
 
-def http_download(url, dest, retries=3, timeout=60, sha256=None):
+def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_BYTES, deadline=DEADLINE):
     """
     Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
-    retrying an interrupted transfer up to `retries` times. The file is complete when its size
-    is the total from Content-Length/Content-Range and its sha256 matches: the one given, else
-    the one the server gives (as an ETag or X-Linked-ETag), if any; only then is it renamed to dest.
+    retrying an interrupted or stalled transfer up to `retries` times. The file is complete when its
+    size is the total from Content-Length/Content-Range (or, with no length given, when a chunked
+    body ended with its last chunk) and its sha256 matches: the one given, else the one the server
+    gives (as an ETag or X-Linked-ETag), if any; only then is it renamed to dest. More than max_bytes
+    is refused (the .part deleted); past `deadline` seconds (all attempts) the .part is kept for a
+    later run to resume.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    failures = 0
+    failures, t_end = 0, time.monotonic() + deadline
     while True:
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
@@ -63,7 +72,7 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None):
             request.add_header("Range", f"bytes={have}-")
         redirects = _RecordRedirects()
         try:
-            resp = urllib.request.build_opener(redirects).open(request, timeout=timeout)
+            resp = urllib.request.build_opener(redirects).open(request, timeout=min(timeout, _left(t_end, url, part)))
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:  # nothing left to send: .part may be complete, or too long
                 total = _range_total(e.headers.get("Content-Range"))
@@ -80,31 +89,33 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None):
         with resp:
             sha = _server_sha256(redirects.headers + [resp.headers])
             if resp.status == 206:
-                start, total = _range_start(resp.headers.get("Content-Range")), _range_total(
-                    resp.headers.get("Content-Range"))
+                content_range = resp.headers.get("Content-Range")
+                start, total = _range_start(content_range), _range_total(content_range)
+                if start is None:
+                    raise DataError(f"download of {url}: the server sent a malformed Content-Range {content_range!r}")
                 if start != have:
                     raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
             else:  # 200: the whole file (a server without Range support restarts us from zero)
                 have = 0
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length is not None else None
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=dest.name, leave=False) as bar:
-                try:
-                    while chunk := resp.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-                except (OSError, http.client.HTTPException):
-                    pass  # an interrupted transfer: what we got stays in .part, checked below
+                total = _content_length(resp.headers.get("Content-Length"), url)
+            if total is not None and total > max_bytes:
+                raise DataError(f"download of {url}: the server says {total} bytes, more than the {max_bytes} "
+                                "allowed for one file")
+            whole = _receive(resp, part, have, total, max_bytes, t_end, url, dest.name)
         got = part.stat().st_size
-        if total is None or got >= total:
+        if total is None and whole and (resp.chunked or sha or sha256):
+            total = got  # no length given: the last chunk (or the hash, checked below) proves it whole
+        elif total is None and whole:
+            part.unlink()
+            raise DataError(f"download of {url}: the server gave no Content-Length, no chunked framing and no "
+                            f"sha256, so a cut-off transfer cannot be told from a whole one. {SOURCE_HINT}")
+        if total is not None and got >= total:
             break
         failures += 1
         if failures > retries:
-            raise DataError(f"download of {url} stopped at {got} of {total} bytes; "
-                            "run the same command again to resume it")
-        time.sleep(min(0.5 * failures, 5))
+            raise DataError(f"download of {url} stopped at {got} of {total if total is not None else 'unknown'} "
+                            "bytes; run the same command again to resume it")
+        time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
     sha, said = (sha256, "expected") if sha256 else (sha, "the server said")
     got = part.stat().st_size
     if total is not None and got != total:
@@ -119,6 +130,54 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None):
                             "deleted it, run again")
     os.replace(part, dest)
     return dest
+
+
+def _left(t_end, url, part):
+    """Seconds left before the deadline, or DataError once it has passed (the .part stays)."""
+    left = t_end - time.monotonic()
+    if left <= 0:
+        have = part.stat().st_size if part.exists() else 0
+        raise DataError(f"download of {url} did not finish in time ({have} bytes so far, kept in {part.name}); "
+                        "run the same command again to resume it")
+    return left
+
+
+def _receive(resp, part, have, total, max_bytes, t_end, url, name):
+    """Append resp's body to part; True when it ended as its framing says (a cut-off chunked body
+    raises inside http.client), False when interrupted or stalled (the caller retries)."""
+    with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                       unit_divisor=1024, desc=name, leave=False) as bar:
+        window_start, window_bytes = time.monotonic(), 0
+        try:
+            # read1: whatever has arrived, so the deadline and the stall rule are checked between
+            # reads even when a server sends a byte at a time (read(n) would wait for all n)
+            while chunk := resp.read1(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+                have += len(chunk)
+                if have > max_bytes:
+                    f.close()
+                    part.unlink()
+                    raise DataError(f"download of {url}: more than the {max_bytes} bytes allowed for one file; "
+                                    "deleted it")
+                _left(t_end, url, part)
+                window_bytes += len(chunk)
+                if time.monotonic() - window_start > STALL_SECONDS:
+                    if window_bytes < STALL_BYTES:
+                        return False  # a trickle: drop this connection, resume on a new one
+                    window_start, window_bytes = time.monotonic(), 0
+        except (OSError, http.client.HTTPException):
+            return False  # an interrupted transfer: what we got stays in .part
+    return True
+
+
+def _content_length(value, url):
+    """Content-Length as an int (None when absent); DataError for anything but digits."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*\d+\s*", value):
+        raise DataError(f"download of {url}: the server sent a malformed Content-Length {value!r}")
+    return int(value)
 
 
 def _range_total(content_range):

@@ -301,9 +301,38 @@ def _sane(h: dict) -> str:
     return ""
 
 
+def _min_size(h: dict) -> int:
+    """A lower bound of the file size h implies, in O(1): every weight, no alignment padding. Checked
+    before _layout, whose list has 9 entries per layer (a flipped bit in n_layers: 150M of them)."""
+    dim, hidden, hs = h["dim"], h["hidden_dim"], h["dim"] // h["n_heads"]
+    kv_dim = h["n_kv_heads"] * hs
+    m = h["n_layers"] * (2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim)  # matrix weights
+    m += h["vocab_size"] * dim * (1 if h["shared"] else 2)
+    scales = 4 * (m // max(h["group_size"], 1))  # quantised types: one fp32 per group
+    weights = {"fp32": 4 * m, "bf16": 2 * m, "q8_0": m + scales, "q4": m // 2 + scales}[h["weight_type"]]
+    norms = (2 * h["n_layers"] + 1) * dim
+    return (28 if h["version"] == 0 else HEADER_BYTES) + weights + 4 * norms
+
+
+# A header can claim a context (max_seq_len) that no model of its size was trained for; the model's
+# RoPE tables and generate's KV cache are sized by it. As in run.c, a full-context cache (fp32 k and
+# v for every layer) over 1 GiB that is also more than 64 times the file is refused as corrupt.
+MAX_CACHE_BYTES, MAX_CACHE_RATIO = 1 << 30, 64
+
+
+def _cache_problem(h: dict, size: int) -> str:
+    cache = 2 * h["n_layers"] * h["max_seq_len"] * h["n_kv_heads"] * (h["dim"] // h["n_heads"]) * 4
+    if cache > MAX_CACHE_BYTES and cache > MAX_CACHE_RATIO * size:
+        return (f"max_seq_len={h['max_seq_len']}: its KV cache would take {cache / 1e9:.1f} GB, {cache / size:.0f} "
+                "times the file: a corrupt header?")
+    return ""
+
+
 def read_header(path) -> dict:
     """Parse and check the header of a .bin file; ValueError naming the file when it is not one."""
     path = os.fspath(path)
+    if not os.path.isfile(path):  # a FIFO would block the read, a directory is no model
+        raise ValueError(f"{path}: {'not a regular file' if os.path.exists(path) else 'no such file'}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
@@ -354,6 +383,10 @@ def read_header(path) -> dict:
                 raise ValueError(f"{path}: group_size={gs} must be positive{', even' if q4 else ''} and divide "
                                  f"dim={h['dim']} and hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
     h.setdefault("vocab_id", None)
+    if size < _min_size(h):
+        raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies at least {_min_size(h)}")
+    if _cache_problem(h, size):
+        raise ValueError(f"{path}: {_cache_problem(h, size)}")
     _, expected = _layout(h)
     if size < expected:
         raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies {expected}")
@@ -404,6 +437,23 @@ def _build(args: ModelArgs, sd: dict) -> Transformer:
 
 # -----------------------------------------------------------------------------
 # command line
+
+
+def check_finite(model, source):
+    """ValueError naming the first weight that holds NaN or inf: exported, it would only give NaN logits."""
+    for name, w in model.state_dict().items():
+        bad = int((~torch.isfinite(w)).sum())
+        if bad:
+            raise ValueError(f"{source}: {name} has {bad} NaN or infinite values (a diverged run?); "
+                             "pass --allow_nonfinite to export it anyway")
+
+
+def _closest_flags(parser, msg):
+    """'; closest: --checkpoint' for an unrecognised --flag in an argparse message, else ''."""
+    from configurator import closest
+    unknown = [w.split("=")[0] for w in msg.split() if w.startswith("--")] if "unrecognized" in msg else []
+    known = [o[2:] for act in parser._actions for o in act.option_strings if o.startswith("--")]
+    return closest(unknown[0][2:], known) if unknown else ""
 
 
 def model_tokenizer(a, model, model_id, train_config, note):
@@ -482,7 +532,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=tuple(WEIGHT_TYPES), default=None,
                    help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0")
     p.add_argument("--group_size", type=int, default=64)
-    p.error = lambda msg: sys.exit(f"export.py: error: {msg}")  # one line, no usage dump
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="export weights that hold NaN or inf (refused by default: a diverged run)")
+    p.error = lambda msg: sys.exit(f"export.py: error: {msg}{_closest_flags(p, msg)}")  # one line, no usage dump
     a = p.parse_args(argv)
     if not (a.checkpoint or a.bin or a.hf):
         p.error("give a source: --checkpoint=CKPT.pt, --bin=IN.bin or --hf=DIR")
@@ -499,10 +551,14 @@ def main(argv=None):
             model, model_id = load_bin(a.bin), read_header(a.bin)["vocab_id"]
         else:
             model = hf_import(a.hf)
+        if not a.allow_nonfinite:
+            check_finite(model, a.checkpoint or a.bin or a.hf)
         notes = []  # said after the outputs are written: an error stays the only line
         tok = model_tokenizer(a, model, model_id, train_config, notes.append)
         vocab_id = (tok.identity if tok else None) or model_id
         if a.out:
+            if os.path.dirname(a.out):
+                os.makedirs(os.path.dirname(a.out), exist_ok=True)
             dest = tokenizer_beside(a.out, tok) if tok else None
             model_export(model, a.out, a.version, a.dtype, a.group_size, vocab_id)
             print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")

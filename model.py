@@ -299,7 +299,8 @@ class Transformer(nn.Module):
 
         temperature 0 is greedy. Generation ends when every row has produced a stop token (by default
         BOS or EOS: the end of a story) or when the context is full; a finished row repeats its stop
-        token, so callers cut each row at its first stop token after the prompt.
+        token, so callers cut each row at its first stop token after the prompt. Non-finite logits are
+        a ValueError naming the position (see sample_next).
         """
         B, T = idx.shape
         max_new_tokens = min(max_new_tokens, self.args.max_seq_len - T)
@@ -308,7 +309,7 @@ class Transformer(nn.Module):
         last = torch.zeros(B, dtype=idx.dtype, device=idx.device)
         logits, _ = self(idx, cache=cache, start_pos=0)
         for step in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator, pos=T - 1 + step)
             nxt = torch.where(done, last, nxt)
             idx = torch.cat((idx, nxt[:, None]), dim=1)
             if stop_tokens:
@@ -331,8 +332,10 @@ def read_checkpoint(path, device="cpu"):
     weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
     ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"checkpoint {path} not found")
+    if not os.path.isfile(path):  # a FIFO would block the read, a directory is not one
+        raise ValueError(f"checkpoint {path}: not a regular file")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
@@ -344,13 +347,32 @@ def read_checkpoint(path, device="cpu"):
 
 
 def checkpoint_args(ckpt, path):
-    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model)."""
+    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model, or
+    not the model its weights are: see check_shapes)."""
     try:
         args = ModelArgs(**ckpt["model_args"])
         check_args(args)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+    check_shapes(args, ckpt, path)
     return args
+
+
+def check_shapes(args, ckpt, path):
+    """ValueError unless every weight in the checkpoint has the shape args give it. The model is
+    built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
+    instead of allocating terabytes before the weights are looked at."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
+    except RuntimeError as e:
+        raise ValueError(f"{path}: model_args make no model that fits in memory ({str(e).splitlines()[0]})") from None
+    for k, v in ckpt["model"].items():
+        k = k.removeprefix("_orig_mod.")
+        shape = tuple(getattr(v, "shape", ()))
+        if k in want and shape != want[k]:
+            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
+                             f"{want[k]}")
 
 
 def load_weights(model, ckpt, path):
@@ -372,11 +394,21 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else top-k/top-p sampling."""
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, pos=None):
+    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else top-k/top-p sampling.
+
+    NaN or infinite logits (a diverged model) are a ValueError naming `pos`, the position they are for.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        what = "NaN" if bool(torch.isnan(logits).any()) else "infinite"
+        where = "" if pos is None else f" at position {pos}"
+        raise ValueError(f"the model produced {what} logits{where}: is the checkpoint diverged?")
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()):  # a temperature so small that logits / t overflows
+        scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    logits = scaled
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -64,12 +64,18 @@ chosen at compile time and every kernel has a plain C twin that the tests compar
 // errors: one line naming the file or flag, then a non-zero exit
 
 static void die(const char *fmt, ...) {
+    char msg[1024];  // enough for any message; a longer one is cut
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "run: error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    // one line whatever the message quotes (a prompt, a flag value, a file name): controls escaped
+    fprintf(stderr, "run: error: ");
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) { fprintf(stderr, *p == '\n' ? "\\n" : "\\x%02x", *p); }
+        else { fputc(*p, stderr); }
+    }
+    fprintf(stderr, "\n");
     exit(EXIT_FAILURE);
 }
 
@@ -85,12 +91,16 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+#ifndef HUGE_PAGE_BYTES
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)  // the fuzz build makes it small: its runs are a few KB and short
+#endif
+
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
 // kernel has transparent huge pages: one TLB entry then covers 512 times as much, so streaming the
 // weights misses the TLB far less (README, "How it is fast"). what names the buffer in the error.
 // Free with free().
 static void *big_alloc(size_t n, const char *what) {
-    size_t huge = (size_t)2 << 20;
+    size_t huge = HUGE_PAGE_BYTES;
     void *p = NULL;
     n = (n + huge - 1) / huge * huge;
     if (posix_memalign(&p, huge, n) != 0) { die("%s: out of memory allocating %zu bytes", what, n); }
@@ -98,6 +108,28 @@ static void *big_alloc(size_t n, const char *what) {
     madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP this is plain memory
 #endif
     return p;
+}
+
+// n bytes from offset off of fd, or die naming the file
+static void read_fully(int fd, unsigned char *buf, size_t n, off_t off, const char *path) {
+    while (n > 0) {
+        ssize_t got = pread(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30), off);
+        if (got < 0 && errno == EINTR) { continue; }
+        if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
+        buf += got, n -= (size_t)got, off += got;
+    }
+}
+
+// A file to read (what: "checkpoint", "tokenizer"), refused unless it is a regular file before
+// anything can block: open() of a FIFO waits for a writer, a directory reads as garbage.
+static int open_regular(const char *path, const char *what, size_t *size) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) { die("cannot open %s %s: %s", what, path, strerror(errno)); }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *size = (size_t)st.st_size;
+    return fd;
 }
 
 // a*b and a+b that stick at UINT64_MAX instead of wrapping: sizes computed from a hostile header
@@ -342,16 +374,6 @@ static void read_header(Transformer *t) {
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
-// n bytes from offset off of fd, or die naming the file
-static void read_fully(int fd, unsigned char *buf, size_t n, off_t off, const char *path) {
-    while (n > 0) {
-        ssize_t got = pread(fd, buf, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30), off);
-        if (got < 0 && errno == EINTR) { continue; }
-        if (got <= 0) { die("%s: read failed: %s", path, got < 0 ? strerror(errno) : "file shrank while reading"); }
-        buf += got, n -= (size_t)got, off += got;
-    }
-}
-
 // Start-up against steady speed: a file mapping costs nothing up front (pages come in from the page
 // cache as the first token touches them, as llama2.c does), but its 4 KB pages stream slower than a
 // copy on huge pages, which costs a pass over the file to make (and, when memory is fragmented, the
@@ -362,17 +384,20 @@ static void read_fully(int fd, unsigned char *buf, size_t n, off_t off, const ch
 static void build_transformer(Transformer *t, const char *path, int passes) {
     memset(t, 0, sizeof(*t));
     t->path = path;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { die("cannot open checkpoint %s: %s", path, strerror(errno)); }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file", path); }
-    t->file_size = (size_t)st.st_size;
+    int fd = open_regular(path, "checkpoint", &t->file_size);
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
     // the header first, so that a wrong file is refused before anything big is allocated or read
     unsigned char header[HEADER_V1] = {0};
     read_fully(fd, header, t->file_size < HEADER_V1 ? t->file_size : HEADER_V1, 0, path);
     t->data = header;
     read_header(t);
+    // each layer holds at least its two fp32 norm vectors: a lower bound of the size in O(1), before
+    // the O(n_layers) walk (2^24 - 1 layers are a flipped bit away)
+    uint64_t at_least = mul_sat(t->c.n_layers, 8ull * t->c.dim);
+    if (t->file_size < at_least) {
+        die("%s: truncated: %zu bytes, the v%d header implies at least %llu", path, t->file_size, t->c.version,
+            (unsigned long long)at_least);
+    }
     uint64_t expected = walk_layout(t, NULL);
     if (t->file_size < expected) {
         die("%s: truncated: %zu bytes, the v%d header implies %llu", path, t->file_size, t->c.version,
@@ -1070,6 +1095,7 @@ typedef struct {
     float *x;  // (batch, dim) residual stream
     float *xb; // (batch, dim) normed input of a branch
     Input *in; // (batch) the current matmul inputs in the weight type's form
+    int kv_overflow; // fp16 cache: this thread stored a finite k or v beyond fp16's range
 } ThreadState;
 
 // Threads under load: when another job keeps a core busy, a thread on that core runs only part of
@@ -1311,18 +1337,25 @@ static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
 }
 
 // components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
-static void cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
-    int hs = c->head_size;
+// returns 1 when an fp16 cache got a finite value beyond its range (stored as inf: see forward_tokens)
+static int cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
+    int hs = c->head_size, overflow = 0;
     size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
     for (int h = lo / hs; h * hs < hi; h++) {
         size_t t = cache_tiles(s, c, l, h) + in_tile;  // t + d * 16: component d of head h
         int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
         for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) {
             size_t at = t + (size_t)(i - h * hs) * 16;
-            if (s->kv_f16) { ((uint16_t *)cache)[at] = f16_round(kv[i]); }
-            else { ((float *)cache)[at] = kv[i]; }
+            if (s->kv_f16) {
+                uint16_t h = f16_round(kv[i]);
+                ((uint16_t *)cache)[at] = h;
+                overflow |= (h & 0x7C00u) == 0x7C00u && isfinite(kv[i]);
+            } else {
+                ((float *)cache)[at] = kv[i];
+            }
         }
     }
+    return overflow;
 }
 
 // head h of the token at position pos, batch entry bt: its query in s->q, its output into s->att_out
@@ -1440,10 +1473,10 @@ static void forward_thread(const Transformer *t, RunState *s, const int *tokens,
         // k and v of each position into component i of the tile holding it, for this thread's rows
         EACH(b) {
             rope(ROW(s->k, b, kv_dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs);
-            cache_put(s->key_cache, ROW(s->k, b, kv_dim), s, c, l, pos + b, lo, hi);
+            me->kv_overflow |= cache_put(s->key_cache, ROW(s->k, b, kv_dim), s, c, l, pos + b, lo, hi);
         }
         matmul_part(s->v, ly->wv, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
-        EACH(b) { cache_put(s->value_cache, ROW(s->v, b, kv_dim), s, c, l, pos + b, lo, hi); }
+        EACH(b) { me->kv_overflow |= cache_put(s->value_cache, ROW(s->v, b, kv_dim), s, c, l, pos + b, lo, hi); }
         if (own_heads) {
             for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
         } else {
@@ -1497,18 +1530,45 @@ static void free_cores(RunState *s) {
 
 // Runs n tokens from position pos, in batches of at most s->batch; returns the logits of the last
 // (all_logits = 0), or of the last batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size
+static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
+#ifdef _OPENMP
+    if (s->parallel) {
+        free_cores(s);
+        #pragma omp parallel num_threads(s->nt)
+        forward_thread(t, s, tokens, nb, pos, all_logits, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1);  // barriers are no-ops here
+}
+
+// The fp16 caches of quantised models hold |x| <= 65504. When a k or v beyond that shows up, both
+// caches become fp32 (exactly: every half is a float) and the batch is computed again, so the model
+// gives its fp32-cache answer rather than infinities; a note on stderr says so.
+static void widen_kv_cache(RunState *s, const Transformer *t, int pos) {
+    size_t n = (size_t)t->c.n_layers * s->cache_len * t->c.kv_dim;
+    void **caches[2] = {&s->key_cache, &s->value_cache};
+    for (int k = 0; k < 2; k++) {
+        const uint16_t *h = *caches[k];
+        float *f = big_alloc(n * sizeof(float), "KV cache (lower -n)");
+        for (size_t i = 0; i < n; i++) { f[i] = f16_to_f32(h[i]); }
+        free(*caches[k]);
+        *caches[k] = f;
+    }
+    s->kv_f16 = 0;
+    fprintf(stderr, "run: note: %s: keys or values beyond fp16's range at position %d: KV cache switched to fp32\n",
+            t->path, pos);
+}
+
 static float *forward_tokens(const Transformer *t, RunState *s, const int *tokens, int n, int pos, int all_logits) {
     for (int done = 0; done < n; done += s->batch) {
-        int nb = n - done < s->batch ? n - done : s->batch;
-#ifdef _OPENMP
-        if (s->parallel) {
-            free_cores(s);
-            #pragma omp parallel num_threads(s->nt)
-            forward_thread(t, s, tokens + done, nb, pos + done, all_logits, omp_get_thread_num(), omp_get_num_threads());
-            continue;
+        int nb = n - done < s->batch ? n - done : s->batch, overflow = 0;
+        forward_batch(t, s, tokens + done, nb, pos + done, all_logits);
+        for (int i = 0; i < s->n_threads; i++) { overflow |= s->ts[i].kv_overflow; s->ts[i].kv_overflow = 0; }
+        if (overflow) {
+            widen_kv_cache(s, t, pos + done);
+            forward_batch(t, s, tokens + done, nb, pos + done, all_logits);  // overwrites the batch's k and v
         }
-#endif
-        forward_thread(t, s, tokens + done, nb, pos + done, all_logits, 0, 1);  // barriers are no-ops here
     }
     return s->logits;
 }
@@ -1720,14 +1780,11 @@ static int cmp_special(const void *a, const void *b) {  // longest first, then l
 
 static void build_tokenizer(Tokenizer *tk, const char *path, int vocab_size) {
     memset(tk, 0, sizeof(*tk));
-    FILE *f = fopen(path, "rb");
-    if (!f) { die("cannot open tokenizer %s: %s", path, strerror(errno)); }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { die("tokenizer %s: not a regular file", path); }
-    size_t size = (size_t)st.st_size;
+    size_t size;
+    int fd = open_regular(path, "tokenizer", &size);
     unsigned char *b = tk->file = xmalloc(size + 1);  // held in tk: an error exit leaves nothing unreachable
-    if (fread(b, 1, size, f) != size) { die("%s: read failed", path); }
-    fclose(f);
+    read_fully(fd, b, size, 0, path);
+    close(fd);
     int n = vocab_size;
     tk->vocab_size = n;
     tk->vocab = xmalloc(n * sizeof(char *));
@@ -2175,6 +2232,12 @@ static int sample_topp(const float *probs, int n, float topp, ProbIndex *pi, flo
     for (int i = 0; i < n; i++) {
         if (probs[i] >= cutoff) { pi[n0].index = i; pi[n0].prob = probs[i]; n0++; }
     }
+    if (n0 == 0) {
+        // the cutoff argument needs topp >= 1/n: below that a flat distribution can leave no token
+        // above it (llama2.c then reads pi[-1]), so sort them all
+        for (int i = 0; i < n; i++) { pi[i].index = i; pi[i].prob = probs[i]; }
+        n0 = n;
+    }
     qsort(pi, n0, sizeof(ProbIndex), cmp_prob);
     return sample_nucleus(pi, n0, topp, 1.0f, coin);
 }
@@ -2199,10 +2262,23 @@ static int sample_topk(const float *probs, int n, int k, float topp, ProbIndex *
     return sample_nucleus(pi, k, topp, mass, coin);
 }
 
+// The next token, or -1 when the logits are not all finite (a diverged or broken model: the
+// caller says so). On finite logits every step is llama2.c's, so the same seed gives its tokens.
 static int sample(Sampler *sp, float *logits) {
     int n = sp->vocab_size;
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(logits[i])) { return -1; }
+        amax = fabsf(logits[i]) > amax ? fabsf(logits[i]) : amax;
+    }
     if (sp->temperature == 0.0f) { return argmax(logits, n); }
-    for (int i = 0; i < n; i++) { logits[i] /= sp->temperature; }
+    if (isinf(amax / sp->temperature)) {
+        // a temperature so small that logits / t overflows: the same distribution, as (logit - max) / t
+        float mx = logits[argmax(logits, n)];
+        for (int i = 0; i < n; i++) { logits[i] = (logits[i] - mx) / sp->temperature; }
+    } else {
+        for (int i = 0; i < n; i++) { logits[i] /= sp->temperature; }
+    }
     softmax(logits, n);
     float coin = random_f32(&sp->rng_state);  // one draw per sampled token, as in llama2.c
     if (sp->topk > 0 && sp->topk < n) { return sample_topk(logits, n, sp->topk, sp->topp, sp->probindex, coin); }
@@ -2212,6 +2288,18 @@ static int sample(Sampler *sp, float *logits) {
 
 // ----------------------------------------------------------------------------
 // the modes: generate, chat, and two for tests and tools (logits, tokenize)
+
+// sample(), or one line naming the model and the position whose logits are NaN or infinite
+static int sample_or_die(Sampler *sp, float *logits, const Transformer *t, int pos) {
+    int next = sample(sp, logits);
+    if (next < 0) {
+        int nan = 0;
+        for (int i = 0; i < sp->vocab_size; i++) { nan |= isnan(logits[i]); }
+        die("%s: the model produced %s logits at position %d: is the checkpoint diverged?", t->path,
+            nan ? "NaN" : "infinite", pos);
+    }
+    return next;
+}
 
 static void check_prompt_fits(int n_tokens, const Config *c) {
     if (n_tokens > c->seq_len) {
@@ -2241,8 +2329,16 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
     int token = prompt_tokens[n_fill - 1], pos = n_fill;
     double start = 0.0;  // the prompt's pass, the first, pays for the page faults: not timed
     while (n_fill == n_prompt) {
-        int next = sample(sp, logits);
-        if (ends_story(tk, next)) { break; }  // BOS, EOS or the end-of-story token
+        int next = sample_or_die(sp, logits, t, pos - 1);  // the logits of position pos - 1
+        if (ends_story(tk, next)) {  // BOS, EOS or the end-of-story token
+            if (pos == 1 && prompt_tokens[0] == tk->bos) {
+                // nothing printed: say why the story is empty (as in llama2.c, it is not resampled)
+                fprintf(stderr, "run: note: the story ended before it began: the first token sampled was %s "
+                        "(try another seed -s, or a prompt -i)\n",
+                        next == tk->eos ? "EOS" : next == tk->bos ? "BOS" : "the end-of-story token");
+            }
+            break;
+        }
         print_piece(tk, token, next);
         fflush(stdout);
         token = next;
@@ -2309,30 +2405,59 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
         token = user_idx < n_prompt ? prompt_tokens[user_idx++] : next;
         if (token == tk->eos) { user_turn = 1; }
         float *logits = forward(t, s, token, pos);
-        next = sample(sp, logits);
+        next = sample_or_die(sp, logits, t, pos);
         pos++;
         if (user_idx >= n_prompt && next != tk->eos) { print_piece(tk, token, next); fflush(stdout); }
         if (next == tk->eos) { printf("\n"); }
     }
     printf("\n");
+    if (pos >= steps) {
+        // the user's next line would not be read (it would go to the shell): an error, not an end
+        fflush(stdout);
+        if (steps < t->c.seq_len) {
+            die("-n: the conversation reached its %d tokens%s: start again with a larger -n (the context holds %d)",
+                steps, next == tk->eos ? "" : " in the middle of a reply", t->c.seq_len);
+        }
+        die("the conversation filled the model's context of %d tokens%s", steps,
+            next == tk->eos ? "" : " in the middle of a reply");
+    }
     free(prompt_tokens);
 }
 
 // -m logits: every position's logits for the token ids in -i, as raw fp32 (n, vocab_size) in -o
+// A regular file (or a new one) is replaced through a temp file beside it and a rename, so it is
+// never half written; a symlink is followed and its target replaced the same way (the link stays);
+// a device or FIFO (/dev/stdout, a pipe) is written in place: renaming over it would replace it.
 static void write_logits(const Transformer *t, RunState *s, const int *ids, int n, const char *path) {
-    size_t plen = strlen(path);
+    struct stat st;
+    char *target = NULL;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && !(target = realpath(path, NULL))) {
+        die("-o %s: a symlink to nowhere: %s", path, strerror(errno));
+    }
+    const char *dest = target ? target : path;
+    int exists = stat(dest, &st) == 0, in_place = exists && !S_ISREG(st.st_mode);
+    if (exists && S_ISDIR(st.st_mode)) { die("-o %s: is a directory, expected a file name", path); }
+    size_t plen = strlen(dest);
     char *tmp = xmalloc(plen + 32);
-    snprintf(tmp, plen + 32, "%s.tmp%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { die("cannot write %s: %s", tmp, strerror(errno)); }
+    snprintf(tmp, plen + 32, "%s.tmp%ld", dest, (long)getpid());
+    const char *out = in_place ? dest : tmp;
+    FILE *f = fopen(out, "wb");
+    if (!f) { die("cannot write %s: %s", out, strerror(errno)); }
     for (int pos = 0; pos < n; pos += s->batch) {
         int nb = n - pos < s->batch ? n - pos : s->batch;
         float *logits = forward_tokens(t, s, ids + pos, nb, pos, 1);
         size_t count = (size_t)nb * t->c.vocab_size;
-        if (fwrite(logits, sizeof(float), count, f) != count) { die("write to %s failed", tmp); }
+        if (fwrite(logits, sizeof(float), count, f) != count) {
+            if (!in_place) { remove(tmp); }
+            die("write to %s failed: %s", out, strerror(errno));
+        }
     }
-    if (fclose(f) != 0 || rename(tmp, path) != 0) { die("cannot write %s: %s", path, strerror(errno)); }
+    if (fclose(f) != 0 || (!in_place && rename(tmp, dest) != 0)) {
+        if (!in_place) { remove(tmp); }
+        die("cannot write %s: %s", dest, strerror(errno));
+    }
     free(tmp);
+    free(target);
 }
 
 static int *parse_ids(const char *text, int vocab_size, int *n_out) {
@@ -2355,6 +2480,19 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
     if (n == 0) { die("-i: with -m logits, give at least one token id"); }
     *n_out = n;
     return ids;
+}
+
+// A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
+// -n 0 sizes the KV cache by it. A cache over 1 GiB that is also more than 64 times the whole file
+// is taken for a corrupt header (a real model's full-context cache is at most a few times its
+// weights) and refused before it is allocated; -n lower still runs such a file.
+static void check_cache_size(const Transformer *t, int steps) {
+    const Config *c = &t->c;
+    double bytes = 2.0 * c->n_layers * ((steps + 15) / 16 * 16) * c->kv_dim * (quantised(c) ? 2 : 4);
+    if (bytes > (double)(1 << 30) && bytes > 64.0 * t->file_size) {
+        die("%s: max_seq_len=%d: a KV cache for %d steps would take %.1f GB, %.0f times the model file: a corrupt "
+            "header? (-n sets fewer steps)", t->path, c->seq_len, steps, bytes / 1e9, bytes / t->file_size);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -2514,6 +2652,7 @@ int main(int argc, char *argv[]) {
     }
 
     RunState s;
+    check_cache_size(&t, steps);
     build_run_state(&s, c, steps, since);
     Sampler sp;
     build_sampler(&sp, c->vocab_size, temperature, topp, topk, seed);

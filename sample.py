@@ -134,9 +134,12 @@ def main():
     x = torch.tensor([ids], dtype=torch.long, device=device)
     n_tokens, t0 = 0, time.perf_counter()
     for i in range(cfg["num_samples"]):
-        with amp:
-            y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
-                               top_p=cfg["top_p"], stop_tokens=stops)
+        try:
+            with amp:
+                y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
+                                   top_p=cfg["top_p"], stop_tokens=stops)
+        except ValueError as e:  # non-finite logits: a diverged checkpoint
+            die(f"{cfg['checkpoint']}: {e}")
         new = y[0, len(ids):].tolist()
         story = new[:next((k for k, t in enumerate(new) if t in stops), len(new))]
         n_tokens += len(new)

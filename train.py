@@ -17,6 +17,8 @@ micro-batches over DDP processes therefore trains on exactly the same data, and 
 continues the very same stream. Ctrl-C (or SIGTERM) stops after the current iteration and saves
 a checkpoint; a second Ctrl-C stops at once.
 """
+import errno
+import glob
 import json
 import math
 import os
@@ -34,8 +36,14 @@ from tqdm import tqdm
 
 from configurator import configure_or_exit
 import dataloader
-from model import ModelArgs, Transformer, check_args, load_weights, peak_flops, read_checkpoint, use_free_cores
+from model import (ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint,
+                   use_free_cores)
 from tokenizer import Tokenizer
+
+try:
+    import fcntl  # the out_dir lock (POSIX); without it (Windows) runs are not locked
+except ImportError:
+    fcntl = None
 
 # -----------------------------------------------------------------------------
 # settings (defaults: a run that finishes on a laptop CPU; config/ holds the real recipes)
@@ -47,6 +55,7 @@ eval_iters = 20  # batches per split in an evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = False  # checkpoint at every evaluation, not only when val loss improves
 init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
+overwrite = False  # init_from=scratch into an out_dir that holds a ckpt.pt: replace it (else refused)
 # wandb logging (needs `pip install wandb`; imported only when enabled)
 wandb_log = False
 wandb_project = "storyllama"
@@ -99,7 +108,8 @@ config_keys = [k for k, v in globals().items()
 defaults = {k: globals()[k] for k in config_keys}
 none_types = {"data_dir": str, "n_kv_heads": int, "lr_decay_iters": int, "min_lr": float}
 # where a run's machine and mode are set, not its recipe: never taken from a checkpoint
-SYSTEM_KEYS = ("out_dir", "init_from", "eval_only", "device", "dtype", "compile", "wandb_log", "wandb_run_name")
+SYSTEM_KEYS = ("out_dir", "init_from", "overwrite", "eval_only", "device", "dtype", "compile", "wandb_log",
+               "wandb_run_name")
 
 
 def die(msg, code=1):
@@ -119,6 +129,9 @@ if config["init_from"] == "resume":
         die(str(e))
     recipe = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in SYSTEM_KEYS}
     config = configure_or_exit({**defaults, **recipe}, prog="train.py", none_types=none_types)
+    # what this run does differently from the checkpoint's (printed once the checkpoint has loaded)
+    changed = [f"{k} {ckpt['config'][k]!r} -> {v!r}" for k, v in config.items()
+               if k in ckpt["config"] and ckpt["config"][k] != v and k not in ("init_from", "wandb_run_name")]
 globals().update(config)
 lr_decay_iters = max_iters if lr_decay_iters is None else lr_decay_iters
 min_lr = learning_rate / 10 if min_lr is None else min_lr
@@ -143,6 +156,15 @@ if not 0.0 < decay_frac <= 1.0:
     die(f"--decay_frac={decay_frac}: must be in (0, 1]", 2)
 if max_minutes < 0.0:
     die(f"--max_minutes={max_minutes}: must be >= 0 (0: no time budget)", 2)
+try:
+    device_kind = torch.device(device).type
+except RuntimeError as e:
+    die(f"--device={device!r}: {str(e).splitlines()[0]} (expected cpu, cuda, cuda:N or mps)", 2)
+if device_kind == "cuda" and not torch.cuda.is_available():
+    why = "is a CPU-only build" if torch.version.cuda is None else "finds no CUDA GPU"
+    die(f"--device={device}: this torch ({torch.__version__}) {why}; use --device=cpu", 2)
+if device_kind == "mps" and not torch.backends.mps.is_available():
+    die(f"--device={device}: this machine or torch build has no MPS; use --device=cpu", 2)
 
 # -----------------------------------------------------------------------------
 # processes, devices, precision
@@ -186,8 +208,34 @@ try:
 except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer model
     die(str(e))
 
+
+def lock_out_dir():
+    """Hold out_dir/train.lock while this process lives: a second train.py on the same out_dir is
+    refused instead of sharing its checkpoint and metrics. flock is released by the kernel when the
+    process dies, even by SIGKILL, so a crashed run leaves no stale lock."""
+    f = open(os.path.join(out_dir, "train.lock"), "a+")
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            die(f"--out_dir={out_dir} is in use by another train.py (pid {f.read().strip() or '?'}); "
+                "wait for it, or pick another --out_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 if master:
     os.makedirs(out_dir, exist_ok=True)
+    out_dir_lock = lock_out_dir()
+    for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # a write cut short (SIGKILL): ours to clear now
+        os.remove(stale)
+    if init_from == "scratch" and os.path.exists(ckpt_path) and not overwrite:
+        die(f"{ckpt_path} holds the checkpoint of an earlier run: continue it with --init_from=resume, or pass "
+            "--overwrite=True to train from scratch and replace it", 2)
     print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
           f"({world_size} processes x {micro_steps}) x {batch_size} x {max_seq_len}; device {device}, {dtype}")
 
@@ -204,6 +252,11 @@ try:
     check_args(margs)
 except (TypeError, ValueError) as e:
     die(f"bad model shape: {e}", 2)
+if ckpt is not None:
+    try:
+        check_shapes(margs, ckpt, ckpt_path)  # before anything is allocated
+    except ValueError as e:
+        die(f"{e} (the model now: {asdict(margs)})")
 raw_model = Transformer(margs)
 if ckpt is not None:
     try:
@@ -233,6 +286,10 @@ if ddp:
 if master:
     n_params = sum(p.numel() for p in raw_model.parameters())
     print(f"model: {n_params:,} parameters, {asdict(margs)}")
+    if ckpt is not None:
+        print(f"resumed from iteration {iter_num} of {ckpt_path}; "
+              + (f"settings changed: {', '.join(changed)}" if changed else "the same settings"))
+saved_iter = iter_num if ckpt is not None else None  # the iteration the checkpoint on disk holds
 
 
 def rng_state():
@@ -253,8 +310,41 @@ def data_state():
             "max_seq_len": max_seq_len, "seed": seed, "bos_aligned": bos_aligned}
 
 
+def diverged(at):
+    """Stop: NaN/inf weights, loss or gradients; the checkpoint on disk is left as it is."""
+    kept = f"{ckpt_path} keeps iteration {saved_iter}" if saved_iter is not None else "no checkpoint was saved"
+    die(f"the run diverged: {at}; stopped without saving ({kept}). Lower --learning_rate or --grad_clip, "
+        "or raise --warmup_iters")
+
+
+def write_checkpoint(obj):
+    """torch.save to a temp file of this process, fsync, rename over ckpt.pt. A failed write (disk full)
+    removes the temp file and keeps the old ckpt.pt, in one line."""
+    tmp = f"{ckpt_path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ckpt_path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        # torch reports a failed write as RuntimeError("unexpected pos ..."): the OSError is its context
+        cause = next((c for c in (e, e.__context__, e.__cause__) if isinstance(c, OSError)), None)
+        full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        why = "the disk is full" if full else (cause.strerror if cause is not None and cause.strerror
+                                                 else str(e).strip().splitlines()[0])
+        old = f"{ckpt_path} keeps iteration {saved_iter}" if saved_iter is not None else "nothing was saved"
+        die(f"cannot write checkpoint {tmp}: {why}; removed it ({old})")
+
+
 def save_checkpoint():
-    """Every rank calls this (the RNG states are gathered); the master writes ckpt.pt atomically."""
+    """Every rank calls this (the RNG states are gathered); the master writes ckpt.pt atomically.
+    Weights holding NaN/inf are never written: the last good checkpoint stays."""
+    global saved_iter
+    if not bool(torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()):
+        diverged(f"the weights hold NaN or inf at iteration {iter_num}")
     rngs = [None] * world_size
     if ddp:
         dist.all_gather_object(rngs, rng_state())
@@ -267,12 +357,8 @@ def save_checkpoint():
             "best_val_loss": best_val_loss, "config": config, "rng": rngs,
             "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "vocab_identity": vocab_identity}
-    tmp = ckpt_path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_path)
+    write_checkpoint(ckpt)
+    saved_iter = iter_num
 
 
 def everyone(flag):
@@ -386,7 +472,8 @@ if ckpt is not None:
 train_data = [dataloader.stream(train_batches, device, rank * micro_steps + m, gradient_accumulation_steps, iter_num)
               for m in range(micro_steps)]
 peak = peak_flops(device, ptdtype) if master else 1.0
-metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if master else None
+# a run from scratch starts its own metrics (an earlier run's ckpt.pt is refused above unless --overwrite)
+metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a" if init_from == "resume" else "w") if master else None
 wandb = None
 if wandb_log and master:
     try:
@@ -418,6 +505,9 @@ else:
 # the iterations timed since t_log (an evaluation restarts the clock: it is not training speed)
 loss_acc, loss_iters = torch.zeros((), device=device), 0
 t_log, timed_iters = time.perf_counter(), 0
+# the first iteration whose loss or gradient norm was not finite, -1 if none: kept on the device (no
+# sync per step) and looked at with each log line; fp16's GradScaler skips inf gradients by design
+first_bad = torch.full((), -1, device=device)
 while True:
     factor = lr_factor(iter_num, train_seconds)
     for opt, peaks in zip(optimizers, peak_lrs):
@@ -464,10 +554,13 @@ while True:
                 loss = loss / micro_steps
             scaler.scale(loss).backward()
         loss_acc += loss.detach()
+    bad = ~torch.isfinite(loss_acc)  # the sum since the last log line: NaN or inf stays so
     if grad_clip > 0.0:
         for opt in optimizers:
             scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        bad |= ~torch.isfinite(grad_norm) & (not scaler.is_enabled())
+    first_bad = torch.where(bad & (first_bad < 0), iter_num, first_bad)
     for opt in optimizers:
         scaler.step(opt)
     scaler.update()
@@ -485,6 +578,9 @@ while True:
     bar.update(min(dt_iter, max(budget - bar.n, 0)) if budget else 1)
 
     if iter_num % log_interval == 0 or iter_num == max_iters:
+        if everyone(int(first_bad) >= 0):
+            diverged(f"the loss or gradient norm was NaN or inf at iteration {int(first_bad)}" if int(first_bad) >= 0
+                     else "another process saw a NaN or inf loss")
         if device_type == "cpu":
             cpu_reading = use_free_cores(cpu_reading)
         if ddp:

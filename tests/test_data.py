@@ -418,3 +418,41 @@ def test_refuses_damaged_shards(built, tmp_path):
         dl.iter_batches("train", 4, 10**8, 512, data_dir=built)
     with pytest.raises(DataError, match="rank=2, world_size=2"):
         dl.iter_batches("train", 4, 64, 512, data_dir=built, rank=2, world_size=2)
+
+
+def _field(data, name, value):
+    """A shard's bytes with one header field replaced (names as in dataloader.HEADER_FMT)."""
+    import struct
+    fields = ["magic", "version", "vocab_size", "bos_id", "eos_id", "n_tokens", "n_stories", "n_bytes", "sha"]
+    vals = list(struct.unpack_from(dl.HEADER_FMT, data))
+    vals[fields.index(name)] = value
+    return struct.pack(dl.HEADER_FMT, *vals).ljust(dl.HEADER_SIZE, b"\0") + data[dl.HEADER_SIZE:]
+
+
+def test_refuses_bad_token_ids_forged_headers_and_directories(built, tmp_path):
+    """Token ids are checked against the vocabulary when the shards are loaded (they used to reach the
+    embedding and fail with IndexError mid-training), and every header field the batches and bits per
+    byte rely on is checked: each a one-line DataError naming the shard, before a batch is made."""
+    d = tmp_path / "tok512"
+    shutil.copytree(built / "tok512", d)
+    shutil.copy(built / "tok512.model", tmp_path)
+    good = (d / "val_0000.bin").read_bytes()
+    bad = bytearray(good)
+    bad[dl.HEADER_SIZE + 2 * 1234: dl.HEADER_SIZE + 2 * 1235] = (600).to_bytes(2, "little")
+    (d / "val_0000.bin").write_bytes(bad)
+    with pytest.raises(DataError, match="val_0000.bin: token id 600 at position 1234 is outside the 512-token "
+                                        "vocabulary: a damaged shard"):
+        dl.split_shards("val", 512, data_dir=tmp_path)
+    n_tokens = (len(good) - dl.HEADER_SIZE) // 2
+    for name, value, words in (("n_bytes", 0, f"n_bytes=0 for {n_tokens} tokens"),
+                               ("n_stories", n_tokens, f"n_stories={n_tokens} for {n_tokens} tokens"),
+                               ("n_stories", 0, "n_stories=0"),
+                               ("bos_id", 9999, "bos_id=9999, eos_id=2 for a 512-token vocabulary"),
+                               ("vocab_size", 0, "vocab_size=0")):
+        (d / "val_0000.bin").write_bytes(_field(good, name, value))
+        with pytest.raises(DataError, match=f"val_0000.bin: damaged or forged header: {words}"):
+            dl.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
+    (d / "val_0000.bin").write_bytes(good)
+    (d / "val_0001.bin").mkdir()
+    with pytest.raises(DataError, match="val_0001.bin: not a regular file"):
+        dl.split_bytes_per_token("val", 512, data_dir=tmp_path)

@@ -382,6 +382,9 @@ def _bad_files(tmp_path):
         "bad_group_size": (patched(v3, 37, "<i", 3), "group_size=3"),
         "bad_theta": (patched(v3, 42, "<f", -1.0), "rope_theta"),
         "empty": (b"", "truncated"),
+        # max_seq_len is not part of a v1/v3 file's size: a 30 KB file claiming 2^24-1 positions
+        "huge_seq_len": (patched(v1, 32, "<i", (1 << 24) - 1), "max_seq_len=16777215: its KV cache would take"),
+        "huge_layers": (patched(v3, 16, "<i", (1 << 24) - 1), "implies at least"),
     }
 
 
@@ -393,6 +396,37 @@ def test_readers_reject_bad_files(tmp_path):
             load_bin(path)
         msg = str(e.value)
         assert str(path) in msg and why in msg and "\n" not in msg, (name, msg)
+
+
+def test_flipped_n_layers_is_refused_without_memory(tmp_path):
+    """One bit flip in n_layers (1 -> 2^23 + 1) made the reader list 9 arrays per layer before comparing
+    sizes (gigabytes, then MemoryError). Now refused in O(1): under a 1 GB address-space limit, at once."""
+    m = make_model(CONFIGS["gqa_tied_vocab67"])
+    model_export(m, tmp_path / "v1.bin", 1)
+    raw = bytearray((tmp_path / "v1.bin").read_bytes())
+    struct.pack_into("<i", raw, 16, struct.unpack_from("<i", raw, 16)[0] ^ (1 << 23))
+    (tmp_path / "flipped.bin").write_bytes(raw)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "import export; sys.exit(export.main())")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.bin"), f"--bin={tmp_path / 'flipped.bin'}"],
+                       capture_output=True, text=True, timeout=60, cwd=os.path.dirname(export_path()))
+    err = r.stderr.strip()
+    assert r.returncode == 1 and len(err.splitlines()) == 1, err[-2000:]
+    assert "flipped.bin: truncated" in err and "implies at least" in err, err
+
+
+def export_path():
+    import export
+    return export.__file__
+
+
+def test_fifo_sources_do_not_hang(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for flag in ("--bin", "--checkpoint"):
+        r = subprocess.run([sys.executable, export_path(), str(tmp_path / "o.bin"), f"{flag}={fifo}"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "not a regular file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,6 +492,34 @@ def test_cli_checkpoint_bin_and_errors(repo, tmp_path):
         rc, out, err = _cli(repo, *args)
         assert rc == 1 and why in err and len(err.strip().splitlines()) == 1, (args, rc, err)
     assert not (tmp_path / "c.bin").exists()
+    # a misspelt flag gets the closest ones
+    rc, out, err = _cli(repo, tmp_path / "c.bin", f"--chekpoint={tmp_path / 'ckpt.pt'}")
+    assert rc == 1 and err.strip().endswith("unrecognized arguments: --chekpoint=" + str(tmp_path / "ckpt.pt")
+                                            + "; closest: --checkpoint"), err
+    rc, out, err = _cli(repo, tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--group-size=32")
+    assert rc == 1 and "closest: --group_size" in err, err
+    # a missing output folder is created
+    rc, out, err = _cli(repo, tmp_path / "new" / "dir" / "m.bin", f"--bin={tmp_path / 'a.bin'}", "--dtype=bf16")
+    assert rc == 0 and (tmp_path / "new" / "dir" / "m.bin").read_bytes() == (tmp_path / "a.bin").read_bytes(), err
+
+
+def test_cli_refuses_nonfinite_weights_unless_asked(repo, tmp_path):
+    """A diverged checkpoint exports to a file that can only give NaN logits: refused, naming the weight,
+    unless --allow_nonfinite."""
+    import dataclasses
+    m = make_model(CONFIGS["gqa_tied_vocab67"])
+    sd = m.state_dict()
+    sd["layers.1.feed_forward.w2.weight"][3, :4] = torch.tensor([float("nan"), float("inf"), 1.0, -float("inf")])
+    torch.save({"model": sd, "model_args": dataclasses.asdict(m.args), "config": {}}, tmp_path / "nan.pt")
+    for out in ([tmp_path / "m.bin"], [f"--to_hf={tmp_path / 'hf'}"]):
+        rc, _, err = _cli(repo, *out, f"--checkpoint={tmp_path / 'nan.pt'}")
+        assert rc == 1 and err.strip() == (f"export.py: error: {tmp_path / 'nan.pt'}: layers.1.feed_forward.w2.weight "
+                                           "has 3 NaN or infinite values (a diverged run?); pass --allow_nonfinite "
+                                           "to export it anyway"), err
+    assert not (tmp_path / "m.bin").exists() and not (tmp_path / "hf").exists()
+    rc, _, err = _cli(repo, tmp_path / "m.bin", f"--checkpoint={tmp_path / 'nan.pt'}", "--allow_nonfinite")
+    assert rc == 0, err
+    assert torch.isnan(load_bin(tmp_path / "m.bin").state_dict()["layers.1.feed_forward.w2.weight"][3, 0])
 
 
 def test_runtime_needs_neither_transformers_nor_safetensors(repo):

@@ -244,6 +244,32 @@ def test_sample_next_filters():
     assert abs(frac - torch.softmax(logits[0], -1)[1].item()) < 0.05
 
 
+def test_sampler_is_total_on_nonfinite_logits():
+    """NaN or infinite logits are a ValueError naming the position, for every sampling mode: greedy used
+    to return the NaN's index silently, sampling raised torch.multinomial's RuntimeError."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        logits = torch.zeros(2, 5)
+        logits[1, 3] = bad
+        what = "NaN" if bad != bad else "infinite"
+        for kw in (dict(temperature=0.0), dict(), dict(top_k=2), dict(top_p=0.5), dict(top_k=3, top_p=0.9)):
+            with pytest.raises(ValueError, match=f"^the model produced {what} logits at position 7: is the "
+                                                 "checkpoint diverged\\?$"):
+                sample_next(logits, pos=7, **kw)
+    m = tiny().eval()
+    with torch.no_grad():
+        m.norm.weight.fill_(3e38)  # finite weights whose activations overflow
+    with pytest.raises(ValueError, match="logits at position 3: is the checkpoint diverged"):
+        m.generate(torch.tensor([[1, 5, 6, 7]]), 10)  # the first sampled token follows position 3
+
+
+def test_tiny_temperature_does_not_overflow():
+    """fp32 logits / 1e-40 overflow to inf (then NaN probabilities); the same distribution is sampled from
+    (logits - max) / t: here the most likely token, every time."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9, -1.0]]).repeat(100, 1)
+    assert set(sample_next(logits, temperature=1e-40).tolist()) == {1}
+    assert set(sample_next(logits, temperature=1e-40, top_k=3, top_p=0.9).tolist()) == {1}
+
+
 def test_configure_optimizers_decays_matrices_only():
     m = tiny()
     (opt,) = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")

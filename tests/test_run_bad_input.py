@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SANITIZED
 from export import MAGIC, model_export
 from model import ModelArgs, Transformer
 
@@ -47,8 +48,8 @@ def variant(files, src, name, patch=None, cut=None, append=b""):
     return path
 
 
-def expect_error(run_bin, args, needle, stdin=b"", cwd=None):
-    r = subprocess.run([str(run_bin), *map(str, args)], capture_output=True, timeout=60, input=stdin, cwd=cwd)
+def expect_error(run_bin, args, needle, stdin=b"", cwd=None, timeout=60):
+    r = subprocess.run([str(run_bin), *map(str, args)], capture_output=True, timeout=timeout, input=stdin, cwd=cwd)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 1, (args, r.returncode, err)
     lines = err.strip().splitlines()
@@ -118,6 +119,7 @@ def test_bad_checkpoint(run_bin, files, case):
     assert str(path) in line  # the error names the file
 
 
+@pytest.mark.skipif(SANITIZED, reason="ASan reserves terabytes of address space: an RLIMIT_AS cannot apply")
 def test_model_too_big_for_memory(run_bin, files):
     """run.c reads the whole file into memory: one that does not fit is a clear error naming it, not a
     crash. A sparse 1 GB model under a 512 MB address-space limit (nothing is read before the failure)."""
@@ -225,6 +227,9 @@ FLAG_CASES = [
     (["--temperature", "1"], "expected an option like -t, got '--temperature'"),
     (["t", "1"], "expected an option like -t, got 't'"),
     (["-m", "logits", "-i", "1 2"], "-m logits needs -o"),
+    # a quoted value with a newline or a tab stays on the one error line (found by the fuzzer)
+    (["-t", "1\n2"], "-t expects a temperature >= 0, got '1\\n2'"),
+    (["-m", "logits", "-o", "x.bin", "-i", "1 </s>\n\t<"], "got '</s>\\n\\x09<'"),
 ]
 
 
@@ -257,3 +262,231 @@ def test_chat_eof_and_huge_lines(run_bin, files):
     assert r.returncode == 0
     expect_error(run_bin, [files["v32000"], "-z", files["llama_tok"], "-m", "chat", "-n", 16],
                  "no longer fits the context of 16 tokens", stdin=b"system\n" + b"y" * 300_000 + b"\n")
+
+
+# -----------------------------------------------------------------------------
+# models that misbehave: non-finite logits, a flat distribution, a story that ends at once
+
+
+@pytest.fixture(scope="session")
+def san_bin():
+    """The ASan + UBSan build: out-of-bounds reads that the plain build survives show up here."""
+    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return REPO / "run_sanitize"
+
+
+SAN_ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+SHAPE = dict(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=16)
+
+
+def run_both(run_bin, san_bin, args, stdin=b""):
+    """The plain and the sanitizer build on the same arguments: both results, no sanitizer report."""
+    out = []
+    for b in (run_bin, san_bin):
+        r = subprocess.run([str(b), *map(str, args)], capture_output=True, timeout=60, input=stdin, env=SAN_ENV)
+        err = r.stderr.decode(errors="replace")
+        assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
+        out.append(r)
+    return out
+
+
+def edited_model(edit, seed=0, **shape):
+    torch.manual_seed(seed)
+    m = Transformer(ModelArgs(**{**SHAPE, **shape}))
+    with torch.no_grad():
+        edit(m)
+    return m
+
+
+@pytest.fixture(scope="session")
+def broken_models(files):
+    """A NaN weight (v1), and finite norm gains of 3e38 whose activations overflow (v3 in every dtype)."""
+    d = files["dir"]
+    out = {}
+    nan = edited_model(lambda m: m.layers[0].attention.wq.weight.__setitem__((3, 5), float("nan")))
+    out["nan_v1"] = d / "nan_v1.bin"
+    model_export(nan, out["nan_v1"], version=1)
+    huge = edited_model(lambda m: m.norm.weight.fill_(3e38))
+    for dtype in ("fp32", "bf16", "q8_0"):
+        out[f"huge_{dtype}"] = d / f"huge_{dtype}.bin"
+        model_export(huge, out[f"huge_{dtype}"], version=3, dtype=dtype)
+    return out
+
+
+SAMPLERS = [["-t", "0"], ["-t", "1", "-p", "0.9"], ["-t", "1", "-p", "0"], ["-t", "0.7", "-k", "5"],
+            ["-t", "1", "-k", "300", "-p", "1"], ["-t", "1e-30"]]
+
+
+@pytest.mark.parametrize("name", ["nan_v1", "huge_fp32", "huge_bf16", "huge_q8_0"])
+def test_nonfinite_logits_are_an_error(run_bin, san_bin, files, broken_models, name):
+    """Every sampler (greedy, top-p, plain, top-k, top-k + top-p) refuses NaN/inf logits in one line naming
+    the model and the position: no out-of-bounds read (the sanitizer build), no garbage printed."""
+    path = broken_models[name]
+    for sampler in SAMPLERS:
+        for r in run_both(run_bin, san_bin, [path, "-z", files["tok512"], "-n", "8", "-s", "3", *sampler]):
+            err = r.stderr.decode(errors="replace").strip()
+            assert r.returncode == 1 and len(err.splitlines()) == 1, (sampler, r.returncode, err)
+            assert re.fullmatch(rf"run: error: {re.escape(str(path))}: the model produced (NaN|infinite) logits at "
+                                r"position 0: is the checkpoint diverged\?", err), err
+            assert r.stdout.strip() == b"", r.stdout[:100]
+
+
+def test_tiny_temperature_is_greedy_not_overflow(run_bin, san_bin, files):
+    """-t 2e-38 (about the smallest normal float) makes stories260K's logits / t overflow to inf (NaN
+    probabilities, then pi[-1]); sampling (logit - max) / t gives the argmax every time: the greedy story."""
+    greedy = subprocess.run([str(run_bin), files["stories"], "-t", "0", "-n", "40"], capture_output=True,
+                            timeout=60).stdout
+    assert greedy.startswith(b"Once upon a time")
+    for sampler in (["-p", "0.9"], ["-p", "0"], ["-k", "5"]):
+        for r in run_both(run_bin, san_bin, [files["stories"], "-t", "2e-38", "-n", "40", *sampler]):
+            assert r.returncode == 0 and r.stdout == greedy, (sampler, r.stdout, r.stderr)
+
+
+def write_v1(path, header, rnd):
+    """A well-formed v1 file for any header (export.py refuses some of these shapes): random weights."""
+    import export
+    h = dict(version=1, shared=True, weight_type="fp32", group_size=0, rope_theta=1e4, norm_eps=1e-5, **header)
+    _, size = export._layout(h)
+    path.write_bytes(export._pack_header(h) + rnd.standard_normal((size - 256) // 4).astype("<f4").tobytes())
+    return path
+
+
+@pytest.mark.parametrize("vocab", [1, 2])
+def test_vocab_of_one_or_two_tokens(run_bin, san_bin, files, vocab):
+    """A well-formed vocab_size=1 header: llama2.c's top-p cutoff (1 - p) / (n - 1) admits no token and its
+    sampler read pi[-1]. Every sampler on a one- and a two-token model (with a tokenizer of that size) ends
+    cleanly, without a sanitizer report."""
+    import numpy as np
+    shape = dict(dim=8, hidden_dim=16, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=vocab, max_seq_len=8)
+    path = write_v1(files["dir"] / f"vocab{vocab}.bin", shape, np.random.default_rng(0))
+    pieces = [b"a", b"b"][:vocab]
+    tok = files["dir"] / f"tok_vocab{vocab}.bin"
+    tok.write_bytes(struct.pack("<i", 1) + b"".join(struct.pack("<fi", 0.0, 1) + p for p in pieces))
+    for sampler in SAMPLERS:
+        for r in run_both(run_bin, san_bin, [path, "-z", tok, "-i", "a", "-n", "6", "-s", "1", *sampler]):
+            err = r.stderr.decode(errors="replace").strip().splitlines()
+            assert r.returncode == 0, (sampler, r.returncode, err)
+            assert set(r.stdout.strip()) <= set(b"ab"), r.stdout
+
+
+def test_top_p_below_one_over_vocab_on_a_flat_distribution(run_bin, san_bin, files):
+    """llama2.c's top-p cutoff admits no token when top_p < 1/vocab and every token is equally likely, and
+    its sampler then reads probindex[-1]; here the whole vocabulary is sorted instead."""
+    flat = edited_model(lambda m: m.output.weight.zero_(), tie_embeddings=False)  # every logit exactly 0
+    path = files["dir"] / "flat.bin"
+    model_export(flat, path, version=1)
+    for r in run_both(run_bin, san_bin, [path, "-z", files["tok512"], "-p", "0.0001", "-n", "6", "-s", "1"]):
+        assert r.returncode == 0, r.stderr
+        # the nucleus is the single most likely token: token 0 (<unk>, printed as its text) on every tie
+        assert r.stdout == b"<unk>" * 6 + b"\n", r.stdout  # -n 6: six sampled tokens
+
+
+def eos_model(files, name, eos_logit=30.0, **shape):
+    """A model whose logits are the same after any token: every embedding is the same unit vector, the
+    residual branches add nothing, and only the classifier row of EOS sees it, with logit eos_logit
+    (30: nearly always EOS; -30: never), every other token 0."""
+    def edit(m):
+        m.tok_embeddings.weight.zero_()
+        m.tok_embeddings.weight[:, 0] = 1.0
+        for layer in m.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+        m.output.weight.zero_()
+        m.output.weight[2, 0] = eos_logit / SHAPE["dim"] ** 0.5
+    path = files["dir"] / name
+    model_export(edited_model(edit, tie_embeddings=False, **shape), path, version=1)
+    return path
+
+
+def test_story_that_ends_before_it_begins_says_so(run_bin, files):
+    """A first sampled token that is EOS leaves an empty story (as llama2.c, it is not resampled): stdout
+    is the empty line, stderr says what happened, and the exit status is 0."""
+    path = eos_model(files, "eos.bin")
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-s", "5"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"\n"
+    assert b"the story ended before it began: the first token sampled was EOS" in r.stderr, r.stderr
+    # with a prompt the prompt is the story, and nothing needs explaining
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-i", "Once"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"Once\n" and b"note" not in r.stderr
+
+
+def test_chat_reaching_n_mid_reply_is_an_error(run_bin, files):
+    """A reply that runs into -n ends the chat with an error (exit 1), not a silent exit 0 that leaves the
+    user's next line to the shell; end of input after complete replies is a normal end."""
+    path = eos_model(files, "chat64.bin", eos_logit=-30.0, max_seq_len=64)  # replies that never end
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-m", "chat", "-n", "40", "-s", "1"],
+                       input=b"\nhi\nmore\n", capture_output=True, timeout=60)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and len(err.splitlines()) == 1, (r.returncode, err)
+    assert err == ("run: error: -n: the conversation reached its 40 tokens in the middle of a reply: "
+                   "start again with a larger -n (the context holds 64)"), err
+    assert r.stdout.startswith(b"Enter system prompt (optional): User: Assistant: ") and len(r.stdout) > 60
+    # -n 0 is the whole context: then the context is what fills up
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-m", "chat", "-n", "0", "-y", "", "-i", "hi"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"filled the model's context of 64 tokens in the middle" in r.stderr, r.stderr
+    # replies that end (EOS) and then end of input: exit 0
+    path = eos_model(files, "eos_chat.bin", max_seq_len=64)
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-m", "chat", "-n", "0"], input=b"\nhi\nyo\n",
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.count(b"Assistant:") == 2, (r.stdout, r.stderr)
+
+
+# -----------------------------------------------------------------------------
+# files that are not files, and headers that would size an absurd cache
+
+
+def test_fifo_and_directory_inputs_do_not_hang(run_bin, files, tmp_path):
+    """A FIFO as checkpoint or -z would block open() until a writer comes (forever); a directory as -z
+    used to read as a huge file ('out of memory'). Both are refused at once as not regular files."""
+    fifo = tmp_path / "pipe.bin"
+    os.mkfifo(fifo)
+    for args in ([fifo, "-z", files["tok512"]], [files["v1"], "-z", fifo], [files["v1"], "-z", tmp_path]):
+        bad = args[0] if args[0] != files["v1"] else args[2]
+        line = expect_error(run_bin, args, "not a regular file", timeout=10)
+        assert str(bad) in line
+
+
+def test_logits_output_over_symlink_fifo_or_directory(run_bin, files, tmp_path):
+    """-o writes a regular file through a temp file and a rename; renaming over a symlink or FIFO would
+    replace it with a regular file. A symlink is followed (its target gets the logits, the link stays);
+    a FIFO or device is written in place; a directory is an error."""
+    want = tmp_path / "direct.bin"
+    subprocess.run([str(run_bin), files["v1"], "-m", "logits", "-i", "1 5 9", "-o", want], check=True, timeout=60)
+    assert want.stat().st_size == 3 * 512 * 4
+    target, link = tmp_path / "target.bin", tmp_path / "link.bin"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    subprocess.run([str(run_bin), files["v1"], "-m", "logits", "-i", "1 5 9", "-o", link], check=True, timeout=60)
+    assert link.is_symlink() and target.read_bytes() == want.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.bin", "link.bin", "target.bin"]  # no temp left
+    fifo = tmp_path / "logits.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(run_bin), files["v1"], "-m", "logits", "-i", "1 5 9", "-o", fifo])
+    with open(fifo, "rb") as f:  # the reader that the writer's open waits for
+        got = f.read()
+    assert proc.wait(timeout=60) == 0 and got == want.read_bytes() and fifo.is_fifo()
+    expect_error(run_bin, [files["v1"], "-m", "logits", "-i", "1", "-o", tmp_path], "is a directory")
+    dangling = tmp_path / "dangling.bin"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.bin")
+    expect_error(run_bin, [files["v1"], "-m", "logits", "-i", "1", "-o", dangling], "a symlink to nowhere")
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan reserves terabytes of address space: an RLIMIT_AS cannot apply")
+def test_huge_max_seq_len_with_n_0_is_refused_before_allocating(run_bin, files):
+    """max_seq_len is not part of a v1 file's size, so a 70 KB file can claim 2^24-1 positions; -n 0 (the
+    whole context) would then allocate and zero a 2 GB KV cache. Refused before the allocation, under a
+    1 GB address-space limit (which the cache alone would exceed); with a small -n the file still runs."""
+    path = variant(files, "v1", "long_context.bin", patch={FIELD["max_seq_len"]: i32((1 << 24) - 1)})
+    limit = 1 << 30
+    for n in ("0", "20000000"):
+        r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-n", n], capture_output=True, timeout=60,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+        err = r.stderr.decode().strip()
+        assert r.returncode == 1 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"run: error: {path}: max_seq_len=16777215: a KV cache for 16777215 steps would "
+                              "take 2.1 GB"), err
+        assert err.endswith("a corrupt header? (-n sets fewer steps)"), err
+    r = subprocess.run([str(run_bin), path, "-z", files["tok512"], "-n", "8"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD
 from export import load_bin, model_export, read_header
 from model import ModelArgs, Transformer
 from prompts import prompts
@@ -42,10 +43,10 @@ def cpu_flags():
 FLAGS = cpu_flags()
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]  # runs the aarch64 builds, with Debian's cross libc
 ARM = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which(QEMU[0]))
-HOST_BUILDS = ["runplain", "run"]  # plain kernels; this CPU's vector kernels + threads
-BUILDS = HOST_BUILDS + (["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else []) \
-    + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else []) \
-    + (["runarm_neon", "runarm_dot"] if ARM else [])
+HOST_BUILDS = [PLAIN_BUILD, VECTOR_BUILD]  # plain kernels; this CPU's vector kernels + threads (conftest)
+BUILDS = HOST_BUILDS + ([] if SANITIZED else (["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else [])
+                        + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else [])
+                        + (["runarm_neon", "runarm_dot"] if ARM else []))
 
 # GQA, MQA and MHA; tied and untied; odd vocab sizes; q8_0 group sizes 64 (vnni), 32 (vnni) and
 # 4 (plain fallback); fp32 tails (dim 48, hidden 100, head size 12); rope_theta/norm_eps only in
@@ -274,10 +275,10 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
         assert err < tol, f"{b} {cfg} {fmt}: max |C - PyTorch| = {err:.3g}"
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
         # every vector build against the plain kernels: the same numbers up to rounding
-        diff = np.abs(got - results["runplain"]).max()
-        assert diff < (tol if q8 else 2e-5), f"{b} against runplain, {cfg} {fmt}: {diff:.3g}"
+        diff = np.abs(got - results[PLAIN_BUILD]).max()
+        assert diff < (tol if q8 else 2e-5), f"{b} against the plain build, {cfg} {fmt}: {diff:.3g}"
     # and the quantised files stay close to the fp32 model itself
-    rel = np.abs(results["run"] - orig).max() / orig.std()
+    rel = np.abs(results[VECTOR_BUILD] - orig).max() / orig.std()
     bound = {"v3_bf16": 0.02, "v2": 0.15, "v3_q8_0": 0.15, "v3_q4": 1.0}.get(fmt, 1e-4)
     assert rel < bound, rel
 
@@ -321,6 +322,36 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
         assert re.search(rb"achieved tok/s: [0-9.]+", r.stderr)
 
 
+@pytest.mark.parametrize("which", ["wv", "wk"])
+def test_q8_fp16_kv_cache_never_overflows(builds, tmp_path, which):
+    """q8_0 models keep k and v in fp16 (|x| <= 65504). A model whose values (or keys) in its second layer
+    are ~1e6 used to store infinities and output garbage; run.c switches that run's cache to fp32 and
+    recomputes the position, so it matches PyTorch with run.c's activation quantisation and an fp32 cache."""
+    args = CONFIGS["gqa_tied_v97"]
+    model = make_model(args)
+    with torch.no_grad():
+        w = getattr(model.layers[1].attention, which).weight
+        w.mul_(2e6 / w.abs().max())  # |k| or |v| well past 65504 at every position
+    path = tmp_path / f"big_{which}_q8.bin"
+    model_export(model, path, version=3, dtype="q8_0")
+    ids = torch.randint(0, args.vocab_size, (1, args.max_seq_len), generator=torch.Generator().manual_seed(7))
+    ref = load_bin(path)
+    fake_quant_inputs(ref, read_header(path)["group_size"])  # the fp32 cache: no F16KVCache here
+    with torch.no_grad():
+        want = ref(ids)[0][0].numpy()
+        assert np.isfinite(want).all()
+        with F16KVCache():  # what an fp16 cache would hold: infinities
+            assert not np.isfinite(ref(ids)[0][0].numpy()).all()
+    for b in builds:
+        out = tmp_path / f"logits_{b}.bin"
+        r = run_c(b, path, "-m", "logits", "-i", " ".join(map(str, ids[0].tolist())), "-o", out)
+        got = np.fromfile(out, np.float32).reshape(args.max_seq_len, -1)
+        err = np.abs(got - want).max()
+        assert err < 0.05 * want.std(), f"{b}: max |C - PyTorch| = {err:.3g}"
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+        assert b"beyond fp16's range at position 0: KV cache switched to fp32" in r.stderr, r.stderr
+
+
 def test_threads_follow_free_cores_and_outputs_do_not(builds, tiny, tmp_path):
     """With a busy-looping job beside it and OMP_DYNAMIC unset, run.c moves between 1 and 2 threads as
     it finds the cores free or taken (see free_cores); the tokens stay those of the fixed run."""
@@ -330,8 +361,8 @@ def test_threads_follow_free_cores_and_outputs_do_not(builds, tiny, tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "OMP_DYNAMIC"}
         for fmt in ("v1", "v3_q4"):
             ids = [i % model.args.vocab_size for i in range(3, 3 + model.args.max_seq_len)]
-            adaptive = c_logits("run", paths[fmt], ids, tmp_path, env=env)
-            fixed = c_logits("run", paths[fmt], ids, tmp_path)
+            adaptive = c_logits(VECTOR_BUILD, paths[fmt], ids, tmp_path, env=env)
+            fixed = c_logits(VECTOR_BUILD, paths[fmt], ids, tmp_path)
             assert np.array_equal(adaptive, fixed)
     finally:
         hog.kill()
@@ -403,14 +434,14 @@ def llama2c_sample(logits, temperature, topp, state):
 def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp, seed):
     """Each sampled token is what llama2.c's procedure picks from the logits run.c computes."""
     tok = shared / "models" / "tok512.bin"
-    r = run_c("run", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
-    r_plain = run_c("runplain", stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
+    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
+    r_plain = run_c(PLAIN_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
     assert r.stdout == r_plain.stdout
     # recover the ids: re-tokenising the text is not exact, so replay with the logits instead
     ids, state = [1], seed
     pieces = read_tokenizer(tok)
     while len(ids) < 81:  # -n 80: 80 tokens after BOS
-        logits = c_logits("run", stories["v0"], ids, tmp_path)[-1]
+        logits = c_logits(VECTOR_BUILD, stories["v0"], ids, tmp_path)[-1]
         nxt, state = llama2c_sample(logits, temperature, topp, state)
         if nxt in (1, 2):
             break
@@ -423,11 +454,11 @@ def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp
 def test_top_k_only_picks_top_k(builds, stories, shared, tmp_path):
     tok = shared / "models" / "tok512.bin"
     pieces = read_tokenizer(tok)
-    r = run_c("run", stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 60)
+    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 60)
     # walk the text greedily through the top-3 candidates the logits allow at each step
     ids, rest = [1], r.stdout[:-1]
     while rest:
-        logits = c_logits("run", stories["v0"], ids, tmp_path)[-1]
+        logits = c_logits(VECTOR_BUILD, stories["v0"], ids, tmp_path)[-1]
         top3 = np.argsort(-logits)[:3].tolist()
         for cand in top3:
             piece = decode_like_run(pieces, [ids[-1], cand])[:-1]
@@ -459,7 +490,7 @@ def test_int8_int4_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
     def evaluate(path):
         top1, nll = [], []
         for ids in windows:
-            L = c_logits("run", path, ids, tmp_path).astype(np.float64)
+            L = c_logits(VECTOR_BUILD, path, ids, tmp_path).astype(np.float64)
             logp = L - np.log(np.exp(L - L.max(1, keepdims=True)).sum(1, keepdims=True)) - L.max(1, keepdims=True)
             top1.append(L.argmax(1)[:-1])
             nll.append(-logp[np.arange(len(ids) - 1), ids[1:]])
@@ -490,7 +521,7 @@ def test_tokenizer_matches_sentencepiece(builds, stories, shared, llama_vocab_mo
     sp = spm.SentencePieceProcessor(model_file=str(sp_path))
     bad = []
     for p in prompts():
-        got = run_c("runplain", ckpt, "-z", tok, "-m", "tokenize", "-i", p).stdout.split()
+        got = run_c(PLAIN_BUILD, ckpt, "-z", tok, "-m", "tokenize", "-i", p).stdout.split()
         if [int(x) for x in got] != sp.encode(p):
             bad.append((p, got, sp.encode(p)))
     assert not bad, f"{len(bad)} prompts differ, e.g. {bad[:3]}"
@@ -506,7 +537,7 @@ def test_tokenizer_100KB_prompt_is_fast(builds, shared, llama_vocab_model, kind)
         t0 = time.perf_counter()
         got = run_c(b, llama_vocab_model, "-z", shared / "models" / "tokenizer.bin", "-m", "tokenize", "-i", text)
         elapsed = time.perf_counter() - t0
-        assert elapsed < 0.5, f"{b}: {elapsed:.2f} s for 100 KB"
+        assert elapsed < (5 if SANITIZED else 0.5), f"{b}: {elapsed:.2f} s for 100 KB"
         assert [int(x) for x in got.stdout.split()] == sp.encode(text)
 
 
@@ -518,9 +549,13 @@ def test_chat_mode(builds, shared, llama_vocab_model):
     tok = shared / "models" / "tokenizer.bin"
     for b in HOST_BUILDS:
         # -p 0: plain multinomial; a random model's flat distribution makes top-p sort 32000 tokens
+        # a random model rarely says EOS: its first reply runs into -n, which ends the chat with an error
         r = run_c(b, llama_vocab_model, "-z", tok, "-m", "chat", "-y", "You are kind.", "-n", 200, "-s", 1, "-p", 0,
-                  input=b"Hi there\nTell me a story\n")
+                  input=b"Hi there\nTell me a story\n", check=False)
         assert r.stdout.count(b"Assistant:") >= 1
+        # (or, about once in 200 seeds, it does say EOS and the chat ends at the end of input)
+        assert r.returncode == 0 or (r.returncode == 1 and b"reached its 200 tokens in the middle of a reply"
+                                     in r.stderr), r.stderr
         # a user line far beyond the context: a clear error, not an overflow
         r = run_c(b, llama_vocab_model, "-z", tok, "-m", "chat", "-n", 64, check=False,
                   input=b"\n" + b"word " * 20000 + b"\n")
@@ -528,7 +563,7 @@ def test_chat_mode(builds, shared, llama_vocab_model):
 
 
 def test_sanitizer_build_runs_clean(stories, shared, tiny, llama_vocab_model, tmp_path):
-    r = subprocess.run(["make", "-C", str(REPO), "sanitize"], capture_output=True, text=True)
+    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     san = REPO / "run_sanitize"
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
@@ -540,7 +575,7 @@ def test_sanitizer_build_runs_clean(stories, shared, tiny, llama_vocab_model, tm
         ([stories["v2"], "-z", models / "tok512.bin", "-i", "Once upon a \U0001F600 time\t\n", "-n", 60], 0, b""),
         ([llama_vocab_model, "-z", models / "tokenizer.bin", "-m", "tokenize", "-i", "h\u00e9llo  \U0001F600 " * 50],
          0, b""),
-        ([llama_vocab_model, "-z", models / "tokenizer.bin", "-m", "chat", "-n", 200, "-p", 0], 0, chat_in),
+        ([llama_vocab_model, "-z", models / "tokenizer.bin", "-m", "chat", "-n", 40, "-p", 0], 1, chat_in),  # -n
         ([llama_vocab_model, "-z", models / "tokenizer.bin", "-m", "chat", "-n", 100], 1, b"sys\n" + b"x" * 5000),
         ([stories["v0"], "-z", models / "tokenizer.bin"], 1, b""),
         ([stories["v0"], "-i", "word " * 1000], 1, b""),

@@ -256,7 +256,7 @@ def test_bad_tokenizer_file_is_one_line(run_bin, files, name):
 
 
 def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
-    r = subprocess.run(["make", "-C", str(REPO), "sanitize"], capture_output=True, text=True)
+    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     import hf_tokenizer

@@ -60,6 +60,20 @@ def test_prompt_file_samples_and_seed(ckpt260K, tmp_path):
     assert a.stdout == b.stdout and a.stdout != c.stdout and len(set(stories)) == 3
 
 
+def test_diverged_checkpoint_is_one_line(ckpt260K, tmp_path):
+    """A checkpoint with a NaN weight: sample.py says which checkpoint and position, in one line, exit 1."""
+    d, model = ckpt260K
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["norm.weight"][5] = float("nan")  # every logit at every position
+    ckpt = torch.load(d / "ckpt.pt", weights_only=True)
+    torch.save({**ckpt, "model": sd}, tmp_path / "nan.pt")
+    for extra in ("--temperature=0", "--top_k=5"):
+        r = sample(f"--checkpoint={tmp_path / 'nan.pt'}", extra, ok=False)
+        errors = [line for line in r.stderr.splitlines() if not line.startswith("sample.py: note:")]
+        assert r.returncode == 1 and errors == [f"sample.py: error: {tmp_path / 'nan.pt'}: the model produced NaN "
+                                                "logits at position 0: is the checkpoint diverged?"], r.stderr
+
+
 def test_strict_loading(tmp_path):
     m = tiny()
     good = {"model": m.state_dict(), "model_args": asdict(m.args), "config": {}}
@@ -74,9 +88,11 @@ def test_strict_loading(tmp_path):
         "missing": ({**good, "model": {k: v for k, v in m.state_dict().items() if "layers.1.ffn_norm" not in k}},
                     "Missing key"),
         "extra": ({**good, "model": {**m.state_dict(), "layers.9.attention.wq.weight": torch.zeros(1)}}, "Unexpected"),
-        "shape": ({**good, "model_args": {**asdict(m.args), "n_kv_heads": 4}}, "size mismatch"),
+        "shape": ({**good, "model_args": {**asdict(m.args), "n_kv_heads": 4}}, "do not match its model_args"),
         "args": ({**good, "model_args": {**asdict(m.args), "n_experts": 8}}, "model_args do not make a model"),
         "nonsense": ({"weights": 1}, "not a train.py checkpoint"),
+        # shapes are compared before the model is built: model_args asking for 4 TB fail in one line
+        "huge": ({**good, "model_args": {**asdict(m.args), "dim": 1 << 20}}, r"model_args make it \(64, 1048576\)"),
     }
     for name, (ckpt, words) in cases.items():
         torch.save(ckpt, tmp_path / f"{name}.pt")
@@ -114,3 +130,18 @@ def test_every_reader_refuses_a_checkpoint_that_runs_code(tmp_path):
         assert r.returncode == 1 and "\n" not in err and "ckpt.pt" in err, (cmd, err)
         assert not marker.exists(), cmd
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_every_torch_load_is_weights_only():
+    """Every torch.load in the product code unpickles with weights_only=True (a crafted file cannot run
+    code through any of them, including ones added later)."""
+    import ast
+    calls = []
+    for path in sorted(REPO.glob("*.py")) + sorted(REPO.glob("*/*.py")):
+        if path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                safe = any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords)
+                calls.append((path.name, node.lineno, safe))
+    assert calls and all(safe for *_, safe in calls), calls

@@ -5,6 +5,7 @@ a checkpoint, and missing data gets a how-to message."""
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,30 +116,46 @@ def test_muon_and_wsd_lower_the_loss(data_dir, tmp_path):
     assert len(ckpt["optimizer"]) == 2 and ckpt["config"]["optimizer"] == "muon" and ckpt["train_seconds"] > 0
 
 
-def test_resume_is_bitwise_identical(data_dir, tmp_path):
-    """8 iterations straight vs 4 + resume 4, with dropout (RNG), 2 micro-batches (data position) and
-    both optimizers (Muon's momentum, AdamW's moments)."""
-    common = [*TINY, "--dropout=0.1", "--gradient_accumulation_steps=2", "--lr_decay_iters=8", "--optimizer=muon",
-              "--always_save_checkpoint=True", "--eval_interval=4", f"--data_dir={data_dir}"]
-    train(*common, "--max_iters=8", f"--out_dir={tmp_path / 'a'}", cwd=tmp_path)
-    train(*common, "--max_iters=4", f"--out_dir={tmp_path / 'b'}", cwd=tmp_path)
-    half = load(tmp_path / "b")
-    train("--init_from=resume", "--max_iters=8", f"--out_dir={tmp_path / 'b'}", cwd=tmp_path)
-    a, b = load(tmp_path / "a"), load(tmp_path / "b")
-    assert a["iter_num"] == b["iter_num"] == 8 and half["iter_num"] == 4
-    assert a["model"].keys() == b["model"].keys()
+# dropout (RNG), 2 micro-batches (data position) and both optimizers (Muon's momentum, AdamW's moments)
+RESUME = [*TINY, "--dropout=0.1", "--gradient_accumulation_steps=2", "--lr_decay_iters=8", "--optimizer=muon",
+          "--always_save_checkpoint=True"]
+
+
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):
+    """An uninterrupted 8-iteration run: what every interrupted and resumed run must end bitwise equal to."""
+    out = tmp_path_factory.mktemp("straight") / "a"
+    train(*RESUME, "--eval_interval=4", "--max_iters=8", f"--data_dir={data_dir}", f"--out_dir={out}", cwd=out.parent)
+    return out
+
+
+def assert_same_run(a, b):
+    assert a["iter_num"] == b["iter_num"] == 8 and a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-        assert not torch.equal(a["model"][k], half["model"][k]), k  # the second half did train
     assert len(a["optimizer"]) == len(b["optimizer"]) == 2  # Muon, AdamW
     for oa, ob in zip(a["optimizer"], b["optimizer"]):
         assert oa["state"].keys() == ob["state"].keys() and oa["state"]
         for sa, sb in zip(oa["state"].values(), ob["state"].values()):
             assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_is_bitwise_identical(data_dir, straight, tmp_path):
+    """8 iterations straight vs 4 + resume 4."""
+    common = [*RESUME, "--eval_interval=4", f"--data_dir={data_dir}"]
+    train(*common, "--max_iters=4", f"--out_dir={tmp_path / 'b'}", cwd=tmp_path)
+    half = load(tmp_path / "b")
+    r = train("--init_from=resume", "--max_iters=8", f"--out_dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert f"resumed from iteration 4 of {tmp_path / 'b' / 'ckpt.pt'}; settings changed: max_iters 4 -> 8" in r.stdout
+    a, b = load(straight), load(tmp_path / "b")
+    assert half["iter_num"] == 4
+    assert_same_run(a, b)
+    for k in a["model"]:
+        assert not torch.equal(a["model"][k], half["model"][k]), k  # the second half did train
     resumed = metrics(tmp_path / "b")
     assert {"iter": 4, "event": "resume"} in resumed
     # the logged losses after the resume repeat the uninterrupted run's
-    la = {m["iter"]: m["loss"] for m in metrics(tmp_path / "a") if "loss" in m}
+    la = {m["iter"]: m["loss"] for m in metrics(straight) if "loss" in m}
     lb = {m["iter"]: m["loss"] for m in resumed if "loss" in m}
     assert la == lb
 
@@ -241,3 +258,181 @@ def test_amp_dtypes(data_dir, tmp_path, dtype):
     ckpt = load(out)
     assert ckpt["iter_num"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert (ckpt["scaler"] is not None) == (dtype == "float16")  # fp16 trains with a GradScaler
+
+
+# -----------------------------------------------------------------------------
+# checkpoint safety: kills, full disks, a second run, divergence, and one-line refusals
+
+# Runs train.py with open() wrapped for ckpt.pt's temp files, so a test can stop or fail a checkpoint
+# write part way. HOOK="stall:N:MARK": the N-th checkpoint write of the process writes its first block,
+# creates the file MARK and sleeps (to be SIGKILLed); "full:N": the N-th one fails with ENOSPC after
+# 1000 bytes (a full disk).
+HOOK = r"""
+import builtins, errno, os, runpy, sys, time
+kind, nth, mark = (os.environ["HOOK"] + "::").split(":")[:3]
+real_open, saves = builtins.open, [0]
+
+class Hooked:
+    def __init__(self, f):
+        self.f, self.written = f, 0
+    def write(self, b):
+        if kind == "full" and self.written + len(b) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = self.f.write(b)
+        self.written += len(b)
+        if kind == "stall":
+            self.f.flush()
+            real_open(mark, "w").close()
+            time.sleep(3600)
+        return n
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+def hooked_open(path, mode="r", *args, **kwargs):
+    f = real_open(path, mode, *args, **kwargs)
+    if os.path.basename(str(path)).startswith("ckpt.pt.tmp"):
+        saves[0] += 1
+        if saves[0] == int(nth):
+            return Hooked(f)
+    return f
+
+builtins.open = hooked_open
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def hooked(hook, *args, cwd):
+    return subprocess.Popen([sys.executable, "-c", HOOK, str(REPO / "train.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(HOOK=hook))
+
+
+def temps(out):
+    return sorted(p.name for p in Path(out).glob("ckpt.pt.tmp*"))
+
+
+def kill_when(proc, ready, timeout=240):
+    """SIGKILL proc once ready() is true (polled), as a crash or an OOM killer would."""
+    deadline = time.time() + timeout
+    try:
+        while not ready() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert ready(), proc.communicate()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigkill_anywhere_resumes_bitwise_identically(data_dir, straight, tmp_path):
+    """Checkpoints every iteration; SIGKILL in the middle of a checkpoint write, between iterations and
+    again mid-write, each time resumed: the run ends bitwise equal to the uninterrupted one (evaluations
+    touch no RNG or data position, so their number does not matter)."""
+    out = tmp_path / "c"
+    common = [*RESUME, "--eval_interval=1", f"--data_dir={data_dir}", f"--out_dir={out}"]
+    mark = tmp_path / "stalled"
+    p = hooked(f"stall:2:{mark}", *common, "--max_iters=8", cwd=tmp_path)  # stalls in the iteration-2 write
+    kill_when(p, mark.exists)
+    mark.unlink()
+    assert load(out)["iter_num"] == 1 and len(temps(out)) == 1  # the old ckpt.pt and a torn temp file
+    p = hooked("none:0", "--init_from=resume", *common[-2:], cwd=tmp_path)  # killed once iteration 4 logs
+    kill_when(p, lambda: any(m.get("iter", 0) >= 4 and "loss" in m for m in metrics(out)))
+    assert load(out)["iter_num"] in (3, 4)  # killed before or after iteration 4's checkpoint
+    p = hooked(f"stall:2:{mark}", "--init_from=resume", *common[-2:], cwd=tmp_path)  # its second write
+    kill_when(p, mark.exists)
+    at = load(out)["iter_num"]
+    assert 4 <= at < 8, at
+    r = train("--init_from=resume", f"--out_dir={out}", cwd=tmp_path)
+    assert f"resumed from iteration {at} of" in r.stdout
+    assert_same_run(load(straight), load(out))
+    assert temps(out) == []  # the torn temp files of the killed runs were cleared
+
+
+def test_disk_full_keeps_the_last_checkpoint(data_dir, tmp_path):
+    """A checkpoint write that fails (ENOSPC) used to print torch's 'unexpected pos' traceback and leave
+    ckpt.pt.tmp filling the disk. Now: one line, the temp file removed, the old ckpt.pt intact."""
+    out = tmp_path / "out"
+    common = [*TINY, "--eval_interval=1", "--always_save_checkpoint=True", f"--data_dir={data_dir}", f"--out_dir={out}"]
+    p = hooked("full:2", *common, "--max_iters=4", cwd=tmp_path)
+    _, err = p.communicate(timeout=300)
+    err = err.strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err[-3000:]
+    assert re.fullmatch(rf"train.py: error: cannot write checkpoint {re.escape(str(out))}/ckpt.pt.tmp\d+: the disk "
+                        rf"is full; removed it \({re.escape(str(out))}/ckpt.pt keeps iteration 1\)", err), err
+    assert temps(out) == [] and load(out)["iter_num"] == 1
+    train("--init_from=resume", f"--out_dir={out}", cwd=tmp_path)  # and the run goes on from there
+    assert load(out)["iter_num"] == 4
+
+
+def test_second_run_overwrite_and_settings(data_dir, tmp_path):
+    """A second train.py on a busy out_dir is refused in one line (they used to share one temp file and
+    mix metrics.jsonl); from scratch into an out_dir holding an earlier run's ckpt.pt is refused unless
+    --overwrite=True; a bad --device or a CUDA device on a CPU build of torch is one line."""
+    out = tmp_path / "out"
+    common = [*TINY, "--eval_interval=1", "--always_save_checkpoint=True", f"--data_dir={data_dir}", f"--out_dir={out}"]
+    mark = tmp_path / "stalled"
+    busy = hooked(f"stall:1:{mark}", *common, "--max_iters=4", cwd=tmp_path)  # holds the lock, stalled in a write
+    try:
+        deadline = time.time() + 240
+        while not mark.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), *common], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env=env())
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() == (f"train.py: error: --out_dir={out} is in use by another train.py "
+                                    f"(pid {busy.pid}); wait for it, or pick another --out_dir"), r.stderr
+    finally:
+        busy.send_signal(signal.SIGKILL)
+        busy.wait()
+    train(*common, "--max_iters=2", "--overwrite=True", cwd=tmp_path)  # the lock died with its process
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *common, "--max_iters=2"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120, env=env())
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"train.py: error: {out / 'ckpt.pt'} holds the checkpoint of an earlier run: continue it with "
+        "--init_from=resume, or pass --overwrite=True to train from scratch and replace it"), r.stderr
+    assert load(out)["iter_num"] == 2
+    for device, words in (("cuda", "use --device=cpu"), ("cuda:1", "use --device=cpu"), ("gpu", "expected cpu, cuda")):
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), f"--device={device}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env=env())
+        err = r.stderr.strip()
+        assert r.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("train.py: error: --device="), err
+        assert words in err, err
+
+
+def test_divergence_stops_without_saving(data_dir, tmp_path):
+    """A NaN loss (here a learning rate of 1e30 after a good start) stops the run with one line naming
+    the iteration; the last good checkpoint is not overwritten with NaN weights, even with
+    always_save_checkpoint and an evaluation due."""
+    out = tmp_path / "out"
+    common = [*TINY, "--eval_interval=2", "--always_save_checkpoint=True", f"--data_dir={data_dir}", f"--out_dir={out}"]
+    train(*common, "--max_iters=2", cwd=tmp_path)
+    good = (out / "ckpt.pt").read_bytes()
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--init_from=resume", f"--out_dir={out}",
+                        "--max_iters=8", "--learning_rate=1e30"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env())
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1, r.stderr[-3000:]
+    assert re.fullmatch(r"train.py: error: the run diverged: the (loss or gradient norm was NaN or inf at iteration [34]|"
+                        r"weights hold NaN or inf at iteration 4); stopped without saving \(.*ckpt.pt keeps iteration "
+                        r"2\)\. Lower --learning_rate or --grad_clip, or raise --warmup_iters", err[0]), err[0]
+    assert (out / "ckpt.pt").read_bytes() == good and temps(out) == []
+
+
+def test_bad_shard_is_refused_before_training(data_dir, tmp_path):
+    """A shard holding a token id beyond the vocabulary used to kill training mid-run (IndexError)."""
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    shard = d / "tok512" / "train_0000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[-2:] = (777).to_bytes(2, "little")
+    shard.write_bytes(raw)
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *TINY, "--max_iters=2", f"--data_dir={d}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env())
+    err = r.stderr.strip()
+    assert r.returncode == 1 and "\n" not in err, err
+    assert err.startswith(f"train.py: error: {shard}: token id 777 at position") and "outside the 512-token" in err
+    assert not (tmp_path / "out").exists()
