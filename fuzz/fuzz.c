@@ -250,13 +250,19 @@ static void add_arg(Buf *b, const char *s) {
 static const char *pick(const char *const *v, size_t n) { return v[below((uint32_t)n)]; }
 #define PICK(...) pick((const char *const[]){__VA_ARGS__}, sizeof((const char *const[]){__VA_ARGS__}) / sizeof(char *))
 
+// the context length a model's header claims (0 when the file is too short to say)
+static int32_t seq_len_of(const Buf *model) {
+    int32_t seq_len = 0;
+    int v0 = model->n < 4 || memcmp(model->p, "\x32\x34\x6b\x61", 4) != 0;
+    if (model->n >= 36) { memcpy(&seq_len, model->p + (v0 ? 24 : 32), 4); }
+    return seq_len;
+}
+
 // fresh flags: a mode and some options, mostly valid, sometimes not; -n stays small unless the
 // model's own context is (a model claiming 2^24 positions can legitimately generate for hours)
 static void new_args(Case *c) {
     Buf a = {NULL, 0};
-    int32_t seq_len = 0;
-    int v0 = c->model.n < 4 || memcmp(c->model.p, "\x32\x34\x6b\x61", 4) != 0;
-    if (c->model.n >= 36) { memcpy(&seq_len, c->model.p + (v0 ? 24 : 32), 4); }
+    int32_t seq_len = seq_len_of(&c->model);
     const char *mode = PICK("generate", "generate", "generate", "chat", "logits", "tokenize");
     if (below(10)) { add_arg(&a, "-m"); add_arg(&a, below(50) ? mode : PICK("", "poetry", "-t")); }
     if (below(3)) { add_arg(&a, "-t"); add_arg(&a, PICK("0", "1", "0.8", "1.5", "1e-30", "2e-38", "100", "nan", "-1", "x")); }
@@ -300,6 +306,23 @@ static void new_args(Case *c) {
     }
 }
 
+// new_args kept -n small for the model it saw, but a later header mutation can claim a huge
+// context: then -n 0 (the whole context) or a large -n is a legitimately long run, not a hang
+static void bound_steps(Case *c) {
+    if (seq_len_of(&c->model) <= 256) { return; }
+    Buf a = {NULL, 0};
+    int after_n = 0;
+    for (size_t i = 0; i < c->args.n; i += strlen((const char *)c->args.p + i) + 1) {
+        const char *s = (const char *)c->args.p + i;
+        char *end;
+        long n = strtol(s, &end, 10);
+        add_arg(&a, after_n && end != s && *end == '\0' && (n == 0 || n > 256) ? "64" : s);
+        after_n = !strcmp(s, "-n");
+    }
+    free(c->args.p);
+    c->args = a;
+}
+
 static void mutate(Case *c, const Case *seeds, int n_seeds) {
     for (uint32_t k = 1 + below(3); k > 0; k--) {
         switch (below(10)) {
@@ -310,6 +333,7 @@ static void mutate(Case *c, const Case *seeds, int n_seeds) {
         default: { const Case *s = &seeds[below(n_seeds)]; free(c->tok.p); c->tok = buf_copy(s->tok.p, s->tok.n); } break;
         }
     }
+    bound_steps(c);
 }
 
 // ----------------------------------------------------------------------------
