@@ -70,7 +70,7 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
     later run to resume.
     head=N: only the first N bytes are wanted (Range: bytes=have-(N-1)); a 206 for any other span
     is refused, a server that ignores the Range (200, the whole file) is read only up to N bytes,
-    and the sha256 is checked only if the whole file fits in N. cut_after: see _cut_after.
+    and the sha256 is checked only if the whole file fits in N. cut_after (with head): see _cut_after.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -151,7 +151,7 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
             part.unlink()
             raise DataError(f"download of {url} is corrupt: sha256 {actual}, {said} {sha}; "
                             "deleted it, run again")
-    if cut_after:
+    if cut_after and head is not None:
         _cut_after(part, cut_after, url)
     os.replace(part, dest)
     return dest
@@ -256,16 +256,17 @@ def _copy_local(src, dest, sha256=None, head=None, cut_after=None):
     if sha256 and size == src.stat().st_size and file_sha256(part) != sha256:
         part.unlink()
         raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
-    if cut_after:
+    if cut_after and head is not None:
         _cut_after(part, cut_after, src)
     os.replace(part, dest)
 
 
 def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None, head=None, cut_after=None, save_as=None):
-    """Get dest_dir/name (or dest_dir/save_as) from base_url, or from source: a mirror URL, a local
-    folder or a local file; with sha256 given, only a file of that hash is accepted. head=N: only
-    the file's first N bytes, cut after the last cut_after marker (see http_download)."""
+    """Get dest_dir/name (or dest_dir/save_as) from base_url, or from source (default: $STORYLLAMA_SOURCE):
+    a mirror URL, a local folder or a local file; with sha256 given, only a file of that hash is
+    accepted. head=N: only the file's first N bytes, cut after the last cut_after (see http_download)."""
     dest = Path(dest_dir) / (save_as or name)
+    source = source or os.environ.get("STORYLLAMA_SOURCE") or None
     if source is None or "://" in source:
         base = source or base_url
         url = base if base.endswith(name) else base.rstrip("/") + "/" + name
