@@ -647,8 +647,9 @@ def main(argv=None):
     fetching(p, "mirror URL, local folder or local file")
     p.add_argument("--dataset", choices=["v1", "v2", "all"], default="v1",
                    help="v1: TinyStories_all_data.tar.gz; v2: the GPT-4 train/valid text files")
-    p.add_argument("--max_mb", type=float, default=None, metavar="N", help="v2 only: the train file's first N MiB, "
-                   "cut after its last whole story, as TinyStoriesV2-GPT4-train.head-{N}MiB.txt; valid comes whole")
+    p.add_argument("--max_mb", type=float, nargs="?", const=100.0, metavar="N", help="v2 only: the train file's first "
+                   "N MiB (100 if N is left out), cut after its last whole story, as "
+                   "TinyStoriesV2-GPT4-train.head-{N}MiB.txt; the valid file comes whole")
 
     p = sub.add_parser("download_models", help="fetch llama2.c's trained models and the Llama 2 tokenizer",
                        description="fetch llama2.c's trained tinyllamas models (with their run.c tokenizers) "

@@ -451,11 +451,14 @@ def error_lines(err):
 
 
 def test_slice_from_a_range_server_then_nothing_to_do(server, v2_files, tmp_path, capsys):
+    """As from Hugging Face: a redirect with the whole file's sha256 (which cannot check a slice), the
+    Range carried over to the CDN."""
     server.files.update(v2_files)
-    server.sha[TRAIN] = hashlib.sha256(v2_files[TRAIN]).hexdigest()  # the whole file's hash: cannot check a slice
-    assert ts.main(slice_args(server.url, tmp_path)) == 0
-    assert server.requests[0] == ("/" + TRAIN, f"bytes=0-{SLICE_BYTES - 1}")
-    assert server.sent[0] == SLICE_BYTES  # only the slice came over the wire
+    server.sha[TRAIN] = hashlib.sha256(v2_files[TRAIN]).hexdigest()
+    assert ts.main(slice_args(server.url + "resolve/", tmp_path)) == 0
+    assert server.requests[:2] == [(f"/resolve/{TRAIN}", f"bytes=0-{SLICE_BYTES - 1}"),
+                                   (f"/cdn/{TRAIN}", f"bytes=0-{SLICE_BYTES - 1}")]
+    assert server.sent[1] == SLICE_BYTES  # only the slice came over the wire
     data = (tmp_path / SLICE).read_bytes()
     check_slice(data, v2_files[TRAIN])
     assert (tmp_path / VALID).read_bytes() == v2_files[VALID]  # the held-out file comes whole
@@ -463,7 +466,7 @@ def test_slice_from_a_range_server_then_nothing_to_do(server, v2_files, tmp_path
     assert ts.input_files(tmp_path, "v2") == [tmp_path / SLICE, tmp_path / VALID]
     n_requests = len(server.requests)
     capsys.readouterr()
-    assert ts.main(slice_args(server.url, tmp_path)) == 0
+    assert ts.main(slice_args(server.url + "resolve/", tmp_path)) == 0
     assert "nothing to do" in capsys.readouterr().out and len(server.requests) == n_requests
 
 
@@ -557,6 +560,21 @@ def test_cut_after_finds_the_last_marker_across_block_edges(tmp_path):
         path.write_bytes(b"a" + SEP + b"a" * before + SEP + b"b" * after)
         dl._cut_after(path, SEP, "f.txt")
         assert path.read_bytes() == b"a" + SEP + b"a" * before + SEP
+
+
+def test_slice_larger_than_the_file_is_the_whole_file_cut(server, v2_files, tmp_path):
+    """--max_mb alone is 100 MiB, more than this train file: its 206 answer is the whole file, so the
+    server's sha256 does check it; the slice is the file up to its last separator, under the slice's name."""
+    server.files.update(v2_files)
+    full = v2_files[TRAIN]
+    server.sha[TRAIN] = hashlib.sha256(full).hexdigest()
+    args = ["download", "--dataset", "v2", "--max_mb", "--source", server.url, "--data_dir", str(tmp_path)]
+    assert ts.main(args) == 0
+    assert server.requests[0] == ("/" + TRAIN, f"bytes=0-{100 * 2**20 - 1}")
+    assert (tmp_path / "TinyStoriesV2-GPT4-train.head-100MiB.txt").read_bytes() == full[:full.rindex(SEP) + len(SEP)]
+    server.files[TRAIN] = full[:100] + b"X" + full[101:]  # not the file the hash names: refused, nothing kept
+    assert ts.main([*args[:-1], str(tmp_path / "b")]) == 1
+    assert not list((tmp_path / "b").glob("TinyStoriesV2-GPT4-train*"))
 
 
 def test_slice_flag_errors(v2_files, tmp_path, capsys):
