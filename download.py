@@ -2,6 +2,7 @@
 download.py: resumable, verified HTTP downloads (and local copies) for the data commands.
 
     http_download(url, dest)         # dest.part, resumed with Range requests, renamed when complete
+    http_download(url, dest, head=N, cut_after=b"<|endoftext|>")   # only the file's first N bytes
     fetch(name, dest_dir, source)    # from a base URL, a mirror URL, a local folder or a local file
 
 A file is complete when its size is the total the server gave (Content-Length/Content-Range) and,
@@ -9,6 +10,11 @@ if the server gives a sha256 (Hugging Face sends X-Linked-ETag on its redirect),
 A body of unknown length counts only when its framing proves it whole (the last chunk of a chunked
 body) or the sha256 matches. Limits: max_bytes per file, a deadline per file (all attempts
 together), and an attempt that stalls (under STALL_BYTES in STALL_SECONDS) is retried.
+
+A head (the first N bytes: a slice of a big file) is asked for as "Range: bytes=0-(N-1)" and
+complete when it has N bytes (or the whole file, if that is shorter); the file's sha256 cannot
+check a part of it, so only the size is checked. cut_after then trims it to end just after the
+last occurrence of a marker (a record separator), so no record is cut in half.
 """
 import http.client
 import os
@@ -52,7 +58,8 @@ def _server_sha256(all_headers):
     return None
 
 
-def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_BYTES, deadline=DEADLINE):
+def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_BYTES, deadline=DEADLINE,
+                  head=None, cut_after=None):
     """
     Download url to dest through dest.part, resuming a partial .part with an HTTP Range request,
     retrying an interrupted or stalled transfer up to `retries` times. The file is complete when its
@@ -61,15 +68,24 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
     gives (as an ETag or X-Linked-ETag), if any; only then is it renamed to dest. More than max_bytes
     is refused (the .part deleted); past `deadline` seconds (all attempts) the .part is kept for a
     later run to resume.
+    head=N: only the first N bytes are wanted (Range: bytes=have-(N-1)); a 206 for any other span
+    is refused, a server that ignores the Range (200, the whole file) is read only up to N bytes,
+    and the sha256 is checked only if the whole file fits in N. cut_after (with head): see _cut_after.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     failures, t_end = 0, time.monotonic() + deadline
     while True:
         have = part.stat().st_size if part.exists() else 0
+        if head is not None and have >= head:  # a run stopped between the last byte and the rename
+            if have > head:
+                part.unlink()
+                continue
+            total = sha = None
+            break
         request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
-        if have:
-            request.add_header("Range", f"bytes={have}-")
+        if have or head is not None:
+            request.add_header("Range", f"bytes={have}-{'' if head is None else head - 1}")
         redirects = _RecordRedirects()
         try:
             resp = urllib.request.build_opener(redirects).open(request, timeout=min(timeout, _left(t_end, url, part)))
@@ -90,19 +106,25 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
             sha = _server_sha256(redirects.headers + [resp.headers])
             if resp.status == 206:
                 content_range = resp.headers.get("Content-Range")
-                start, total = _range_start(content_range), _range_total(content_range)
+                start, end, total = _range_start(content_range), _range_end(content_range), _range_total(content_range)
                 if start is None:
                     raise DataError(f"download of {url}: the server sent a malformed Content-Range {content_range!r}")
                 if start != have:
                     raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
+                if head is not None and end != min(head, total or head) - 1:
+                    raise DataError(f"download of {url}: asked for bytes {have}-{head - 1}, the server sent "
+                                    f"Content-Range {content_range!r}")
             else:  # 200: the whole file (a server without Range support restarts us from zero)
                 have = 0
                 total = _content_length(resp.headers.get("Content-Length"), url)
-            if total is not None and total > max_bytes:
-                raise DataError(f"download of {url}: the server says {total} bytes, more than the {max_bytes} "
+            want = total if head is None or total is None else min(head, total)  # bytes to end with
+            if want is not None and want > max_bytes:
+                raise DataError(f"download of {url}: the server says {want} bytes, more than the {max_bytes} "
                                 "allowed for one file")
-            whole = _receive(resp, part, have, total, max_bytes, t_end, url, dest.name)
+            whole = _receive(resp, part, have, want, max_bytes, t_end, url, dest.name, stop=head)
         got = part.stat().st_size
+        if head is not None and got == head:
+            break  # all that was asked for (the connection is closed, the rest never read)
         if total is None and whole and (resp.chunked or sha or sha256):
             total = got  # no length given: the last chunk (or the hash, checked below) proves it whole
         elif total is None and whole:
@@ -118,18 +140,41 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
         time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
     sha, said = (sha256, "expected") if sha256 else (sha, "the server said")
     got = part.stat().st_size
-    if total is not None and got != total:
+    whole_file = head is None or (total is not None and total <= head)  # else a head: no hash can check it
+    if total is not None and got != (total if whole_file else head):
         part.unlink()
         raise DataError(f"download of {url} is corrupt: {got} bytes, the server said {total}; "
                         "deleted it, run again")
-    if sha is not None:
+    if sha is not None and whole_file:
         actual = file_sha256(part)
         if actual != sha:
             part.unlink()
             raise DataError(f"download of {url} is corrupt: sha256 {actual}, {said} {sha}; "
                             "deleted it, run again")
+    if cut_after and head is not None:
+        _cut_after(part, cut_after, url)
     os.replace(part, dest)
     return dest
+
+
+def _cut_after(path, marker, what):
+    """Truncate path just after the last occurrence of marker (the end of the last whole record).
+    Idempotent, and a prefix of the same file cut again gives the same bytes, so a .part that was
+    cut but not yet renamed can be resumed. DataError (the file deleted) when there is none."""
+    size, block = path.stat().st_size, 1 << 20
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:  # scan back in blocks that overlap by len(marker) - 1 bytes
+            start = max(0, end - block)
+            f.seek(start)
+            i = f.read(end - start + len(marker) - 1).rfind(marker)
+            if i >= 0:
+                os.truncate(path, start + i + len(marker))
+                return
+            end = start
+    path.unlink()
+    raise DataError(f"{what}: the first {size} bytes hold no {marker.decode()!r}, so no complete record; "
+                    "not a file of that format, or the slice is too small")
 
 
 def _left(t_end, url, part):
@@ -142,16 +187,17 @@ def _left(t_end, url, part):
     return left
 
 
-def _receive(resp, part, have, total, max_bytes, t_end, url, name):
-    """Append resp's body to part; True when it ended as its framing says (a cut-off chunked body
-    raises inside http.client), False when interrupted or stalled (the caller retries)."""
+def _receive(resp, part, have, total, max_bytes, t_end, url, name, stop=None):
+    """Append resp's body to part, up to `stop` bytes in all (then the rest is never read); True when
+    it ended as its framing says (a cut-off chunked body raises inside http.client) or at stop,
+    False when interrupted or stalled (the caller retries)."""
     with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                        unit_divisor=1024, desc=name, leave=False) as bar:
         window_start, window_bytes = time.monotonic(), 0
         try:
             # read1: whatever has arrived, so the deadline and the stall rule are checked between
             # reads even when a server sends a byte at a time (read(n) would wait for all n)
-            while chunk := resp.read1(1 << 20):
+            while chunk := resp.read1(1 << 20 if stop is None else min(1 << 20, stop - have)):
                 f.write(chunk)
                 bar.update(len(chunk))
                 have += len(chunk)
@@ -191,31 +237,41 @@ def _range_start(content_range):
     return int(m.group(1)) if m else None
 
 
-def _copy_local(src, dest, sha256=None):
+def _range_end(content_range):
+    m = re.match(r"\s*bytes\s+\d+-(\d+)\s*/", content_range or "")
+    return int(m.group(1)) if m else None
+
+
+def _copy_local(src, dest, sha256=None, head=None, cut_after=None):
+    """Copy src (its first `head` bytes, if given) to dest through dest.part, as http_download does."""
     part = dest.with_name(dest.name + ".part")
-    size = src.stat().st_size
+    size = src.stat().st_size if head is None else min(head, src.stat().st_size)
     with open(src, "rb") as fi, open(part, "wb") as fo, tqdm(
             total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, leave=False) as bar:
-        while block := fi.read(1 << 20):
+        while block := fi.read(min(1 << 20, size - fo.tell())):
             fo.write(block)
             bar.update(len(block))
     if part.stat().st_size != size:
         raise DataError(f"copy of {src} is incomplete ({part.stat().st_size} of {size} bytes)")
-    if sha256 and file_sha256(part) != sha256:
+    if sha256 and size == src.stat().st_size and file_sha256(part) != sha256:
         part.unlink()
         raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
+    if cut_after and head is not None:
+        _cut_after(part, cut_after, src)
     os.replace(part, dest)
 
 
-def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None):
-    """Get dest_dir/name from base_url, or from source: a mirror URL, a local folder or a local file;
-    with sha256 given, only a file of that hash is accepted."""
-    dest = Path(dest_dir) / name
+def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None, head=None, cut_after=None, save_as=None):
+    """Get dest_dir/name (or dest_dir/save_as) from base_url, or from source (default: $STORYLLAMA_SOURCE):
+    a mirror URL, a local folder or a local file; with sha256 given, only a file of that hash is
+    accepted. head=N: only the file's first N bytes, cut after the last cut_after (see http_download)."""
+    dest = Path(dest_dir) / (save_as or name)
+    source = source or os.environ.get("STORYLLAMA_SOURCE") or None
     if source is None or "://" in source:
         base = source or base_url
         url = base if base.endswith(name) else base.rstrip("/") + "/" + name
-        print(f"downloading {url}")
-        return http_download(url, dest, retries=retries, sha256=sha256)
+        print(f"downloading {url}" + ("" if head is None else f" (its first {head:,} bytes)"))
+        return http_download(url, dest, retries=retries, sha256=sha256, head=head, cut_after=cut_after)
     src = Path(source)
     if src.is_dir():
         src = src / name
@@ -223,8 +279,8 @@ def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None):
         raise DataError(f"--source {source}: need a file named {name} (or a folder holding it)")
     if not src.is_file():
         raise DataError(f"--source: {src} not found (the folder must hold {name})")
-    print(f"copying {src}")
-    _copy_local(src, dest, sha256)
+    print(f"copying {src}" + ("" if head is None else f" (its first {head:,} bytes)"))
+    _copy_local(src, dest, sha256, head, cut_after)
     return dest
 
 

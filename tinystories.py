@@ -1,7 +1,7 @@
 """
 tinystories.py: the TinyStories data commands, from the download to the token shards.
 
-    python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH]
+    python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH] [--max_mb N (v2: a slice)]
     python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
@@ -10,6 +10,7 @@ Every command shows progress, and a second run with the same inputs does nothing
 Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
     TinyStories_all_data/data00.json...      V1 (GPT-3.5 + GPT-4), from TinyStories_all_data.tar.gz
     TinyStoriesV2-GPT4-{train,valid}.txt     V2 (GPT-4 only)
+    TinyStoriesV2-GPT4-train.head-{N}MiB.txt  a slice of V2 train (see download), read when the whole is not here
     tok{N}.model, tok{N}.vocab               a trained sentencepiece vocabulary
     tok{N}/ or llama2/                       token shards: {train,val}_0000.bin ..., manifest.json
 Where a vocabulary's files live, and the shard format, are dataloader.py's (train.py reads the
@@ -21,6 +22,7 @@ all_data shards), or JSON {"texts": [...]}; each plain or .gz/.xz compressed. Se
 import argparse
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import multiprocessing
@@ -41,7 +43,7 @@ from tqdm import tqdm
 
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
                         pack_header, shard_dir, smallest_vocab, tokenizer_path)
-from download import fetch
+from download import MAX_BYTES, fetch
 from tokenizer import Tokenizer
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -49,6 +51,8 @@ DATASET_FILES = {
     "v1": ["TinyStories_all_data.tar.gz"],
     "v2": ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"],
 }
+V2_TRAIN = DATASET_FILES["v2"][0]
+V2_SLICES = "TinyStoriesV2-GPT4-train.head-*MiB.txt"  # slices (download --max_mb=N): never the whole's name
 V1_DIR = "TinyStories_all_data"  # where the V1 archive is extracted, inside the data dir
 
 SEP = "<|endoftext|>"
@@ -91,8 +95,7 @@ def _decompressed_blocks(path, size=1 << 20):
 
 
 def _where(path, offset):
-    compressed = path.suffix in (".gz", ".xz")
-    return f"byte {offset}" + (" of the decompressed data" if compressed else "")
+    return f"byte {offset}" + (" of the decompressed data" if path.suffix in (".gz", ".xz") else "")
 
 
 def iter_stories(path):
@@ -227,8 +230,10 @@ def input_files(data_dir, dataset="v1", inputs=None):
         return files
     if dataset == "v1":
         files = sorted((data_dir / V1_DIR).glob("*.json"))
-    else:
-        files = [data_dir / n for n in DATASET_FILES["v2"] if (data_dir / n).is_file()]
+    else:  # the whole train file, else the largest slice of it
+        slices = sorted(data_dir.glob(V2_SLICES), key=lambda p: p.stat().st_size)
+        train = data_dir / V2_TRAIN if (data_dir / V2_TRAIN).is_file() else (slices or [None])[-1]
+        files = [f for f in (train, data_dir / DATASET_FILES["v2"][1]) if f and f.is_file()]
     if not files:
         raise DataError(f"no TinyStories {dataset} files in {data_dir}: run "
                         f"`python tinystories.py download --dataset={dataset}` first, or pass --input FILE")
@@ -254,25 +259,33 @@ def extract_v1(archive, data_dir):
     os.replace(tmp, final)
 
 
-def download(dataset="v1", data_dir=None, source=None, retries=3):
+def download(dataset="v1", data_dir=None, source=None, retries=3, max_mb=None):
+    """max_mb=N (V2 only): just the first N MiB of the train file (a Range request, or a local file's
+    head), cut after its last whole story, saved as V2_SLICES with N, never as the whole file; checked
+    by its size only (the server's sha256 is the whole file's). The valid file comes whole."""
     data_dir = default_data_dir(data_dir)
+    cut = None  # (file name, bytes) of the slice: its name fixes its size (N to 6 digits)
+    if max_mb is not None:
+        if dataset != "v2" or not 0 < max_mb <= MAX_BYTES >> 20:
+            raise DataError(f"--max_mb={max_mb}: only with --dataset=v2 (V1 is one .tar.gz archive), "
+                            f"more than 0 and at most {MAX_BYTES >> 20} (MiB)")
+        cut = V2_SLICES.replace("*", f"{max_mb:g}"), max(1, int(float(f"{max_mb:g}") * (1 << 20)))
     data_dir.mkdir(parents=True, exist_ok=True)
-    source = source or os.environ.get("STORYLLAMA_SOURCE") or None
     did = False
     for ds in (["v1", "v2"] if dataset == "all" else [dataset]):
         if ds == "v1" and (data_dir / V1_DIR).is_dir():
             continue  # extracted already; the archive itself is not needed any more
         for name in DATASET_FILES[ds]:
-            if not (data_dir / name).is_file():
-                fetch(name, data_dir, HF_BASE, source, retries)
+            save, head = cut if cut and name == V2_TRAIN else (name, None)
+            if not (data_dir / save).is_file() and not (data_dir / name).is_file():  # the whole does too
+                fetch(name, data_dir, HF_BASE, source, retries, head=head, save_as=save, cut_after=SEP.encode())
                 did = True
         if ds == "v1":
             extract_v1(data_dir / DATASET_FILES["v1"][0], data_dir)
             did = True
-    if did:
-        print(f"done: TinyStories {dataset} is in {data_dir}")
-    else:
-        print(f"nothing to do: TinyStories {dataset} is already in {data_dir}")
+    used = input_files(data_dir, "v2")[0] if dataset != "v1" else None
+    print(f"{'done' if did else 'nothing to do'}: TinyStories {dataset} is in {data_dir}"
+          + (f" (--dataset=v2 reads {used.name})" if used else ""))
 
 
 # Karpathy's tinyllamas (llama2.c's trained models) and Meta's Llama 2 tokenizer, for ./run.
@@ -307,7 +320,6 @@ def download_models(names=None, data_dir=None, source=None, retries=3):
     unknown = [n for n in names if n not in MODEL_SETS]
     if unknown:
         raise DataError(f"--models {' '.join(unknown)}: unknown; choose from {', '.join(MODEL_SETS)}")
-    source = source or os.environ.get("STORYLLAMA_SOURCE") or None
     files = dict.fromkeys(f for n in names for f in MODEL_SETS[n])  # in order, once each
     did = False
     for name in files:
@@ -492,13 +504,8 @@ class ShardWriter:
 
 
 def _batched(iterable, n):
-    chunk = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
+    it = iter(iterable)
+    while chunk := list(itertools.islice(it, n)):
         yield chunk
 
 
@@ -533,7 +540,10 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
         "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
     }
-    manifest = _read_manifest(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
     if manifest and manifest.get("signature") == signature and all(
             (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
             for name, n in manifest["shards"].items()):
@@ -550,8 +560,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     def write(result):
         for split, (tokens, n_stories, n_bytes) in result.items():
             writers[split].add(tokens, n_stories, n_bytes)
-            stats[split] = [stats[split][0] + len(tokens), stats[split][1] + n_stories,
-                            stats[split][2] + n_bytes]
+            stats[split] = [a + b for a, b in zip(stats[split], (len(tokens), n_stories, n_bytes))]
 
     def progress():
         return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
@@ -611,13 +620,6 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     return out
 
 
-def _read_manifest(out):
-    try:
-        return json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # -----------------------------------------------------------------------------
 # command line
 
@@ -635,24 +637,27 @@ def main(argv=None):
         p.add_argument("--input", nargs="+", default=None, metavar="PATH",
                        help="read these story files or folders instead (.txt/.json, .gz/.xz)")
 
+    def fetching(p, where):
+        p.add_argument("--source", default=None, metavar="URL_OR_PATH",
+                       help=f"{where} instead of Hugging Face's (default: $STORYLLAMA_SOURCE)")
+        p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
+
     p = sub.add_parser("download", help="fetch TinyStories (resumable, verified, extracted)", description="fetch TinyStories (resumable, verified, extracted)")
     common(p)
+    fetching(p, "mirror URL, local folder or local file")
     p.add_argument("--dataset", choices=["v1", "v2", "all"], default="v1",
                    help="v1: TinyStories_all_data.tar.gz; v2: the GPT-4 train/valid text files")
-    p.add_argument("--source", default=None, metavar="URL_OR_PATH",
-                   help="mirror URL, local folder or local file instead of Hugging Face "
-                        "(default: $STORYLLAMA_SOURCE)")
-    p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
+    p.add_argument("--max_mb", type=float, nargs="?", const=100.0, metavar="N", help="v2 only: the train file's first "
+                   "N MiB (100 if N is left out), cut after its last whole story, as "
+                   "TinyStoriesV2-GPT4-train.head-{N}MiB.txt; the valid file comes whole")
 
     p = sub.add_parser("download_models", help="fetch llama2.c's trained models and the Llama 2 tokenizer",
                        description="fetch llama2.c's trained tinyllamas models (with their run.c tokenizers) "
                                    "into data/models/ and Meta's Llama 2 tokenizer.model into data/")
     common(p)
+    fetching(p, "mirror URL or local folder holding the files by name")
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"which (default all): {' '.join(MODEL_SETS)}")
-    p.add_argument("--source", default=None, metavar="URL_OR_PATH",
-                   help="mirror URL or local folder holding the files by name (default: $STORYLLAMA_SOURCE)")
-    p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
 
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
@@ -677,7 +682,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "download":
-            download(args.dataset, args.data_dir, args.source, args.retries)
+            download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)
         elif args.command == "download_models":
             download_models(args.models, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
@@ -686,11 +691,9 @@ def main(argv=None):
         else:
             if args.workers is not None and args.workers < 1:
                 raise DataError(f"--workers={args.workers}: must be >= 1")
-            vocab_size = args.vocab_size
-            if vocab_size is None:
-                if args.vocab_source == "custom":
-                    raise DataError("pretokenize needs --vocab_size=N (data/tok{N}.model) or --vocab_source=llama2")
-                vocab_size = LLAMA2_VOCAB
+            if args.vocab_size is None and args.vocab_source == "custom":
+                raise DataError("pretokenize needs --vocab_size=N (data/tok{N}.model) or --vocab_source=llama2")
+            vocab_size = LLAMA2_VOCAB if args.vocab_size is None else args.vocab_size
             files = input_files(args.data_dir, args.dataset, args.input)
             pretokenize(vocab_size, files, args.data_dir, args.tokenizer, args.workers, args.shard_tokens,
                         vocab_source=args.vocab_source)

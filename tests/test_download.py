@@ -23,7 +23,8 @@ PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # not a multiple of any chunk size
 
 
 class Server:
-    """Serves self.files[name] at /name, honouring "Range: bytes=N-". Knobs for misbehaviour:
+    """Serves self.files[name] at /name, honouring "Range: bytes=N-" and "bytes=N-M"; sent[i] counts the body
+    bytes that request i got onto the wire. Knobs for misbehaviour: content_range = a Content-Range to send as is;
     drop_after[i] = send only that many body bytes on request i, then close the connection;
     sha = sha256 to advertise as ETag; corrupt = flip a byte of every body; ignore_range;
     slow = seconds to sleep per 64 KiB; lie_total = a wrong total size in Content-Range; redirect = serve /resolve/NAME as a 302 to /cdn/NAME
@@ -36,6 +37,7 @@ class Server:
         self.files, self.requests, self.drop_after = {}, [], {}
         self.sha, self.corrupt, self.ignore_range, self.slow = {}, False, False, 0.0
         self.lie_total = None  # a wrong file size to announce in Content-Range
+        self.content_range, self.sent = None, {}
         self.framing, self.length_header, self.endless, self.trickle = "length", None, False, 0.0
         self.busy, self.lock = 0, threading.Lock()  # requests being answered
         server = self
@@ -73,10 +75,11 @@ class Server:
                 body = server.files[name]
                 if server.corrupt:
                     body = body[:100] + bytes([body[100] ^ 1]) + body[101:]
-                start = 0
+                start, end = 0, len(body) - 1
                 rng = self.headers.get("Range")
                 if rng and not server.ignore_range:
-                    start = int(rng.split("=")[1].split("-")[0])
+                    first, _, last = rng.split("=")[1].partition("-")
+                    start, end = int(first), min(end, int(last or end))
                     if start >= len(body):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -85,26 +88,26 @@ class Server:
                         return
                     self.send_response(206)
                     total = server.lie_total or len(body)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
+                    self.send_header("Content-Range", server.content_range or f"bytes {start}-{end}/{total}")
                 else:
                     self.send_response(200)
+                data = body[start:end + 1]
                 if server.framing == "length":
-                    self.send_header("Content-Length", server.length_header or str(len(body) - start))
+                    self.send_header("Content-Length", server.length_header or str(len(data)))
                 elif server.framing == "chunked":
                     self.send_header("Transfer-Encoding", "chunked")
                 if name in server.sha and not path.startswith("cdn/"):
                     self.send_header("ETag", f'"{server.sha[name]}"')
                 self.end_headers()
-                data = body[start:]
                 if n in server.drop_after:
                     data = data[:server.drop_after[n]]
                 try:
-                    self.send_body(data, whole=n not in server.drop_after)
+                    self.send_body(data, n, whole=n not in server.drop_after)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client went away (killed, or it gave up on us): what the test wants
                 self.close_connection = True
 
-            def send_body(self, data, whole):
+            def send_body(self, data, n, whole):
                 chunked = server.framing == "chunked"
                 step = 1 if server.trickle else 65536
                 pieces = (data[i:i + step] for i in range(0, len(data), step))
@@ -113,6 +116,7 @@ class Server:
                 for piece in pieces:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                     self.wfile.flush()
+                    server.sent[n] = server.sent.get(n, 0) + len(piece)
                     if server.slow or server.trickle:
                         time.sleep(server.slow or server.trickle)
                 if chunked and whole:
@@ -387,11 +391,18 @@ def test_download_v1_extracts_via_env_source(server, shared, tmp_path, monkeypat
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_local_folder_and_file_sources(v2_files, tmp_path, capsys):
+@pytest.fixture
+def v2_folder(v2_files, tmp_path):
+    """v2_files in a local folder, for --source FOLDER."""
     src = tmp_path / "offline"
     src.mkdir()
     for name, data in v2_files.items():
         (src / name).write_bytes(data)
+    return src
+
+
+def test_local_folder_and_file_sources(v2_files, v2_folder, tmp_path, capsys):
+    src = v2_folder
     out = tmp_path / "data"
     assert ts.main(["download", "--dataset", "v2", "--source", str(src), "--data_dir", str(out)]) == 0
     assert all((out / n).read_bytes() == d for n, d in v2_files.items())
@@ -413,6 +424,171 @@ def test_unsafe_archive_is_refused(tmp_path):
     with pytest.raises(DataError, match="cannot extract"):
         ts.download("v1", tmp_path)
     assert not (tmp_path.parent / "evil.json").exists() and not (tmp_path / ts.V1_DIR).exists()
+
+
+# ---------------------------------------------------------------------------- slices (--max_mb)
+
+TRAIN, VALID = ts.V2_TRAIN, "TinyStoriesV2-GPT4-valid.txt"
+SLICE_MB, SLICE_BYTES = "0.25", 1 << 18  # --max_mb=0.25: the first 262,144 bytes
+SLICE = "TinyStoriesV2-GPT4-train.head-0.25MiB.txt"
+SEP = ts.SEP.encode()
+
+
+def slice_args(source, data_dir, *more):
+    return ["download", "--dataset", "v2", "--max_mb", SLICE_MB, "--source", str(source), "--data_dir", str(data_dir),
+            *more]
+
+
+def check_slice(data, full):
+    """data is full's head ending just after a separator, and the next story would not have fitted."""
+    assert full.startswith(data) and data.endswith(SEP) and len(data) <= SLICE_BYTES
+    assert full.index(SEP, len(data)) + len(SEP) > SLICE_BYTES
+    assert len(data) > SLICE_BYTES - 20_000  # the cut is near the limit (a story is a few KB), not at 0
+
+
+def error_lines(err):
+    return [line for line in err.replace("\r", "\n").splitlines() if line.startswith(("error", "Traceback"))]
+
+
+def test_slice_from_a_range_server_then_nothing_to_do(server, v2_files, tmp_path, capsys):
+    """As from Hugging Face: a redirect with the whole file's sha256 (which cannot check a slice), the
+    Range carried over to the CDN."""
+    server.files.update(v2_files)
+    server.sha[TRAIN] = hashlib.sha256(v2_files[TRAIN]).hexdigest()
+    assert ts.main(slice_args(server.url + "resolve/", tmp_path)) == 0
+    assert server.requests[:2] == [(f"/resolve/{TRAIN}", f"bytes=0-{SLICE_BYTES - 1}"),
+                                   (f"/cdn/{TRAIN}", f"bytes=0-{SLICE_BYTES - 1}")]
+    assert server.sent[1] == SLICE_BYTES  # only the slice came over the wire
+    data = (tmp_path / SLICE).read_bytes()
+    check_slice(data, v2_files[TRAIN])
+    assert (tmp_path / VALID).read_bytes() == v2_files[VALID]  # the held-out file comes whole
+    assert not (tmp_path / TRAIN).exists() and not list(tmp_path.glob("*.part"))
+    assert ts.input_files(tmp_path, "v2") == [tmp_path / SLICE, tmp_path / VALID]
+    n_requests = len(server.requests)
+    capsys.readouterr()
+    assert ts.main(slice_args(server.url + "resolve/", tmp_path)) == 0
+    assert "nothing to do" in capsys.readouterr().out and len(server.requests) == n_requests
+
+
+def test_slice_from_a_server_that_ignores_range_stops_early(server, v2_files, tmp_path):
+    big = v2_files[TRAIN] * 48  # 68 MB: far more than the socket buffers hold (4 MB were sent here)
+    server.files.update(v2_files)
+    server.files[TRAIN] = big
+    assert ts.main(slice_args(server.url, tmp_path / "a")) == 0  # Range honoured: the reference slice
+    server.ignore_range = True
+    n = len(server.requests)
+    assert ts.main(slice_args(server.url, tmp_path / "b")) == 0
+    server.wait_idle()
+    assert (tmp_path / "b" / SLICE).read_bytes() == (tmp_path / "a" / SLICE).read_bytes()
+    check_slice((tmp_path / "b" / SLICE).read_bytes(), big)
+    assert SLICE_BYTES <= server.sent[n] < len(big) // 4  # it stopped reading: the rest was never sent
+
+
+@pytest.mark.parametrize("content_range, words", [
+    ("bytes 0-{last}/{total}", "asked for bytes 0-262143, the server sent Content-Range 'bytes 0-{last}/{total}'"),
+    ("bytes 0-999/{total}", "asked for bytes 0-262143, the server sent Content-Range 'bytes 0-999/{total}'"),
+    ("bytes 0-262143/1000", "asked for bytes 0-262143, the server sent Content-Range 'bytes 0-262143/1000'"),
+    ("bytes 7-262143/{total}", "server resumed at byte 7, asked for 0"),
+    ("octets 0-262143/{total}", "the server sent a malformed Content-Range 'octets 0-262143/{total}'"),
+])
+def test_slice_with_a_wrong_content_range_is_one_line(server, v2_files, tmp_path, content_range, words):
+    server.files.update(v2_files)
+    full = v2_files[TRAIN]
+    fill = dict(last=len(full) - 1, total=len(full))
+    server.content_range = content_range.format(**fill)
+    r = subprocess.run([sys.executable, "tinystories.py", *slice_args(server.url, tmp_path)],
+                       cwd=os.path.dirname(os.path.abspath(ts.__file__)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and error_lines(r.stderr) == [
+        f"error: download of {server.url}{TRAIN}: " + words.format(**fill)], r.stderr
+    assert not list(tmp_path.iterdir())  # nothing kept: no slice, no .part
+
+
+def test_slice_resumes_a_part_even_one_already_cut(server, v2_files, tmp_path):
+    server.files.update(v2_files)
+    assert ts.main(slice_args(server.url, tmp_path / "ref")) == 0
+    want = (tmp_path / "ref" / SLICE).read_bytes()
+    for have in (100_000, len(want), SLICE_BYTES):  # a dropped transfer; cut but not renamed; all bytes, not cut
+        d = tmp_path / str(have)
+        d.mkdir()
+        (d / (SLICE + ".part")).write_bytes(v2_files[TRAIN][:have])
+        n = len(server.requests)
+        assert ts.main(slice_args(server.url, d)) == 0
+        asked = [r for path, r in server.requests[n:] if path == "/" + TRAIN]
+        assert asked == ([] if have == SLICE_BYTES else [f"bytes={have}-{SLICE_BYTES - 1}"])
+        assert (d / SLICE).read_bytes() == want and not list(d.glob("*.part"))
+
+
+def test_slice_from_a_local_folder_then_a_full_download(v2_files, v2_folder, tmp_path, capsys):
+    src = v2_folder
+    out = tmp_path / "data"
+    assert ts.main(slice_args(src, out)) == 0
+    check_slice((out / SLICE).read_bytes(), v2_files[TRAIN])
+    assert (out / VALID).read_bytes() == v2_files[VALID] and not (out / TRAIN).exists()
+    capsys.readouterr()
+    assert ts.main(slice_args(src, out)) == 0 and "nothing to do" in capsys.readouterr().out
+    # the whole file, asked for later, is fetched under its own name and read from then on
+    assert ts.main(["download", "--dataset", "v2", "--source", str(src), "--data_dir", str(out)]) == 0
+    assert (out / TRAIN).read_bytes() == v2_files[TRAIN]
+    assert ts.input_files(out, "v2") == [out / TRAIN, out / VALID]
+    capsys.readouterr()  # and with the whole file here, a slice has nothing to add
+    assert ts.main(slice_args(src, out)) == 0 and "nothing to do" in capsys.readouterr().out
+
+
+def test_slice_feeds_train_vocab_and_pretokenize(v2_folder, tmp_path):
+    import dataloader
+    src = v2_folder
+    d = str(tmp_path / "data")
+    assert ts.main(slice_args(src, d)) == 0
+    assert ts.main(["train_vocab", "--dataset=v2", "--vocab_size=512", "--data_dir", d]) == 0
+    assert ts.main(["pretokenize", "--dataset=v2", "--vocab_size=512", "--workers=1", "--data_dir", d]) == 0
+
+    def n_stories(split):
+        shards = (tmp_path / "data" / "tok512").glob(f"{split}_*.bin")
+        return sum(dataloader.read_header(p)["n_stories"] for p in shards)
+    assert n_stories("train") == len(list(ts.iter_stories(tmp_path / "data" / SLICE))) > 100
+    assert n_stories("val") == len(list(ts.iter_stories(src / VALID)))
+    assert ts.main(["download", "--dataset", "v2", "--source", str(src), "--data_dir", d]) == 0
+    assert ts.main(["pretokenize", "--dataset=v2", "--vocab_size=512", "--workers=1", "--data_dir", d]) == 0
+    assert n_stories("train") == len(list(ts.iter_stories(src / TRAIN)))  # rebuilt from the whole file
+
+
+def test_cut_after_finds_the_last_marker_across_block_edges(tmp_path):
+    """_cut_after scans back from the end in 1 MiB blocks: a marker across a block edge is found, as is
+    one many blocks back, and the file ends just after the last one."""
+    path = tmp_path / "f.txt"
+    for before, after in ((100, (1 << 20) - 8), (100, 3 << 20), (0, 0), (5, 1)):
+        path.write_bytes(b"a" + SEP + b"a" * before + SEP + b"b" * after)
+        dl._cut_after(path, SEP, "f.txt")
+        assert path.read_bytes() == b"a" + SEP + b"a" * before + SEP
+
+
+def test_slice_larger_than_the_file_is_the_whole_file_cut(server, v2_files, tmp_path):
+    """--max_mb alone is 100 MiB, more than this train file: its 206 answer is the whole file, so the
+    server's sha256 does check it; the slice is the file up to its last separator, under the slice's name."""
+    server.files.update(v2_files)
+    full = v2_files[TRAIN]
+    server.sha[TRAIN] = hashlib.sha256(full).hexdigest()
+    args = ["download", "--dataset", "v2", "--max_mb", "--source", server.url, "--data_dir", str(tmp_path)]
+    assert ts.main(args) == 0
+    assert server.requests[0] == ("/" + TRAIN, f"bytes=0-{100 * 2**20 - 1}")
+    assert (tmp_path / "TinyStoriesV2-GPT4-train.head-100MiB.txt").read_bytes() == full[:full.rindex(SEP) + len(SEP)]
+    server.files[TRAIN] = full[:100] + b"X" + full[101:]  # not the file the hash names: refused, nothing kept
+    assert ts.main([*args[:-1], str(tmp_path / "b")]) == 1
+    assert not list((tmp_path / "b").glob("TinyStoriesV2-GPT4-train*"))
+
+
+def test_slice_flag_errors(v2_files, tmp_path, capsys):
+    src = tmp_path / "offline"
+    src.mkdir()
+    (src / TRAIN).write_bytes(v2_files[TRAIN])
+    out = tmp_path / "data"
+    for args, words in ((["--dataset", "v1", "--max_mb", "1"], "--max_mb=1.0: only with --dataset=v2"),
+                        (["--dataset", "v2", "--max_mb", "0"], "--max_mb=0.0: only with --dataset=v2 (V1 is one "
+                                                               ".tar.gz archive), more than 0 and at most 8192 (MiB)"),
+                        (["--dataset", "v2", "--max_mb", "0.0001"], "the first 104 bytes hold no '<|endoftext|>'")):
+        assert ts.main(["download", *args, "--source", str(src), "--data_dir", str(out)]) == 1
+        assert words in error_lines(capsys.readouterr().err)[-1]
+    assert not list(out.glob("TinyStoriesV2*"))  # the slice without a story is not kept
 
 
 # ---------------------------------------------------------------------------- download_models
