@@ -4,7 +4,8 @@
 # much faster at the same weights), a 2048-token vocabulary (1.6x the bytes per token of 512), Muon for
 # the block matrices, and a WSD schedule that runs on the time budget: the learning rate reaches 0
 # when the 10 minutes of training are spent, on any machine. Evaluations are not counted.
-# Data: python tinystories.py train_vocab --vocab_size=2048; python tinystories.py pretokenize --vocab_size=2048
+# Data: python tinystories.py download --dataset=v2 --max_mb=100, then train_vocab and pretokenize with
+# --dataset=v2 --vocab_size=2048 (the README's first command), or --input FILES for your own stories
 _parameters = 398_016
 out_dir = "out"
 vocab_source = "custom"
