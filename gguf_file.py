@@ -370,7 +370,9 @@ def _get(meta, path, key, kind, default=None):
         raise ValueError(f"{path}: {key}={value} out of range")
     if kind == "float" and not np.isfinite(value):
         raise ValueError(f"{path}: {key}={value} is not finite")
-    return int(value) if kind == "int" else float(value) if kind == "float" else value
+    if kind == "float":  # an f32 as its shortest decimal (1e-05, not 9.99999974738e-06): it re-exports the same
+        return float(str(np.float32(value))) if vtype == F32 else float(value)
+    return int(value) if kind == "int" else value
 
 
 def gguf_import(path):
@@ -458,6 +460,10 @@ def read_vocab(path):
         raise ValueError(f"{path}: tokenizer model {model!r} is not supported (llama: sentencepiece-style BPE, "
                          "gpt2: byte-level BPE)")
     llama = model == "llama"
+    pre = _get(meta, path, "tokenizer.ggml.pre", "str", "default")  # llama.cpp's default when absent
+    if not llama and pre != GPT2_SPLIT:
+        raise ValueError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (byte-level BPE with GPT-2's split "
+                         f"only: {GPT2_SPLIT!r})")
 
     def array(key, elems, required=False):
         if key not in meta:
@@ -499,10 +505,6 @@ def read_vocab(path):
         ids.setdefault(s, i)
     merges = []
     if not llama:
-        pre = _get(meta, path, "tokenizer.ggml.pre", "str", "default")
-        if pre != GPT2_SPLIT:
-            raise ValueError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (byte-level BPE with GPT-2's split "
-                             f"only: {GPT2_SPLIT!r})")
         for r, m in enumerate(array("tokenizer.ggml.merges", (STRING,), True)):
             cut = m.find(" ", 1)
             a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
