@@ -309,8 +309,8 @@ def read_gguf(path):
     r.pos = 24
     if version not in (2, 3):  # 2 and 3 differ only in that 3 may be big-endian, which shows up here
         raise r.bad(f"GGUF version {version} is not supported (2 or 3, little-endian)")
-    # a key-value pair takes at least 13 bytes (a 1-byte key, a type, a u8), a tensor info 29 (a 1-byte name)
-    if n_kv > (size - 24) // 13 or n_tensors > (size - 24) // 29:
+    # a key-value pair takes 13 bytes at least (a 1-byte key, a type, a u8), a tensor info 33 (a 1-byte name, 1 dim)
+    if n_kv > (size - 24) // 13 or n_tensors > (size - 24) // 33:
         raise r.bad(f"{n_kv} metadata entries and {n_tensors} tensors cannot fit in a file of {size} bytes")
     meta = {}
     for i in range(n_kv):

@@ -219,6 +219,22 @@ def test_cli_refusals(shared, tok512, tmp_path):
     assert not list(tmp_path.glob("m.*"))
 
 
+def test_plan_refuses_what_llama_cpp_cannot_hold(tok512):
+    import copy
+    m = random_model(CONFIGS["gqa_tied"])
+    v = copy.deepcopy(tok512.vocab)
+    v.pieces[301] = v.pieces[300]
+    with pytest.raises(ValueError, match="tokens 300 and 301 are both"):
+        G.plan(m, "fp32", v)
+    with torch.no_grad():
+        m.layers[1].attention.wv.weight[0, 0] = 1e5
+    assert G.plan(m, "fp32", tok512.vocab)
+    with pytest.raises(ValueError, match="blk.1.attn_v.weight has values up to 1e[+]05, beyond what f16 can hold"):
+        G.plan(m, "f16", tok512.vocab)
+    with pytest.raises(ValueError, match="the tokenizer has 512 tokens, the model 97"):
+        G.plan(random_model(CONFIGS["gqa_tied"], vocab_size=97), "fp32", tok512.vocab)
+
+
 # ------------------------------------------------------------------------------------------------
 # malformed files: one line naming the file and what is wrong, never a traceback or a big allocation
 
