@@ -1,4 +1,5 @@
-"""Move models out of and into PyTorch: flat .bin files for run.c, and Hugging Face Llama directories.
+"""Move models out of and into PyTorch: flat .bin files for run.c, Hugging Face Llama directories, and
+GGUF files for llama.cpp.
 
 .bin versions (every one is read and written; README.md has the table):
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
@@ -11,11 +12,14 @@
     python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
     python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory (and its tokenizer)
     python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM and AutoTokenizer
-                                                        load (from --checkpoint, --bin or --hf)
+                                                        load (from --checkpoint, --bin, --hf or --gguf)
+    python export.py OUT.bin --gguf=IN.gguf            import a llama.cpp GGUF (Llama; f32, f16 or q8_0)
+    python export.py --to_gguf=OUT.gguf --checkpoint=... [--dtype=fp32|f16|q8_0]   write one llama.cpp runs
 
 OUT.bin gets the model's run.c tokenizer beside it (tok{vocab_size}.bin, where run.c looks) whenever
 the tokenizer is known: the checkpoint's vocabulary (dataloader.py's rule), the HF directory's own, the
-one beside --bin, or --tokenizer. Hugging Face directories are hf.py's (no transformers needed).
+one beside --bin, the GGUF's own, or --tokenizer. Hugging Face directories are hf.py's (no transformers
+needed), GGUF files gguf_file.py's.
 """
 import argparse
 import os
@@ -473,6 +477,8 @@ def model_tokenizer(a, model, model_id, train_config, note):
         if not path.is_file():
             note(f"no tokenizer written: {path} (the checkpoint's vocabulary) not found; pass --tokenizer=PATH")
             return None
+    elif path is None and a.gguf:
+        path = a.gguf
     elif path is None and a.hf:
         path = a.hf
         if not any(os.path.exists(os.path.join(a.hf, f)) for f in ("tokenizer.json", "tokenizer.model")):
@@ -487,7 +493,7 @@ def model_tokenizer(a, model, model_id, train_config, note):
     if tok.problem:
         note(f"no tokenizer written: run.c cannot encode like {path}: {tok.problem}")
         return None
-    if tok.n_words < n and (a.hf or a.tokenizer):
+    if tok.n_words < n and (a.hf or a.gguf or a.tokenizer):
         # Hugging Face models often have more embedding rows than tokens: the rest are unused tokens
         v = tok.vocab
         pad = n - len(v)
@@ -519,27 +525,33 @@ def tokenizer_beside(out, tok):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Export models to .bin (v0..v3) or a Hugging Face directory.")
+    p = argparse.ArgumentParser(description="Export models to .bin (v0..v3), a Hugging Face directory or a GGUF.")
     p.add_argument("out", nargs="?", help="output .bin file (its run.c tokenizer is written beside it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="train.py checkpoint (.pt)")
     src.add_argument("--bin", help="a .bin file of any version")
     src.add_argument("--hf", help="a Hugging Face Llama directory (with its tokenizer)")
+    src.add_argument("--gguf", help="a llama.cpp GGUF file (llama architecture, f32/f16/q8_0, with its tokenizer)")
     p.add_argument("--to_hf", help="also (or only) write a Hugging Face directory here")
+    p.add_argument("--to_gguf", help="also (or only) write a GGUF file for llama.cpp here (--dtype fp32, f16 or q8_0)")
     p.add_argument("--tokenizer", help="the model's tokenizer (.model, tokenizer.json, HF directory or run.c file), "
                    "when the source does not say")
     p.add_argument("--version", type=int, default=3, choices=(0, 1, 2, 3))
-    p.add_argument("--dtype", choices=tuple(WEIGHT_TYPES), default=None,
-                   help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0")
+    p.add_argument("--dtype", choices=(*WEIGHT_TYPES, "f16"), default=None,
+                   help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0; GGUF: fp32, f16 or q8_0")
     p.add_argument("--group_size", type=int, default=64)
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="export weights that hold NaN or inf (refused by default: a diverged run)")
     p.error = lambda msg: sys.exit(f"export.py: error: {msg}{_closest_flags(p, msg)}")  # one line, no usage dump
     a = p.parse_args(argv)
-    if not (a.checkpoint or a.bin or a.hf):
-        p.error("give a source: --checkpoint=CKPT.pt, --bin=IN.bin or --hf=DIR")
-    if not (a.out or a.to_hf):
-        p.error("give an output: OUT.bin and/or --to_hf=DIR")
+    if not (a.checkpoint or a.bin or a.hf or a.gguf):
+        p.error("give a source: --checkpoint=CKPT.pt, --bin=IN.bin, --hf=DIR or --gguf=IN.gguf")
+    if not (a.out or a.to_hf or a.to_gguf):
+        p.error("give an output: OUT.bin, --to_hf=DIR and/or --to_gguf=OUT.gguf")
+    if a.to_gguf and a.dtype not in (None, "fp32", "f16", "q8_0"):
+        p.error(f"--to_gguf takes --dtype=fp32, f16 or q8_0, not {a.dtype}")
+    if a.out and a.dtype == "f16":
+        p.error("--dtype=f16 is for --to_gguf: a .bin takes fp32, bf16, q8_0 or q4")
     try:
         model_id, train_config = None, {}
         if a.checkpoint:
@@ -549,13 +561,22 @@ def main(argv=None):
             del ckpt
         elif a.bin:
             model, model_id = load_bin(a.bin), read_header(a.bin)["vocab_id"]
+        elif a.gguf:
+            import gguf_file
+            model = gguf_file.gguf_import(a.gguf)
         else:
             model = hf_import(a.hf)
         if not a.allow_nonfinite:
-            check_finite(model, a.checkpoint or a.bin or a.hf)
+            check_finite(model, a.checkpoint or a.bin or a.hf or a.gguf)
         notes = []  # said after the outputs are written: an error stays the only line
         tok = model_tokenizer(a, model, model_id, train_config, notes.append)
         vocab_id = (tok.identity if tok else None) or model_id
+        if a.to_gguf:  # everything llama.cpp could not hold is refused before anything is written
+            import gguf_file
+            if tok is None:
+                raise ValueError(f"--to_gguf needs the model's tokenizer, which llama.cpp reads from the file "
+                                 f"({notes.pop().split(': ', 1)[1]})")
+            gguf_plan = gguf_file.plan(model, a.dtype, tok.vocab)
         if a.out:
             if os.path.dirname(a.out):
                 os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -568,6 +589,12 @@ def main(argv=None):
         if a.to_hf:
             hf_export(model, a.to_hf, tok.vocab if tok else None)
             print(f"wrote {a.to_hf}/config.json, model.safetensors" + (" and the tokenizer" if tok else ""))
+        if a.to_gguf:
+            if os.path.dirname(a.to_gguf):
+                os.makedirs(os.path.dirname(a.to_gguf), exist_ok=True)
+            gguf_file.write(a.to_gguf, gguf_plan)
+            notes += gguf_plan[2]
+            print(f"wrote {a.to_gguf} (GGUF {a.dtype or 'fp32'} with its tokenizer, {os.path.getsize(a.to_gguf):,} bytes)")
         for msg in notes:
             print(f"export.py: note: {msg}", file=sys.stderr)
     except (ValueError, OSError) as e:

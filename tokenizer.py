@@ -5,8 +5,8 @@ tokenizer.py: the vocabulary of a model, from any of the files it comes in, and 
     python tokenizer.py -t data/tok512.model --legacy        # llama2.c's format, byte-identical to its files
     python tokenizer.py -t hf_dir/tokenizer.json -o tok.bin  # a Hugging Face BPE tokenizer, for run.c
 
-A vocabulary (Vocab below) is read from a sentencepiece .model, a Hugging Face tokenizer.json (hf_tokenizer.py)
-or a run.c tokenizer file of either format, and encodes and decodes the same way from all of them:
+A vocabulary (Vocab below) is read from a sentencepiece .model, a Hugging Face tokenizer.json (hf_tokenizer.py),
+a GGUF (gguf_file.py) or a run.c tokenizer file of either format, and encodes and decodes the same way from all of them:
 a .model through sentencepiece itself, the others through the BPE encoder below, which run.c's
 encoder mirrors step for step. The README has the tokenizer file's byte layout; in short:
 
@@ -512,7 +512,8 @@ def decode(v, ids):
 
 def read_vocab(path):
     """(Vocab, kind, why run.c cannot encode like it or '') of a tokenizer file. kind: "sentencepiece"
-    (a .model), "hf" (tokenizer.json or a Hugging Face directory), "bin" (a run.c tokenizer file)."""
+    (a .model), "hf" (tokenizer.json or a Hugging Face directory), "bin" (a run.c tokenizer file), "gguf"
+    (a llama.cpp model file's tokenizer, gguf_file.py)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: tokenizer not found")
@@ -521,6 +522,9 @@ def read_vocab(path):
         return hf_tokenizer.read_tokenizer(p), "hf", ""
     with open(p, "rb") as f:
         head = f.read(4)
+    if head == b"GGUF":
+        import gguf_file
+        return gguf_file.read_vocab(p), "gguf", ""
     if len(head) == 4 and struct.unpack("<I", head)[0] == MAGIC or p.suffix == ".bin":
         return read_bin(p), "bin", ""
     v, problem = read_sentencepiece(p)
