@@ -575,7 +575,7 @@ def main(argv=None):
             import gguf_file
             if tok is None:
                 raise ValueError(f"--to_gguf needs the model's tokenizer, which llama.cpp reads from the file "
-                                 f"({notes.pop().split(': ', 1)[1]})")
+                                 f"({notes.pop().removeprefix('no tokenizer written: ')})")
             gguf_plan = gguf_file.plan(model, a.dtype, tok.vocab)
         if a.out:
             if os.path.dirname(a.out):
