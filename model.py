@@ -77,12 +77,14 @@ def rope_tables(head_size: int, max_seq_len: int, theta: float):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs (x[2i], x[2i+1]); x (B, T, H, hs), cos/sin (T, hs/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate interleaved pairs (x[2i], x[2i+1]); x (B, T, H, hs), cos/sin (T, hs/2).
+
+    Pair (a, b) is the complex number a + ib and the rotation a multiplication by cos + i sin: one
+    kernel forward and one backward, where the same arithmetic on real halves took seven of each
+    (bench/bench_train.py); the products are the same floats.
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * torch.complex(cos, sin)[:, None, :]).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -150,7 +152,12 @@ class ClassifierLoss(torch.autograd.Function):
     thing computed, each chunk's gradient (softmax - one-hot) is turned into its share of the
     gradients of h and weight right away; backward only scales them by the incoming gradient.
     """
-    CHUNK = 1 << 23  # logits per chunk: 32 MB of fp32 (bench/bench_train.py: fastest on CPU)
+    @staticmethod
+    def chunk_rows(vocab, dim):
+        """Rows per chunk: few enough that a chunk's logits stay in a core's L2 cache (1 MB), but at
+        least dim, because every chunk also reads and writes all of weight's gradient (vocab x dim),
+        which costs as much as the chunk's own logits at rows = dim (bench/bench_train.py)."""
+        return max(1, (1 << 18) // vocab, dim)
 
     @staticmethod
     def forward(ctx, h, weight, targets):
@@ -161,20 +168,31 @@ class ClassifierLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         gh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if grad else None
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grad else None
-        rows = max(1, ClassifierLoss.CHUNK // weight.size(0))
+        rows = ClassifierLoss.chunk_rows(*weight.shape)
+        # fp32 outside autocast: the gradients are written in place (no temporary per chunk)
+        in_place = h.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
         for i in range(0, h.size(0), rows):
             hc, vc = h[i:i + rows], valid[i:i + rows, None]
             tc = targets[i:i + rows, None].clamp(min=0)
             logits = (hc @ weight.t()).float()  # under autocast: a bf16/fp16 matmul, like nn.Linear's
-            logp = F.log_softmax(logits, dim=1)  # one fused pass (logsumexp + subtract took three)
-            picked = logp.gather(1, tc)
+            # the softmax by hand, in place: one exp pass, where log_softmax and then exp took two
+            z = logits.sub_(logits.amax(1, keepdim=True))
+            picked = z.gather(1, tc)
+            p = z.exp_()
+            sums = p.sum(1, keepdim=True)
+            picked -= sums.log()  # log-probability of each target (finite: no log of an underflow)
             total -= picked.sum() if everything else (picked * vc).sum()
             if grad:  # d(sum of losses)/d(logits) = softmax - one-hot, 0 on ignored rows
-                p = logp.exp_().scatter_add_(1, tc, -torch.ones_like(picked))
+                p.div_(sums).scatter_add_(1, tc, -torch.ones_like(picked))
                 if not everything:
                     p.mul_(vc)
-                gh[i:i + rows] = p.to(hc.dtype) @ weight
-                gw += (p.to(hc.dtype).t() @ hc).float()
+                p = p.to(hc.dtype)
+                if in_place:
+                    torch.mm(p, weight, out=gh[i:i + rows])
+                    gw.addmm_(p.t(), hc)
+                else:
+                    gh[i:i + rows] = p @ weight
+                    gw += (p.t() @ hc).float()
         ctx.save_for_backward(gh, gw, n)
         ctx.dtypes = h.dtype, weight.dtype
         return total / n
@@ -184,6 +202,48 @@ class ClassifierLoss(torch.autograd.Function):
         gh, gw, n = ctx.saved_tensors
         scale = g / n
         return (gh * scale).to(ctx.dtypes[0]), (gw * scale).to(ctx.dtypes[1]), None
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, with the Newton-Schulz iterations of same-shape matrices run as one batch.
+
+    The arithmetic per matrix is torch.optim.Muon's (the momentum, Nesterov, the quintic iteration in
+    bf16, its learning-rate adjustment and decoupled weight decay) and so are the state and its
+    checkpoint format; only the order differs: a model's matrices come in a few shapes, and a
+    small model's step spent more time launching its ~500 tiny matmuls than computing them.
+    """
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mom, eps = group["lr"], group["weight_decay"], group["momentum"], group["eps"]
+            a, b, c = group["ns_coefficients"]
+            by_shape = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                    by_shape.setdefault(tuple(p.shape), []).append(p)
+            for (rows, cols), ps in by_shape.items():
+                grads = [p.grad for p in ps]
+                bufs = [self.state[p]["momentum_buffer"] for p in ps]
+                torch._foreach_lerp_(bufs, grads, 1 - mom)
+                x = torch.stack(torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs).bfloat16()
+                if rows > cols:
+                    x = x.mT  # iterate on the wide side: (cols x cols) Gram matrices
+                x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.mT
+                    x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                if rows > cols:
+                    x = x.mT
+                torch._foreach_mul_(ps, 1 - lr * wd)
+                adjusted = torch.optim._muon._adjust_lr(lr, group["adjust_lr_fn"], (rows, cols))  # torch's own rule
+                torch._foreach_add_(ps, list(x.to(ps[0].dtype).unbind(0)), alpha=-adjusted)
+        return loss
 
 
 class TransformerBlock(nn.Module):
@@ -257,10 +317,10 @@ class Transformer(nn.Module):
                              muon_lr=0.02, muon_momentum=0.95):
         """The optimizers of a training run, as a list: [AdamW], or [Muon, AdamW] for optimizer="muon".
 
-        Muon (torch.optim.Muon) takes the 2-D matrices inside the blocks (attention and FFN
-        projections), whose updates it orthogonalises; the embedding, the classifier (a lookup table
-        and a read-out, tied or not) and the norm gains stay with AdamW, as in modded-nanogpt and
-        nanochat. AdamW decays matrices only, not norm gains: pulling gains towards 0 only fights
+        Muon (torch.optim.Muon's arithmetic, batched by shape: Muon above) takes the 2-D matrices
+        inside the blocks (attention and FFN projections), whose updates it orthogonalises; the
+        embedding, the classifier (a lookup table and a read-out, tied or not) and the norm gains stay
+        with AdamW, as in modded-nanogpt and nanochat. AdamW decays matrices only, not norm gains: pulling gains towards 0 only fights
         the normalisation. Its fused kernel (one launch for every tensor) is used on CPU and CUDA;
         it is deterministic. Every group's "lr" starts at its peak learning rate.
         """
@@ -276,7 +336,7 @@ class Transformer(nn.Module):
         adamw = torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
         if not hidden:
             return [adamw]
-        return [torch.optim.Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay), adamw]
+        return [Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay), adamw]
 
     def flops_per_token(self, seq_len=None):
         """Training FLOPs per token (forward + backward), the PaLM appendix B count.

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (ClassifierLoss, ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
+from model import (ClassifierLoss, ModelArgs, Muon, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
                    sample_next)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_loss_and_gradients_equal_plain_cross_entropy(tie, monkeypatch):
     ref.backward()
     want = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
-    monkeypatch.setattr(ClassifierLoss, "CHUNK", 64 * 7)  # 7 rows per chunk: 5 chunks, the last one short
+    monkeypatch.setattr(ClassifierLoss, "chunk_rows", lambda vocab, dim: 7)  # 5 chunks, the last one short
     _, loss = m(x, y)
     (2 * loss).backward()  # backward scales the precomputed gradients by the incoming one
     assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
@@ -100,6 +100,18 @@ def test_loss_and_gradients_equal_plain_cross_entropy(tie, monkeypatch):
         torch.testing.assert_close(p.grad, 2 * want[n], atol=1e-6, rtol=1e-5, msg=n)
     with torch.no_grad():
         assert m(x, y)[1].item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_loss_is_finite_when_the_target_probability_underflows():
+    """A target whose softmax probability is below fp32's smallest float still gets its true loss."""
+    h = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    w = torch.tensor([[100.0, 0.0], [-100.0, 0.0], [0.0, 1.0]], requires_grad=True)  # logits 100, -100, 0
+    t = torch.tensor([1])
+    loss = ClassifierLoss.apply(h, w, t)
+    ref = F.cross_entropy(h @ w.t(), t)
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(ref.item(), rel=1e-6)  # 200
+    loss.backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
 
 
 def test_hidden_dim_rule_and_bad_shapes():
@@ -294,6 +306,30 @@ def test_muon_takes_the_block_matrices(tie):
     assert {"tok_embeddings.weight", "norm.weight"} <= set(rest) and ("output.weight" in rest) != tie
     with pytest.raises(ValueError, match="optimizer"):
         m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", "sgd")
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_equals_torch_muon(nesterov):
+    """model.Muon runs the matrices of a shape as one batch: bit for bit torch.optim.Muon's steps,
+    state and checkpoint (wide, tall and square matrices, a parameter without a gradient)."""
+    torch.manual_seed(0)
+    shapes = [(8, 8), (24, 8), (8, 24), (24, 8), (8, 8), (6, 10)]
+    ref = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    kw = dict(lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov,
+              adjust_lr_fn="original" if nesterov else "match_rms_adamw")
+    o_ref, o_ours = torch.optim.Muon(ref, **kw), Muon(ours, **kw)
+    for step in range(4):
+        for i, s in enumerate(shapes):
+            g = None if (i == 4 and step < 2) else torch.randn(s)  # one matrix joins late
+            ref[i].grad, ours[i].grad = g, None if g is None else g.clone()
+        o_ref.step()
+        o_ours.step()
+        for a, b in zip(ref, ours):
+            assert torch.equal(a, b)
+    for a, b in zip(o_ref.state_dict()["state"].values(), o_ours.state_dict()["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert o_ref.state_dict()["param_groups"] == o_ours.state_dict()["param_groups"]
 
 
 def test_flops_and_mfu():
