@@ -15,7 +15,8 @@ Writes to --out (default bench/out/quality): one train.py out_dir per recipe, qu
 per recipe: tokens seen, iterations, val bits per byte after each minute; then every evaluation)
 and quality.png (val bits per byte against minutes and against tokens; needs matplotlib, which is
 imported only here: without it the bench says so and writes the tables). Threads: as train.py
-picks them (OMP_NUM_THREADS and taskset to fix them).
+picks them, or with --jobs=N, N recipes at once, each pinned to its own core with one thread (a
+2-core machine measures twice the recipes per hour, each on one core).
 """
 import argparse
 import json
@@ -70,25 +71,39 @@ def prepare(inputs, vocab_sizes, data_dir):
             subprocess.run(cmd, check=True)
 
 
-def run(name, args, out, data_dir, minutes, eval_tokens, eval_every):
-    """Train one recipe for `minutes`; returns its evaluations [(iter, tokens, minutes, val bpb)]."""
+def start(name, args, out, data_dir, minutes, eval_tokens, eval_every, core=None):
+    """Start one recipe's training for `minutes`; core: pin it to that CPU with 1 thread (--jobs)."""
     out_dir = os.path.join(out, name)
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a continuation
     os.makedirs(out_dir)
     s = recipe_settings(args)
     batch_tokens = s["batch_size"] * s["max_seq_len"]
-    tokens_per_iter = batch_tokens * s.get("gradient_accumulation_steps", 1)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *(a if a.startswith("--") else os.path.join(ROOT, a)
                                                              for a in args),
            f"--data_dir={data_dir}", f"--out_dir={out_dir}", f"--max_minutes={minutes}", "--max_iters=1000000000",
            "--compile=False", f"--eval_iters={max(1, eval_tokens // batch_tokens)}",
-           f"--eval_interval={max(1, eval_every // tokens_per_iter)}", "--log_interval=10"]
-    print(f"== {name}: {' '.join(args)}", flush=True)
-    t0 = time.perf_counter()
-    with open(os.path.join(out_dir, "log.txt"), "w") as log:
-        r = subprocess.run(cmd, cwd=out_dir, stdout=log, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        sys.exit(f"bench_quality.py: recipe {name} failed (exit {r.returncode}); see {out_dir}/log.txt")
+           f"--eval_interval={max(1, eval_every // (batch_tokens * s.get('gradient_accumulation_steps', 1)))}",
+           "--log_interval=10"]
+    env, pin = dict(os.environ), None
+    if core is not None:
+        env["OMP_NUM_THREADS"] = "1"
+        if hasattr(os, "sched_setaffinity"):
+            pin = lambda: os.sched_setaffinity(0, {core})  # noqa: E731
+    print(f"== {name}: {' '.join(args)}" + (f" (core {core}, 1 thread)" if core is not None else ""), flush=True)
+    log = open(os.path.join(out_dir, "log.txt"), "w")
+    proc = subprocess.Popen(cmd, cwd=out_dir, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
+    return name, s, proc, log, time.perf_counter()
+
+
+def finish(run, out, minutes):
+    """Wait for a started recipe; returns its evaluations [(iter, tokens, minutes, val bpb)]."""
+    name, s, proc, log, t0 = run
+    proc.wait()
+    log.close()
+    out_dir = os.path.join(out, name)
+    if proc.returncode != 0:
+        sys.exit(f"bench_quality.py: recipe {name} failed (exit {proc.returncode}); see {out_dir}/log.txt")
+    tokens_per_iter = s["batch_size"] * s["max_seq_len"] * s.get("gradient_accumulation_steps", 1)
     rows = []
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         for line in f:
@@ -96,7 +111,7 @@ def run(name, args, out, data_dir, minutes, eval_tokens, eval_every):
             if "val_bpb" in e:
                 # the last iteration ends just past the budget: its evaluation is the budget's
                 rows.append((e["iter"], e["iter"] * tokens_per_iter, min(e["train_s"] / 60, minutes), e["val_bpb"]))
-    print(f"   {rows[-1][0]:,} iterations, {rows[-1][1]:,} tokens, val {rows[-1][3]:.4f} bits/byte, "
+    print(f"   {name}: {rows[-1][0]:,} iterations, {rows[-1][1]:,} tokens, val {rows[-1][3]:.4f} bits/byte, "
           f"{time.perf_counter() - t0:.0f} s wall (cpu pressure {cpu_pressure()}% at the end)", flush=True)
     return rows
 
@@ -156,12 +171,17 @@ def main():
                     "the recipes' vocabularies and shards from (into OUT/data)")
     ap.add_argument("--eval_tokens", type=int, default=65536, help="tokens per split in each evaluation")
     ap.add_argument("--eval_every", type=int, default=1_000_000, help="training tokens between evaluations")
+    ap.add_argument("--jobs", type=int, default=1, help="recipes trained at once, each pinned to its own core "
+                    "with 1 thread (default 1: one at a time, with train.py's threads)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "quality"))
     args = ap.parse_args()
     names = args.recipes.split(",")
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         sys.exit(f"bench_quality.py: unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if not 1 <= args.jobs <= len(cores):
+        sys.exit(f"bench_quality.py: --jobs={args.jobs} must be between 1 and the {len(cores)} cores this process may use")
     if (args.data_dir is None) == (args.input is None):
         sys.exit("bench_quality.py: give --data_dir (prepared shards) or --input (story files to prepare)")
     os.makedirs(args.out, exist_ok=True)
@@ -169,8 +189,13 @@ def main():
     if args.input:
         data_dir = os.path.join(args.out, "data")
         prepare(args.input, {recipe_settings(RECIPES[n][1])["vocab_size"] for n in names}, data_dir)
-    results = {n: run(n, RECIPES[n][1], args.out, os.path.abspath(data_dir), args.minutes, args.eval_tokens,
-                      args.eval_every) for n in names}
+    results = {}
+    for i in range(0, len(names), args.jobs):  # --jobs recipes at a time, each on its own core
+        batch = names[i:i + args.jobs]
+        runs = [start(n, RECIPES[n][1], args.out, os.path.abspath(data_dir), args.minutes, args.eval_tokens,
+                      args.eval_every, core=cores[j] if args.jobs > 1 else None) for j, n in enumerate(batch)]
+        for r in runs:
+            results[r[0]] = finish(r, args.out, args.minutes)
     write_tables(results, args.minutes, os.path.join(args.out, "quality.md"))
     write_plot(results, os.path.join(args.out, "quality.png"))
 
