@@ -16,6 +16,7 @@ chosen at compile time and every kernel has a plain C twin that the tests compar
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1309,25 +1310,70 @@ static inline float f16_to_f32(uint16_t h) {
     return f;
 }
 
-// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf (by
-// F16C or NEON where there is one: fp16 -> fp32 is exact, so every build sees the same numbers)
+// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf
+// (fp16 -> fp32 is exact, so every build sees the same numbers)
 static inline const float *cache_row16(const void *cache, size_t i, int f16, float *buf) {
     if (!f16) { return (const float *)cache + i; }
     const uint16_t *h = (const uint16_t *)cache + i;
-#if defined(HAVE_AVX2)
-    _mm256_storeu_ps(buf, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
-    _mm256_storeu_ps(buf + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8))));
-#elif defined(HAVE_NEON)
-    for (int k = 0; k < 16; k += 4) { vst1q_f32(buf + k, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + k)))); }
-#else
     for (int k = 0; k < 16; k++) { buf[k] = f16_to_f32(h[k]); }
-#endif
     return buf;
 }
-#ifdef HAVE_AVX512
-static inline __m512 cache_load16(const void *cache, size_t i, int f16) {
-    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + i)))
-               : _mm512_loadu_ps((const float *)cache + i);
+
+// V16: 16 fp32 lanes, a row of a cache tile: one AVX-512 register, two AVX2 ones or four NEON ones,
+// so that attention is written once for every vector build (its plain twin is in attention_head)
+#if defined(HAVE_AVX512)
+#define HAVE_V16 1
+typedef __m512 V16;
+static inline V16 v16_set1(float f) { return _mm512_set1_ps(f); }
+static inline V16 v16_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline V16 v16_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline void v16_store(float *p, V16 a) { _mm512_storeu_ps(p, a); }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+static inline V16 v16_mul(V16 a, V16 b) { return _mm512_mul_ps(a, b); }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {  // out[0..3] = lane sums
+    store_sum4(out, 1, lo_plus_hi(a), lo_plus_hi(b), lo_plus_hi(c), lo_plus_hi(d));
+}
+#elif defined(HAVE_AVX2)
+#define HAVE_V16 1
+typedef struct { __m256 lo, hi; } V16;  // lanes 0..7, 8..15
+static inline V16 v16_set1(float f) { return (V16){_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
+static inline V16 v16_load(const float *p) { return (V16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline V16 v16_load_f16(const uint16_t *p) {
+    return (V16){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+}
+static inline void v16_store(float *p, V16 a) { _mm256_storeu_ps(p, a.lo), _mm256_storeu_ps(p + 8, a.hi); }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) { return (V16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+static inline V16 v16_mul(V16 a, V16 b) { return (V16){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
+    store_sum4(out, 1, _mm256_add_ps(a.lo, a.hi), _mm256_add_ps(b.lo, b.hi), _mm256_add_ps(c.lo, c.hi), _mm256_add_ps(d.lo, d.hi));
+}
+#elif defined(HAVE_NEON)
+#define HAVE_V16 1
+typedef struct { float32x4_t v[4]; } V16;  // lanes 0..3, 4..7, 8..11, 12..15
+static inline V16 v16_set1(float f) { float32x4_t a = vdupq_n_f32(f); return (V16){{a, a, a, a}}; }
+static inline V16 v16_load(const float *p) { return (V16){{vld1q_f32(p), vld1q_f32(p + 4), vld1q_f32(p + 8), vld1q_f32(p + 12)}}; }
+static inline V16 v16_load_f16(const uint16_t *p) {
+    V16 r;
+    for (int k = 0; k < 4; k++) { r.v[k] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4 * k))); }
+    return r;
+}
+static inline void v16_store(float *p, V16 a) { for (int k = 0; k < 4; k++) { vst1q_f32(p + 4 * k, a.v[k]); } }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) {
+    for (int k = 0; k < 4; k++) { c.v[k] = vfmaq_f32(c.v[k], a.v[k], b.v[k]); }
+    return c;
+}
+static inline V16 v16_mul(V16 a, V16 b) {
+    for (int k = 0; k < 4; k++) { a.v[k] = vmulq_f32(a.v[k], b.v[k]); }
+    return a;
+}
+static inline float32x4_t v16_quarters(V16 a) { return vaddq_f32(vaddq_f32(a.v[0], a.v[1]), vaddq_f32(a.v[2], a.v[3])); }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
+    store_sum4_neon(out, 1, v16_quarters(a), v16_quarters(b), v16_quarters(c), v16_quarters(d));
+}
+#endif
+#ifdef HAVE_V16
+static inline V16 cache_load16(const void *cache, size_t i, int f16) {
+    return f16 ? v16_load_f16((const uint16_t *)cache + i) : v16_load((const float *)cache + i);
 }
 #endif
 
@@ -1369,28 +1415,28 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos, 
     float scale = 1.0f / sqrtf((float)hs);
     // score[t] = q . k_t, 16 positions at a time: a sum over i of q[i] times the tile's row i. The
     // last tile may run past pos into zeros; those scores are dropped below.
-#ifdef HAVE_AVX512
+#ifdef HAVE_V16
     int b = 0;
     for (; b + 4 <= nb; b += 4) {  // four tiles at a time against the fma latency
         size_t k0 = kt + b * tile;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
         for (int i = 0; i < hs; i++) {
-            __m512 qi = _mm512_set1_ps(q[i]);
-            a0 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + i * 16, f16), a0);
-            a1 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + tile + i * 16, f16), a1);
-            a2 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + 2 * tile + i * 16, f16), a2);
-            a3 = _mm512_fmadd_ps(qi, cache_load16(kc, k0 + 3 * tile + i * 16, f16), a3);
+            V16 qi = v16_set1(q[i]);
+            a0 = v16_fma(qi, cache_load16(kc, k0 + i * 16, f16), a0);
+            a1 = v16_fma(qi, cache_load16(kc, k0 + tile + i * 16, f16), a1);
+            a2 = v16_fma(qi, cache_load16(kc, k0 + 2 * tile + i * 16, f16), a2);
+            a3 = v16_fma(qi, cache_load16(kc, k0 + 3 * tile + i * 16, f16), a3);
         }
-        __m512 sc = _mm512_set1_ps(scale);
-        _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, sc));
-        _mm512_storeu_ps(att + b * 16 + 16, _mm512_mul_ps(a1, sc));
-        _mm512_storeu_ps(att + b * 16 + 32, _mm512_mul_ps(a2, sc));
-        _mm512_storeu_ps(att + b * 16 + 48, _mm512_mul_ps(a3, sc));
+        V16 sc = v16_set1(scale);
+        v16_store(att + b * 16, v16_mul(a0, sc));
+        v16_store(att + b * 16 + 16, v16_mul(a1, sc));
+        v16_store(att + b * 16 + 32, v16_mul(a2, sc));
+        v16_store(att + b * 16 + 48, v16_mul(a3, sc));
     }
     for (; b < nb; b++) {
-        __m512 a0 = _mm512_setzero_ps();
-        for (int i = 0; i < hs; i++) { a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), cache_load16(kc, kt + b * tile + i * 16, f16), a0); }
-        _mm512_storeu_ps(att + b * 16, _mm512_mul_ps(a0, _mm512_set1_ps(scale)));
+        V16 a0 = v16_set1(0.0f);
+        for (int i = 0; i < hs; i++) { a0 = v16_fma(v16_set1(q[i]), cache_load16(kc, kt + b * tile + i * 16, f16), a0); }
+        v16_store(att + b * 16, v16_mul(a0, v16_set1(scale)));
     }
 #else
     for (int t = 0; t < nb * 16; t++) { att[t] = 0.0f; }
@@ -1410,18 +1456,18 @@ static void attention_head(RunState *s, const Config *c, int l, int h, int pos, 
     // out[i] = sum over t of att[t] * v_t[i]: per tile, row i of the tile dotted with att
     float *out = s->att_out + (size_t)bt * c->dim + h * hs;
     int i = 0;
-#ifdef HAVE_AVX512
+#ifdef HAVE_V16
     for (; i + 4 <= hs; i += 4) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
         for (int b = 0; b < nb; b++) {
             size_t v = vt + b * tile + i * 16;
-            __m512 av = _mm512_loadu_ps(att + b * 16);
-            a0 = _mm512_fmadd_ps(av, cache_load16(vc, v, f16), a0);
-            a1 = _mm512_fmadd_ps(av, cache_load16(vc, v + 16, f16), a1);
-            a2 = _mm512_fmadd_ps(av, cache_load16(vc, v + 32, f16), a2);
-            a3 = _mm512_fmadd_ps(av, cache_load16(vc, v + 48, f16), a3);
+            V16 av = v16_load(att + b * 16);
+            a0 = v16_fma(av, cache_load16(vc, v, f16), a0);
+            a1 = v16_fma(av, cache_load16(vc, v + 16, f16), a1);
+            a2 = v16_fma(av, cache_load16(vc, v + 32, f16), a2);
+            a3 = v16_fma(av, cache_load16(vc, v + 48, f16), a3);
         }
-        store_sum4(out + i, 1, lo_plus_hi(a0), lo_plus_hi(a1), lo_plus_hi(a2), lo_plus_hi(a3));
+        v16_store_sum4(out + i, a0, a1, a2, a3);
     }
 #endif
     for (; i < hs; i++) {
@@ -2267,10 +2313,13 @@ static int sample_topk(const float *probs, int n, int k, float topp, ProbIndex *
 static int sample(Sampler *sp, float *logits) {
     int n = sp->vocab_size;
     float amax = 0.0f;
-    for (int i = 0; i < n; i++) {
-        if (!isfinite(logits[i])) { return -1; }
-        amax = fabsf(logits[i]) > amax ? fabsf(logits[i]) : amax;
+    int finite = 1;
+    for (int i = 0; i < n; i++) {  // no early exit, so that this vectorises: NaN fails a <= FLT_MAX
+        float a = fabsf(logits[i]);
+        finite &= a <= FLT_MAX;
+        amax = a > amax ? a : amax;
     }
+    if (!finite) { return -1; }
     if (sp->temperature == 0.0f) { return argmax(logits, n); }
     if (isinf(amax / sp->temperature)) {
         // a temperature so small that logits / t overflows: the same distribution, as (logit - max) / t
