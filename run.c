@@ -836,6 +836,17 @@ static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+// acc + dot_u8s8(u1, s1) + dot_u8s8(u2, s2) for u1, u2 <= 15 (q4's nibbles): without VNNI the two
+// vpmaddubsw results (|pair| <= 2 * 15 * 127) are added as int16 and widened once
+static inline __m256i dot2_u4s8(__m256i acc, __m256i u1, __m256i s1, __m256i u2, __m256i s2) {
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+    return dot_u8s8(dot_u8s8(acc, u1, s1), u2, s2);
+#else
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u1, s1), _mm256_maddubs_epi16(u2, s2));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
 // the four rows' fp32 sums a[r] += (their int sums i[r]) * (their group scales ws[r][g]) * x's scale
 static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *ws, int g, float xs) {
     for (int r = 0; r < 4; r++) { a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[r]), _mm256_set1_ps(ws[r][g] * xs), a[r]); }
@@ -900,7 +911,7 @@ static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Inpu
                 __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
                 for (int r = 0; r < 4; r++) {
                     __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
-                    i[r] = dot_u8s8(dot_u8s8(i[r], _mm256_and_si256(wv, m4), xlo), _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
+                    i[r] = dot2_u4s8(i[r], _mm256_and_si256(wv, m4), xlo, _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
                 }
             }
         }

@@ -23,7 +23,8 @@ What it does, all in one run so the numbers compare:
   5. threads under load: 15M fp32 and 110M q8_0 with a busy-looping process beside them, on 1 thread,
      on 2 threads (run.c's default: the free cores) and on 2 fixed threads (OMP_DYNAMIC=false), and
      llama2.c on 2 threads; then the same without the busy process;
-  6. int8/int4/bf16 quality against fp32 on real text (stories260K).
+  6. int8/int4/bf16 quality against fp32 on real text: stories260K, and any --quality-checkpoint (a
+     trained checkpoint, exported to each type with export.py's default group size).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 """
@@ -250,15 +251,31 @@ def startup(binary, path, tokenizer, threads):
 QUALITY_DTYPES = ("fp32", "bf16", "q8_0", "q4")
 
 
-def quality(tokenizer_model, n_windows=24):
-    """Top-1 agreement and mean next-token loss of stories260K bf16/q8_0/q4 against fp32 (C logits)."""
+def checkpoint_models(ckpt_path):
+    """A train.py checkpoint exported as v3 in every QUALITY_DTYPE (bench/out/<dir>_<dtype>.bin), and the
+    SentencePiece model it was trained with (dataloader.py's rule, as sample.py finds it)."""
+    import dataloader
+    from model import load_checkpoint
+    model, ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt.get("config") or {}
+    tok = dataloader.tokenizer_path(model.args.vocab_size, cfg.get("vocab_source", "custom"), cfg.get("data_dir"))
+    paths = {}
+    for dtype in QUALITY_DTYPES:
+        paths[dtype] = OUT / f"{Path(ckpt_path).parent.name}_{dtype}.bin"
+        model_export(model, paths[dtype], version=3, dtype=dtype)
+    return paths, Path(tok).with_suffix(".model")
+
+
+def quality(paths, tokenizer_model, n_windows=24):
+    """Top-1 agreement and mean next-token loss of a model's bf16/q8_0/q4 files against its fp32 one (C
+    logits) on the last n_windows stories of the shared 3000 (held out from the shared training text)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     texts = json.loads((SHARED / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
     windows = [[1] + sp.encode(t)[:255] for t in texts[-n_windows:]]
     out = {}
     for dtype in QUALITY_DTYPES:
-        path, top1, nll = stories_model(dtype), [], []
+        path, top1, nll = paths[dtype], [], []
         for ids in windows:
             o = OUT / "logits.bin"
             sh([str(REPO / "run"), str(path), "-m", "logits", "-i", " ".join(map(str, ids)), "-o", str(o)])
@@ -278,10 +295,10 @@ def rotated(jobs, r):
 def speed_table(a, bins, threads, tok_for):
     """The main table: per model, build and dtype, every measurement interleaved round by round."""
     top = max(threads)
-    head = ["model", "build", "dtype", "MB/token", "llama2.c tok/s"]
+    head = ["model", "build", "dtype", "MB/token"]
     for t in threads:
-        head += [f"{t}T tok/s", f"{t}T % roofline"]
-    head += ["vs llama2.c", "vs fp32", "start -n 16 s (llama2.c)", "prompt tok/s (llama2.c)"]
+        head += [f"{t}T tok/s (llama2.c)", f"{t}T % roofline", f"{t}T vs llama2.c"]
+    head += ["vs fp32", "start -n 16 s (llama2.c)", "prompt tok/s (llama2.c)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in a.models.split(","):
@@ -296,7 +313,7 @@ def speed_table(a, bins, threads, tok_for):
             for d in paths:
                 jobs += [(b, d, "ours", t) for t in threads] + [(b, d, "start", 0), (b, d, "prompt", 0)]
                 if l2c[d] and "run" in bins[b]:
-                    jobs += [(b, d, "l2c", top), (b, d, "l2c start", 0), (b, d, "l2c prompt", 0)]
+                    jobs += [(b, d, "l2c", t) for t in threads] + [(b, d, "l2c start", 0), (b, d, "l2c prompt", 0)]
         samples = {}
         for r in range(a.runs):
             for b, d, what, t in rotated(jobs, r):
@@ -324,12 +341,12 @@ def speed_table(a, bins, threads, tok_for):
             for d in paths:
                 wb = weight_bytes_per_token(paths[d])
                 has = (b, d, "l2c", top) in samples
-                row = [name, b, d, f"{wb / 1e6:.1f}", f"{med[(b, d, 'l2c', top)]:,.0f}" if has else "-"]
+                row = [name, b, d, f"{wb / 1e6:.1f}"]
                 for t in threads:
                     roof = statistics.median(x * wb / (y * 1e9) for x, y in
                                              zip(samples[(b, d, "ours", t)], samples[(b, d, "bw", t)]))
-                    row += [f"{med[(b, d, 'ours', t)]:,.0f}", f"{100 * roof:.0f}%"]
-                row.append(f"{paired((b, d, 'ours', top), (b, d, 'l2c', top)):.2f}x" if has else "-")
+                    row += [f"{med[(b, d, 'ours', t)]:,.0f}" + (f" ({med[(b, d, 'l2c', t)]:,.0f})" if has else ""),
+                            f"{100 * roof:.0f}%", f"{paired((b, d, 'ours', t), (b, d, 'l2c', t)):.2f}x" if has else "-"]
                 row.append(f"{paired((b, d, 'ours', top), (b, 'fp32', 'ours', top)):.2f}x" if "fp32" in paths else "-")
                 row.append(f"{med[(b, d, 'start', 0)]:.2f}" + (f" ({med[(b, d, 'l2c start', 0)]:.2f})" if has else ""))
                 row.append(f"{med[(b, d, 'prompt', 0)]:,.0f}" + (f" ({med[(b, d, 'l2c prompt', 0)]:,.0f})" if has else ""))
@@ -380,6 +397,8 @@ def main():
                    help="a checkout of karpathy/llama2.c (run.c, runq.c); default $LLAMA2C or /tmp/llama2c")
     p.add_argument("--no-busy", action="store_true", help="skip the threads-under-load table")
     p.add_argument("--no-quality", action="store_true")
+    p.add_argument("--quality-checkpoint", action="append", default=[], metavar="CKPT",
+                   help="also measure quantisation quality on this train.py checkpoint (repeatable)")
     a = p.parse_args()
     cores = os.cpu_count()
     threads = [int(t) for t in a.threads.split(",")] if a.threads else sorted({1, cores})
@@ -406,13 +425,17 @@ def main():
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     if a.no_quality:
         return
-    q = quality(tok512.with_suffix(".model"))
-    ref_top1, ref_loss, n = q["fp32"]
-    print(f"\nquality, stories260K on {n} tokens of held-out TinyStories (C logits):")
-    for dtype in QUALITY_DTYPES:
-        top1, loss, _ = q[dtype]
-        print(f"  {dtype:5s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
-              f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")
+    models = [("stories260K", {d: stories_model(d) for d in QUALITY_DTYPES}, tok512.with_suffix(".model"))]
+    models += [(c, *checkpoint_models(c)) for c in a.quality_checkpoint]
+    for name, paths, tok in models:
+        q = quality(paths, tok)
+        ref_top1, ref_loss, n = q["fp32"]
+        gs = read_header(paths["q4"])["group_size"]
+        print(f"\nquality, {name} on {n} tokens of held-out TinyStories (C logits; q8_0/q4 group size {gs}):")
+        for dtype in QUALITY_DTYPES:
+            top1, loss, _ = q[dtype]
+            print(f"  {dtype:5s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
+                  f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")
 
 
 if __name__ == "__main__":
