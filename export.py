@@ -38,6 +38,8 @@ HEADER_BYTES = 256  # v1..v3 header size
 ALIGN = 64  # v3: every array starts at a multiple of this file offset
 WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}  # v3 header byte at offset 41
 QUANTISED = ("q8_0", "q4")  # the types stored in groups of group_size with one fp32 scale each
+# q4 files keep these in q8_0 (run.c: classifier_type): the logits lose the most to 4 bits (README, q4 quality)
+CLASSIFIER = ("tok_embeddings.weight", "output.weight")
 LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
 
 
@@ -84,6 +86,8 @@ def _layout(h: dict):
     for name, shape in _tensor_order(h):
         n = int(np.prod(shape))
         kind = "fp32" if (len(shape) == 1 or name.startswith("freq_cis")) else wtype
+        if kind == "q4" and name in CLASSIFIER:
+            kind = "q8_0"
         off = -(-off // align) * align
         data_off, scales_off = off, None
         off += {"fp32": 4 * n, "bf16": 2 * n, "q8_0": n, "q4": n // 2}[kind]

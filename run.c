@@ -170,7 +170,8 @@ typedef struct {
     int head_size;    // dim / n_heads
     int kv_dim;       // n_kv_heads * head_size
     int shared;       // 1: the classifier is the token embedding matrix
-    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4 for every matrix (norms are always fp32)
+    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4: the file's weight type (norms are always fp32;
+                      //   q4 files keep the embeddings and the classifier in q8_0: see classifier_type)
     int group_size;   // q8_0 and q4: weights per scale; 0 otherwise
     float rope_theta; // RoPE base
     float norm_eps;   // RMSNorm epsilon
@@ -182,6 +183,7 @@ typedef struct {
                      //   (rows * cols / 2) bytes: byte j of a group holds its weight j in the low
                      //   nibble and weight j + group_size/2 in the high one, each stored + 8
     const float *s;  // q8_0, q4: (rows * cols / group_size) scales, row-major groups; NULL otherwise
+    int type;        // W_F32, W_BF16, W_Q8 or W_Q4
 } Mat;
 
 typedef struct {
@@ -245,18 +247,23 @@ static const float *take_f32(Cursor *cur, uint64_t n) {
 
 static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint64_t cols) {
     uint64_t n = mul_sat(rows, cols);
-    Mat m = {NULL, NULL};
+    Mat m = {NULL, NULL, wtype};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
     else { m.w = take(cur, wtype == W_Q4 ? n / 2 : n); m.s = take_f32(cur, n / group_size); }
     return m;
 }
 
+// the type of the token embeddings and the classifier in a file of weight type wtype: q4 files keep
+// them in q8_0, because the logits lose the most to 4 bits (README: q4 quality); one fact, which
+// export.py's _layout mirrors
+static int classifier_type(int wtype) { return wtype == W_Q4 ? W_Q8 : wtype; }
+
 // every tensor in file order; also used with base == NULL to compute the expected file size
 static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
     Config *c = &t->c;
     Weights *w = &t->w;
-    int L = c->n_layers, wt = c->wtype, gs = c->group_size;
+    int L = c->n_layers, wt = c->wtype, ct = classifier_type(wt), gs = c->group_size;
     uint64_t dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, vocab = c->vocab_size;
     Cursor cur = {base, c->version == 0 ? 28 : HEADER_V1, c->version == 3 ? 64 : 1, t};
     Layer scratch;  // while measuring, every layer's pointers land here
@@ -280,7 +287,7 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
         for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
         for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
         w->rms_final = take_f32(&cur, dim);
-        w->tok_embeddings = take_mat(&cur, wt, gs, vocab, dim);
+        w->tok_embeddings = take_mat(&cur, ct, gs, vocab, dim);
         for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, wt, gs, dim, dim); }
         for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, wt, gs, kv_dim, dim); }
         for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, wt, gs, kv_dim, dim); }
@@ -290,7 +297,7 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
         for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, wt, gs, hidden, dim); }
     }
     #undef LAYER
-    w->wcls = c->shared ? w->tok_embeddings : take_mat(&cur, wt, gs, vocab, dim);
+    w->wcls = c->shared ? w->tok_embeddings : take_mat(&cur, ct, gs, vocab, dim);
     return cur.off;
 }
 
@@ -1031,14 +1038,14 @@ static void matmul4_q_neon(float *out, const void *w, const float *ws, const Inp
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
     int r = r0, gs = c->group_size;
     (void)gs;
-    if (c->wtype == W_F32) {
+    if (m.type == W_F32) {
         const float *w = m.w;
 #if defined(HAVE_AVX2) || defined(HAVE_NEON)
         FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, q, w + (size_t)i * n, q * n, x->f, n))
         r = r1;
 #endif
         for (; r < r1; r++) { out[r] = dot_plain(w + (size_t)r * n, x->f, n); }
-    } else if (c->wtype == W_BF16) {
+    } else if (m.type == W_BF16) {
         const uint16_t *w = m.w;
 #if defined(HAVE_BF16) || defined(HAVE_AVX2)
         FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
@@ -1048,7 +1055,7 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
         r = r1;
 #endif
         for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
-    } else if (c->wtype == W_Q8) {
+    } else if (m.type == W_Q8) {
         const int8_t *w = m.w;
         const float *ws = m.s;
         size_t ng = n / gs;
@@ -1242,11 +1249,11 @@ static void embed(float *x, const Transformer *t, int token) {
     const Config *c = &t->c;
     Mat e = t->w.tok_embeddings;
     size_t off = (size_t)token * c->dim;
-    if (c->wtype == W_F32) {
+    if (e.type == W_F32) {
         memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
-    } else if (c->wtype == W_BF16) {
+    } else if (e.type == W_BF16) {
         for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
-    } else if (c->wtype == W_Q8) {
+    } else if (e.type == W_Q8) {
         const int8_t *q = e.w;
         for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
     } else {  // q4: the row's groups, each gs/2 bytes (see Mat)
@@ -1269,8 +1276,8 @@ static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int ro
                         const Config *c, int *lo, int *hi) {
     thread_rows(rows, tid, nt, lo, hi);
     if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c); return; }
-    double row_bytes = c->wtype == W_F32 ? 4.0 * n : c->wtype == W_BF16 ? 2.0 * n
-                     : (c->wtype == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
+    double row_bytes = m.type == W_F32 ? 4.0 * n : m.type == W_BF16 ? 2.0 * n
+                     : (m.type == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
     int tile = (int)(TILE_BYTES / row_bytes) & ~3;
     tile = tile < 4 ? 4 : tile;
     for (int r = *lo; r < *hi; r += tile) {

@@ -210,9 +210,11 @@ def weight_bytes_per_token(path):
     dim, hidden, L, V = h["dim"], h["hidden_dim"], h["n_layers"], h["vocab_size"]
     kv_dim = h["n_kv_heads"] * dim // h["n_heads"]
     scales = 4.0 / h["group_size"] if h["group_size"] else 0
-    b = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales}[h["weight_type"]]
-    matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden) + V * dim
-    return matrices * b + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * b)
+    size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales}
+    b = size[h["weight_type"]]
+    bc = size["q8_0" if h["weight_type"] == "q4" else h["weight_type"]]  # the classifier (see export.CLASSIFIER)
+    matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
+    return matrices * b + V * dim * bc + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * bc)
 
 
 def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynamic=True):
@@ -414,8 +416,8 @@ def main():
     print(f"\nmachine: {cpu}, {cores} cores, {platform.system()} {platform.release()}; load average at start {load:.2f}")
     print(f"command: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./run MODEL.bin -t 0 -n 256 (native: make run; avx2: make "
           f"runavx2), median of {a.runs} rounds, every column of a model interleaved; llama2.c: its run (fp32, v0 file) "
-          f"or runq (q8_0, v2 file) built -Ofast -fopenmp with the build's -march, {max(threads)} threads; vs: "
-          f"median over rounds of the ratio within a round, at {max(threads)} threads; start: seconds for the "
+          f"or runq (q8_0, v2 file) built -Ofast -fopenmp with the build's -march, on as many threads; vs: "
+          f"median over rounds of the ratio within a round; start: seconds for the "
           f"whole process at -n 16; prompt: tok/s over a {len(PROMPT)}-character prompt (~210 tokens)")
     print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages with as many threads, "
           "measured just before and after each run; % roofline = tok/s x MB/token / that bandwidth\n")
