@@ -471,6 +471,19 @@ static inline float hsum8(__m256 a) {  // the sum of 8 lanes
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
 }
+
+// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
+// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
+// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
 #endif
 
 // exp for the attention softmax and SiLU: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, and a
@@ -724,6 +737,26 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
         }
         return hsum8(acc);
     }
+#elif defined(HAVE_AVX2)
+    if (gs == 4 || gs == 8 || gs == 16) {
+        // small groups as above, with |w| times x with w's sign (see dot_u8s8) for the lane sums;
+        // the chunks past the last whole 32 bytes go through the plain twin
+        const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
+        __m256 acc = _mm256_setzero_ps();
+        int per_chunk = 32 / gs, j = 0, g = 0;
+        for (; j + 32 <= n; j += 32, g += per_chunk) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + j)), xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
+            __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            __m128 s4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(ws + g))) : _mm_loadu_ps(ws + g);
+            __m128 x4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(x->s + g))) : _mm_loadu_ps(x->s + g);
+            __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
+            if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
+        }
+        Input rest = *x;
+        rest.q += j, rest.s += g;
+        return hsum8(acc) + dot_q8_plain(w + j, ws + g, &rest, n - j, gs);
+    }
 #endif
     return dot_q8_plain(w, ws, x, n, gs);
 }
@@ -830,19 +863,6 @@ static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, s
 #endif
 
 #ifdef HAVE_AVX2
-// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
-// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
-// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
-static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
-
 // acc + dot_u8s8(u1, s1) + dot_u8s8(u2, s2) for u1, u2 <= 15 (q4's nibbles): without VNNI the two
 // vpmaddubsw results (|pair| <= 2 * 15 * 127) are added as int16 and widened once
 static inline __m256i dot2_u4s8(__m256i acc, __m256i u1, __m256i s1, __m256i u2, __m256i s2) {

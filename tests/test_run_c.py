@@ -59,6 +59,9 @@ CONFIGS = {
                                 rope_theta=5000.0, norm_eps=1e-6, tie_embeddings=False),
     "wide_threads": ModelArgs(dim=512, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=1001, hidden_dim=128,
                               max_seq_len=160),
+    # q8_0/q4 group sizes 8 and 16 (the small-group kernels), rows that end in part of a 32-byte chunk
+    "gs8": ModelArgs(dim=40, n_layers=1, n_heads=4, vocab_size=89, hidden_dim=104, max_seq_len=24),
+    "gs16": ModelArgs(dim=48, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=75, hidden_dim=112, max_seq_len=24),
 }
 FORMATS = ["v0", "v1", "v2", "v3_fp32", "v3_bf16", "v3_q8_0", "v3_q4"]
 QUANTISED = ("v2", "v3_q8_0", "v3_q4")  # formats whose matmul inputs run.c quantises to int8
