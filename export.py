@@ -9,6 +9,7 @@ GGUF files for llama.cpp.
       identity; 64-byte aligned arrays
 
     python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0|q4] [--group_size=64]
+    python export.py OUT.bin --checkpoint=out/ckpt.pt --dtype=q4 --gptq=128   4-bit, calibrated on its training data
     python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
     python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory (and its tokenizer)
     python export.py --to_hf=DIR --checkpoint=...      write a directory LlamaForCausalLM and AutoTokenizer
@@ -22,12 +23,14 @@ one beside --bin, the GGUF's own, or --tokenizer. Hugging Face directories are h
 needed), GGUF files gguf_file.py's.
 """
 import argparse
+import copy
 import os
 import struct
 import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import tokenizer as T
 from hf import hf_export, hf_import  # noqa: F401 (export.hf_export/hf_import: the Python API)
@@ -179,6 +182,79 @@ def quantize_q4(w: torch.Tensor, group_size: int):
     half = group_size // 2
     packed = (q[:, :half] | (q[:, half:] << 4)).to(torch.uint8)
     return packed.reshape(-1), s.reshape(-1)
+
+
+def gptq_q4(w: torch.Tensor, h: torch.Tensor, group_size: int, damp: float = 0.01) -> torch.Tensor:
+    """w (rows, cols) -> its q4 values (dequantised), chosen by GPTQ (Frantar et al., 2022) instead of
+    rounding each weight to nearest: the columns are rounded in order, and each column's rounding error
+    is pushed onto the columns not yet rounded, in the proportions that keep X @ w.T closest to its old
+    value, where h = X^T X of the layer's inputs X. A group's scale is _q4_pick's for its weights as
+    they stand when its first column comes up. Blocks of whole groups defer the updates of the later
+    columns to one matrix product per block."""
+    w, h = w.detach().to("cpu", torch.float64).clone(), h.to("cpu", torch.float64).clone()
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0  # an input that was always 0: its weights never mattered
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)  # against a singular h
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # h^-1 = u^T u
+    out, block = torch.empty_like(w), group_size * max(1, 128 // group_size)
+    for c0 in range(0, cols, block):
+        c1 = min(c0 + block, cols)
+        err = torch.empty(rows, c1 - c0, dtype=w.dtype)
+        for c in range(c0, c1):
+            if c % group_size == 0:
+                s = _q4_pick(w[:, c:c + group_size].float())[1].double()
+            q = torch.where(s != 0, torch.round(w[:, c:c + 1] / s), torch.zeros_like(s)).clamp(-8, 7) * s
+            out[:, c:c + 1] = q
+            e = (w[:, c:c + 1] - q) / u[c, c]
+            w[:, c:c1] -= e * u[c:c + 1, c:c1]
+            err[:, c - c0:c - c0 + 1] = e
+        w[:, c1:] -= err @ u[c0:c1, c1:]
+    return out.float()
+
+
+def gptq_model(model, tokens: torch.Tensor, group_size: int):
+    """Every matrix of model except the token embeddings and the classifier (q8_0 in q4 files) replaced, in
+    place, by its GPTQ q4 values, calibrated on one forward pass of tokens (B, T) through the fp32 model.
+    The export then stores those values (requantising them finds them again, but for the rare group whose
+    extreme weight moved off the scale's end, which takes the nearest q4 values)."""
+    h, hooks = {}, []
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n + ".weight" not in CLASSIFIER}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            h[name] = h.get(name, 0) + x.T @ x
+        return hook
+    hooks = [m.register_forward_hook(keep(n)) for n, m in linears.items()]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(tokens), 16):
+                model(tokens[i:i + 16])
+    finally:
+        for k in hooks:
+            k.remove()
+    with torch.no_grad():
+        for n, m in tqdm(linears.items(), desc="gptq", unit="matrix", disable=not sys.stderr.isatty()):
+            m.weight.copy_(gptq_q4(m.weight, h.pop(n), group_size))
+
+
+def calibration_tokens(train_config: dict, vocab_size: int, n: int, seq_len: int) -> torch.Tensor:
+    """(n, seq_len) windows at seeded random places in a checkpoint's training shards."""
+    import dataloader
+    shards = [dataloader.load_shard(p) for p, _ in dataloader.split_shards(
+        "train", vocab_size, train_config.get("vocab_source", "custom"), train_config.get("data_dir"))]
+    shards = [t for t in shards if len(t) > seq_len]
+    if not shards:
+        raise ValueError(f"--gptq: the training shards hold no window of max_seq_len={seq_len} tokens")
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(n):
+        t = shards[rng.integers(len(shards))]
+        start = int(rng.integers(len(t) - seq_len))
+        rows.append(np.asarray(t[start:start + seq_len], dtype=np.int64))
+    return torch.from_numpy(np.stack(rows))
 
 
 def dequantize_q4(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
@@ -544,6 +620,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=(*WEIGHT_TYPES, "f16"), default=None,
                    help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0; GGUF: fp32, f16 or q8_0")
     p.add_argument("--group_size", type=int, default=64)
+    p.add_argument("--gptq", type=int, default=0, metavar="N",
+                   help="q4: round by GPTQ instead of to nearest, calibrated on N windows (e.g. 128) of the "
+                   "--checkpoint's training shards")
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="export weights that hold NaN or inf (refused by default: a diverged run)")
     p.error = lambda msg: sys.exit(f"export.py: error: {msg}{_closest_flags(p, msg)}")  # one line, no usage dump
@@ -554,6 +633,9 @@ def main(argv=None):
         p.error("give an output: OUT.bin, --to_hf=DIR and/or --to_gguf=OUT.gguf")
     if a.to_gguf and a.dtype not in (None, "fp32", "f16", "q8_0"):
         p.error(f"--to_gguf takes --dtype=fp32, f16 or q8_0, not {a.dtype}")
+    if a.gptq < 0 or a.gptq and not (a.checkpoint and a.out and a.dtype == "q4" and a.version == 3):
+        p.error(f"--gptq={a.gptq}: expected a number of windows >= 1, with --checkpoint (its training shards "
+                "calibrate it) and a v3 OUT.bin of --dtype=q4")
     if a.out and a.dtype == "f16":
         p.error("--dtype=f16 is for --to_gguf: a .bin takes fp32, bf16, q8_0 or q4")
     try:
@@ -585,7 +667,13 @@ def main(argv=None):
             if os.path.dirname(a.out):
                 os.makedirs(os.path.dirname(a.out), exist_ok=True)
             dest = tokenizer_beside(a.out, tok) if tok else None
-            model_export(model, a.out, a.version, a.dtype, a.group_size, vocab_id)
+            rounded = model
+            if a.gptq:  # on a copy: --to_hf/--to_gguf still get the checkpoint's own weights
+                rounded = copy.deepcopy(model)
+                gs = pick_group_size(a.group_size, model.args.dim, ffn_hidden_dim(model.args))
+                seqs = calibration_tokens(train_config, model.args.vocab_size, a.gptq, model.args.max_seq_len)
+                gptq_model(rounded, seqs, gs)
+            model_export(rounded, a.out, a.version, a.dtype, a.group_size, vocab_id)
             print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
             if dest:
                 T.write_bin(tok.vocab, dest)

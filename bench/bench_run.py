@@ -254,9 +254,11 @@ QUALITY_DTYPES = ("fp32", "bf16", "q8_0", "q4")
 
 
 def checkpoint_models(ckpt_path):
-    """A train.py checkpoint exported as v3 in every QUALITY_DTYPE (bench/out/<dir>_<dtype>.bin), and the
-    SentencePiece model it was trained with (dataloader.py's rule, as sample.py finds it)."""
+    """A train.py checkpoint exported as v3 in every QUALITY_DTYPE and as q4 rounded by GPTQ on 128 windows
+    of its training shards (export.py --gptq=128) under bench/out/<dir>_<dtype>.bin, and the SentencePiece
+    model it was trained with (dataloader.py's rule, as sample.py finds it)."""
     import dataloader
+    import export
     from model import load_checkpoint
     model, ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt.get("config") or {}
@@ -265,6 +267,8 @@ def checkpoint_models(ckpt_path):
     for dtype in QUALITY_DTYPES:
         paths[dtype] = OUT / f"{Path(ckpt_path).parent.name}_{dtype}.bin"
         model_export(model, paths[dtype], version=3, dtype=dtype)
+    paths["q4 gptq"] = OUT / f"{Path(ckpt_path).parent.name}_q4_gptq.bin"
+    export.main([str(paths["q4 gptq"]), f"--checkpoint={ckpt_path}", "--dtype=q4", "--gptq=128"])
     return paths, Path(tok).with_suffix(".model")
 
 
@@ -276,8 +280,8 @@ def quality(paths, tokenizer_model, n_windows=24):
     texts = json.loads((SHARED / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
     windows = [[1] + sp.encode(t)[:255] for t in texts[-n_windows:]]
     out = {}
-    for dtype in QUALITY_DTYPES:
-        path, top1, nll = paths[dtype], [], []
+    for dtype, path in paths.items():
+        top1, nll = [], []
         for ids in windows:
             o = OUT / "logits.bin"
             sh([str(REPO / "run"), str(path), "-m", "logits", "-i", " ".join(map(str, ids)), "-o", str(o)])
@@ -434,9 +438,8 @@ def main():
         ref_top1, ref_loss, n = q["fp32"]
         gs = read_header(paths["q4"])["group_size"]
         print(f"\nquality, {name} on {n} tokens of held-out TinyStories (C logits; q8_0/q4 group size {gs}):")
-        for dtype in QUALITY_DTYPES:
-            top1, loss, _ = q[dtype]
-            print(f"  {dtype:5s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
+        for dtype, (top1, loss, _) in q.items():
+            print(f"  {dtype:7s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
                   f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")
 
 

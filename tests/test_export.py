@@ -527,3 +527,60 @@ def test_runtime_needs_neither_transformers_nor_safetensors(repo):
             "sys.exit(f'imported {bad}' if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# GPTQ (export.py --gptq)
+
+
+def test_gptq_moves_the_layer_output_less_than_rounding_to_nearest():
+    """On inputs with correlated features, GPTQ's q4 values change X @ W.T by much less than rounding each
+    weight to nearest, and they are q4 values: requantising them gives them back."""
+    from export import dequantize_q4, gptq_q4, quantize_q4
+    g = torch.Generator().manual_seed(0)
+    rows, cols, gs = 48, 192, 32
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    x = torch.randn(2048, 16, generator=g) @ torch.randn(16, cols, generator=g)  # rank 16: correlated inputs
+    x += 0.1 * torch.randn(2048, cols, generator=g)
+    x[:, 5] = 0.0  # a dead input: its weights must not matter
+    got = gptq_q4(w, x.double().T @ x.double(), gs)
+    rtn = dequantize_q4(*quantize_q4(w, gs), w.shape)
+    err_gptq, err_rtn = (x @ (got - w).T).norm(), (x @ (rtn - w).T).norm()
+    assert err_gptq < 0.6 * err_rtn, (err_gptq, err_rtn)
+    again = dequantize_q4(*quantize_q4(got, gs), w.shape)
+    assert (again != got).float().mean() < 0.01
+    assert torch.isfinite(got).all()
+
+
+def _shards(tmp_path, vocab_size, n_tokens):
+    import dataloader
+    folder = dataloader.shard_dir(vocab_size, "custom", tmp_path / "data")
+    folder.mkdir(parents=True)
+    toks = np.random.default_rng(1).integers(0, vocab_size, n_tokens).astype("<u2")
+    head = dataloader.pack_header(vocab_size, 1, 2, n_tokens, 1, n_tokens, "00" * 32)
+    (folder / "train_0000.bin").write_bytes(head + toks.tobytes())
+
+
+def test_cli_gptq_q4_from_the_checkpoints_shards(repo, tmp_path):
+    import dataclasses
+    m = make_model(CONFIGS["mqa_untied_vocab71"])
+    cfg = {"vocab_source": "custom", "data_dir": str(tmp_path / "data")}
+    torch.save({"model": m.state_dict(), "model_args": dataclasses.asdict(m.args), "config": cfg},
+               tmp_path / "ckpt.pt")
+    ck = f"--checkpoint={tmp_path / 'ckpt.pt'}"
+    rc, _, err = _cli(repo, tmp_path / "g.bin", ck, "--dtype=q4", "--gptq=8")
+    assert rc == 1 and "no train shards in" in err and "\n" not in err.strip(), err
+    _shards(tmp_path, m.args.vocab_size, 4000)
+    rc, _, err = _cli(repo, tmp_path / "g.bin", ck, "--dtype=q4", "--gptq=8")
+    assert rc == 0, err
+    rc, _, err = _cli(repo, tmp_path / "r.bin", ck, "--dtype=q4")
+    assert rc == 0, err
+    g, r = load_bin(tmp_path / "g.bin").state_dict(), load_bin(tmp_path / "r.bin").state_dict()
+    assert torch.equal(g["tok_embeddings.weight"], r["tok_embeddings.weight"])  # q8_0 in both: not GPTQ's
+    assert not torch.equal(g["layers.0.feed_forward.w1.weight"], r["layers.0.feed_forward.w1.weight"])
+    # GPTQ's file is a canonical q4 file: re-exporting it gives the same bytes
+    rc, _, err = _cli(repo, tmp_path / "again.bin", f"--bin={tmp_path / 'g.bin'}", "--dtype=q4")
+    assert rc == 0 and (tmp_path / "again.bin").read_bytes() == (tmp_path / "g.bin").read_bytes(), err
+    for bad in (["--gptq=8"], ["--dtype=q8_0", "--gptq=8"], ["--dtype=q4", "--gptq=-1"]):
+        rc, _, err = _cli(repo, tmp_path / "x.bin", ck, *bad)
+        assert rc != 0 and "--gptq" in err and "\n" not in err.strip(), (bad, err)
