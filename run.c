@@ -676,6 +676,52 @@ static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int
     return sum;
 }
 
+#ifdef HAVE_AVX2
+#define SMALL_GROUPS(gs) ((gs) == 4 || (gs) == 8 || (gs) == 16)
+
+// 32 weights in order from 16 bytes of q4 with group size 4, 8 or 16, as signed bytes: byte k of a
+// group holds weight k in its low nibble and weight k + gs/2 in its high one, so interleaving the low
+// and the high nibbles in units of gs/2 bytes puts every group back in order
+static inline __m256i q4_unpack_small(const uint8_t *p, int gs) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m128i b = _mm_loadu_si128((const __m128i *)p), lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+    __m128i first = gs == 4 ? _mm_unpacklo_epi16(lo, hi) : gs == 8 ? _mm_unpacklo_epi32(lo, hi) : _mm_unpacklo_epi64(lo, hi);
+    __m128i second = gs == 4 ? _mm_unpackhi_epi16(lo, hi) : gs == 8 ? _mm_unpackhi_epi32(lo, hi) : _mm_unpackhi_epi64(lo, hi);
+    return _mm256_sub_epi8(_mm256_set_m128i(second, first), _mm256_set1_epi8(8));
+}
+
+// one row of q8_0 (q4 = 0) or q4 (q4 = 1) with group size 4, 8 or 16: a 32-weight chunk holds 32/gs
+// groups of gs/4 int32 lanes each (|w| times x with w's sign, see dot_u8s8), so each lane is scaled by
+// its own group's scales, spread over the lanes by a permute; the weights past the last whole chunk
+// go through the plain twins
+static float dot_small_groups(const void *w, int q4, const float *ws, const Input *x, int n, int gs) {
+    const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
+    __m256 acc = _mm256_setzero_ps();
+    int per_chunk = 32 / gs, j = 0, g = 0;
+    for (; j + 32 <= n; j += 32, g += per_chunk) {
+        __m256i wv = q4 ? q4_unpack_small((const uint8_t *)w + j / 2, gs) : _mm256_loadu_si256((const __m256i *)((const int8_t *)w + j));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
+        __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        __m128 s4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(ws + g))) : _mm_loadu_ps(ws + g);
+        __m128 x4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(x->s + g))) : _mm_loadu_ps(x->s + g);
+        __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
+        if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
+    }
+    Input rest = *x;
+    rest.q += j, rest.s += g;
+    return hsum8(acc) + (q4 ? dot_q4_plain((const uint8_t *)w + j / 2, ws + g, &rest, n - j, gs)
+                            : dot_q8_plain((const int8_t *)w + j, ws + g, &rest, n - j, gs));
+}
+#endif
+
+static float dot_q4(const uint8_t *w, const float *ws, const Input *x, int n, int gs) {
+#ifdef HAVE_AVX2
+    if (SMALL_GROUPS(gs)) { return dot_small_groups(w, 1, ws, x, n, gs); }
+#endif
+    return dot_q4_plain(w, ws, x, n, gs);
+}
+
 static float dot_bf16(const uint16_t *w, const Input *x, int n) {
 #ifdef HAVE_BF16
     // vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo keeps the
@@ -738,25 +784,7 @@ static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int
         return hsum8(acc);
     }
 #elif defined(HAVE_AVX2)
-    if (gs == 4 || gs == 8 || gs == 16) {
-        // small groups as above, with |w| times x with w's sign (see dot_u8s8) for the lane sums;
-        // the chunks past the last whole 32 bytes go through the plain twin
-        const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
-        __m256 acc = _mm256_setzero_ps();
-        int per_chunk = 32 / gs, j = 0, g = 0;
-        for (; j + 32 <= n; j += 32, g += per_chunk) {
-            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + j)), xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
-            __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            __m128 s4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(ws + g))) : _mm_loadu_ps(ws + g);
-            __m128 x4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(x->s + g))) : _mm_loadu_ps(x->s + g);
-            __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
-            if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
-        }
-        Input rest = *x;
-        rest.q += j, rest.s += g;
-        return hsum8(acc) + dot_q8_plain(w + j, ws + g, &rest, n - j, gs);
-    }
+    if (SMALL_GROUPS(gs)) { return dot_small_groups(w, 0, ws, x, n, gs); }
 #endif
     return dot_q8_plain(w, ws, x, n, gs);
 }
@@ -1106,7 +1134,7 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
             r = r1;
         }
 #endif
-        for (; r < r1; r++) { out[r] = dot_q4_plain(w + r * rb, ws + r * ng, x, n, gs); }
+        for (; r < r1; r++) { out[r] = dot_q4(w + r * rb, ws + r * ng, x, n, gs); }
     }
 }
 #undef FOUR_ROWS
