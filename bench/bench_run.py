@@ -272,7 +272,7 @@ def checkpoint_models(ckpt_path):
     return paths, Path(tok).with_suffix(".model")
 
 
-def quality(paths, tokenizer_model, n_windows=24):
+def quality(paths, tokenizer_model, n_windows=300):
     """Top-1 agreement and mean next-token loss of a model's bf16/q8_0/q4 files against its fp32 one (C
     logits) on the last n_windows stories of the shared 3000 (held out from the shared training text)."""
     import sentencepiece as spm
