@@ -219,7 +219,7 @@ def gptq_model(model, tokens: torch.Tensor, group_size: int):
     place, by its GPTQ q4 values, calibrated on one forward pass of tokens (B, T) through the fp32 model.
     The export then stores those values (requantising them finds them again, but for the rare group whose
     extreme weight moved off the scale's end, which takes the nearest q4 values)."""
-    h, hooks = {}, []
+    h = {}  # name -> X^T X of that matrix's inputs
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n + ".weight" not in CLASSIFIER}
 
     def keep(name):

@@ -23,8 +23,9 @@ What it does, all in one run so the numbers compare:
   5. threads under load: 15M fp32 and 110M q8_0 with a busy-looping process beside them, on 1 thread,
      on 2 threads (run.c's default: the free cores) and on 2 fixed threads (OMP_DYNAMIC=false), and
      llama2.c on 2 threads; then the same without the busy process;
-  6. int8/int4/bf16 quality against fp32 on real text: stories260K, and any --quality-checkpoint (a
-     trained checkpoint, exported to each type with export.py's default group size).
+  6. int8/int4/bf16 quality against fp32 on 300 held-out stories: stories260K, and any
+     --quality-checkpoint (a trained checkpoint, exported to each type with export.py's default group
+     size, and to q4 with --gptq=128).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 """
