@@ -11,6 +11,8 @@ Reports the median over repeats of: wall time of the whole command, stories/s ov
 time, CPU seconds of the process tree (shows the cost of parallelism even on a busy machine), and
 the peak resident memory of the whole process tree (parent + workers, sampled every 5 ms from
 /proc). Linux only. Scratch files go to bench/out/ (gitignored).
+
+Last logged run: dev/LOG.md, "## 2026-11-21: pretokenize speed (bench_data)".
 """
 import argparse
 import os

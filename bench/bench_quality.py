@@ -1,15 +1,16 @@
 """Quality per minute: train recipes for the same budget of training time and compare their curves.
 
-    python bench/bench_quality.py --input ../shared/data/tinystories --minutes=10     # the README table
+    python bench/bench_quality.py --input ../shared/data/tinystories --minutes=10     # 10 minutes per recipe
     python bench/bench_quality.py --data_dir=data --recipes=llama2c,quickstart --minutes=3
 
 Each recipe is train.py with a few settings, run as its own process with --max_minutes (training
 time: evaluations are not counted, and the schedule ends exactly when the budget does). Every
 evaluation covers --eval_tokens tokens of each split, so the curves of recipes with other batch
 shapes are measured alike. The recipes: llama2.c's stories260K recipe as it is (the baseline), the
-same model retuned (issue 10's starting point), each change on its own on top of the retuned one,
-and the quickstart preset. Data: --data_dir with the shards every recipe's vocabulary needs, or
---input story files from which the bench prepares them (train_vocab, pretokenize) in its out folder.
+same model retuned for a CPU (where the quickstart's tuning started), each change on its own on top
+of the retuned one, and the quickstart preset. Data: --data_dir with the shards every recipe's
+vocabulary needs, or --input story files from which the bench prepares them (train_vocab,
+pretokenize) in its out folder.
 
 Writes to --out (default bench/out/quality): one train.py out_dir per recipe, quality.md (a table
 per recipe: tokens seen, iterations, val bits per byte after each minute; then every evaluation)
@@ -17,6 +18,9 @@ and quality.png (val bits per byte against minutes and against tokens; needs mat
 imported only here: without it the bench says so and writes the tables). Threads: as train.py
 picks them, or with --jobs=N, N recipes at once, each pinned to its own core with one thread (a
 2-core machine measures twice the recipes per hour, each on one core).
+
+Last logged run: dev/LOG.md, "## 2026-12-02: quality per minute, 10 minutes per recipe (bench_quality)"
+(the command as run is there).
 """
 import argparse
 import json

@@ -28,6 +28,8 @@ What it does, all in one run so the numbers compare:
      size, and to q4 with --gptq=128).
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
+
+Last logged run: dev/LOG.md, "## 2026-12-02: run.c against llama2.c, every model and dtype, quiet Intel Xeon (make bench)".
 """
 import argparse
 import json

@@ -10,6 +10,8 @@ default of train.py/sample.py (model.use_free_cores: the cores other processes l
 at start and, in training, again at every log line), on an idle machine and with a competing
 process that keeps one core busy (a Python busy loop). Rounds interleave every variant; the table
 shows the median tokens/s and the ratio to 1 thread under the same load. Linux only.
+
+Last logged run: dev/LOG.md, "## 2026-12-02: training and sampling beside a busy core (bench_threads)".
 """
 import argparse
 import os

@@ -11,7 +11,7 @@ matmul peak.
 Every step holds about `--tokens` tokens (batch = tokens / max_seq_len): the presets' own batches
 would take minutes per step on a CPU.
 
-    python bench/bench_train.py --llama2c=/tmp/llama2.c/model.py     # every preset vs llama2.c (the README table)
+    python bench/bench_train.py --llama2c=/tmp/llama2.c/model.py     # every preset vs llama2.c (the log entry below)
     python bench/bench_train.py --variants=stories260K:ours@0,stories260K:naive@0.05 --rounds=5
     python bench/bench_train.py --quiet=10     # on a shared machine: only rounds without other load count
 
@@ -26,6 +26,8 @@ with that optimizer), naive (dropout also on the attention probabilities via SDP
 straightforward design, llama2.c's), repeat (GQA by repeat_interleave of k and v instead of SDPA's
 enable_gqa), compile (torch.compile), bf16 (bfloat16 autocast). PRESET is a file name in config/
 without .py.
+
+Last logged run: dev/LOG.md, "## 2026-12-02: training step against llama2.c's model.py, every preset (bench_train)".
 """
 import argparse
 import importlib.util
