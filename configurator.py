@@ -17,6 +17,7 @@ known ones; `configure_or_exit` prints it on one line and exits with status 2.
 import ast
 import difflib
 import os
+import re
 import sys
 import types
 
@@ -101,18 +102,34 @@ def configure(defaults, argv, none_types=None):
     return config
 
 
-def usage(defaults, prog):
-    lines = [f"usage: python {prog} [config/FILE.py ...] [--key=value ...]", "settings (default):"]
-    lines += [f"  --{k}={v!r}" for k, v in defaults.items()]
+def setting_notes(path, names):
+    """{setting: what it does} from the comment after each `name = value` (or `name=value,`) line of
+    the script at path, where the settings are declared: the help text lives beside the default."""
+    notes = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"\s*(\w+)\s*=[^#]*#\s*(.+)$", line)
+            if m and m.group(1) in names and m.group(1) not in notes:
+                notes[m.group(1)] = m.group(2).strip()
+    return notes
+
+
+def usage(defaults, prog, notes=None):
+    notes = notes or {}
+    lines = [f"usage: python {prog} [config/FILE.py ...] [--key=value ...]", "settings (default), and what they do:"]
+    flags = {k: f"  --{k}={v!r}" for k, v in defaults.items()}
+    width = min(max(map(len, flags.values())), 40)
+    lines += [f"{flag:<{width}}  {notes[k]}".rstrip() if k in notes else flag for k, flag in flags.items()]
     return "\n".join(lines)
 
 
-def configure_or_exit(defaults, argv=None, none_types=None, prog=None):
-    """configure(), printing a one-line error and exiting with status 2 on a mistake; -h lists settings."""
+def configure_or_exit(defaults, argv=None, none_types=None, prog=None, script=None):
+    """configure(), printing a one-line error and exiting with status 2 on a mistake; -h lists the
+    settings, with the comments beside their defaults in script (the caller's file) as their help."""
     argv = sys.argv[1:] if argv is None else argv
     prog = prog or os.path.basename(sys.argv[0])
     if any(a in ("-h", "--help") for a in argv):
-        print(usage(defaults, prog))
+        print(usage(defaults, prog, setting_notes(script, defaults) if script else None))
         sys.exit(0)
     try:
         return configure(defaults, argv, none_types)

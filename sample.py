@@ -24,17 +24,17 @@ from model import load_checkpoint, use_free_cores
 import tokenizer as T
 
 defaults = dict(
-    checkpoint="out/ckpt.pt",
+    checkpoint="out/ckpt.pt",  # a train.py checkpoint or a run.c .bin model
     start="",  # prompt text, or FILE:path to read it from a file
-    num_samples=1,
-    max_new_tokens=256,
-    temperature=1.0,  # 0: greedy
+    num_samples=1,  # stories to write
+    max_new_tokens=256,  # tokens per story at most
+    temperature=1.0,  # sampling temperature (0: greedy)
     top_k=None,  # keep the k most likely tokens (None: all)
     top_p=0.9,  # keep the smallest set of tokens whose probability reaches top_p (1.0: all)
-    seed=1337,
+    seed=1337,  # the sampler's random seed
     device="cuda" if torch.cuda.is_available() else "cpu",
     dtype="float32",  # float32, bfloat16, float16 (autocast; the weights stay fp32)
-    compile=False,
+    compile=False,  # torch.compile the model
     tokenizer=None,  # a tokenizer (.model, tokenizer.json, HF directory, run.c file) instead of the model's own
     end_token="auto",  # a story also ends at this token: auto (the vocabulary's, e.g. <|end_story|>), "" (none), or its text
 )
@@ -86,7 +86,7 @@ def load_model(path, device):
 
 
 def main():
-    cfg = configure_or_exit(defaults, prog="sample.py", none_types={"top_k": int, "tokenizer": str})
+    cfg = configure_or_exit(defaults, prog="sample.py", none_types={"top_k": int, "tokenizer": str}, script=__file__)
     if cfg["temperature"] < 0 or not 0 < cfg["top_p"] <= 1 or (cfg["top_k"] is not None and cfg["top_k"] < 1):
         die(f"need --temperature >= 0, 0 < --top_p <= 1 and --top_k >= 1 (got {cfg['temperature']}, "
             f"{cfg['top_p']}, {cfg['top_k']})")

@@ -48,7 +48,7 @@ except ImportError:
 # -----------------------------------------------------------------------------
 # settings (defaults: a run that finishes on a laptop CPU; config/ holds the real recipes)
 # I/O
-out_dir = "out"
+out_dir = "out"  # where ckpt.pt, metrics.jsonl and the run's tokenizer go
 eval_interval = 500  # evaluate (and maybe checkpoint) every this many iterations
 log_interval = 10  # print a log line every this many iterations
 eval_iters = 20  # batches per split in an evaluation
@@ -57,49 +57,49 @@ always_save_checkpoint = False  # checkpoint at every evaluation, not only when 
 init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
 overwrite = False  # init_from=scratch into an out_dir that holds a ckpt.pt: replace it (else refused)
 # wandb logging (needs `pip install wandb`; imported only when enabled)
-wandb_log = False
-wandb_project = "storyllama"
-wandb_run_name = "run" + datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
+wandb_log = False  # log to Weights & Biases too
+wandb_project = "storyllama"  # its project
+wandb_run_name = "run" + datetime.now().strftime("%Y_%m_%d_%H_%M_%S")  # its run name
 # data
 batch_size = 32  # micro-batch size: sequences per forward/backward
-max_seq_len = 256
+max_seq_len = 256  # context length: tokens per training window
 vocab_source = "custom"  # "custom" (data/tok{vocab_size}.model) or "llama2" (Meta's 32000 tokens)
-vocab_size = 512
-data_dir = None  # None: $STORYLLAMA_DATA or data/
+vocab_size = 512  # tokens in the vocabulary (custom: data/tok{vocab_size}.model)
+data_dir = None  # where the shards and vocabularies are (None: $STORYLLAMA_DATA or data/)
 seed = 1337  # model init, dropout and data order
 bos_aligned = False  # start every training window at the start of a story
 # model
-dim = 288
-n_layers = 6
-n_heads = 8
-n_kv_heads = None  # None: n_heads (no grouped-query attention)
-multiple_of = 32
-dropout = 0.0
-tie_embeddings = True
+dim = 288  # model width
+n_layers = 6  # transformer blocks
+n_heads = 8  # attention heads (head size dim / n_heads)
+n_kv_heads = None  # key/value heads, grouped-query attention (None: n_heads, none)
+multiple_of = 32  # the feed-forward width is rounded up to a multiple of this
+dropout = 0.0  # dropout probability in attention and feed-forward
+tie_embeddings = True  # the classifier shares the token embedding's weights
 # optimizer: "adamw" (AdamW for every weight) or "muon" (Muon for the matrices inside the blocks,
 # AdamW for the embedding, the classifier and the norm gains)
-optimizer = "adamw"
+optimizer = "adamw"  # adamw, or muon (Muon for the blocks' matrices, AdamW for the rest)
 gradient_accumulation_steps = 1  # micro-batches per iteration, over all processes together
 learning_rate = 1e-3  # AdamW's peak learning rate
 muon_lr = 0.02  # Muon's peak learning rate
-muon_momentum = 0.95
+muon_momentum = 0.95  # Muon's momentum
 max_iters = 5000  # iterations (optimizer steps) to train for
 max_minutes = 0.0  # > 0: also a budget of training time (evaluations and checkpoints not counted)
 weight_decay = 1e-1  # decoupled: each step shrinks decayed weights by lr * weight_decay
-beta1 = 0.9
-beta2 = 0.95
+beta1 = 0.9  # AdamW's first-moment decay
+beta2 = 0.95  # AdamW's second-moment decay
 grad_clip = 1.0  # clip the gradient norm at this value; 0 disables
 # learning rate schedule: linear warm-up over warmup_iters, then "cosine" decay to min_lr, or "wsd"
 # (warm-up, stable, decay): the peak until the last decay_frac of the run, then linear to min_lr.
 # The run's progress is the larger of iterations (to lr_decay_iters) and time (of max_minutes) spent.
-decay_lr = True
-lr_schedule = "cosine"
-warmup_iters = 100
-decay_frac = 0.2
-lr_decay_iters = None  # None: max_iters
-min_lr = None  # None: learning_rate / 10 (every group's floor is the same fraction of its peak)
+decay_lr = True  # schedule the learning rate (False: the peak throughout)
+lr_schedule = "cosine"  # cosine, or wsd (warm-up, stable, decay)
+warmup_iters = 100  # iterations of linear warm-up
+decay_frac = 0.2  # wsd: the last fraction of the run that decays
+lr_decay_iters = None  # the iteration where the decay reaches min_lr (None: max_iters)
+min_lr = None  # the floor (None: learning_rate / 10; every group's is the same fraction of its peak)
 # system
-device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:1, mps
+device = "cuda" if torch.cuda.is_available() else "cpu"  # where to train: cpu, cuda, cuda:1, mps
 dtype = "auto"  # float32, bfloat16, float16 (with a GradScaler); auto: bf16/fp16 on CUDA, fp32 elsewhere
 compile = False  # torch.compile the model
 # -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def die(msg, code=1):
     sys.exit(code)
 
 
-config = configure_or_exit(defaults, prog="train.py", none_types=none_types)
+config = configure_or_exit(defaults, prog="train.py", none_types=none_types, script=__file__)
 ckpt, ckpt_path = None, os.path.join(config["out_dir"], "ckpt.pt")
 if config["init_from"] == "resume":
     # a resumed run keeps the checkpoint's recipe; arguments given now still override it
@@ -128,7 +128,7 @@ if config["init_from"] == "resume":
     except ValueError as e:
         die(str(e))
     recipe = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in SYSTEM_KEYS}
-    config = configure_or_exit({**defaults, **recipe}, prog="train.py", none_types=none_types)
+    config = configure_or_exit({**defaults, **recipe}, prog="train.py", none_types=none_types, script=__file__)
     # what this run does differently from the checkpoint's (printed once the checkpoint has loaded)
     changed = [f"{k} {ckpt['config'][k]!r} -> {v!r}" for k, v in config.items()
                if k in ckpt["config"] and ckpt["config"][k] != v and k not in ("init_from", "wandb_run_name")]
@@ -209,6 +209,22 @@ except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer mode
     die(str(e))
 
 
+def recipe_of(cfg):
+    """The settings that make a run what it is (not where or how it runs)."""
+    return {k: v for k, v in cfg.items() if k not in SYSTEM_KEYS}
+
+
+def finished_run():
+    """The recipe of the run that finished in out_dir (metrics.jsonl's last record), or None."""
+    try:
+        with open(os.path.join(out_dir, "metrics.jsonl"), "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - (1 << 16), 0))
+            last = json.loads(f.read().splitlines()[-1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return last.get("recipe") if isinstance(last, dict) and last.get("event") == "finished" else None
+
+
 def lock_out_dir():
     """Hold out_dir/train.lock while this process lives: a second train.py on the same out_dir is
     refused instead of sharing its checkpoint and metrics. flock is released by the kernel when the
@@ -234,6 +250,10 @@ if master:
     for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # a write cut short (SIGKILL): ours to clear now
         os.remove(stale)
     if init_from == "scratch" and os.path.exists(ckpt_path) and not overwrite:
+        if finished_run() == recipe_of(config):  # the same command again, like the data steps: nothing to do
+            print(f"nothing to do: {out_dir} holds this run, finished (python train.py --init_from=resume "
+                  "--max_iters=N or --max_minutes=M trains it on; --overwrite=True trains it anew)")
+            sys.exit(0)
         die(f"{ckpt_path} holds the checkpoint of an earlier run: continue it with --init_from=resume, or pass "
             "--overwrite=True to train from scratch and replace it", 2)
     print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
@@ -606,6 +626,8 @@ while True:
 
 bar.close()
 if metrics is not None:
+    if not eval_only:  # what a repeat of this command finds: nothing left to do
+        metrics.write(json.dumps({"iter": iter_num, "event": "finished", "recipe": recipe_of(config)}) + "\n")
     metrics.close()
 if ddp:
     dist.destroy_process_group()

@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: where the repo and the shared TinyStories/model files are, and run.c built."""
+"""Shared pytest fixtures: where the repo and the shared TinyStories/model files are, and run.c built.
+
+Tiers: `python -m pytest -q -m "not slow" tests` (make test-quick) runs in under a minute and touches
+every module; tests marked `slow` spawn training runs, build and run sanitizer or qemu builds, compile,
+or load llama.cpp. The whole suite is the README's test command."""
 import os
 import subprocess
 import sys
@@ -13,6 +17,25 @@ SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data
 # make sanitize names its two sanitizer builds here, so that every C test runs under ASan + UBSan.
 PLAIN_BUILD, VECTOR_BUILD = os.environ.get("STORYLLAMA_BUILDS", "runplain run").split()
 SANITIZED = "sanitize" in PLAIN_BUILD + VECTOR_BUILD  # slower: time limits are relaxed
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the slow tier (training runs, sanitizer/qemu builds, compile, "
+                            "llama.cpp); make test-quick leaves these out")
+
+
+BUILT = {}  # make target -> its path, so that each run.c build is made (or found up to date) once a session
+
+
+def build(*targets):
+    """make each target once per session; its path (a list of paths for several)."""
+    todo = [t for t in targets if t not in BUILT]
+    if todo:
+        r = subprocess.run(["make", "-C", str(REPO), *todo], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "warning" not in r.stderr.lower(), r.stderr
+        BUILT.update((t, REPO / t) for t in todo)
+    return BUILT[targets[0]] if len(targets) == 1 else [BUILT[t] for t in targets]
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +54,4 @@ def repo():
 @pytest.fixture(scope="session")
 def run_bin():
     """./run (or, under make sanitize, its sanitizer build), built once per session."""
-    r = subprocess.run(["make", "-C", str(REPO), VECTOR_BUILD], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / VECTOR_BUILD
+    return build(VECTOR_BUILD)

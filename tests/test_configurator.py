@@ -89,11 +89,13 @@ def test_train_cli_errors_and_presets(tmp_path):
     # every preset is valid against train.py's own settings (read from --help)
     r = run_train("--help", cwd=tmp_path)
     assert r.returncode == 0
-    defaults = {}
+    defaults, notes = {}, {}
     for line in r.stdout.splitlines():
         if line.startswith("  --"):
-            key, _, value = line[4:].partition("=")
+            flag, _, notes[flag] = line.strip().partition("  ")
+            key, _, value = flag[2:].partition("=")
             defaults[key] = ast.literal_eval(value)
+    assert all(n.strip() for n in notes.values()), [f for f, n in notes.items() if not n.strip()]  # each says what
     assert {"lr_decay_iters", "min_lr", "gradient_accumulation_steps", "n_kv_heads", "dropout"} <= set(defaults)
     assert defaults["lr_decay_iters"] is None and defaults["min_lr"] is None  # derived unless set
     for preset in sorted((REPO / "config").glob("*.py")):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, PLAIN_BUILD
+from conftest import PLAIN_BUILD, REPO, build
 
 sys.path.insert(0, str(REPO / "fuzz"))
 
@@ -24,8 +24,7 @@ def test_seeds_cover_every_format_and_run(seeds):
     """Every .bin version and weight type has a seed, and every seed model with the tokenizer of its
     vocabulary generates (so mutations start from files that reach the forward pass and the sampler)."""
     from export import read_header
-    r = subprocess.run(["make", "-C", str(REPO), PLAIN_BUILD], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    build(PLAIN_BUILD)
     headers = {p.name: read_header(p) for p in seeds.glob("model_*.bin")}
     kinds = {(h["version"], h["weight_type"]) for h in headers.values()}
     assert kinds >= {(0, "fp32"), (1, "fp32"), (2, "q8_0"), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4")}, kinds

@@ -367,8 +367,15 @@ try:
     import llama_cpp
 except ImportError:
     llama_cpp = None
-needs_llama_cpp = pytest.mark.skipif(llama_cpp is None, reason="llama-cpp-python (requirements-test.txt) is not "
-                                     "installed: the GGUF files are not checked against llama.cpp")
+
+
+def needs_llama_cpp(test):
+    """Skipped without llama-cpp-python (its own install: it compiles llama.cpp); in the slow tier."""
+    return pytest.mark.slow(pytest.mark.skipif(
+        llama_cpp is None, reason="llama-cpp-python is not installed (pip install -r requirements-llama.txt): "
+        "the GGUF files are not checked against llama.cpp")(test))
+
+
 try:  # the TinyStories-656K twin (a byte-level BPE with <|start_story|>/<|end_story|>), made once here too
     from test_tinystories656k import TEMPLATE, twin  # noqa: F401 (twin is a fixture)
 except pytest.skip.Exception:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SANITIZED
+from conftest import SANITIZED, build
 from export import MAGIC, model_export
 from model import ModelArgs, Transformer
 
@@ -271,9 +271,7 @@ def test_chat_eof_and_huge_lines(run_bin, files):
 @pytest.fixture(scope="session")
 def san_bin():
     """The ASan + UBSan build: out-of-bounds reads that the plain build survives show up here."""
-    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return REPO / "run_sanitize"
+    return build("run_sanitize")
 
 
 SAN_ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")

@@ -7,8 +7,9 @@ quantised models against numpy, and a sanitizer build. The builds are made once 
 `runplain` (portable: plain C kernels, one thread), `run` (this CPU's vector kernels + OpenMP), and
 where this machine can run them `runavx2` (AVX2 + FMA), `runavxvnni` (+ AVX-VNNI) and, under
 qemu-aarch64 when the cross compiler is installed, `runarm_neon` and `runarm_dot` (NEON, + dot
-product). The kernel checks (logits, generation, the documented samples) run on every build and
-compare each vector build with runplain; the others run on runplain and run.
+product). Every check runs on runplain and run; the other builds (slow tier) run the kernel checks
+(logits against PyTorch and runplain, prompt batches, greedy generation) on one case per weight format,
+and the documented samples.
 """
 import json
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD
+from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD, build
 from export import load_bin, model_export, read_header
 from model import ModelArgs, Transformer
 from prompts import prompts
@@ -44,9 +45,11 @@ FLAGS = cpu_flags()
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]  # runs the aarch64 builds, with Debian's cross libc
 ARM = bool(shutil.which("aarch64-linux-gnu-gcc") and shutil.which(QEMU[0]))
 HOST_BUILDS = [PLAIN_BUILD, VECTOR_BUILD]  # plain kernels; this CPU's vector kernels + threads (conftest)
-BUILDS = HOST_BUILDS + ([] if SANITIZED else (["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else [])
-                        + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else [])
-                        + (["runarm_neon", "runarm_dot"] if ARM else []))
+# the other kernel families this machine can run (slow tier: one more build each, the ARM ones under qemu)
+OTHER_BUILDS = [] if SANITIZED else ((["runavx2"] if {"avx2", "fma", "f16c"} <= FLAGS else [])
+                                     + (["runavxvnni"] if {"avx2", "fma", "f16c", "avx_vnni"} <= FLAGS else [])
+                                     + (["runarm_neon", "runarm_dot"] if ARM else []))
+BUILDS = HOST_BUILDS + OTHER_BUILDS
 
 # GQA, MQA and MHA; tied and untied; odd vocab sizes; q8_0 group sizes 64 (vnni), 32 (vnni) and
 # 4 (plain fallback); fp32 tails (dim 48, hidden 100, head size 12); rope_theta/norm_eps only in
@@ -203,10 +206,9 @@ def greedy_python(model, steps, prompt=()):
 
 @pytest.fixture(scope="session")
 def builds():
-    r = subprocess.run(["make", "-C", str(REPO), *BUILDS], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "warning" not in r.stderr.lower(), r.stderr
-    return BUILDS
+    """The two builds every C test runs: the plain kernels and this CPU's."""
+    build(*HOST_BUILDS)
+    return HOST_BUILDS
 
 
 @pytest.fixture(scope="session")
@@ -253,13 +255,20 @@ def llama_vocab_model(tmp_path_factory):
 # logits: C against PyTorch, vector kernels against plain ones
 
 
-CASES = [(c, f) for c in CONFIGS for f in FORMATS if legacy_ok(CONFIGS[c], f)]
+# wide_threads is the big one: its cases are in the slow tier
+CASES = [pytest.param(c, f, marks=[pytest.mark.slow] if c == "wide_threads" else [])
+         for c in CONFIGS for f in FORMATS if legacy_ok(CONFIGS[c], f)]
+# the other builds run one case per weight format (fp32, bf16, q8_0, q4), and the small-group kernels
+OTHER_CASES = [("gqa_tied_v97", "v1"), ("gqa_tied_v97", "v3_bf16"), ("gqa_tied_v97", "v3_q8_0"),
+               ("gqa_tied_v97", "v3_q4"), ("gs8", "v3_q8_0"), ("gs16", "v3_q4")]
 
 
-@pytest.mark.parametrize("cfg,fmt", CASES)
-def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
-    model, paths = tiny[cfg]
-    path = paths[fmt]
+def slow_if_wide(cfgs):
+    return [pytest.param(c, marks=[pytest.mark.slow] if c == "wide_threads" else []) for c in cfgs]
+
+
+def check_logits(binaries, model, path, fmt, tmp_path):
+    """Every position's logits from each build against PyTorch (reference_for) and the plain build."""
     T = model.args.max_seq_len  # every position up to the full context
     ids = torch.randint(0, model.args.vocab_size, (1, T), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -272,44 +281,39 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
     # there on. Such flips are rare but can happen anywhere, so q8_0 gets a spread-relative bound.
     q8 = fmt in QUANTISED
     tol = 0.05 * want.std() if q8 else ATOL
-    results = {b: c_logits(b, path, ids[0].tolist(), tmp_path) for b in builds}
+    results = {b: c_logits(b, path, ids[0].tolist(), tmp_path) for b in binaries}
     for b, got in results.items():
         err = np.abs(got - want).max()
-        assert err < tol, f"{b} {cfg} {fmt}: max |C - PyTorch| = {err:.3g}"
+        assert err < tol, f"{b} {path.name}: max |C - PyTorch| = {err:.3g}"
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
         # every vector build against the plain kernels: the same numbers up to rounding
         diff = np.abs(got - results[PLAIN_BUILD]).max()
-        assert diff < (tol if q8 else 2e-5), f"{b} against the plain build, {cfg} {fmt}: {diff:.3g}"
-    # and the quantised files stay close to the fp32 model itself
-    rel = np.abs(results[VECTOR_BUILD] - orig).max() / orig.std()
-    bound = {"v3_bf16": 0.02, "v2": 0.15, "v3_q8_0": 0.15, "v3_q4": 1.0}.get(fmt, 1e-4)
-    assert rel < bound, rel
+        assert diff < (tol if q8 else 2e-5), f"{b} against the plain build, {path.name}: {diff:.3g}"
+        # and the quantised files stay close to the fp32 model itself
+        rel = np.abs(got - orig).max() / orig.std()
+        bound = {"v3_bf16": 0.02, "v2": 0.15, "v3_q8_0": 0.15, "v3_q4": 1.0}.get(fmt, 1e-4)
+        assert rel < bound, (b, rel)
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
-@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "wide_threads"])
-def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
+def check_prompt_batches(binaries, model, path, tmp_path):
     """-m logits runs the ids as batches of up to 64 tokens; each position's logits are the same bits
     as when that position is the last of a shorter run (other batches, another split over threads)."""
-    model, paths = tiny[cfg]
     T = model.args.max_seq_len
     ids = torch.randint(0, model.args.vocab_size, (T,), generator=torch.Generator().manual_seed(3)).tolist()
-    for b in builds:
-        full = c_logits(b, paths[fmt], ids, tmp_path)
+    for b in binaries:
+        full = c_logits(b, path, ids, tmp_path)
         for k in (1, 5, T // 2, T - 1):
-            assert np.array_equal(c_logits(b, paths[fmt], ids[:k], tmp_path)[-1], full[k - 1]), (b, k)
+            assert np.array_equal(c_logits(b, path, ids[:k], tmp_path)[-1], full[k - 1]), (b, k)
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
-@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mqa_untied_v131", "wide_threads"])
-def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
-    model, paths = tiny[cfg]
+def check_greedy(binaries, model, path, tmp_path):
+    """Greedy generation from a text prompt prints what PyTorch's greedy ids decode to."""
     V, steps = model.args.vocab_size, model.args.max_seq_len - 1  # the last token lands at max_seq_len - 1
     # a tokenizer where token i >= 3 is " " + one CJK character: any id sequence is a text prompt
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [(" " + chr(0x4E00 + i)).encode() for i in range(3, V)]
     tok = tmp_path / "tok.bin"
     write_tokenizer(tok, pieces)
-    ref = reference_for(paths[fmt])
+    ref = reference_for(path)
     rnd = random.Random(0)
     for _ in range(20):  # a prompt the random model continues for a while before a stop token
         prompt = [rnd.randrange(3, V) for _ in range(4)]
@@ -319,10 +323,44 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
             break
     assert len(want) > 15
     text = "".join(pieces[i].decode() for i in prompt)
-    for b in builds:
-        r = run_c(b, paths[fmt], "-z", tok, "-t", 0, "-n", steps, "-i", text)
+    for b in binaries:
+        r = run_c(b, path, "-z", tok, "-t", 0, "-n", steps, "-i", text)
         assert r.stdout == decode_like_run(pieces, want), b
         assert re.search(rb"achieved tok/s: [0-9.]+", r.stderr)
+
+
+@pytest.mark.parametrize("cfg,fmt", CASES)
+def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
+    model, paths = tiny[cfg]
+    check_logits(builds, model, paths[fmt], fmt, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", slow_if_wide(["gqa_tied_v97", "wide_threads"]))
+def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
+    model, paths = tiny[cfg]
+    check_prompt_batches(builds, model, paths[fmt], tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", slow_if_wide(["gqa_tied_v97", "mqa_untied_v131", "wide_threads"]))
+def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
+    model, paths = tiny[cfg]
+    check_greedy(builds, model, paths[fmt], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg,fmt", OTHER_CASES)
+@pytest.mark.parametrize("binary", OTHER_BUILDS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="this machine runs no other kernel family (AVX2, AVX-VNNI, or NEON under qemu)"))])
+def test_other_kernel_families(builds, tiny, binary, cfg, fmt, tmp_path):
+    """The AVX2, AVX-VNNI and NEON builds (those this machine can run) on one case per weight format:
+    logits against PyTorch and the plain kernels, prompt batches, greedy generation."""
+    build(binary)
+    model, paths = tiny[cfg]
+    check_logits([PLAIN_BUILD, binary], model, paths[fmt], fmt, tmp_path)
+    check_prompt_batches([binary], model, paths[fmt], tmp_path)
+    check_greedy([binary], model, paths[fmt], tmp_path)
 
 
 @pytest.mark.parametrize("which", ["wv", "wk"])
@@ -386,8 +424,9 @@ def test_stories260K_greedy_python_equals_c(builds, stories, shared):
         assert run_c(b, stories["v0"], "-z", shared / "models" / "tok512.bin", "-t", 0, "-n", 256).stdout == text
 
 
-@pytest.mark.parametrize("binary", BUILDS)
+@pytest.mark.parametrize("binary", HOST_BUILDS + [pytest.param(b, marks=pytest.mark.slow) for b in OTHER_BUILDS])
 def test_stories260K_documented_samples(builds, stories, binary):
+    build(binary)
     # no -z: tok512.bin is found beside the checkpoint
     r = run_c(binary, stories["v0"], "-t", "1.0", "-p", "0.9", "-s", "133742")
     assert r.stdout.startswith(b"Once upon a time, there was a little boy named Timmy. Timmy loved to play with "
@@ -565,10 +604,9 @@ def test_chat_mode(builds, shared, llama_vocab_model):
         assert r.returncode != 0 and b"context" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_sanitizer_build_runs_clean(stories, shared, tiny, llama_vocab_model, tmp_path):
-    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    san = REPO / "run_sanitize"
+    san = build("run_sanitize")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     models = shared / "models"
     chat_in = b"Be brief.\nHello\nAnd again\n"

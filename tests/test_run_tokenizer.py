@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import tokenizer as T
+from conftest import build
 from export import model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
@@ -256,8 +257,7 @@ def test_bad_tokenizer_file_is_one_line(run_bin, files, name):
 
 
 def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
-    r = subprocess.run(["make", "-C", str(REPO), "run_sanitize"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    san = build("run_sanitize")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     import hf_tokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -277,7 +277,7 @@ def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
             ([tmp_path / "bl_m.bin", "-z", tmp_path / "bl.bin", "-i", "It's", "-n", 20], 0)]
     runs += [([files["tok512"][2], "-z", bad_file(files, n), "-m", "tokenize", "-i", "hi"], 1) for n in BAD_FILES]
     for args, code in runs:
-        r = subprocess.run([str(REPO / "run_sanitize"), *map(str, args)], capture_output=True, env=env, timeout=120)
+        r = subprocess.run([str(san), *map(str, args)], capture_output=True, env=env, timeout=120)
         err = r.stderr.decode(errors="replace")
         assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
         assert r.returncode == code, (args[:3], r.returncode, err[-500:])

@@ -246,7 +246,9 @@ def test_time_budget_stops_training(data_dir, tmp_path):
     assert 3.0 <= ckpt["train_seconds"] < 3.0 + 5.0 and 0 < ckpt["iter_num"] == logs[-1]["iter"]
     assert f"time budget spent: {ckpt['iter_num']} iterations" in r.stdout
     lrs = [m["lr"] for m in logs]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4  # decayed with time, to near min_lr
+    # decayed with time towards min_lr (by iterations it would still be at the peak): how near depends on
+    # when the last iteration started, which a busy machine makes early
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.3 * lrs[0], lrs
     assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, ckpt["iter_num"]]
 
 
@@ -371,7 +373,7 @@ def test_disk_full_keeps_the_last_checkpoint(data_dir, tmp_path):
 def test_second_run_overwrite_and_settings(data_dir, tmp_path):
     """A second train.py on a busy out_dir is refused in one line (they used to share one temp file and
     mix metrics.jsonl); from scratch into an out_dir holding an earlier run's ckpt.pt is refused unless
-    --overwrite=True; a bad --device or a CUDA device on a CPU build of torch is one line."""
+    --overwrite=True, unless it is the same finished run (nothing to do); a bad --device or a CUDA device on a CPU build of torch is one line."""
     out = tmp_path / "out"
     common = [*TINY, "--eval_interval=1", "--always_save_checkpoint=True", f"--data_dir={data_dir}", f"--out_dir={out}"]
     mark = tmp_path / "stalled"
@@ -389,7 +391,13 @@ def test_second_run_overwrite_and_settings(data_dir, tmp_path):
         busy.send_signal(signal.SIGKILL)
         busy.wait()
     train(*common, "--max_iters=2", "--overwrite=True", cwd=tmp_path)  # the lock died with its process
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *common, "--max_iters=2"], cwd=tmp_path,
+    # the same command again finds its run finished: nothing to do, nothing written (the first command
+    # of the README can be repeated)
+    before = (out / "ckpt.pt").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    r = train(*common, "--max_iters=2", "--device=cpu", cwd=tmp_path)
+    assert r.stdout.startswith("nothing to do: ") and r.stderr == "", r.stdout + r.stderr
+    assert ((out / "ckpt.pt").read_bytes(), (out / "metrics.jsonl").read_bytes()) == before
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *common, "--max_iters=3"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120, env=env())
     assert r.returncode == 2 and r.stderr.strip() == (
         f"train.py: error: {out / 'ckpt.pt'} holds the checkpoint of an earlier run: continue it with "
