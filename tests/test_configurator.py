@@ -78,6 +78,7 @@ def run_train(*args, cwd=REPO):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow  # processes of their own
 def test_train_cli_errors_and_presets(tmp_path):
     r = run_train("--learnig_rate=1e-3", cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == ""

@@ -420,6 +420,7 @@ def export_path():
     return export.__file__
 
 
+@pytest.mark.slow  # processes of their own
 def test_fifo_sources_do_not_hang(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -464,6 +465,7 @@ def _cli(repo, *args):
     return r.returncode, r.stdout, r.stderr
 
 
+@pytest.mark.slow  # processes of their own
 def test_cli_checkpoint_bin_and_errors(repo, tmp_path):
     import dataclasses
     m = make_model(CONFIGS["mqa_untied_vocab71"])
@@ -503,6 +505,7 @@ def test_cli_checkpoint_bin_and_errors(repo, tmp_path):
     assert rc == 0 and (tmp_path / "new" / "dir" / "m.bin").read_bytes() == (tmp_path / "a.bin").read_bytes(), err
 
 
+@pytest.mark.slow  # processes of their own
 def test_cli_refuses_nonfinite_weights_unless_asked(repo, tmp_path):
     """A diverged checkpoint exports to a file that can only give NaN logits: refused, naming the weight,
     unless --allow_nonfinite."""
@@ -562,6 +565,7 @@ def _shards(tmp_path, vocab_size, n_tokens):
     (folder / "train_0000.bin").write_bytes(head + toks.tobytes())
 
 
+@pytest.mark.slow  # processes of their own
 def test_cli_gptq_q4_from_the_checkpoints_shards(repo, tmp_path):
     import dataclasses
     m = make_model(CONFIGS["mqa_untied_vocab71"])

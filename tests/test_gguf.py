@@ -345,6 +345,7 @@ def test_malformed_files_are_one_line(good, tmp_path):
     assert not (tmp_path / "o.bin").exists()
 
 
+@pytest.mark.slow  # processes of their own
 def test_malformed_files_in_a_subprocess_with_2gb(good, tmp_path):
     """Absurd counts and lengths and a FIFO, as the command: exit 1, one line, within 2 GB."""
     path, planned, data = good

@@ -115,6 +115,7 @@ def test_import_refuses_what_it_cannot_represent(tmp_path):
         hf_import(tmp_path)
 
 
+@pytest.mark.slow  # processes of their own
 def test_cli_import_and_export(repo, tmp_path):
     import subprocess
     import sys
@@ -291,6 +292,7 @@ def test_hostile_weight_map(repo, good_dir, tmp_path):
     one_line_error(export_hf(repo, d, tmp_path / "m.bin"), "weight_map must map tensor names to file names")
 
 
+@pytest.mark.slow  # processes of their own
 def test_huge_or_garbage_pytorch_bin_is_refused_by_size(repo, good_dir, tmp_path):
     d = variant(good_dir, tmp_path, files={"model.safetensors": None})
     with open(d / "pytorch_model.bin", "wb") as f:  # sparse: 64 GB on paper, nothing on disk

@@ -116,6 +116,7 @@ def test_export_matches_sentencepiece(hf_tokenizers, name):
     assert T.Tokenizer(hf_tokenizers[f"ours_{name}"]).identity == T.Tokenizer(hf_tokenizers[f"model_{name}"]).identity
 
 
+@pytest.mark.slow  # processes of their own
 def test_to_hf_tokenizer_loads_and_pipeline_gives_sample_py_text(shared, tmp_path):
     """stories260K + tok512 through export.py --to_hf: AutoTokenizer and pipeline work, and the greedy
     text is sample.py's (and run.c's, from the .bin export.py writes with its tokenizer beside)."""

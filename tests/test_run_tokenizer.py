@@ -102,6 +102,7 @@ def test_story_ends_at_end_story_token(run_bin, files):
     assert r.stderr.decode().strip() == f"run: error: -e: '<|nope|>' is not a token of {path.parent / 'tok400.bin'}"
 
 
+@pytest.mark.slow  # processes of their own
 def test_sample_py_and_generate_end_there_too(files):
     path, end, m = planted(files)
     sample = lambda *a: subprocess.run([sys.executable, str(REPO / "sample.py"), f"--checkpoint={path}", "--temperature=0",  # noqa: E731
@@ -139,6 +140,7 @@ def test_identity_is_checked(run_bin, files, shared, tmp_path):
     assert r.stderr == b""
 
 
+@pytest.mark.slow  # processes of their own
 def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_path):
     """The README's path: export.py out/model.bin --checkpoint=out/ckpt.pt, then ./run out/model.bin."""
     import export
@@ -256,6 +258,7 @@ def test_bad_tokenizer_file_is_one_line(run_bin, files, name):
         T.read_bin(path)
 
 
+@pytest.mark.slow  # processes of their own
 def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
     san = build("run_sanitize")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")

@@ -34,6 +34,7 @@ def sample(*args, ok=True):
     return r
 
 
+@pytest.mark.slow  # processes of their own
 def test_greedy_story_stops_at_its_end(ckpt260K, shared):
     import sentencepiece
     d, model = ckpt260K
@@ -48,6 +49,7 @@ def test_greedy_story_stops_at_its_end(ckpt260K, shared):
     assert r.stdout == sp.decode(ids[1:21]) + "\n"
 
 
+@pytest.mark.slow  # processes of their own
 def test_prompt_file_samples_and_seed(ckpt260K, tmp_path):
     d, _ = ckpt260K
     prompt = tmp_path / "prompt.txt"
@@ -60,6 +62,7 @@ def test_prompt_file_samples_and_seed(ckpt260K, tmp_path):
     assert a.stdout == b.stdout and a.stdout != c.stdout and len(set(stories)) == 3
 
 
+@pytest.mark.slow  # processes of their own
 def test_diverged_checkpoint_is_one_line(ckpt260K, tmp_path):
     """A checkpoint with a NaN weight: sample.py says which checkpoint and position, in one line, exit 1."""
     d, model = ckpt260K
@@ -115,6 +118,7 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow  # processes of their own
 def test_every_reader_refuses_a_checkpoint_that_runs_code(tmp_path):
     m = tiny()
     marker = tmp_path / "pwned"

@@ -74,6 +74,7 @@ def test_no_data_says_how_to_prepare_it(tmp_path):
         assert r.returncode == 1 and want in r.stderr and (never is None or never not in r.stderr), r.stderr
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     import dataloader
     out = tmp_path / "out"
@@ -98,6 +99,7 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     assert [p[0] for p in run["val"]] == [0, 60] and run["val"][1][1] == 60 * 16 * 64 and run["val"][1][2] > 0
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_muon_and_wsd_lower_the_loss(data_dir, tmp_path):
     """AdamW with cosine is test_loss_goes_down_and_bits_per_byte; Muon with cosine trains in the DDP test."""
     out = tmp_path / "out"
@@ -140,6 +142,7 @@ def assert_same_run(a, b):
             assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_resume_is_bitwise_identical(data_dir, straight, tmp_path):
     """8 iterations straight vs 4 + resume 4."""
     common = [*RESUME, "--eval_interval=4", f"--data_dir={data_dir}"]
@@ -160,6 +163,7 @@ def test_resume_is_bitwise_identical(data_dir, straight, tmp_path):
     assert la == lb
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_ddp_two_processes_match_one(data_dir, tmp_path):
     """torchrun gloo, 2 processes x 1 micro-batch vs 1 process x 2 micro-batches, with Muon: the same
     data, the same averaged gradients; only the order of float additions differs."""
@@ -178,6 +182,7 @@ def test_ddp_two_processes_match_one(data_dir, tmp_path):
     assert la[-1] < la[0]
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_as_typed_then_ctrl_c_saves(data_dir, tmp_path):
     """The README's command, exactly as typed (data found via STORYLLAMA_DATA); Ctrl-C once it trains."""
     p = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--dim=64", "--n_layers=5", "--n_kv_heads=4"],
@@ -207,6 +212,7 @@ def test_as_typed_then_ctrl_c_saves(data_dir, tmp_path):
     assert load(tmp_path / "out")["iter_num"] == ckpt["iter_num"] + 1
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_ctrl_c_during_evaluation_stops_at_once(data_dir, tmp_path):
     """Ctrl-C in the middle of a long evaluation stops the run within seconds (it used to finish the
     evaluation first: minutes), keeps the last completed iteration's checkpoint and records no
@@ -236,6 +242,7 @@ def test_ctrl_c_during_evaluation_stops_at_once(data_dir, tmp_path):
     assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, 4]
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_time_budget_stops_training(data_dir, tmp_path):
     """A 3-second budget: training stops on time whatever max_iters says, with the learning rate at
     its floor, and the checkpoint and the log say how many iterations it got."""
@@ -252,6 +259,7 @@ def test_time_budget_stops_training(data_dir, tmp_path):
     assert [m["iter"] for m in metrics(out) if "val_loss" in m] == [0, ckpt["iter_num"]]
 
 
+@pytest.mark.slow  # a training run in a process of its own
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_dtypes(data_dir, tmp_path, dtype):
     out = tmp_path / "out"
@@ -330,6 +338,7 @@ def kill_when(proc, ready, timeout=240):
         proc.wait()
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_sigkill_anywhere_resumes_bitwise_identically(data_dir, straight, tmp_path):
     """Checkpoints every iteration; SIGKILL in the middle of a checkpoint write, between iterations and
     again mid-write, each time resumed: the run ends bitwise equal to the uninterrupted one (evaluations
@@ -354,6 +363,7 @@ def test_sigkill_anywhere_resumes_bitwise_identically(data_dir, straight, tmp_pa
     assert temps(out) == []  # the torn temp files of the killed runs were cleared
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_disk_full_keeps_the_last_checkpoint(data_dir, tmp_path):
     """A checkpoint write that fails (ENOSPC) used to print torch's 'unexpected pos' traceback and leave
     ckpt.pt.tmp filling the disk. Now: one line, the temp file removed, the old ckpt.pt intact."""
@@ -370,6 +380,7 @@ def test_disk_full_keeps_the_last_checkpoint(data_dir, tmp_path):
     assert load(out)["iter_num"] == 4
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_second_run_overwrite_and_settings(data_dir, tmp_path):
     """A second train.py on a busy out_dir is refused in one line (they used to share one temp file and
     mix metrics.jsonl); from scratch into an out_dir holding an earlier run's ckpt.pt is refused unless
@@ -411,6 +422,7 @@ def test_second_run_overwrite_and_settings(data_dir, tmp_path):
         assert words in err, err
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_divergence_stops_without_saving(data_dir, tmp_path):
     """A NaN loss (here a learning rate of 1e30 after a good start) stops the run with one line naming
     the iteration; the last good checkpoint is not overwritten with NaN weights, even with
@@ -430,6 +442,7 @@ def test_divergence_stops_without_saving(data_dir, tmp_path):
     assert (out / "ckpt.pt").read_bytes() == good and temps(out) == []
 
 
+@pytest.mark.slow  # a training run in a process of its own
 def test_bad_shard_is_refused_before_training(data_dir, tmp_path):
     """A shard holding a token id beyond the vocabulary used to kill training mid-run (IndexError)."""
     d = tmp_path / "data"
