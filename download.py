@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataloader import DataError, file_sha256
+from fileio import publish
 
 SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
                "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
@@ -153,7 +154,7 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
                             "deleted it, run again")
     if cut_after and head is not None:
         _cut_after(part, cut_after, url)
-    os.replace(part, dest)
+    publish(part, dest)
     return dest
 
 
@@ -258,7 +259,7 @@ def _copy_local(src, dest, sha256=None, head=None, cut_after=None):
         raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
     if cut_after and head is not None:
         _cut_after(part, cut_after, src)
-    os.replace(part, dest)
+    publish(part, dest)
 
 
 def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None, head=None, cut_after=None, save_as=None):

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 import tokenizer as T
+from fileio import atomic_write, regular_file
 from hf import hf_export, hf_import  # noqa: F401 (export.hf_export/hf_import: the Python API)
 from model import ModelArgs, Transformer, ffn_hidden_dim, load_checkpoint, rope_tables
 
@@ -268,20 +269,6 @@ def dequantize_q4(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
 # writers
 
 
-def _atomic_write(path, write_fn):
-    """Call write_fn(file) on a temporary file beside path, then rename it into place."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _unwrap(model):
     """The Transformer inside a torch.compile (._orig_mod) or DDP (.module) wrapper."""
     while hasattr(model, "_orig_mod") or (hasattr(model, "module") and not hasattr(model, "args")):
@@ -366,7 +353,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=Non
                 f.write(s.numpy().tobytes())
         assert f.tell() == total, (f.tell(), total)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 # -----------------------------------------------------------------------------
@@ -415,9 +402,7 @@ def _cache_problem(h: dict, size: int) -> str:
 def read_header(path) -> dict:
     """Parse and check the header of a .bin file; ValueError naming the file when it is not one."""
     path = os.fspath(path)
-    if not os.path.isfile(path):  # a FIFO would block the read, a directory is no model
-        raise ValueError(f"{path}: {'not a regular file' if os.path.exists(path) else 'no such file'}")
-    size = os.path.getsize(path)
+    size = regular_file(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
     if len(head) < 28:

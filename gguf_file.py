@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import tokenizer as T
+from fileio import atomic_write, regular_file
 
 MAGIC = b"GGUF"
 VERSION = 3
@@ -201,8 +202,6 @@ def plan(model, dtype, vocab):
 
 def write(path, planned):
     """Write a GGUF (atomically) from plan()'s result."""
-    from export import _atomic_write
-
     meta, tensors, _ = planned
     infos, offset = [], 0
     for name, ttype, ne, _ in tensors:
@@ -217,7 +216,7 @@ def write(path, planned):
             b = _encode(ttype, w)
             f.write(b + bytes(_pad(len(b)) - len(b)))
 
-    _atomic_write(path, write_fn)
+    atomic_write(path, write_fn)
 
 
 def gguf_export(model, path, dtype="fp32", vocab=None):
@@ -295,9 +294,7 @@ def read_gguf(path):
     the header, metadata and tensor infos of a GGUF, each checked against the file; the buffer is the file,
     memory-mapped. ValueError in one line naming the file when anything is wrong."""
     path = os.fspath(path)
-    if not os.path.isfile(path):  # a FIFO would block the read, a directory is no model
-        raise ValueError(f"{path}: {'not a regular file' if os.path.exists(path) else 'no such file'}")
-    size = os.path.getsize(path)
+    size = regular_file(path)
     if size < 24:
         raise ValueError(f"{path}: truncated: {size} bytes, a GGUF header needs 24")
     with open(path, "rb") as f:

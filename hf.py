@@ -19,7 +19,8 @@ import struct
 
 import torch
 
-from hf_tokenizer import MAX_JSON, _atomic_write, _regular_file, read_json, write_tokenizer
+from fileio import atomic_write, regular_file
+from hf_tokenizer import MAX_JSON, read_json, write_tokenizer
 from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
@@ -40,12 +41,12 @@ def write_safetensors(path, tensors: dict):
         blobs.append(b)
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)  # data starts 8-byte aligned
-    _atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+    atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
 
 
 def safetensors_header(path):
     """{name: (dtype, shape, start, end)} of a .safetensors file, every entry checked against the file."""
-    size = _regular_file(path, "safetensors file")
+    size = regular_file(path, "safetensors file")
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -155,7 +156,7 @@ def hf_export(model, dirpath, vocab=None):
     os.makedirs(dirpath, exist_ok=True)
     write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
     for name, obj in (("config.json", config), ("generation_config.json", generation)):
-        _atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
+        atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
     if vocab is not None:
         write_tokenizer(vocab, dirpath, a.max_seq_len)
 
@@ -250,7 +251,7 @@ def hf_import(dirpath) -> Transformer:
         held = {name: (path, entry) for path, _ in files for name, entry in safetensors_header(path).items()}
     else:  # pickled state dicts can only be bounded by their size: the fp64 model plus slack at most
         limit = 8 * n_params + (1 << 20)
-        total = sum(_regular_file(p, "weight file") for p, _ in files)
+        total = sum(regular_file(p, "weight file") for p, _ in files)
         if total > limit:
             raise ValueError(f"{dirpath}: the weight files hold {total:,} bytes, config.json's model at most {limit:,}")
         held = {}

@@ -8,36 +8,15 @@ import json
 import os
 
 import tokenizer as T
+from fileio import atomic_write, regular_file
 
 MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safetensors header are small
 MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
-def _atomic_write(path, data: bytes):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _regular_file(path, what="file"):
-    """path if it is a regular file (not a device, FIFO or directory), else ValueError."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    if not (st.st_mode & 0o170000) == 0o100000:
-        raise ValueError(f"{path}: the {what} is not a regular file")
-    return st.st_size
-
-
 def read_json(path, what="file"):
     """A JSON object from a file of at most MAX_JSON bytes, or ValueError in one line."""
-    size = _regular_file(path, what)
+    size = regular_file(path, what)
     if size > MAX_JSON:
         raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {MAX_JSON:,})")
     try:
@@ -296,8 +275,8 @@ def write_tokenizer(v, dirpath, max_len):
     for key, i in (("bos_token", v.bos), ("eos_token", v.eos), ("unk_token", v.unk)):
         if i >= 0:
             config[key] = spell[i]
-    _atomic_write(os.path.join(dirpath, "tokenizer.json"), json.dumps(tj, ensure_ascii=False).encode())
-    _atomic_write(os.path.join(dirpath, "tokenizer_config.json"), (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(os.path.join(dirpath, "tokenizer.json"), json.dumps(tj, ensure_ascii=False).encode())
+    atomic_write(os.path.join(dirpath, "tokenizer_config.json"), (json.dumps(config, indent=2) + "\n").encode())
 
 
 def derive_merges(v):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fileio import regular_file
+
 
 @dataclass
 class ModelArgs:
@@ -392,10 +394,7 @@ def read_checkpoint(path, device="cpu"):
     weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
     ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
     """
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path} not found")
-    if not os.path.isfile(path):  # a FIFO would block the read, a directory is not one
-        raise ValueError(f"checkpoint {path}: not a regular file")
+    regular_file(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)

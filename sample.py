@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from configurator import configure_or_exit
+from fileio import regular_file
 from model import load_checkpoint, use_free_cores
 import tokenizer as T
 
@@ -62,8 +63,11 @@ def load_model(path, device):
     import export
 
     try:
+        regular_file(path, "checkpoint")  # a FIFO would block the read
         with open(path, "rb") as f:
             head = f.read(2)
+    except ValueError as e:
+        die(str(e))
     except OSError as e:
         die(f"--checkpoint={path}: {e.strerror}")
     if head[:2] == b"PK" or head[:1] == b"\x80":

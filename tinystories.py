@@ -44,6 +44,7 @@ from tqdm import tqdm
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
                         pack_header, shard_dir, smallest_vocab, tokenizer_path)
 from download import MAX_BYTES, fetch
+from fileio import atomic_write, publish, regular_file
 from tokenizer import Tokenizer
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -110,8 +111,10 @@ def iter_stories(path):
     Malformed input raises DataError naming the file and the byte, or line and column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    try:
+        regular_file(path)
+    except ValueError as e:  # no such file, or not one (a directory, a FIFO)
+        raise DataError(str(e)) from None
     inner = path.name[:-len(path.suffix)] if path.suffix in (".gz", ".xz") else path.name
     if inner.endswith(".json"):
         yield from _json_stories(path)
@@ -417,15 +420,10 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
         first = str(e).strip().splitlines()[0] if str(e).strip() else "failed"
         raise DataError(f"sentencepiece could not train a {vocab_size}-token vocabulary: {first}") from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model.with_name(model.name + ".tmp")
-    tmp.write_bytes(proto.getvalue())
-    tok = Tokenizer(tmp)
-    vocab = "".join(f"{tok.sp_model.id_to_piece(i)}\t{tok.sp_model.get_score(i):g}\n"
-                    for i in range(tok.n_words))
-    vocab_tmp = model.with_name(model.stem + ".vocab.tmp")
-    vocab_tmp.write_text(vocab, encoding="utf-8")
-    os.replace(vocab_tmp, model.with_suffix(".vocab"))
-    os.replace(tmp, model)
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    atomic_write(model.with_suffix(".vocab"), vocab.encode("utf-8"))
+    atomic_write(model, proto.getvalue())  # last: a .model in place means training finished
     print(f"wrote {model} and {model.with_suffix('.vocab')}")
     return model
 
@@ -494,7 +492,7 @@ class ShardWriter:
         self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha))
         self.f.close()
         self.f = None
-        os.replace(self.tmp, self.out_dir / self.name)
+        publish(self.tmp, self.out_dir / self.name)
         self.shards[self.name] = self.counts[0]
 
     def close(self):
@@ -602,7 +600,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         shutil.rmtree(tmp_dir)
         raise DataError(f"no stories found in {', '.join(map(str, files))}")
     manifest = {"signature": signature, "shards": shards, "stats": stats, "seconds": round(seconds, 3)}
-    (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write(tmp_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -37,6 +37,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fileio import atomic_write
+
 # token types: sentencepiece's numbering, which GGUF uses too
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # where a dummy space goes in front of the text (sentencepiece's add_dummy_prefix and HF's variants)
@@ -275,13 +277,7 @@ def write_bin(v, path, legacy=False):
         out += [struct.pack("<BBfi", t, m, s, len(p)) + p for p, s, t, m in zip(v.pieces, v.scores, v.types, v.in_text)]
         out += [struct.pack("<3i", *m) for m in v.merges]
         out.append(struct.pack(f"<{len(v.classes)}I", *v.classes))
-    # temp file + rename: a crash never leaves a half-written tokenizer next to a model
-    tmp = Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(b"".join(out))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, b"".join(out))  # a crash never leaves a half-written tokenizer next to a model
     return Path(path)
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from configurator import configure_or_exit
 import dataloader
+from fileio import atomic_write, temp_path
 from model import (ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint,
                    use_free_cores)
 from tokenizer import Tokenizer
@@ -318,25 +319,18 @@ def diverged(at):
 
 
 def write_checkpoint(obj):
-    """torch.save to a temp file of this process, fsync, rename over ckpt.pt. A failed write (disk full)
-    removes the temp file and keeps the old ckpt.pt, in one line."""
-    tmp = f"{ckpt_path}.tmp{os.getpid()}"
+    """torch.save ckpt.pt atomically (a temp file of this process, fsync, rename). A failed write (disk
+    full) removes the temp file and keeps the old ckpt.pt, in one line."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt_path)
+        atomic_write(ckpt_path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         # torch reports a failed write as RuntimeError("unexpected pos ..."): the OSError is its context
         cause = next((c for c in (e, e.__context__, e.__cause__) if isinstance(c, OSError)), None)
         full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         why = "the disk is full" if full else (cause.strerror if cause is not None and cause.strerror
                                                  else str(e).strip().splitlines()[0])
         old = f"{ckpt_path} keeps iteration {saved_iter}" if saved_iter is not None else "nothing was saved"
-        die(f"cannot write checkpoint {tmp}: {why}; removed it ({old})")
+        die(f"cannot write checkpoint {temp_path(ckpt_path)}: {why}; removed it ({old})")
 
 
 def save_checkpoint():
