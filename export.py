@@ -35,7 +35,8 @@ from tqdm import tqdm
 import tokenizer as T
 from fileio import atomic_write, regular_file
 from hf import hf_export, hf_import  # noqa: F401 (export.hf_export/hf_import: the Python API)
-from model import ModelArgs, Transformer, ffn_hidden_dim, load_checkpoint, rope_tables
+from checkpoint import load_checkpoint
+from model import ModelArgs, Transformer, build, ffn_hidden_dim, rope_tables, unwrap
 
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
@@ -269,13 +270,6 @@ def dequantize_q4(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
 # writers
 
 
-def _unwrap(model):
-    """The Transformer inside a torch.compile (._orig_mod) or DDP (.module) wrapper."""
-    while hasattr(model, "_orig_mod") or (hasattr(model, "module") and not hasattr(model, "args")):
-        model = getattr(model, "_orig_mod", None) or model.module
-    return model
-
-
 def _header(model, version, dtype, group_size) -> dict:
     """The header fields for model in the given format, or ValueError when it cannot hold it."""
     args = model.args
@@ -327,7 +321,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=Non
     group_size (q8_0, q4): the largest power of two <= it that divides dim and hidden_dim.
     vocab_id (v3): the 32-byte identity of the model's vocabulary (tokenizer.identity), None: unknown.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     h = _header(model, version, dtype, group_size)
     entries, total = _layout(h)
     sd = model.state_dict()
@@ -492,16 +486,7 @@ def load_bin(path) -> Transformer:
     args = ModelArgs(dim=h["dim"], n_layers=h["n_layers"], n_heads=h["n_heads"], n_kv_heads=h["n_kv_heads"],
                      vocab_size=h["vocab_size"], hidden_dim=h["hidden_dim"], max_seq_len=h["max_seq_len"],
                      norm_eps=h["norm_eps"], rope_theta=h["rope_theta"], tie_embeddings=h["shared"])
-    return _build(args, sd)
-
-
-def _build(args: ModelArgs, sd: dict) -> Transformer:
-    model = Transformer(args)
-    with torch.no_grad():
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.eval()
+    return build(args, sd)
 
 
 # -----------------------------------------------------------------------------

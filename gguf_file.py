@@ -162,13 +162,12 @@ def _tokenizer_kvs(v):
 def plan(model, dtype, vocab):
     """What gguf_export writes: (metadata, [(name, tensor type, ne, fp32 tensor)], notes), or ValueError
     when llama.cpp could not hold the model as asked. Nothing is written; export.py checks before writing."""
-    from export import _unwrap
-    from model import ffn_hidden_dim
+    from model import ffn_hidden_dim, unwrap
 
     dtype = dtype or "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"a GGUF takes --dtype=fp32, f16 or q8_0, not {dtype}")
-    model = _unwrap(model)
+    model = unwrap(model)
     a, sd = model.args, model.state_dict()
     if vocab is None:
         raise ValueError("a GGUF needs the model's tokenizer (llama.cpp reads it from the file): pass --tokenizer=PATH")
@@ -375,8 +374,8 @@ def _get(meta, path, key, kind, default=None):
 def gguf_import(path):
     """A Llama GGUF (f32, f16 or q8_0 tensors) -> Transformer (eval, fp32: q8_0 and f16 dequantised exactly).
     Refused in one line: another architecture, tensor type, a missing, extra or misshapen tensor."""
-    from export import _build, _cache_problem, _tensor_order
-    from model import ModelArgs, check_args
+    from export import _cache_problem, _tensor_order
+    from model import ModelArgs, build, check_args
 
     meta, tensors, buf = read_gguf(path)
     arch = _get(meta, path, "general.architecture", "str")
@@ -438,7 +437,7 @@ def gguf_import(path):
         sd[ours] = w.reshape(shapes[ours])
     if tied:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, sd)
+    return build(args, sd)
 
 
 # GGUF's tokenizer models: llama (sentencepiece-style BPE merging by score) and gpt2 (byte-level BPE,

@@ -21,7 +21,7 @@ import torch
 
 from fileio import atomic_write, regular_file
 from hf_tokenizer import MAX_JSON, read_json, write_tokenizer
-from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
+from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
              "F64": (torch.float64, 8)}
@@ -122,9 +122,7 @@ def _name_map(n_layers, tied):
 def hf_export(model, dirpath, vocab=None):
     """Write model as a Hugging Face LlamaForCausalLM directory: config.json, generation_config.json,
     model.safetensors, and with a vocabulary (tokenizer.Vocab) tokenizer.json and tokenizer_config.json."""
-    from export import _unwrap
-
-    model = _unwrap(model)
+    model = unwrap(model)
     a = model.args
     n_kv = a.n_kv_heads or a.n_heads
     sd = model.state_dict()
@@ -234,7 +232,7 @@ def _weight_files(dirpath):
 def hf_import(dirpath) -> Transformer:
     """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
     Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
-    from export import _build, _tensor_order
+    from export import _tensor_order
 
     dirpath = os.fspath(dirpath)
     if not os.path.isdir(dirpath):
@@ -295,4 +293,4 @@ def hf_import(dirpath) -> Transformer:
         sd[ours] = w
     if args.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, sd)
+    return build(args, sd)

@@ -19,9 +19,10 @@ from contextlib import nullcontext
 
 import torch
 
+from checkpoint import load_checkpoint
 from configurator import configure_or_exit
 from fileio import regular_file
-from model import load_checkpoint, use_free_cores
+from machine import use_free_cores
 import tokenizer as T
 
 defaults = dict(

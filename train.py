@@ -34,11 +34,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from checkpoint import check_shapes, load_weights, read_checkpoint
 from configurator import configure_or_exit
 import dataloader
 from fileio import atomic_write, temp_path
-from model import (ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint,
-                   use_free_cores)
+from machine import peak_flops, use_free_cores
+from model import ModelArgs, Transformer, check_args
 from tokenizer import Tokenizer
 
 try:

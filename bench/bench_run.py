@@ -260,7 +260,7 @@ def checkpoint_models(ckpt_path):
     model it was trained with (dataloader.py's rule, as sample.py finds it)."""
     import dataloader
     import export
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     model, ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt.get("config") or {}
     tok = dataloader.tokenizer_path(model.args.vocab_size, cfg.get("vocab_source", "custom"), cfg.get("data_dir"))
