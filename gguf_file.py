@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 import tokenizer as T
+from binfile import cache_problem, tensor_order
 from fileio import atomic_write, regular_file
+from model import ModelArgs, build, check_args, ffn_hidden_dim, unwrap
 
 MAGIC = b"GGUF"
 VERSION = 3
@@ -162,8 +164,6 @@ def _tokenizer_kvs(v):
 def plan(model, dtype, vocab):
     """What gguf_export writes: (metadata, [(name, tensor type, ne, fp32 tensor)], notes), or ValueError
     when llama.cpp could not hold the model as asked. Nothing is written; export.py checks before writing."""
-    from model import ffn_hidden_dim, unwrap
-
     dtype = dtype or "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"a GGUF takes --dtype=fp32, f16 or q8_0, not {dtype}")
@@ -374,9 +374,6 @@ def _get(meta, path, key, kind, default=None):
 def gguf_import(path):
     """A Llama GGUF (f32, f16 or q8_0 tensors) -> Transformer (eval, fp32: q8_0 and f16 dequantised exactly).
     Refused in one line: another architecture, tensor type, a missing, extra or misshapen tensor."""
-    from export import _cache_problem, _tensor_order
-    from model import ModelArgs, build, check_args
-
     meta, tensors, buf = read_gguf(path)
     arch = _get(meta, path, "general.architecture", "str")
     if arch != "llama":
@@ -410,13 +407,13 @@ def gguf_import(path):
         raise ValueError(f"{path}: {e}") from None
     h = dict(version=1, dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
              vocab_size=vocab_size, max_seq_len=ctx, shared=tied)
-    if _cache_problem(h, os.path.getsize(path)):
-        raise ValueError(f"{path}: context_length={ctx}: {_cache_problem(h, os.path.getsize(path))}")
+    if cache_problem(h, os.path.getsize(path)):
+        raise ValueError(f"{path}: context_length={ctx}: {cache_problem(h, os.path.getsize(path))}")
     names = _names(n_layers, tied)
     extra = sorted(set(tensors) - set(names.values()))
     if extra:
         raise ValueError(f"{path}: tensor {extra[0]} is not part of a plain Llama (not supported)")
-    shapes = dict(_tensor_order(h))
+    shapes = dict(tensor_order(h))
     sd = {}
     for ours, theirs in names.items():
         if theirs not in tensors:

@@ -19,6 +19,7 @@ import struct
 
 import torch
 
+from binfile import tensor_order
 from fileio import atomic_write, regular_file
 from hf_tokenizer import MAX_JSON, read_json, write_tokenizer
 from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap
@@ -232,8 +233,6 @@ def _weight_files(dirpath):
 def hf_import(dirpath) -> Transformer:
     """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
     Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
-    from export import _tensor_order
-
     dirpath = os.fspath(dirpath)
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
@@ -267,7 +266,7 @@ def hf_import(dirpath) -> Transformer:
                          f"{len(held)} tensors")
     h = dict(version=1, dim=a.dim, hidden_dim=a.hidden_dim, n_layers=a.n_layers, n_heads=a.n_heads,
              n_kv_heads=a.n_kv_heads, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len, shared=a.tie_embeddings)
-    shapes = dict(_tensor_order(h))
+    shapes = dict(tensor_order(h))
     names = _name_map(a.n_layers, a.tie_embeddings)
     want = {theirs: shapes[ours] for ours, theirs in names.items()}
     sd = {}

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
+from binfile import load_bin, read_header
 from checkpoint import load_checkpoint
 from configurator import configure_or_exit
 from fileio import regular_file
@@ -61,8 +62,6 @@ def find_tokenizer(model, train_config):
 def load_model(path, device):
     """(model, vocabulary identity or None, train config, default tokenizer path) of a train.py checkpoint
     or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file)."""
-    import export
-
     try:
         regular_file(path, "checkpoint")  # a FIFO would block the read
         with open(path, "rb") as f:
@@ -80,7 +79,7 @@ def load_model(path, device):
         train_config = ckpt.get("config") or {}
         return model, bytes.fromhex(ident) if isinstance(ident, str) else None, train_config, None
     try:
-        model, h = export.load_bin(path), export.read_header(path)
+        model, h = load_bin(path), read_header(path)
     except (ValueError, OSError) as e:
         die(f"{path} is neither a train.py checkpoint (a zip or pickle file) nor a run.c .bin model ({e})")
     found = next((str(p) for p in T.beside(path, model.args.vocab_size) if p.is_file()), None)

@@ -18,7 +18,7 @@ import torch
 
 import gguf_file as G
 import tokenizer as T
-from export import load_bin, model_export
+from binfile import load_bin, model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tokenizer as T
-from export import model_export
+from binfile import model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 

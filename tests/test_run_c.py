@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD
-from export import load_bin, model_export, read_header
+from binfile import load_bin, model_export, read_header
 from model import ModelArgs, Transformer
 from prompts import prompts
 

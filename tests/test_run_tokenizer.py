@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tokenizer as T
-from export import model_export
+from binfile import model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 
@@ -140,11 +140,11 @@ def test_identity_is_checked(run_bin, files, shared, tmp_path):
 
 def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_path):
     """The README's path: export.py out/model.bin --checkpoint=out/ckpt.pt, then ./run out/model.bin."""
-    import export
+    import binfile
     d = tmp_path / "data"
     d.mkdir()
     shutil.copy(shared / "models" / "tok512.model", d / "tok512.model")
-    model = export.load_bin(shared / "models" / "stories260K.bin")
+    model = binfile.load_bin(shared / "models" / "stories260K.bin")
     ident = T.Tokenizer(d / "tok512.model").identity
     ckpt = {"model": model.state_dict(), "model_args": asdict(model.args), "iter_num": 0, "best_val_loss": 0.0,
             "config": {"vocab_source": "custom", "vocab_size": 512, "data_dir": str(d)}, "vocab_identity": ident.hex()}
@@ -156,7 +156,7 @@ def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_pa
     r = exp(out / "model.bin", f"--checkpoint={out / 'ckpt.pt'}")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and (out / "tok512.bin").read_bytes()[64:96] == ident
-    assert export.read_header(out / "model.bin")["vocab_id"] == ident
+    assert binfile.read_header(out / "model.bin")["vocab_id"] == ident
     story = run(run_bin, out / "model.bin", "-t", "0", "-n", 60, cwd=tmp_path).stdout  # no -z
     assert story.startswith(b"Once upon a time, there was a little girl named Lily.")
     r = subprocess.run([sys.executable, str(REPO / "sample.py"), f"--checkpoint={out / 'model.bin'}", "--temperature=0",
