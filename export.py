@@ -31,6 +31,7 @@ from checkpoint import load_checkpoint
 from configurator import closest
 from hf import hf_export, hf_import
 from model import ffn_hidden_dim
+import vocab as V
 
 
 def check_finite(model, source):
@@ -100,9 +101,9 @@ def model_tokenizer(a, model, model_id, train_config, note):
         # Hugging Face models often have more embedding rows than tokens: the rest are unused tokens
         v = tok.vocab
         pad = n - len(v)
-        v.pieces, v.scores, v.types, v.in_text = v.pieces + [b""] * pad, v.scores + [0.0] * pad, v.types + [T.UNUSED] * pad, \
+        v.pieces, v.scores, v.types, v.in_text = v.pieces + [b""] * pad, v.scores + [0.0] * pad, v.types + [V.UNUSED] * pad, \
             v.in_text + [False] * pad
-        tok.n_words, tok.identity = n, T.identity(v)
+        tok.n_words, tok.identity = n, V.identity(v)
     if tok.n_words != n:
         raise ValueError(f"tokenizer {path} has {tok.n_words} tokens, the model {n}")
     if model_id and tok.identity and model_id != tok.identity:
@@ -119,10 +120,10 @@ def tokenizer_beside(out, tok):
         return None  # the model's tokenizer already sits there
     if dest.exists():
         try:
-            old = T.read_bin(dest)
+            old = V.read_bin(dest)
         except (OSError, ValueError):
             old = None
-        if old is None or not old.checkable or T.identity(old) != tok.identity:
+        if old is None or not old.checkable or V.identity(old) != tok.identity:
             raise ValueError(f"{dest} exists and holds another tokenizer: remove it, or export to another folder")
     return dest
 
@@ -197,7 +198,7 @@ def main(argv=None):
             model_export(rounded, a.out, a.version, a.dtype, a.group_size, vocab_id)
             print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
             if dest:
-                T.write_bin(tok.vocab, dest)
+                V.write_bin(tok.vocab, dest)
                 print(f"wrote {dest} (its tokenizer, from {tok.path})")
         if a.to_hf:
             hf_export(model, a.to_hf, tok.vocab if tok else None)
