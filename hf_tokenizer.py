@@ -80,6 +80,31 @@ def read_tokenizer(path):
 
 
 def _parse_tokenizer(t, folder):
+    """A tokenizer.json object (t) -> Vocab, reading the special tokens' names from folder's configs."""
+    model, vocab, merges, added = _bpe_model(t)
+    flags, prefix = _flavour(t, model)
+    pieces, types, in_text = _tokens(vocab, added, flags, prefix)
+    n, ids = len(pieces), {}
+    for s, i in vocab.items():
+        ids.setdefault(s, i)
+    for a in added:
+        ids.setdefault(a["content"], a["id"])
+    scores = [0.0] * n
+    ranked = _ranked_merges(merges, vocab, scores)
+    bos, eos, unk = _specials(model, folder, ids, n)
+    if unk >= 0:
+        types[unk] = V.UNKNOWN
+    bos_first = _template_bos(t, pieces)
+    if bos_first is not None:
+        bos, flags = bos_first, flags | V.ADD_BOS
+    classes = list(V.split_classes()) if flags & V.BYTE_LEVEL else []
+    v = V.Vocab(pieces, scores, types, in_text, bos, eos, unk, V.find_end(pieces, types), prefix, flags, ranked, classes)
+    V.check(v, "tokenizer.json")
+    return v
+
+
+def _bpe_model(t):
+    """(model, vocab {token: id}, merges, added_tokens) of a tokenizer.json, checked to be a BPE we encode."""
     model = t.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else model
@@ -100,8 +125,11 @@ def _parse_tokenizer(t, folder):
     if not isinstance(added, list) or not all(isinstance(a, dict) and isinstance(a.get("content"), str) and
                                               type(a.get("id")) is int and 0 <= a["id"] < MAX_ID for a in added):
         raise ValueError("added_tokens must be a list of {id, content, ...}")
+    return model, vocab, merges, added
 
-    # the flavour, from the normalizer and pre-tokenizer
+
+def _flavour(t, model):
+    """(flags, prefix) from the normalizer, the pre-tokenizer and the BPE model's options."""
     norm, pre = _parts(t.get("normalizer"), "normalizer"), _parts(t.get("pre_tokenizer"), "pre_tokenizer")
     flags, prefix = 0, V.PREFIX_NONE
     if len(pre) == 1 and pre[0].get("type") == "ByteLevel" and not norm:
@@ -129,16 +157,20 @@ def _parse_tokenizer(t, folder):
     else:
         raise ValueError(f"normalizer {[s.get('type') for s in norm]} with pre_tokenizer {[s.get('type') for s in pre]} "
                          "is not supported (Llama's: a U+2581 Metaspace or Prepend/Replace normalizer; GPT-2's: ByteLevel)")
-    byte_level = bool(flags & V.BYTE_LEVEL)
     if model.get("byte_fallback"):
-        if byte_level:
+        if flags & V.BYTE_LEVEL:
             raise ValueError("byte_fallback with a ByteLevel pre_tokenizer is not supported")
         flags |= V.BYTE_FALLBACK
     flags |= (V.FUSE_UNK if model.get("fuse_unk") else 0) | (V.IGNORE_MERGES if model.get("ignore_merges") else 0)
+    return flags, prefix
 
-    # the tokens: added tokens (special: control, else user-defined), then the model's vocabulary
+
+def _tokens(vocab, added, flags, prefix):
+    """(pieces, types, in_text) of every id: the model's vocabulary, then the added tokens over it
+    (special ones control, the others user-defined); ids neither names are unused."""
     n = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
-    pieces, types, scores, in_text = [b""] * n, [V.UNUSED] * n, [0.0] * n, [False] * n
+    pieces, types, in_text = [b""] * n, [V.UNUSED] * n, [False] * n
+    byte_level = bool(flags & V.BYTE_LEVEL)
     alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}
     for s, i in vocab.items():
         if byte_level and all(c in alphabet for c in s):
@@ -157,11 +189,12 @@ def _parse_tokenizer(t, folder):
         i, text = a["id"], a["content"].encode("utf-8")
         kind = V.BYTE if flags & V.BYTE_FALLBACK and V.byte_value(text) >= 0 else V.CONTROL if a.get("special") else V.USER_DEFINED
         pieces[i], types[i], in_text[i] = text, kind, True  # HF reads every added token out of the text
-    ids = {}
-    for s, i in vocab.items():
-        ids.setdefault(s, i)
-    for a in added:
-        ids.setdefault(a["content"], a["id"])
+    return pieces, types, in_text
+
+
+def _ranked_merges(merges, vocab, scores):
+    """[(left, right, result)] ids in rank order; each result's score becomes -1 - rank (sentencepiece-style
+    priority, for writers that merge by score) unless it has one."""
     ranked = []
     for r, m in enumerate(merges):
         pair = m.split(" ") if isinstance(m, str) else m
@@ -172,9 +205,13 @@ def _parse_tokenizer(t, folder):
             raise ValueError(f"merge {r} ({a!r} {b!r}) names a token the vocabulary lacks")
         ranked.append((vocab[a], vocab[b], vocab[a + b]))
         if scores[vocab[a + b]] == 0.0:
-            scores[vocab[a + b]] = -1.0 - r  # sentencepiece-style priority, for writers that merge by score
+            scores[vocab[a + b]] = -1.0 - r
+    return ranked
 
-    # BOS, EOS, unknown: tokenizer_config.json / special_tokens_map.json, then config.json's ids
+
+def _specials(model, folder, ids, n):
+    """(bos, eos, unk) ids, -1 for none: tokenizer_config.json / special_tokens_map.json name them, else
+    config.json's ids; the model's own unk_token first."""
     cfg = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if os.path.exists(os.path.join(folder, name)):
@@ -195,10 +232,13 @@ def _parse_tokenizer(t, folder):
     unk = ids.get(model["unk_token"], -1) if isinstance(model.get("unk_token"), str) else special("unk")
     if isinstance(model.get("unk_token"), str) and unk < 0:
         raise ValueError(f"model.unk_token {model['unk_token']!r} is not in the vocabulary")
-    if unk >= 0:
-        types[unk] = V.UNKNOWN
+    return bos, eos, unk
 
-    # the post-processor: nothing, or a template that puts one special token (BOS) before the text
+
+def _template_bos(t, pieces):
+    """The BOS id the post-processor puts before the text, or None: it must be nothing, or a template of
+    one special token (of the vocabulary) and the text."""
+    bos, n = None, len(pieces)
     for step in _parts(t.get("post_processor"), "post_processor"):
         kind = step.get("type")
         if kind == "ByteLevel":
@@ -222,13 +262,9 @@ def _parse_tokenizer(t, folder):
         shape = ["S" if "SpecialToken" in i else "A" if "Sequence" in i else "?" for i in single]
         if shape == ["S", "A"]:
             bos = table[single[0]["SpecialToken"]["id"]]["ids"][0]
-            flags |= V.ADD_BOS
         elif shape != ["A"]:
             raise ValueError(f"template {shape} is not supported (only a BOS before the text, or nothing)")
-    classes = list(V.split_classes()) if byte_level else []
-    v = V.Vocab(pieces, scores, types, in_text, bos, eos, unk, V.find_end(pieces, types), prefix, flags, ranked, classes)
-    V.check(v, "tokenizer.json")
-    return v
+    return bos
 
 
 def write_tokenizer(v, dirpath, max_len):
