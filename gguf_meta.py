@@ -293,53 +293,9 @@ def read_vocab(path):
     if not llama and pre != GPT2_SPLIT:
         raise ValueError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (byte-level BPE with GPT-2's split "
                          f"only: {GPT2_SPLIT!r})")
-
-    def array(key, elems, required=False):
-        if key not in meta:
-            if required:
-                raise ValueError(f"{path}: metadata key {key} missing")
-            return None
-        vtype, value, elem = meta[key]
-        if vtype != ARRAY or elem not in elems:
-            raise ValueError(f"{path}: metadata key {key} is not an array of the expected type")
-        return value
-
-    tokens = array("tokenizer.ggml.tokens", (STRING,), True)
+    tokens, pieces, types, scores = _token_table(meta, path, llama)
     n = len(tokens)
-    if not 0 < n < MAX_DIM:
-        raise ValueError(f"{path}: {n} tokens")
-    types = array("tokenizer.ggml.token_type", (I32,))
-    scores = array("tokenizer.ggml.scores", (F32, I32))
-    for key, a in (("token_type", types), ("scores", scores)):
-        if a is not None and len(a) < n:
-            raise ValueError(f"{path}: tokenizer.ggml.{key} has {len(a)} entries for {n} tokens")
-    types = [V.NORMAL] * n if types is None else [int(t) for t in types[:n]]
-    bad = next((i for i, t in enumerate(types) if not V.NORMAL <= t <= V.BYTE), None)
-    if bad is not None:
-        raise ValueError(f"{path}: token {bad} has type {types[bad]} (expected 1 to 6)")
-    scores = [0.0] * n if scores is None else [float(s) for s in scores[:n]]
-    alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}
-    pieces = []
-    for i, (s, t) in enumerate(zip(tokens, types)):
-        if llama:
-            pieces.append(s.replace("\u2581", " ").encode("utf-8"))
-        elif t == V.NORMAL:
-            if not all(c in alphabet for c in s):
-                raise ValueError(f"{path}: token {i} ({s!r}) is a normal byte-level token not spelled in GPT-2's alphabet")
-            pieces.append(bytes(alphabet[c] for c in s))
-        else:
-            pieces.append(s.encode("utf-8"))
-    ids = {}
-    for i, s in enumerate(tokens):
-        ids.setdefault(s, i)
-    merges = []
-    if not llama:
-        for r, m in enumerate(array("tokenizer.ggml.merges", (STRING,), True)):
-            cut = m.find(" ", 1)
-            a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
-            if a not in ids or b not in ids or a + b not in ids:
-                raise ValueError(f"{path}: merge {r} ({m!r}) names a token the vocabulary lacks")
-            merges.append((ids[a], ids[b], ids[a + b]))
+    merges = [] if llama else _merges(meta, path, tokens)
 
     def special(key, default):
         i = meta_value(meta, path, f"tokenizer.ggml.{key}_token_id", "int", default if llama and default < n else -1)
@@ -364,3 +320,61 @@ def read_vocab(path):
                 list(V.split_classes()) if not llama else [])
     V.check(v, path)
     return v
+
+
+def _array(meta, path, key, elems, required=False):
+    """The array value of key (None when absent and not required), its elements of one of the types elems."""
+    if key not in meta:
+        if required:
+            raise ValueError(f"{path}: metadata key {key} missing")
+        return None
+    vtype, value, elem = meta[key]
+    if vtype != ARRAY or elem not in elems:
+        raise ValueError(f"{path}: metadata key {key} is not an array of the expected type")
+    return value
+
+
+def _token_table(meta, path, llama):
+    """(token strings, pieces, types, scores): the tokens as the metadata spells them (U+2581 for spaces,
+    or GPT-2's alphabet for gpt2's normal tokens) and as vocab.Vocab holds them."""
+    tokens = _array(meta, path, "tokenizer.ggml.tokens", (STRING,), True)
+    n = len(tokens)
+    if not 0 < n < MAX_DIM:
+        raise ValueError(f"{path}: {n} tokens")
+    types = _array(meta, path, "tokenizer.ggml.token_type", (I32,))
+    scores = _array(meta, path, "tokenizer.ggml.scores", (F32, I32))
+    for key, a in (("token_type", types), ("scores", scores)):
+        if a is not None and len(a) < n:
+            raise ValueError(f"{path}: tokenizer.ggml.{key} has {len(a)} entries for {n} tokens")
+    types = [V.NORMAL] * n if types is None else [int(t) for t in types[:n]]
+    bad = next((i for i, t in enumerate(types) if not V.NORMAL <= t <= V.BYTE), None)
+    if bad is not None:
+        raise ValueError(f"{path}: token {bad} has type {types[bad]} (expected 1 to 6)")
+    scores = [0.0] * n if scores is None else [float(s) for s in scores[:n]]
+    alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}
+    pieces = []
+    for i, (s, t) in enumerate(zip(tokens, types)):
+        if llama:
+            pieces.append(s.replace("\u2581", " ").encode("utf-8"))
+        elif t == V.NORMAL:
+            if not all(c in alphabet for c in s):
+                raise ValueError(f"{path}: token {i} ({s!r}) is a normal byte-level token not spelled in GPT-2's alphabet")
+            pieces.append(bytes(alphabet[c] for c in s))
+        else:
+            pieces.append(s.encode("utf-8"))
+    return tokens, pieces, types, scores
+
+
+def _merges(meta, path, tokens):
+    """gpt2's ranked merges [(left, right, result)] from their "left right" strings."""
+    ids = {}
+    for i, s in enumerate(tokens):
+        ids.setdefault(s, i)
+    merges = []
+    for r, m in enumerate(_array(meta, path, "tokenizer.ggml.merges", (STRING,), True)):
+        cut = m.find(" ", 1)
+        a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
+        if a not in ids or b not in ids or a + b not in ids:
+            raise ValueError(f"{path}: merge {r} ({m!r}) names a token the vocabulary lacks")
+        merges.append((ids[a], ids[b], ids[a + b]))
+    return merges
