@@ -128,7 +128,8 @@ def tokenizer_beside(out, tok):
     return dest
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The command line, checked: one line on stderr and exit status 1 for anything it cannot do."""
     p = argparse.ArgumentParser(description="Export models to .bin (v0..v3), a Hugging Face directory or a GGUF.")
     p.add_argument("out", nargs="?", help="output .bin file (its run.c tokenizer is written beside it)")
     src = p.add_mutually_exclusive_group()
@@ -162,19 +163,45 @@ def main(argv=None):
                 "calibrate it) and a v3 OUT.bin of --dtype=q4")
     if a.out and a.dtype == "f16":
         p.error("--dtype=f16 is for --to_gguf: a .bin takes fp32, bf16, q8_0 or q4")
+    return a
+
+
+def load_source(a):
+    """(model, its vocabulary identity or None, the checkpoint's training config or {}) of the source."""
+    if a.checkpoint:
+        model, ckpt = load_checkpoint(a.checkpoint)
+        model_id = bytes.fromhex(ckpt["vocab_identity"]) if isinstance(ckpt.get("vocab_identity"), str) else None
+        return model, model_id, ckpt.get("config") or {}
+    if a.bin:
+        return load_bin(a.bin), read_header(a.bin)["vocab_id"], {}
+    if a.gguf:
+        return gguf_file.gguf_import(a.gguf), None, {}
+    return hf_import(a.hf), None, {}
+
+
+def write_out_bin(a, model, tok, vocab_id, train_config):
+    """OUT.bin (rounded by GPTQ on a copy when asked: --to_hf/--to_gguf still get the source's own weights)
+    and the model's run.c tokenizer beside it."""
+    if os.path.dirname(a.out):
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    dest = tokenizer_beside(a.out, tok) if tok else None
+    rounded = model
+    if a.gptq:
+        rounded = copy.deepcopy(model)
+        gs = pick_group_size(a.group_size, model.args.dim, ffn_hidden_dim(model.args))
+        seqs = calibration_tokens(train_config, model.args.vocab_size, a.gptq, model.args.max_seq_len)
+        gptq_model(rounded, seqs, gs)
+    model_export(rounded, a.out, a.version, a.dtype, a.group_size, vocab_id)
+    print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
+    if dest:
+        V.write_bin(tok.vocab, dest)
+        print(f"wrote {dest} (its tokenizer, from {tok.path})")
+
+
+def main(argv=None):
+    a = parse_args(argv)
     try:
-        model_id, train_config = None, {}
-        if a.checkpoint:
-            model, ckpt = load_checkpoint(a.checkpoint)
-            model_id = bytes.fromhex(ckpt["vocab_identity"]) if isinstance(ckpt.get("vocab_identity"), str) else None
-            train_config = ckpt.get("config") or {}
-            del ckpt
-        elif a.bin:
-            model, model_id = load_bin(a.bin), read_header(a.bin)["vocab_id"]
-        elif a.gguf:
-            model = gguf_file.gguf_import(a.gguf)
-        else:
-            model = hf_import(a.hf)
+        model, model_id, train_config = load_source(a)
         if not a.allow_nonfinite:
             check_finite(model, a.checkpoint or a.bin or a.hf or a.gguf)
         notes = []  # said after the outputs are written: an error stays the only line
@@ -186,20 +213,7 @@ def main(argv=None):
                                  f"({notes.pop().removeprefix('no tokenizer written: ')})")
             gguf_plan = gguf_file.plan(model, a.dtype, tok.vocab)
         if a.out:
-            if os.path.dirname(a.out):
-                os.makedirs(os.path.dirname(a.out), exist_ok=True)
-            dest = tokenizer_beside(a.out, tok) if tok else None
-            rounded = model
-            if a.gptq:  # on a copy: --to_hf/--to_gguf still get the checkpoint's own weights
-                rounded = copy.deepcopy(model)
-                gs = pick_group_size(a.group_size, model.args.dim, ffn_hidden_dim(model.args))
-                seqs = calibration_tokens(train_config, model.args.vocab_size, a.gptq, model.args.max_seq_len)
-                gptq_model(rounded, seqs, gs)
-            model_export(rounded, a.out, a.version, a.dtype, a.group_size, vocab_id)
-            print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
-            if dest:
-                V.write_bin(tok.vocab, dest)
-                print(f"wrote {dest} (its tokenizer, from {tok.path})")
+            write_out_bin(a, model, tok, vocab_id, train_config)
         if a.to_hf:
             hf_export(model, a.to_hf, tok.vocab if tok else None)
             print(f"wrote {a.to_hf}/config.json, model.safetensors" + (" and the tokenizer" if tok else ""))
