@@ -538,13 +538,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
         "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
     }
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        manifest = None
-    if manifest and manifest.get("signature") == signature and all(
-            (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
-            for name, n in manifest["shards"].items()):
+    if _up_to_date(out, signature):
         print(f"nothing to do: {out} is up to date with these inputs and {model.name}")
         return out
 
@@ -560,36 +554,8 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
             writers[split].add(tokens, n_stories, n_bytes)
             stats[split] = [a + b for a, b in zip(stats[split], (len(tokens), n_stories, n_bytes))]
 
-    def progress():
-        return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
-                    unit_divisor=1024, desc="pretokenize")
-
     try:
-        if workers == 1:
-            _init_worker(str(model))
-            with progress() as bar:
-                for chunk in _batched(iter_split(files, bar), chunk_stories):
-                    write(_encode_chunk(chunk))
-        else:
-            # fork: workers start at once and need no importable __main__ (spawn fails for stdin
-            # scripts); a ProcessPoolExecutor, unlike multiprocessing.Pool, raises instead of
-            # hanging when a worker dies
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(str(model),)) as pool:
-                pool.submit(int).result()  # forks every worker now, before tqdm starts its thread
-                pending = deque()  # bounded, in input order: memory stays flat, output stays ordered
-                try:
-                    with progress() as bar:
-                        for chunk in _batched(iter_split(files, bar), chunk_stories):
-                            pending.append(pool.submit(_encode_chunk, chunk))
-                            if len(pending) >= 2 * workers:
-                                write(pending.popleft().result())
-                        while pending:
-                            write(pending.popleft().result())
-                except BrokenProcessPool:
-                    raise DataError("a pretokenize worker process died (out of memory?); "
-                                    "try fewer --workers") from None
+        _encode_files(files, model, workers, chunk_stories, write)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # the previous shards stay as they were
         raise
@@ -601,12 +567,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         raise DataError(f"no stories found in {', '.join(map(str, files))}")
     manifest = {"signature": signature, "shards": shards, "stats": stats, "seconds": round(seconds, 3)}
     atomic_write(tmp_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp_dir, out)
-    shutil.rmtree(old, ignore_errors=True)
+    _replace_dir(tmp_dir, out)
     for split in ("train", "val"):
         t, s, b = stats[split]
         print(f"{split}: {s:,} stories, {t:,} tokens, {b / max(t, 1):.2f} bytes/token")
@@ -618,10 +579,65 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     return out
 
 
+def _up_to_date(out, signature):
+    """Whether out holds the shards of a run with this signature (same tokenizer, inputs and settings),
+    every one of them whole."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(manifest) and manifest.get("signature") == signature and all(
+        (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
+        for name, n in manifest["shards"].items())
+
+
+def _encode_files(files, model, workers, chunk_stories, write):
+    """Encode the stories of files with the sentencepiece model, chunk_stories at a time on `workers`
+    processes, and hand each chunk's result to write in input order."""
+    def progress():
+        return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
+                    unit_divisor=1024, desc="pretokenize")
+
+    if workers == 1:
+        _init_worker(str(model))
+        with progress() as bar:
+            for chunk in _batched(iter_split(files, bar), chunk_stories):
+                write(_encode_chunk(chunk))
+        return
+    # fork: workers start at once and need no importable __main__ (spawn fails for stdin scripts); a
+    # ProcessPoolExecutor, unlike multiprocessing.Pool, raises instead of hanging when a worker dies
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(model),)) as pool:
+        pool.submit(int).result()  # forks every worker now, before tqdm starts its thread
+        pending = deque()  # bounded, in input order: memory stays flat, output stays ordered
+        try:
+            with progress() as bar:
+                for chunk in _batched(iter_split(files, bar), chunk_stories):
+                    pending.append(pool.submit(_encode_chunk, chunk))
+                    if len(pending) >= 2 * workers:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+        except BrokenProcessPool:
+            raise DataError("a pretokenize worker process died (out of memory?); try fewer --workers") from None
+
+
+def _replace_dir(tmp_dir, out):
+    """Put the finished folder tmp_dir in out's place: two renames (a folder cannot be renamed over one
+    that holds files), the old folder kept aside until the new one is in place, then removed."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp_dir, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 # -----------------------------------------------------------------------------
 # command line
 
-def main(argv=None):
+def make_parser():
+    """The command line: one subcommand per data step."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -676,8 +692,11 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="sentencepiece model to use instead")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard_tokens", type=int, default=1 << 26, help="tokens per shard file (about)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)
