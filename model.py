@@ -1,7 +1,7 @@
 """The Llama model in one file: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
 
 Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code and llama2.c, so
-that export.py can write llama2.c's .bin files and run.c can run them.
+that binfile.py can write llama2.c's .bin files and run.c can run them.
 """
 import math
 from dataclasses import dataclass

@@ -22,6 +22,7 @@ import torch
 from binfile import load_bin, read_header
 from checkpoint import load_checkpoint
 from configurator import configure_or_exit
+import dataloader
 from fileio import regular_file
 from machine import use_free_cores
 import tokenizer as T
@@ -50,8 +51,6 @@ def die(msg):
 
 def find_tokenizer(model, train_config):
     """The checkpoint's own tokenizer, by dataloader.py's vocabulary rule."""
-    import dataloader
-
     source = train_config.get("vocab_source", "custom")  # train.py's default
     try:
         return str(dataloader.tokenizer_path(model.args.vocab_size, source, train_config.get("data_dir")))
