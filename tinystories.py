@@ -246,6 +246,17 @@ def input_files(data_dir, dataset="v1", inputs=None):
 # -----------------------------------------------------------------------------
 # download
 
+def _replace_dir(tmp_dir, out):
+    """Put the finished folder tmp_dir in out's place: two renames (a folder cannot be renamed over one
+    that holds files), the old folder kept aside until the new one is in place, then removed."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp_dir, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def extract_v1(archive, data_dir):
     """Unpack the all_data shards into data_dir/TinyStories_all_data, via a temp folder + rename."""
     final = data_dir / V1_DIR
@@ -259,7 +270,7 @@ def extract_v1(archive, data_dir):
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{archive}: cannot extract: {e}; delete it and download again") from None
-    os.replace(tmp, final)
+    _replace_dir(tmp, final)
 
 
 def download(dataset="v1", data_dir=None, source=None, retries=3, max_mb=None):
@@ -620,17 +631,6 @@ def _encode_files(files, model, workers, chunk_stories, write):
                     write(pending.popleft().result())
         except BrokenProcessPool:
             raise DataError("a pretokenize worker process died (out of memory?); try fewer --workers") from None
-
-
-def _replace_dir(tmp_dir, out):
-    """Put the finished folder tmp_dir in out's place: two renames (a folder cannot be renamed over one
-    that holds files), the old folder kept aside until the new one is in place, then removed."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp_dir, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------
