@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fileio import regular_file
+
 REPO = Path(__file__).resolve().parent
 LLAMA2_VOCAB = 32000  # tokens in Meta's Llama 2 vocabulary
 HEADER_SIZE = 256
@@ -123,12 +125,13 @@ def read_header(path):
     """The header of a shard as a dict; DataError when it is not a complete storyllama shard or a
     field is one no pretokenize run writes (everything the batches and bits per byte rely on)."""
     path = Path(path)
-    if not path.is_file():  # a directory named like a shard; a FIFO would block the read
-        raise DataError(f"{path}: not a regular file, expected a token shard; re-run pretokenize")
+    try:
+        size = regular_file(path)  # a directory named like a shard; a FIFO would block the read
+    except ValueError as e:
+        raise DataError(f"{e}, expected a token shard; re-run pretokenize") from None
     try:
         with open(path, "rb") as f:
             raw = f.read(HEADER_SIZE)
-        size = path.stat().st_size
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataloader import DataError, file_sha256
+from fileio import publish
 
 SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
                "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
@@ -74,70 +75,7 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    failures, t_end = 0, time.monotonic() + deadline
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        if head is not None and have >= head:  # a run stopped between the last byte and the rename
-            if have > head:
-                part.unlink()
-                continue
-            total = sha = None
-            break
-        request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
-        if have or head is not None:
-            request.add_header("Range", f"bytes={have}-{'' if head is None else head - 1}")
-        redirects = _RecordRedirects()
-        try:
-            resp = urllib.request.build_opener(redirects).open(request, timeout=min(timeout, _left(t_end, url, part)))
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # nothing left to send: .part may be complete, or too long
-                total = _range_total(e.headers.get("Content-Range"))
-                e.close()
-                if total == have:
-                    sha = _server_sha256(redirects.headers + [e.headers])
-                    break
-                part.unlink()
-                continue
-            raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}. {SOURCE_HINT}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            raise DataError(f"could not download {url}: {reason}. {SOURCE_HINT}") from None
-        with resp:
-            sha = _server_sha256(redirects.headers + [resp.headers])
-            if resp.status == 206:
-                content_range = resp.headers.get("Content-Range")
-                start, end, total = _range_start(content_range), _range_end(content_range), _range_total(content_range)
-                if start is None:
-                    raise DataError(f"download of {url}: the server sent a malformed Content-Range {content_range!r}")
-                if start != have:
-                    raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
-                if head is not None and end != min(head, total or head) - 1:
-                    raise DataError(f"download of {url}: asked for bytes {have}-{head - 1}, the server sent "
-                                    f"Content-Range {content_range!r}")
-            else:  # 200: the whole file (a server without Range support restarts us from zero)
-                have = 0
-                total = _content_length(resp.headers.get("Content-Length"), url)
-            want = total if head is None or total is None else min(head, total)  # bytes to end with
-            if want is not None and want > max_bytes:
-                raise DataError(f"download of {url}: the server says {want} bytes, more than the {max_bytes} "
-                                "allowed for one file")
-            whole = _receive(resp, part, have, want, max_bytes, t_end, url, dest.name, stop=head)
-        got = part.stat().st_size
-        if head is not None and got == head:
-            break  # all that was asked for (the connection is closed, the rest never read)
-        if total is None and whole and (resp.chunked or sha or sha256):
-            total = got  # no length given: the last chunk (or the hash, checked below) proves it whole
-        elif total is None and whole:
-            part.unlink()
-            raise DataError(f"download of {url}: the server gave no Content-Length, no chunked framing and no "
-                            f"sha256, so a cut-off transfer cannot be told from a whole one. {SOURCE_HINT}")
-        if total is not None and got >= total:
-            break
-        failures += 1
-        if failures > retries:
-            raise DataError(f"download of {url} stopped at {got} of {total if total is not None else 'unknown'} "
-                            "bytes; run the same command again to resume it")
-        time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
+    total, sha = _fill_part(url, part, retries, timeout, sha256, max_bytes, time.monotonic() + deadline, head)
     sha, said = (sha256, "expected") if sha256 else (sha, "the server said")
     got = part.stat().st_size
     whole_file = head is None or (total is not None and total <= head)  # else a head: no hash can check it
@@ -153,8 +91,81 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
                             "deleted it, run again")
     if cut_after and head is not None:
         _cut_after(part, cut_after, url)
-    os.replace(part, dest)
+    publish(part, dest)
     return dest
+
+
+def _fill_part(url, part, retries, timeout, sha256, max_bytes, t_end, head):
+    """Append url's bytes (its first `head` of them) to part, one request per attempt, until part holds
+    all of them: (the total size the server gave or None, the sha256 it gave or None)."""
+    failures = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        if head is not None and have >= head:  # a run stopped between the last byte and the rename
+            if have > head:
+                part.unlink()
+                continue
+            return None, None
+        request = urllib.request.Request(url, headers={"User-Agent": "storyllama"})
+        if have or head is not None:
+            request.add_header("Range", f"bytes={have}-{'' if head is None else head - 1}")
+        redirects = _RecordRedirects()
+        try:
+            resp = urllib.request.build_opener(redirects).open(request, timeout=min(timeout, _left(t_end, url, part)))
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # nothing left to send: .part may be complete, or too long
+                total = _range_total(e.headers.get("Content-Range"))
+                e.close()
+                if total == have:
+                    return total, _server_sha256(redirects.headers + [e.headers])
+                part.unlink()
+                continue
+            raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}. {SOURCE_HINT}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise DataError(f"could not download {url}: {reason}. {SOURCE_HINT}") from None
+        with resp:
+            sha = _server_sha256(redirects.headers + [resp.headers])
+            total = _response_total(resp, url, have, head)
+            have = have if resp.status == 206 else 0  # 200: the whole file (no Range support restarts from zero)
+            want = total if head is None or total is None else min(head, total)  # bytes to end with
+            if want is not None and want > max_bytes:
+                raise DataError(f"download of {url}: the server says {want} bytes, more than the {max_bytes} "
+                                "allowed for one file")
+            whole = _receive(resp, part, have, want, max_bytes, t_end, url, part.name[:-5], stop=head)
+        got = part.stat().st_size
+        if head is not None and got == head:
+            return total, sha  # all that was asked for (the connection is closed, the rest never read)
+        if total is None and whole and (resp.chunked or sha or sha256):
+            total = got  # no length given: the last chunk (or the hash, checked by the caller) proves it whole
+        elif total is None and whole:
+            part.unlink()
+            raise DataError(f"download of {url}: the server gave no Content-Length, no chunked framing and no "
+                            f"sha256, so a cut-off transfer cannot be told from a whole one. {SOURCE_HINT}")
+        if total is not None and got >= total:
+            return total, sha
+        failures += 1
+        if failures > retries:
+            raise DataError(f"download of {url} stopped at {got} of {total if total is not None else 'unknown'} "
+                            "bytes; run the same command again to resume it")
+        time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
+
+
+def _response_total(resp, url, have, head):
+    """The file's total size from a 206's Content-Range (checked to start at `have` and, for a head, to
+    end where asked) or a 200's Content-Length; None when the server does not say."""
+    if resp.status != 206:
+        return _content_length(resp.headers.get("Content-Length"), url)
+    content_range = resp.headers.get("Content-Range")
+    start, end, total = _range_start(content_range), _range_end(content_range), _range_total(content_range)
+    if start is None:
+        raise DataError(f"download of {url}: the server sent a malformed Content-Range {content_range!r}")
+    if start != have:
+        raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
+    if head is not None and end != min(head, total or head) - 1:
+        raise DataError(f"download of {url}: asked for bytes {have}-{head - 1}, the server sent "
+                        f"Content-Range {content_range!r}")
+    return total
 
 
 def _cut_after(path, marker, what):
@@ -258,7 +269,7 @@ def _copy_local(src, dest, sha256=None, head=None, cut_after=None):
         raise DataError(f"{src}: sha256 {file_sha256(src)}, expected {sha256}: not the file {dest.name}")
     if cut_after and head is not None:
         _cut_after(part, cut_after, src)
-    os.replace(part, dest)
+    publish(part, dest)
 
 
 def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None, head=None, cut_after=None, save_as=None):

@@ -1,49 +1,24 @@
-"""GGUF, llama.cpp's model file, both ways: plan + write (gguf_export) turn a model and its tokenizer
-into a GGUF that llama.cpp runs as its "llama" architecture; gguf_import reads a Llama GGUF (f32, f16
-or q8_0 tensors) back into a Transformer, and read_vocab its tokenizer into a tokenizer.Vocab.
-export.py's --to_gguf and --gguf call them, tokenizer.read_vocab calls read_vocab.
-
-The format (ggml's docs/gguf.md), little-endian:
-    "GGUF" | u32 version 3 | u64 n_tensors | u64 n_kv
-    n_kv x (string key, u32 value type, value)                       string: u64 length, UTF-8 bytes
-    n_tensors x (string name, u32 n_dims, n_dims x u64 ne, u32 tensor type, u64 offset)
-    zero padding to general.alignment (default 32), then the data: each tensor at its offset from
-    there, a multiple of the alignment, one after the other in the order of the infos
-Value types: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array (u32 element
-type, u64 count, the elements), 10 u64, 11 i64, 12 f64. ne is in ggml's order, ne[0] the row length:
-a PyTorch (out, in) matrix has ne = [in, out]. Tensor types here: 0 f32, 1 f16, 8 q8_0 (blocks of 32
-values along a row, each an f16 scale d and 32 int8 q; the value is q * d).
-
-Reading assumes a hostile file: every count and length is bounded by the bytes left before it is
-used, and every problem is one ValueError line naming the file.
+"""gguf_file.py: a Transformer as a GGUF, llama.cpp's model file, both ways: plan + write (gguf_export)
+turn a model and its tokenizer into a GGUF that llama.cpp runs as its "llama" architecture (tensors
+f32, f16 or q8_0); gguf_import reads a Llama GGUF of those tensor types back into a Transformer.
+export.py's --to_gguf and --gguf call them. The file's layout and its tokenizer metadata are
+gguf_meta.py's.
 """
-import mmap
 import os
-import struct
 
 import numpy as np
 import torch
 
-import tokenizer as T
+from binfile import cache_problem, tensor_order
+from fileio import atomic_write
+from gguf_meta import (F32, F32_T, F16_T, Q8_0_T, QK, STRING, TYPE_NAMES, U32, header, meta_value, pad, read_gguf,
+                       tokenizer_kvs)
+from model import ModelArgs, build, check_args, ffn_hidden_dim, unwrap
 
-MAGIC = b"GGUF"
-VERSION = 3
-ALIGN = 32  # general.alignment when the file does not say
-STRING, ARRAY, U32, I32, F32, BOOL = 8, 9, 4, 5, 6, 7
-# the fixed-size value types as struct (and numpy) formats; 8 string and 9 array are read by hand
-SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
-INTS = (0, 1, 2, 3, 4, 5, 10, 11)
-F32_T, F16_T, Q8_0_T = 0, 1, 8  # the tensor types read and written here
-TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_K",
-              11: "q3_K", 12: "q4_K", 13: "q5_K", 14: "q6_K", 15: "q8_K", 16: "iq2_xxs", 17: "iq2_xs", 18: "iq3_xxs",
-              19: "iq1_s", 20: "iq4_nl", 21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
-              27: "i64", 28: "f64", 29: "iq1_m", 30: "bf16", 34: "tq1_0", 35: "tq2_0", 39: "mxfp4"}
-QK = 32  # values per q8_0 block
 DTYPES = {"fp32": (F32_T, 0), "f16": (F16_T, 1), "q8_0": (Q8_0_T, 7)}  # --dtype: tensor type, general.file_type
-MAX_DIM = 1 << 24  # every shape field is below this, as in the .bin readers
 
 
-def _names(n_layers, tied):
+def tensor_names(n_layers, tied):
     """Our weight names -> llama.cpp's, in file order (w1 is ffn_gate, w3 ffn_up, w2 ffn_down)."""
     m = {"tok_embeddings.weight": "token_embd.weight"}
     for i in range(n_layers):
@@ -56,15 +31,6 @@ def _names(n_layers, tied):
     if not tied:
         m["output.weight"] = "output.weight"
     return m
-
-
-def _nbytes(ttype, ne):
-    n = int(np.prod(ne, dtype=object))
-    return {F32_T: 4 * n, F16_T: 2 * n, Q8_0_T: n // QK * (2 + QK)}[ttype]
-
-
-def _pad(n, align=ALIGN):
-    return -(-n // align) * align
 
 
 # -----------------------------------------------------------------------------
@@ -101,73 +67,13 @@ def _encode(ttype, w):
 # -----------------------------------------------------------------------------
 # writing
 
-def _str(s):
-    b = s.encode("utf-8")
-    return struct.pack("<Q", len(b)) + b
-
-
-def _kv(key, vtype, value, elem=None):
-    out = _str(key) + struct.pack("<I", vtype)
-    if vtype == STRING:
-        return out + _str(value)
-    if vtype != ARRAY:
-        return out + np.array(value, SCALARS[vtype]).tobytes()
-    out += struct.pack("<IQ", elem, len(value))
-    return out + (b"".join(map(_str, value)) if elem == STRING else np.asarray(value, SCALARS[elem]).tobytes())
-
-
-def _tokenizer_kvs(v):
-    """The tokenizer's metadata, and what llama.cpp will do differently from the vocabulary's own rules."""
-    voc = T.vocabulary(v)
-    llama = voc["model"] == "llama"
-    seen = {}
-    for i, s in enumerate(voc["tokens"]):
-        if s and seen.setdefault(s, i) != i:  # llama.cpp maps text to id one to one (empty ones it renames)
-            raise ValueError(f"tokens {seen[s]} and {i} are both {s!r}: llama.cpp needs every token's text to differ")
-    kv = [("tokenizer.ggml.model", STRING, voc["model"])]
-    if not llama:
-        kv.append(("tokenizer.ggml.pre", STRING, "gpt-2"))  # llama.cpp's name for GPT-2's split
-    kv += [("tokenizer.ggml.tokens", ARRAY, voc["tokens"], STRING), ("tokenizer.ggml.scores", ARRAY, voc["scores"], F32),
-           ("tokenizer.ggml.token_type", ARRAY, voc["types"], I32)]
-    if not llama:
-        kv.append(("tokenizer.ggml.merges", ARRAY, voc["merges"], STRING))
-    # llama.cpp ends generation at EOS and at the eot token; run.c and sample.py end a story at BOS, EOS and
-    # the end-of-story token: eot is that token, or BOS (llama2.c's models end each story with BOS)
-    eot = next((i for i in (v.end, v.bos) if i >= 0 and i != v.eos), -1)
-    for key, i in (("bos", v.bos), ("eos", v.eos), ("unknown", v.unk), ("eot", eot)):
-        if i >= 0:
-            kv.append((f"tokenizer.ggml.{key}_token_id", U32, i))
-    kv += [("tokenizer.ggml.add_bos_token", BOOL, voc["add_bos"]), ("tokenizer.ggml.add_eos_token", BOOL, False)]
-    if llama:
-        # llama.cpp's llama tokenizer ignores remove_extra_whitespaces (its t5 one reads it): written for readers
-        # of the file, ours included, to know what the vocabulary does
-        kv += [("tokenizer.ggml.add_space_prefix", BOOL, voc["add_space_prefix"]),
-               ("tokenizer.ggml.remove_extra_whitespaces", BOOL, bool(v.flags & T.COLLAPSE))]
-    differs = []
-    if v.flags & T.COLLAPSE:
-        differs.append("it keeps runs of spaces that this tokenizer collapses")
-    if llama and (v.prefix in (T.PREFIX_FIRST, T.PREFIX_EVERY) or v.flags & T.SPLIT_SPACES):
-        differs.append("it puts the dummy space only at the start and after special tokens")
-    if llama and v.merges:
-        differs.append("it merges by score where this tokenizer has ranked merges")
-    if not llama and v.prefix != T.PREFIX_NONE:
-        differs.append("it adds no space in front of the text")
-    if v.flags & (T.FUSE_UNK | T.IGNORE_MERGES):
-        differs.append("it neither fuses unknown characters nor ignores merges")
-    notes = [f"llama.cpp encodes some text differently: {'; '.join(differs)}"] if differs else []
-    return kv, notes
-
-
 def plan(model, dtype, vocab):
     """What gguf_export writes: (metadata, [(name, tensor type, ne, fp32 tensor)], notes), or ValueError
     when llama.cpp could not hold the model as asked. Nothing is written; export.py checks before writing."""
-    from export import _unwrap
-    from model import ffn_hidden_dim
-
     dtype = dtype or "fp32"
     if dtype not in DTYPES:
         raise ValueError(f"a GGUF takes --dtype=fp32, f16 or q8_0, not {dtype}")
-    model = _unwrap(model)
+    model = unwrap(model)
     a, sd = model.args, model.state_dict()
     if vocab is None:
         raise ValueError("a GGUF needs the model's tokenizer (llama.cpp reads it from the file): pass --tokenizer=PATH")
@@ -183,9 +89,9 @@ def plan(model, dtype, vocab):
             ("llama.attention.head_count_kv", U32, n_kv), ("llama.attention.layer_norm_rms_epsilon", F32, a.norm_eps),
             ("llama.rope.freq_base", F32, a.rope_theta), ("llama.rope.dimension_count", U32, a.dim // a.n_heads),
             ("llama.vocab_size", U32, a.vocab_size)]
-    kvs, notes = _tokenizer_kvs(vocab)
+    kvs, notes = tokenizer_kvs(vocab)
     tensors = []
-    for ours, theirs in _names(a.n_layers, tied).items():
+    for ours, theirs in tensor_names(a.n_layers, tied).items():
         w = sd[ours].detach().to("cpu", torch.float32)
         t = F32_T if w.dim() == 1 else ttype  # norms stay f32
         if t == Q8_0_T and w.shape[1] % QK:
@@ -201,27 +107,20 @@ def plan(model, dtype, vocab):
 
 def write(path, planned):
     """Write a GGUF (atomically) from plan()'s result."""
-    from export import _atomic_write
-
     meta, tensors, _ = planned
-    infos, offset = [], 0
-    for name, ttype, ne, _ in tensors:
-        infos.append(_str(name) + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, ttype, offset))
-        offset += _pad(_nbytes(ttype, ne))
-    head = MAGIC + struct.pack("<IQQ", VERSION, len(tensors), len(meta)) + b"".join(_kv(*m) for m in meta)
-    head += b"".join(infos)
+    head = header(meta, [(name, ttype, ne) for name, ttype, ne, _ in tensors])
 
     def write_fn(f):
-        f.write(head + bytes(_pad(len(head)) - len(head)))
+        f.write(head)
         for _, ttype, _, w in tensors:  # each tensor padded to the alignment, the last one too (as ggml writes)
             b = _encode(ttype, w)
-            f.write(b + bytes(_pad(len(b)) - len(b)))
+            f.write(b + bytes(pad(len(b)) - len(b)))
 
-    _atomic_write(path, write_fn)
+    atomic_write(path, write_fn)
 
 
 def gguf_export(model, path, dtype="fp32", vocab=None):
-    """Write model with its vocabulary (a tokenizer.Vocab) as a GGUF for llama.cpp; returns the notes."""
+    """Write model with its vocabulary (a vocab.Vocab) as a GGUF for llama.cpp; returns the notes."""
     planned = plan(model, dtype, vocab)
     write(path, planned)
     return planned[2]
@@ -230,166 +129,18 @@ def gguf_export(model, path, dtype="fp32", vocab=None):
 # -----------------------------------------------------------------------------
 # reading
 
-class _Reader:
-    """A cursor over a file's bytes; every read is checked against the end first."""
-
-    def __init__(self, buf, path):
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def bad(self, what):
-        return ValueError(f"{self.path}: {what}")
-
-    def need(self, n, what):
-        if n > len(self.buf) - self.pos:
-            raise self.bad(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file has {len(self.buf) - self.pos} left")
-
-    def unpack(self, fmt, what):
-        self.need(struct.calcsize(fmt), what)
-        out = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return out if len(out) > 1 else out[0]
-
-    def string(self, what):
-        n = self.unpack("<Q", what)
-        self.need(n, what)
-        raw = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.bad(f"{what} is not UTF-8") from None
-
-    def value(self, vtype, what):
-        """(value, element type): a str, a number, a bool, a list of str or a numpy array."""
-        if vtype == STRING:
-            return self.string(what), None
-        if vtype == ARRAY:
-            elem, n = self.unpack("<IQ", what)
-            if elem == ARRAY:
-                raise self.bad(f"{what} is an array of arrays (not supported)")
-            if elem != STRING and elem not in SCALARS:
-                raise self.bad(f"{what} is an array of unknown value type {elem}")
-            size = 8 if elem == STRING else np.dtype(SCALARS[elem]).itemsize  # a string takes 8 bytes at least
-            if n > (len(self.buf) - self.pos) // size:
-                raise self.bad(f"truncated: {what} claims {n} elements, more than the {len(self.buf) - self.pos} bytes "
-                               "left can hold")
-            if elem == STRING:
-                return [self.string(f"{what}[{i}]") for i in range(n)], elem
-            arr = np.frombuffer(self.buf, SCALARS[elem], n, self.pos).copy()
-            self.pos += n * size
-            if elem == BOOL and arr.size and arr.max() > 1:
-                raise self.bad(f"{what} holds a bool that is neither 0 nor 1")
-            return arr, elem
-        if vtype not in SCALARS:
-            raise self.bad(f"{what} has unknown value type {vtype}")
-        v = self.unpack(SCALARS[vtype], what)
-        if vtype == BOOL:
-            if v > 1:
-                raise self.bad(f"{what} is a bool of value {v}, not 0 or 1")
-            v = bool(v)
-        return v, None
-
-
-def read_gguf(path):
-    """(metadata {key: (value type, value, element type)}, tensors {name: (type, ne, file offset)}, buffer):
-    the header, metadata and tensor infos of a GGUF, each checked against the file; the buffer is the file,
-    memory-mapped. ValueError in one line naming the file when anything is wrong."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):  # a FIFO would block the read, a directory is no model
-        raise ValueError(f"{path}: {'not a regular file' if os.path.exists(path) else 'no such file'}")
-    size = os.path.getsize(path)
-    if size < 24:
-        raise ValueError(f"{path}: truncated: {size} bytes, a GGUF header needs 24")
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    r = _Reader(buf, path)
-    if buf[:4] != MAGIC:
-        raise r.bad(f"bad magic {bytes(buf[:4])!r}: not a GGUF file (expected b'GGUF')")
-    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    r.pos = 24
-    if version not in (2, 3):  # 2 and 3 differ only in that 3 may be big-endian, which shows up here
-        raise r.bad(f"GGUF version {version} is not supported (2 or 3, little-endian)")
-    # a key-value pair takes 13 bytes at least (a 1-byte key, a type, a u8), a tensor info 33 (a 1-byte name, 1 dim)
-    if n_kv > (size - 24) // 13 or n_tensors > (size - 24) // 33:
-        raise r.bad(f"{n_kv} metadata entries and {n_tensors} tensors cannot fit in a file of {size} bytes")
-    meta = {}
-    for i in range(n_kv):
-        key = r.string(f"metadata key {i}")
-        if not key or key in meta:
-            raise r.bad(f"metadata key {i} is {'empty' if not key else f'{key!r} again'}")
-        vtype = r.unpack("<I", f"the type of {key}")
-        meta[key] = (vtype, *r.value(vtype, key))
-    align = meta.get("general.alignment", (U32, ALIGN, None))
-    if align[0] != U32 or not 0 < align[1] <= 1 << 16 or align[1] & (align[1] - 1):
-        raise r.bad(f"general.alignment must be a u32 power of two, got {align[1]!r}")
-    align = align[1]
-    infos = []
-    for i in range(n_tensors):
-        name = r.string(f"tensor name {i}")
-        n_dims = r.unpack("<I", f"tensor {name}")
-        if not 1 <= n_dims <= 4:
-            raise r.bad(f"tensor {name} has {n_dims} dimensions (1 to 4)")
-        ne = r.unpack(f"<{n_dims}Q", f"tensor {name}")
-        ne = (ne,) if n_dims == 1 else tuple(ne)
-        ttype, offset = r.unpack("<IQ", f"tensor {name}")
-        infos.append((name, ne, ttype, offset))
-    data = _pad(r.pos, align)
-    tensors = {}
-    for name, ne, ttype, offset in infos:
-        if name in tensors:
-            raise r.bad(f"tensor {name} appears twice")
-        if ttype not in TYPE_NAMES:
-            raise r.bad(f"tensor {name} has unknown type {ttype}")
-        if any(n < 1 for n in ne) or offset % align:
-            raise r.bad(f"tensor {name} has shape {list(ne)} or offset {offset} out of range (offsets are multiples "
-                        f"of {align})")
-        if ttype in (F32_T, F16_T, Q8_0_T):
-            if ttype == Q8_0_T and ne[0] % QK:
-                raise r.bad(f"tensor {name} is q8_0 with rows of {ne[0]} values, not a multiple of {QK}")
-            end = data + offset + _nbytes(ttype, ne)
-            if end > size:
-                raise r.bad(f"tensor {name} ({TYPE_NAMES[ttype]} {list(ne)}) ends at byte {end}, past the end of the "
-                            f"file ({size} bytes)")
-        tensors[name] = (ttype, ne, data + offset)
-    return meta, tensors, buf
-
-
-def _get(meta, path, key, kind, default=None):
-    """The value of key as kind ("int", "float", "str", "bool"), default when absent; ValueError when it has
-    another type or, for ints, lies outside 0 .. MAX_DIM."""
-    if key not in meta:
-        if default is None:
-            raise ValueError(f"{path}: metadata key {key} missing")
-        return default
-    vtype, value, _ = meta[key]
-    ok = {"int": vtype in INTS, "float": vtype in (6, 12), "str": vtype == STRING, "bool": vtype == BOOL}[kind]
-    if not ok:
-        raise ValueError(f"{path}: metadata key {key} is {'an array' if vtype == ARRAY else f'of type {vtype}'}, "
-                         f"expected a single {kind}")
-    if kind == "int" and not 0 <= value < MAX_DIM:
-        raise ValueError(f"{path}: {key}={value} out of range")
-    if kind == "float" and not np.isfinite(value):
-        raise ValueError(f"{path}: {key}={value} is not finite")
-    if kind == "float":  # an f32 as its shortest decimal (1e-05, not 9.99999974738e-06): it re-exports the same
-        return float(str(np.float32(value))) if vtype == F32 else float(value)
-    return int(value) if kind == "int" else value
-
-
 def gguf_import(path):
     """A Llama GGUF (f32, f16 or q8_0 tensors) -> Transformer (eval, fp32: q8_0 and f16 dequantised exactly).
     Refused in one line: another architecture, tensor type, a missing, extra or misshapen tensor."""
-    from export import _build, _cache_problem, _tensor_order
-    from model import ModelArgs, check_args
-
     meta, tensors, buf = read_gguf(path)
-    arch = _get(meta, path, "general.architecture", "str")
+    arch = meta_value(meta, path, "general.architecture", "str")
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported (llama only)")
-    num = lambda key, default=None: _get(meta, path, f"llama.{key}", "int", default)  # noqa: E731
+    num = lambda key, default=None: meta_value(meta, path, f"llama.{key}", "int", default)  # noqa: E731
     dim, n_layers, n_heads = num("embedding_length"), num("block_count"), num("attention.head_count")
     n_kv, hidden, ctx = num("attention.head_count_kv", n_heads), num("feed_forward_length"), num("context_length")
-    eps = _get(meta, path, "llama.attention.layer_norm_rms_epsilon", "float")
-    theta = _get(meta, path, "llama.rope.freq_base", "float", 10000.0)
+    eps = meta_value(meta, path, "llama.attention.layer_norm_rms_epsilon", "float")
+    theta = meta_value(meta, path, "llama.rope.freq_base", "float", 10000.0)
     if min(dim, n_layers, n_heads, n_kv, hidden, ctx) < 1 or dim % n_heads or not 0 < eps < 1 or theta <= 0:
         raise ValueError(f"{path}: embedding_length={dim}, block_count={n_layers}, head_count={n_heads}, head_count_kv="
                          f"{n_kv}, feed_forward_length={hidden}, context_length={ctx}, rms epsilon={eps} or "
@@ -398,8 +149,8 @@ def gguf_import(path):
     for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
         if num(key, hs) != hs:
             raise ValueError(f"{path}: llama.{key}={num(key)}, but a head has {hs} values: not supported")
-    if num("expert_count", 0) or _get(meta, path, "llama.rope.scaling.type", "str", "none") != "none" or \
-            _get(meta, path, "llama.rope.scale_linear", "float", 1.0) != 1.0:
+    if num("expert_count", 0) or meta_value(meta, path, "llama.rope.scaling.type", "str", "none") != "none" or \
+            meta_value(meta, path, "llama.rope.scale_linear", "float", 1.0) != 1.0:
         raise ValueError(f"{path}: experts or rope scaling are not supported (a plain Llama only)")
     if 2 + 9 * n_layers > len(tensors):
         raise ValueError(f"{path}: block_count={n_layers} needs {2 + 9 * n_layers} tensors, the file has {len(tensors)}")
@@ -414,13 +165,13 @@ def gguf_import(path):
         raise ValueError(f"{path}: {e}") from None
     h = dict(version=1, dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
              vocab_size=vocab_size, max_seq_len=ctx, shared=tied)
-    if _cache_problem(h, os.path.getsize(path)):
-        raise ValueError(f"{path}: context_length={ctx}: {_cache_problem(h, os.path.getsize(path))}")
-    names = _names(n_layers, tied)
+    if cache_problem(h, os.path.getsize(path)):
+        raise ValueError(f"{path}: context_length={ctx}: {cache_problem(h, os.path.getsize(path))}")
+    names = tensor_names(n_layers, tied)
     extra = sorted(set(tensors) - set(names.values()))
     if extra:
         raise ValueError(f"{path}: tensor {extra[0]} is not part of a plain Llama (not supported)")
-    shapes = dict(_tensor_order(h))
+    shapes = dict(tensor_order(h))
     sd = {}
     for ours, theirs in names.items():
         if theirs not in tensors:
@@ -441,97 +192,4 @@ def gguf_import(path):
         sd[ours] = w.reshape(shapes[ours])
     if tied:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, sd)
-
-
-# GGUF's tokenizer models: llama (sentencepiece-style BPE merging by score) and gpt2 (byte-level BPE,
-# ranked merges); for gpt2 only GPT-2's own split ("gpt-2" in llama.cpp) is what our encoder does
-GPT2_SPLIT = "gpt-2"
-
-
-def read_vocab(path):
-    """The tokenizer of a GGUF as a tokenizer.Vocab that encodes as llama.cpp does (runs of spaces
-    collapse where tokenizer.ggml.remove_extra_whitespaces says so, which llama.cpp's llama tokenizer
-    ignores). Absent keys take llama.cpp's defaults (llama: BOS 1, EOS 2, unknown 0, add BOS, add a space
-    prefix; gpt2: none of these)."""
-    meta = read_gguf(path)[0]
-    model = _get(meta, path, "tokenizer.ggml.model", "str")
-    if model not in ("llama", "gpt2"):
-        raise ValueError(f"{path}: tokenizer model {model!r} is not supported (llama: sentencepiece-style BPE, "
-                         "gpt2: byte-level BPE)")
-    llama = model == "llama"
-    pre = _get(meta, path, "tokenizer.ggml.pre", "str", "default")  # llama.cpp's default when absent
-    if not llama and pre != GPT2_SPLIT:
-        raise ValueError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (byte-level BPE with GPT-2's split "
-                         f"only: {GPT2_SPLIT!r})")
-
-    def array(key, elems, required=False):
-        if key not in meta:
-            if required:
-                raise ValueError(f"{path}: metadata key {key} missing")
-            return None
-        vtype, value, elem = meta[key]
-        if vtype != ARRAY or elem not in elems:
-            raise ValueError(f"{path}: metadata key {key} is not an array of the expected type")
-        return value
-
-    tokens = array("tokenizer.ggml.tokens", (STRING,), True)
-    n = len(tokens)
-    if not 0 < n < MAX_DIM:
-        raise ValueError(f"{path}: {n} tokens")
-    types = array("tokenizer.ggml.token_type", (I32,))
-    scores = array("tokenizer.ggml.scores", (F32, I32))
-    for key, a in (("token_type", types), ("scores", scores)):
-        if a is not None and len(a) < n:
-            raise ValueError(f"{path}: tokenizer.ggml.{key} has {len(a)} entries for {n} tokens")
-    types = [T.NORMAL] * n if types is None else [int(t) for t in types[:n]]
-    bad = next((i for i, t in enumerate(types) if not T.NORMAL <= t <= T.BYTE), None)
-    if bad is not None:
-        raise ValueError(f"{path}: token {bad} has type {types[bad]} (expected 1 to 6)")
-    scores = [0.0] * n if scores is None else [float(s) for s in scores[:n]]
-    alphabet = {c: b for b, c in enumerate(T.byte_alphabet())}
-    pieces = []
-    for i, (s, t) in enumerate(zip(tokens, types)):
-        if llama:
-            pieces.append(s.replace("\u2581", " ").encode("utf-8"))
-        elif t == T.NORMAL:
-            if not all(c in alphabet for c in s):
-                raise ValueError(f"{path}: token {i} ({s!r}) is a normal byte-level token not spelled in GPT-2's alphabet")
-            pieces.append(bytes(alphabet[c] for c in s))
-        else:
-            pieces.append(s.encode("utf-8"))
-    ids = {}
-    for i, s in enumerate(tokens):
-        ids.setdefault(s, i)
-    merges = []
-    if not llama:
-        for r, m in enumerate(array("tokenizer.ggml.merges", (STRING,), True)):
-            cut = m.find(" ", 1)
-            a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
-            if a not in ids or b not in ids or a + b not in ids:
-                raise ValueError(f"{path}: merge {r} ({m!r}) names a token the vocabulary lacks")
-            merges.append((ids[a], ids[b], ids[a + b]))
-
-    def special(key, default):
-        i = _get(meta, path, f"tokenizer.ggml.{key}_token_id", "int", default if llama and default < n else -1)
-        if i >= n:
-            raise ValueError(f"{path}: tokenizer.ggml.{key}_token_id={i} is outside the {n} tokens")
-        return i
-
-    bos, eos, unk = special("bos", 1), special("eos", 2), special("unknown", 0)
-    in_text = [t == T.USER_DEFINED if llama else t in (T.CONTROL, T.USER_DEFINED, T.UNKNOWN) for t in types]
-    flags = T.ADD_BOS if _get(meta, path, "tokenizer.ggml.add_bos_token", "bool", llama) else 0
-    if llama:
-        flags |= T.BYTE_FALLBACK * (T.BYTE in types)
-        flags |= T.COLLAPSE * _get(meta, path, "tokenizer.ggml.remove_extra_whitespaces", "bool", False)
-        # llama.cpp puts the space before the text and after every special token: before the whole text
-        # (sentencepiece's rule) is the same thing when no token is cut out of the text
-        prefix = (T.PREFIX_ALWAYS if any(in_text) else T.PREFIX_TEXT) if _get(
-            meta, path, "tokenizer.ggml.add_space_prefix", "bool", True) else T.PREFIX_NONE
-    else:
-        flags |= T.BYTE_LEVEL
-        prefix = T.PREFIX_NONE
-    v = T.Vocab(pieces, scores, types, in_text, bos, eos, unk, T.find_end(pieces, types), prefix, flags, merges,
-                list(T.split_classes()) if not llama else [])
-    T.check(v, path)
-    return v
+    return build(args, sd)

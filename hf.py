@@ -19,8 +19,10 @@ import struct
 
 import torch
 
-from hf_tokenizer import MAX_JSON, _atomic_write, _regular_file, read_json, write_tokenizer
-from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
+from binfile import tensor_order
+from fileio import atomic_write, regular_file
+from hf_tokenizer import MAX_JSON, read_json, write_tokenizer
+from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
              "F64": (torch.float64, 8)}
@@ -40,12 +42,12 @@ def write_safetensors(path, tensors: dict):
         blobs.append(b)
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)  # data starts 8-byte aligned
-    _atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+    atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
 
 
 def safetensors_header(path):
     """{name: (dtype, shape, start, end)} of a .safetensors file, every entry checked against the file."""
-    size = _regular_file(path, "safetensors file")
+    size = regular_file(path, "safetensors file")
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -121,9 +123,7 @@ def _name_map(n_layers, tied):
 def hf_export(model, dirpath, vocab=None):
     """Write model as a Hugging Face LlamaForCausalLM directory: config.json, generation_config.json,
     model.safetensors, and with a vocabulary (tokenizer.Vocab) tokenizer.json and tokenizer_config.json."""
-    from export import _unwrap
-
-    model = _unwrap(model)
+    model = unwrap(model)
     a = model.args
     n_kv = a.n_kv_heads or a.n_heads
     sd = model.state_dict()
@@ -155,7 +155,7 @@ def hf_export(model, dirpath, vocab=None):
     os.makedirs(dirpath, exist_ok=True)
     write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
     for name, obj in (("config.json", config), ("generation_config.json", generation)):
-        _atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
+        atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
     if vocab is not None:
         write_tokenizer(vocab, dirpath, a.max_seq_len)
 
@@ -233,8 +233,6 @@ def _weight_files(dirpath):
 def hf_import(dirpath) -> Transformer:
     """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
     Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
-    from export import _build, _tensor_order
-
     dirpath = os.fspath(dirpath)
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
@@ -250,7 +248,7 @@ def hf_import(dirpath) -> Transformer:
         held = {name: (path, entry) for path, _ in files for name, entry in safetensors_header(path).items()}
     else:  # pickled state dicts can only be bounded by their size: the fp64 model plus slack at most
         limit = 8 * n_params + (1 << 20)
-        total = sum(_regular_file(p, "weight file") for p, _ in files)
+        total = sum(regular_file(p, "weight file") for p, _ in files)
         if total > limit:
             raise ValueError(f"{dirpath}: the weight files hold {total:,} bytes, config.json's model at most {limit:,}")
         held = {}
@@ -268,7 +266,7 @@ def hf_import(dirpath) -> Transformer:
                          f"{len(held)} tensors")
     h = dict(version=1, dim=a.dim, hidden_dim=a.hidden_dim, n_layers=a.n_layers, n_heads=a.n_heads,
              n_kv_heads=a.n_kv_heads, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len, shared=a.tie_embeddings)
-    shapes = dict(_tensor_order(h))
+    shapes = dict(tensor_order(h))
     names = _name_map(a.n_layers, a.tie_embeddings)
     want = {theirs: shapes[ours] for ours, theirs in names.items()}
     sd = {}
@@ -294,4 +292,4 @@ def hf_import(dirpath) -> Transformer:
         sd[ours] = w
     if args.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    return _build(args, sd)
+    return build(args, sd)

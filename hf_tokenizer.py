@@ -1,5 +1,5 @@
 """Hugging Face tokenizers without the tokenizers library: tokenizer.json of type BPE, with byte
-fallback (Llama's) or byte-level (GPT-2's), read into a tokenizer.Vocab and written from one, with
+fallback (Llama's) or byte-level (GPT-2's), read into a vocab.Vocab and written from one, with
 tokenizer_config.json for transformers' AutoTokenizer. tokenizer.py reads tokenizer.json through
 read_tokenizer; hf.py's hf_export writes it with write_tokenizer. The helpers at the top read any
 JSON file of an HF directory safely (size-capped, one-line errors).
@@ -7,37 +7,16 @@ JSON file of an HF directory safely (size-capped, one-line errors).
 import json
 import os
 
-import tokenizer as T
+from fileio import atomic_write, regular_file
+import vocab as V
 
 MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safetensors header are small
 MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
-def _atomic_write(path, data: bytes):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _regular_file(path, what="file"):
-    """path if it is a regular file (not a device, FIFO or directory), else ValueError."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    if not (st.st_mode & 0o170000) == 0o100000:
-        raise ValueError(f"{path}: the {what} is not a regular file")
-    return st.st_size
-
-
 def read_json(path, what="file"):
     """A JSON object from a file of at most MAX_JSON bytes, or ValueError in one line."""
-    size = _regular_file(path, what)
+    size = regular_file(path, what)
     if size > MAX_JSON:
         raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {MAX_JSON:,})")
     try:
@@ -81,14 +60,14 @@ def _parts(obj, kind):
 
 def read_tokenizer(path):
     """A Hugging Face tokenizer (a directory, or a tokenizer.json with tokenizer_config.json beside it)
-    -> tokenizer.Vocab. A directory with only a sentencepiece tokenizer.model is read as that."""
+    -> vocab.Vocab. A directory with only a sentencepiece tokenizer.model is read as that."""
     path = os.fspath(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
     jpath = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if os.path.isdir(path) and not os.path.exists(jpath):
         spm = os.path.join(path, "tokenizer.model")
         if os.path.exists(spm):
-            v, problem = T.read_sentencepiece(spm)
+            v, problem = V.read_sentencepiece(spm)
             if problem:
                 raise ValueError(f"{spm}: run.c cannot encode like this tokenizer: {problem}")
             return v
@@ -101,6 +80,31 @@ def read_tokenizer(path):
 
 
 def _parse_tokenizer(t, folder):
+    """A tokenizer.json object (t) -> Vocab, reading the special tokens' names from folder's configs."""
+    model, vocab, merges, added = _bpe_model(t)
+    flags, prefix = _flavour(t, model)
+    pieces, types, in_text = _tokens(vocab, added, flags, prefix)
+    n, ids = len(pieces), {}
+    for s, i in vocab.items():
+        ids.setdefault(s, i)
+    for a in added:
+        ids.setdefault(a["content"], a["id"])
+    scores = [0.0] * n
+    ranked = _ranked_merges(merges, vocab, scores)
+    bos, eos, unk = _specials(model, folder, ids, n)
+    if unk >= 0:
+        types[unk] = V.UNKNOWN
+    bos_first = _template_bos(t, pieces)
+    if bos_first is not None:
+        bos, flags = bos_first, flags | V.ADD_BOS
+    classes = list(V.split_classes()) if flags & V.BYTE_LEVEL else []
+    v = V.Vocab(pieces, scores, types, in_text, bos, eos, unk, V.find_end(pieces, types), prefix, flags, ranked, classes)
+    V.check(v, "tokenizer.json")
+    return v
+
+
+def _bpe_model(t):
+    """(model, vocab {token: id}, merges, added_tokens) of a tokenizer.json, checked to be a BPE we encode."""
     model = t.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else model
@@ -121,68 +125,76 @@ def _parse_tokenizer(t, folder):
     if not isinstance(added, list) or not all(isinstance(a, dict) and isinstance(a.get("content"), str) and
                                               type(a.get("id")) is int and 0 <= a["id"] < MAX_ID for a in added):
         raise ValueError("added_tokens must be a list of {id, content, ...}")
+    return model, vocab, merges, added
 
-    # the flavour, from the normalizer and pre-tokenizer
+
+def _flavour(t, model):
+    """(flags, prefix) from the normalizer, the pre-tokenizer and the BPE model's options."""
     norm, pre = _parts(t.get("normalizer"), "normalizer"), _parts(t.get("pre_tokenizer"), "pre_tokenizer")
-    flags, prefix = 0, T.PREFIX_NONE
+    flags, prefix = 0, V.PREFIX_NONE
     if len(pre) == 1 and pre[0].get("type") == "ByteLevel" and not norm:
         if pre[0].get("use_regex", True) is not True:
             raise ValueError("a ByteLevel pre_tokenizer without GPT-2's split (use_regex=false) is not supported")
-        flags |= T.BYTE_LEVEL
-        prefix = T.PREFIX_EVERY if pre[0].get("add_prefix_space") else T.PREFIX_NONE
+        flags |= V.BYTE_LEVEL
+        prefix = V.PREFIX_EVERY if pre[0].get("add_prefix_space") else V.PREFIX_NONE
     elif len(pre) == 1 and pre[0].get("type") == "Metaspace" and not norm:
         m = pre[0]
         if m.get("replacement", "\u2581") != "\u2581":
             raise ValueError(f"Metaspace replacement {m.get('replacement')!r} is not supported (U+2581 only)")
         scheme = m.get("prepend_scheme", "always" if m.get("add_prefix_space", True) else "never")
-        prefix = {"first": T.PREFIX_FIRST, "always": T.PREFIX_EVERY, "never": T.PREFIX_NONE}.get(scheme)
+        prefix = {"first": V.PREFIX_FIRST, "always": V.PREFIX_EVERY, "never": V.PREFIX_NONE}.get(scheme)
         if prefix is None:
             raise ValueError(f"Metaspace prepend_scheme {scheme!r} is not supported")
-        flags |= T.SPLIT_SPACES if m.get("split", True) else 0
+        flags |= V.SPLIT_SPACES if m.get("split", True) else 0
     elif not pre and norm and norm[-1] == SPACE_TO_MARK:
         rest = norm[:-1]
         if rest[:2] == COLLAPSE_RULES:
-            flags, rest = flags | T.COLLAPSE, rest[2:]
+            flags, rest = flags | V.COLLAPSE, rest[2:]
         if rest == [PREPEND_MARK]:
-            prefix = T.PREFIX_ALWAYS
+            prefix = V.PREFIX_ALWAYS
         elif rest:
             raise ValueError(f"normalizer steps {[s.get('type') for s in rest]} are not supported")
     else:
         raise ValueError(f"normalizer {[s.get('type') for s in norm]} with pre_tokenizer {[s.get('type') for s in pre]} "
                          "is not supported (Llama's: a U+2581 Metaspace or Prepend/Replace normalizer; GPT-2's: ByteLevel)")
-    byte_level = bool(flags & T.BYTE_LEVEL)
     if model.get("byte_fallback"):
-        if byte_level:
+        if flags & V.BYTE_LEVEL:
             raise ValueError("byte_fallback with a ByteLevel pre_tokenizer is not supported")
-        flags |= T.BYTE_FALLBACK
-    flags |= (T.FUSE_UNK if model.get("fuse_unk") else 0) | (T.IGNORE_MERGES if model.get("ignore_merges") else 0)
+        flags |= V.BYTE_FALLBACK
+    flags |= (V.FUSE_UNK if model.get("fuse_unk") else 0) | (V.IGNORE_MERGES if model.get("ignore_merges") else 0)
+    return flags, prefix
 
-    # the tokens: added tokens (special: control, else user-defined), then the model's vocabulary
+
+def _tokens(vocab, added, flags, prefix):
+    """(pieces, types, in_text) of every id: the model's vocabulary, then the added tokens over it
+    (special ones control, the others user-defined); ids neither names are unused."""
     n = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
-    pieces, types, scores, in_text = [b""] * n, [T.UNUSED] * n, [0.0] * n, [False] * n
-    alphabet = {c: b for b, c in enumerate(T.byte_alphabet())}
+    pieces, types, in_text = [b""] * n, [V.UNUSED] * n, [False] * n
+    byte_level = bool(flags & V.BYTE_LEVEL)
+    alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}
     for s, i in vocab.items():
         if byte_level and all(c in alphabet for c in s):
-            pieces[i], types[i] = bytes(alphabet[c] for c in s), T.NORMAL
+            pieces[i], types[i] = bytes(alphabet[c] for c in s), V.NORMAL
         elif not byte_level:
             pieces[i] = s.replace("\u2581", " ").encode("utf-8")
-            types[i] = T.BYTE if flags & T.BYTE_FALLBACK and T._byte_value(pieces[i]) >= 0 else T.NORMAL
+            types[i] = V.BYTE if flags & V.BYTE_FALLBACK and V.byte_value(pieces[i]) >= 0 else V.NORMAL
         else:  # not spelled in GPT-2's alphabet: byte-level BPE can never produce it
             pieces[i] = s.encode("utf-8")
     for a in added:
         for key in ("lstrip", "rstrip", "single_word"):
             if a.get(key):
                 raise ValueError(f"added token {a['content']!r} has {key}=true, which run.c does not implement")
-        if a.get("normalized", not a.get("special")) and prefix == T.PREFIX_ALWAYS:
+        if a.get("normalized", not a.get("special")) and prefix == V.PREFIX_ALWAYS:
             raise ValueError(f"added token {a['content']!r} is normalized under a Prepend normalizer (not supported)")
         i, text = a["id"], a["content"].encode("utf-8")
-        kind = T.BYTE if flags & T.BYTE_FALLBACK and T._byte_value(text) >= 0 else T.CONTROL if a.get("special") else T.USER_DEFINED
+        kind = V.BYTE if flags & V.BYTE_FALLBACK and V.byte_value(text) >= 0 else V.CONTROL if a.get("special") else V.USER_DEFINED
         pieces[i], types[i], in_text[i] = text, kind, True  # HF reads every added token out of the text
-    ids = {}
-    for s, i in vocab.items():
-        ids.setdefault(s, i)
-    for a in added:
-        ids.setdefault(a["content"], a["id"])
+    return pieces, types, in_text
+
+
+def _ranked_merges(merges, vocab, scores):
+    """[(left, right, result)] ids in rank order; each result's score becomes -1 - rank (sentencepiece-style
+    priority, for writers that merge by score) unless it has one."""
     ranked = []
     for r, m in enumerate(merges):
         pair = m.split(" ") if isinstance(m, str) else m
@@ -193,9 +205,13 @@ def _parse_tokenizer(t, folder):
             raise ValueError(f"merge {r} ({a!r} {b!r}) names a token the vocabulary lacks")
         ranked.append((vocab[a], vocab[b], vocab[a + b]))
         if scores[vocab[a + b]] == 0.0:
-            scores[vocab[a + b]] = -1.0 - r  # sentencepiece-style priority, for writers that merge by score
+            scores[vocab[a + b]] = -1.0 - r
+    return ranked
 
-    # BOS, EOS, unknown: tokenizer_config.json / special_tokens_map.json, then config.json's ids
+
+def _specials(model, folder, ids, n):
+    """(bos, eos, unk) ids, -1 for none: tokenizer_config.json / special_tokens_map.json name them, else
+    config.json's ids; the model's own unk_token first."""
     cfg = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if os.path.exists(os.path.join(folder, name)):
@@ -216,10 +232,13 @@ def _parse_tokenizer(t, folder):
     unk = ids.get(model["unk_token"], -1) if isinstance(model.get("unk_token"), str) else special("unk")
     if isinstance(model.get("unk_token"), str) and unk < 0:
         raise ValueError(f"model.unk_token {model['unk_token']!r} is not in the vocabulary")
-    if unk >= 0:
-        types[unk] = T.UNKNOWN
+    return bos, eos, unk
 
-    # the post-processor: nothing, or a template that puts one special token (BOS) before the text
+
+def _template_bos(t, pieces):
+    """The BOS id the post-processor puts before the text, or None: it must be nothing, or a template of
+    one special token (of the vocabulary) and the text."""
+    bos, n = None, len(pieces)
     for step in _parts(t.get("post_processor"), "post_processor"):
         kind = step.get("type")
         if kind == "ByteLevel":
@@ -243,42 +262,38 @@ def _parse_tokenizer(t, folder):
         shape = ["S" if "SpecialToken" in i else "A" if "Sequence" in i else "?" for i in single]
         if shape == ["S", "A"]:
             bos = table[single[0]["SpecialToken"]["id"]]["ids"][0]
-            flags |= T.ADD_BOS
         elif shape != ["A"]:
             raise ValueError(f"template {shape} is not supported (only a BOS before the text, or nothing)")
-    classes = list(T.split_classes()) if byte_level else []
-    v = T.Vocab(pieces, scores, types, in_text, bos, eos, unk, T.find_end(pieces, types), prefix, flags, ranked, classes)
-    T.check(v, "tokenizer.json")
-    return v
+    return bos
 
 
 def write_tokenizer(v, dirpath, max_len):
     """Write v as tokenizer.json + tokenizer_config.json: Llama's byte-fallback form (a Prepend/Replace
     normalizer, merges derived from the scores when v merges by score) or GPT-2's byte-level form."""
-    spell = [T.spelling(v, i) for i in range(len(v))]
-    byte_level = bool(v.flags & T.BYTE_LEVEL)
+    spell = [V.spelling(v, i) for i in range(len(v))]
+    byte_level = bool(v.flags & V.BYTE_LEVEL)
     added = [{"id": i, "content": spell[i], "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": v.types[i] != T.USER_DEFINED} for i in range(len(v)) if v.types[i] in (T.CONTROL, T.UNKNOWN, T.USER_DEFINED)]
+              "special": v.types[i] != V.USER_DEFINED} for i in range(len(v)) if v.types[i] in (V.CONTROL, V.UNKNOWN, V.USER_DEFINED)]
     merges = v.merges or derive_merges(v)
     vocab = {}
     for i, s in enumerate(spell):
-        if not (v.types[i] == T.UNUSED and not v.pieces[i]):  # padding: no token at all
+        if not (v.types[i] == V.UNUSED and not v.pieces[i]):  # padding: no token at all
             vocab.setdefault(s, i)
     if byte_level:
-        normalizer, pre = None, {"type": "ByteLevel", "add_prefix_space": v.prefix == T.PREFIX_EVERY,
+        normalizer, pre = None, {"type": "ByteLevel", "add_prefix_space": v.prefix == V.PREFIX_EVERY,
                                  "trim_offsets": True, "use_regex": True}
         decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     else:
-        if v.prefix in (T.PREFIX_FIRST, T.PREFIX_EVERY):
-            normalizer, pre = None, {"type": "Metaspace", "replacement": "\u2581", "split": bool(v.flags & T.SPLIT_SPACES),
-                                     "prepend_scheme": "first" if v.prefix == T.PREFIX_FIRST else "always"}
+        if v.prefix in (V.PREFIX_FIRST, V.PREFIX_EVERY):
+            normalizer, pre = None, {"type": "Metaspace", "replacement": "\u2581", "split": bool(v.flags & V.SPLIT_SPACES),
+                                     "prepend_scheme": "first" if v.prefix == V.PREFIX_FIRST else "always"}
         else:
-            steps = (COLLAPSE_RULES if v.flags & T.COLLAPSE else []) + ([PREPEND_MARK] if v.prefix else []) + [SPACE_TO_MARK]
+            steps = (COLLAPSE_RULES if v.flags & V.COLLAPSE else []) + ([PREPEND_MARK] if v.prefix else []) + [SPACE_TO_MARK]
             normalizer, pre = {"type": "Sequence", "normalizers": steps}, None
         decoder = {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}]
             + ([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if v.prefix else [])}
-    if v.flags & T.ADD_BOS and v.bos >= 0:
+    if v.flags & V.ADD_BOS and v.bos >= 0:
         b = spell[v.bos]
         post = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                 "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
@@ -289,15 +304,15 @@ def write_tokenizer(v, dirpath, max_len):
     tj = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": normalizer,
           "pre_tokenizer": pre, "post_processor": post, "decoder": decoder,
           "model": {"type": "BPE", "dropout": None, "unk_token": spell[v.unk] if v.unk >= 0 else None,
-                    "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": bool(v.flags & T.FUSE_UNK),
-                    "byte_fallback": bool(v.flags & T.BYTE_FALLBACK), "ignore_merges": bool(v.flags & T.IGNORE_MERGES),
+                    "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": bool(v.flags & V.FUSE_UNK),
+                    "byte_fallback": bool(v.flags & V.BYTE_FALLBACK), "ignore_merges": bool(v.flags & V.IGNORE_MERGES),
                     "vocab": vocab, "merges": [[spell[a], spell[b]] for a, b, _ in merges]}}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, "model_max_length": max_len}
     for key, i in (("bos_token", v.bos), ("eos_token", v.eos), ("unk_token", v.unk)):
         if i >= 0:
             config[key] = spell[i]
-    _atomic_write(os.path.join(dirpath, "tokenizer.json"), json.dumps(tj, ensure_ascii=False).encode())
-    _atomic_write(os.path.join(dirpath, "tokenizer_config.json"), (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write(os.path.join(dirpath, "tokenizer.json"), json.dumps(tj, ensure_ascii=False).encode())
+    atomic_write(os.path.join(dirpath, "tokenizer_config.json"), (json.dumps(config, indent=2) + "\n").encode())
 
 
 def derive_merges(v):
@@ -305,7 +320,7 @@ def derive_merges(v):
     pieces, best-scoring result first (sentencepiece's order; transformers' converter does the same)."""
     normal = {}
     for i, (p, t) in enumerate(zip(v.pieces, v.types)):
-        if t == T.NORMAL and p:
+        if t == V.NORMAL and p:
             normal.setdefault(p, i)
     out = []
     for p, c in normal.items():

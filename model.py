@@ -1,17 +1,17 @@
 """The Llama model in one file: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
 
 Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code and llama2.c, so
-that export.py can write llama2.c's .bin files and run.c can run them.
+that binfile.py can write llama2.c's .bin files and run.c can run them.
 """
 import math
-import os
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from optim import Muon
 
 
 @dataclass
@@ -204,48 +204,6 @@ class ClassifierLoss(torch.autograd.Function):
         return (gh * scale).to(ctx.dtypes[0]), (gw * scale).to(ctx.dtypes[1]), None
 
 
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon, with the Newton-Schulz iterations of same-shape matrices run as one batch.
-
-    The arithmetic per matrix is torch.optim.Muon's (the momentum, Nesterov, the quintic iteration in
-    bf16, its learning-rate adjustment and decoupled weight decay) and so are the state and its
-    checkpoint format; only the order differs: a model's matrices come in a few shapes, and a
-    small model's step spent more time launching its ~500 tiny matmuls than computing them.
-    """
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, mom, eps = group["lr"], group["weight_decay"], group["momentum"], group["eps"]
-            a, b, c = group["ns_coefficients"]
-            by_shape = {}
-            for p in group["params"]:
-                if p.grad is not None:
-                    if "momentum_buffer" not in self.state[p]:
-                        self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-                    by_shape.setdefault(tuple(p.shape), []).append(p)
-            for (rows, cols), ps in by_shape.items():
-                grads = [p.grad for p in ps]
-                bufs = [self.state[p]["momentum_buffer"] for p in ps]
-                torch._foreach_lerp_(bufs, grads, 1 - mom)
-                x = torch.stack(torch._foreach_lerp(grads, bufs, mom) if group["nesterov"] else bufs).bfloat16()
-                if rows > cols:
-                    x = x.mT  # iterate on the wide side: (cols x cols) Gram matrices
-                x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # spectral norm at most 1
-                for _ in range(group["ns_steps"]):
-                    gram = x @ x.mT
-                    x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-                if rows > cols:
-                    x = x.mT
-                torch._foreach_mul_(ps, 1 - lr * wd)
-                adjusted = torch.optim._muon._adjust_lr(lr, group["adjust_lr_fn"], (rows, cols))  # torch's own rule
-                torch._foreach_add_(ps, list(x.to(ps[0].dtype).unbind(0)), alpha=-adjusted)
-        return loss
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -317,7 +275,7 @@ class Transformer(nn.Module):
                              muon_lr=0.02, muon_momentum=0.95):
         """The optimizers of a training run, as a list: [AdamW], or [Muon, AdamW] for optimizer="muon".
 
-        Muon (torch.optim.Muon's arithmetic, batched by shape: Muon above) takes the 2-D matrices
+        Muon (torch.optim.Muon's arithmetic, batched by shape: optim.py) takes the 2-D matrices
         inside the blocks (attention and FFN projections), whose updates it orthogonalises; the
         embedding, the classifier (a lookup table and a read-out, tied or not) and the norm gains stay
         with AdamW, as in modded-nanogpt and nanochat. AdamW decays matrices only, not norm gains: pulling gains towards 0 only fights
@@ -383,75 +341,22 @@ class Transformer(nn.Module):
         return idx
 
 
-# -----------------------------------------------------------------------------
-# checkpoints: train.py writes them; train.py (resume), sample.py and export.py read them here
-
-def read_checkpoint(path, device="cpu"):
-    """The dict in a train.py checkpoint, or ValueError in one line naming the file.
-
-    weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
-    ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
-    """
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path} not found")
-    if not os.path.isfile(path):  # a FIFO would block the read, a directory is not one
-        raise ValueError(f"checkpoint {path}: not a regular file")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a readable train.py checkpoint ({type(e).__name__}: {first})") from None
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("model_args"), dict)):
-        raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
-    return ckpt
+def unwrap(model):
+    """The Transformer inside a torch.compile (._orig_mod) or DDP (.module) wrapper."""
+    while hasattr(model, "_orig_mod") or (hasattr(model, "module") and not hasattr(model, "args")):
+        model = getattr(model, "_orig_mod", None) or model.module
+    return model
 
 
-def checkpoint_args(ckpt, path):
-    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model, or
-    not the model its weights are: see check_shapes)."""
-    try:
-        args = ModelArgs(**ckpt["model_args"])
-        check_args(args)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
-    check_shapes(args, ckpt, path)
-    return args
-
-
-def check_shapes(args, ckpt, path):
-    """ValueError unless every weight in the checkpoint has the shape args give it. The model is
-    built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
-    instead of allocating terabytes before the weights are looked at."""
-    try:
-        with torch.device("meta"):
-            want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
-    except RuntimeError as e:
-        raise ValueError(f"{path}: model_args make no model that fits in memory ({str(e).splitlines()[0]})") from None
-    for k, v in ckpt["model"].items():
-        k = k.removeprefix("_orig_mod.")
-        shape = tuple(getattr(v, "shape", ()))
-        if k in want and shape != want[k]:
-            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
-                             f"{want[k]}")
-
-
-def load_weights(model, ckpt, path):
-    """Copy a checkpoint's weights into model, strictly: a missing, extra or misshapen one is a ValueError."""
-    # torch.compile'd models save their weights under "_orig_mod."
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError) as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
-        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model in eval mode on device, the checkpoint dict) of a train.py checkpoint."""
-    ckpt = read_checkpoint(path, device)
-    model = Transformer(checkpoint_args(ckpt, path))
-    load_weights(model, ckpt, path)
-    return model.to(device).eval(), ckpt
+def build(args: ModelArgs, sd: dict) -> Transformer:
+    """A Transformer (eval mode) of args holding the weights sd, which must be exactly its weights:
+    what the file readers (.bin, Hugging Face, GGUF) make of what they read."""
+    model = Transformer(args)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, pos=None):
@@ -488,94 +393,3 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None,
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-# Dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity), matched by substring
-# of torch.cuda.get_device_name(); more specific names first. fp32 training runs on TF32 tensor cores
-# (train.py allows TF32), whose dense peak is half of these on Ampere and Hopper.
-GPU_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
-                   ("L40S", 362.0), ("L4", 121.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0)]
-
-
-def measured_peak_flops(device="cpu", dtype=torch.float32, n=None, seconds=0.3):
-    """The best square-matmul FLOP/s reached in about `seconds` on device: a practical peak for MFU."""
-    n = n or (4096 if str(device).startswith("cuda") else 1024)  # big enough to fill the device
-    # constant operands: matmul speed does not depend on the values, and the RNG stays untouched
-    a = torch.full((n, n), 0.5, device=device, dtype=dtype)
-    b = torch.full((n, n), 0.25, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while True:
-        sync()
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        t1 = time.perf_counter()
-        best = max(best, 2 * n ** 3 / (t1 - t0))
-        if t1 > t_end:
-            return best
-
-
-def peak_flops(device, dtype):
-    """Peak FLOP/s of `device` for training in `dtype`: a datasheet table for known GPUs, else measured.
-
-    A CPU has no trustworthy datasheet number (clocks and vector units vary, and a VM hides both),
-    so CPU MFU is measured against the best fp32/bf16 matmul this process reaches.
-    """
-    device = str(device)
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(device))
-        for key, tflops in GPU_PEAK_TFLOPS:
-            if key in name:
-                return tflops * 1e12 / (2 if dtype == torch.float32 else 1)
-    return measured_peak_flops(device, dtype)
-
-
-# -----------------------------------------------------------------------------
-# CPU threads beside other work
-#
-# torch's threads meet at a barrier after every op; when another process holds one of the cores,
-# the thread sharing it waits a scheduler time slice at each barrier, and two threads end up far
-# slower than one. So on a CPU train.py and sample.py use only the cores that are free.
-
-def _cpu_reading():
-    """(busy jiffies of the whole machine, this process's CPU seconds, wall seconds), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None  # not Linux: no reading, torch's own default stands
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    own = os.times()
-    return sum(fields) - idle, own.user + own.system, time.monotonic()
-
-
-def free_cores(prev=None, wait=0.2):
-    """(cores not busy with other processes since the reading prev, the new reading).
-
-    Without prev it samples for `wait` seconds. This process's own CPU time is not counted as busy,
-    so a running job measures what the others use. Returns (None, None) where /proc/stat is missing.
-    """
-    if prev is None:
-        prev = _cpu_reading()
-        if prev is None:
-            return None, None
-        time.sleep(wait)
-    now = _cpu_reading()
-    if now is None or now[2] <= prev[2]:
-        return None, now
-    hz = os.sysconf("SC_CLK_TCK")
-    others = ((now[0] - prev[0]) / hz - (now[1] - prev[1])) / (now[2] - prev[2])  # cores' worth
-    n = len(os.sched_getaffinity(0))
-    return max(1, min(n, n - round(max(others, 0.0)))), now
-
-
-def use_free_cores(prev=None):
-    """Set torch's thread count to the free cores (unless OMP_NUM_THREADS is set); returns the
-    reading to pass back next time, so a long run can follow the machine's load."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    n, reading = free_cores(prev)
-    if n is not None and n != torch.get_num_threads():
-        torch.set_num_threads(n)
-    return reading

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from fileio import atomic_write
+
 
 def load_run(folder):
     """{"train": [(iter, tokens, minutes, loss)], "val": [(iter, tokens, minutes, val_loss, val_bpb)]}."""
@@ -94,10 +96,8 @@ def plot(runs, out):
     axes[0][0].legend(fontsize=8)
     axes[1][0].legend(fontsize=8)
     fig.tight_layout()
-    tmp = f"{out}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def main(argv=None):

@@ -19,8 +19,12 @@ from contextlib import nullcontext
 
 import torch
 
+from binfile import load_bin, read_header
+from checkpoint import load_checkpoint
 from configurator import configure_or_exit
-from model import load_checkpoint, use_free_cores
+import dataloader
+from fileio import regular_file
+from machine import use_free_cores
 import tokenizer as T
 
 defaults = dict(
@@ -47,8 +51,6 @@ def die(msg):
 
 def find_tokenizer(model, train_config):
     """The checkpoint's own tokenizer, by dataloader.py's vocabulary rule."""
-    import dataloader
-
     source = train_config.get("vocab_source", "custom")  # train.py's default
     try:
         return str(dataloader.tokenizer_path(model.args.vocab_size, source, train_config.get("data_dir")))
@@ -59,11 +61,12 @@ def find_tokenizer(model, train_config):
 def load_model(path, device):
     """(model, vocabulary identity or None, train config, default tokenizer path) of a train.py checkpoint
     or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file)."""
-    import export
-
     try:
+        regular_file(path, "checkpoint")  # a FIFO would block the read
         with open(path, "rb") as f:
             head = f.read(2)
+    except ValueError as e:
+        die(str(e))
     except OSError as e:
         die(f"--checkpoint={path}: {e.strerror}")
     if head[:2] == b"PK" or head[:1] == b"\x80":
@@ -75,7 +78,7 @@ def load_model(path, device):
         train_config = ckpt.get("config") or {}
         return model, bytes.fromhex(ident) if isinstance(ident, str) else None, train_config, None
     try:
-        model, h = export.load_bin(path), export.read_header(path)
+        model, h = load_bin(path), read_header(path)
     except (ValueError, OSError) as e:
         die(f"{path} is neither a train.py checkpoint (a zip or pickle file) nor a run.c .bin model ({e})")
     found = next((str(p) for p in T.beside(path, model.args.vocab_size) if p.is_file()), None)

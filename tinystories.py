@@ -44,6 +44,7 @@ from tqdm import tqdm
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
                         pack_header, shard_dir, smallest_vocab, tokenizer_path)
 from download import MAX_BYTES, fetch
+from fileio import atomic_write, publish, regular_file
 from tokenizer import Tokenizer
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
@@ -110,8 +111,10 @@ def iter_stories(path):
     Malformed input raises DataError naming the file and the byte, or line and column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    try:
+        regular_file(path)
+    except ValueError as e:  # no such file, or not one (a directory, a FIFO)
+        raise DataError(str(e)) from None
     inner = path.name[:-len(path.suffix)] if path.suffix in (".gz", ".xz") else path.name
     if inner.endswith(".json"):
         yield from _json_stories(path)
@@ -243,6 +246,17 @@ def input_files(data_dir, dataset="v1", inputs=None):
 # -----------------------------------------------------------------------------
 # download
 
+def _replace_dir(tmp_dir, out):
+    """Put the finished folder tmp_dir in out's place: two renames (a folder cannot be renamed over one
+    that holds files), the old folder kept aside until the new one is in place, then removed."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp_dir, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def extract_v1(archive, data_dir):
     """Unpack the all_data shards into data_dir/TinyStories_all_data, via a temp folder + rename."""
     final = data_dir / V1_DIR
@@ -256,7 +270,7 @@ def extract_v1(archive, data_dir):
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{archive}: cannot extract: {e}; delete it and download again") from None
-    os.replace(tmp, final)
+    _replace_dir(tmp, final)
 
 
 def download(dataset="v1", data_dir=None, source=None, retries=3, max_mb=None):
@@ -417,15 +431,10 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
         first = str(e).strip().splitlines()[0] if str(e).strip() else "failed"
         raise DataError(f"sentencepiece could not train a {vocab_size}-token vocabulary: {first}") from None
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model.with_name(model.name + ".tmp")
-    tmp.write_bytes(proto.getvalue())
-    tok = Tokenizer(tmp)
-    vocab = "".join(f"{tok.sp_model.id_to_piece(i)}\t{tok.sp_model.get_score(i):g}\n"
-                    for i in range(tok.n_words))
-    vocab_tmp = model.with_name(model.stem + ".vocab.tmp")
-    vocab_tmp.write_text(vocab, encoding="utf-8")
-    os.replace(vocab_tmp, model.with_suffix(".vocab"))
-    os.replace(tmp, model)
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    atomic_write(model.with_suffix(".vocab"), vocab.encode("utf-8"))
+    atomic_write(model, proto.getvalue())  # last: a .model in place means training finished
     print(f"wrote {model} and {model.with_suffix('.vocab')}")
     return model
 
@@ -494,7 +503,7 @@ class ShardWriter:
         self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha))
         self.f.close()
         self.f = None
-        os.replace(self.tmp, self.out_dir / self.name)
+        publish(self.tmp, self.out_dir / self.name)
         self.shards[self.name] = self.counts[0]
 
     def close(self):
@@ -540,13 +549,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
         "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
     }
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        manifest = None
-    if manifest and manifest.get("signature") == signature and all(
-            (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
-            for name, n in manifest["shards"].items()):
+    if _up_to_date(out, signature):
         print(f"nothing to do: {out} is up to date with these inputs and {model.name}")
         return out
 
@@ -562,36 +565,8 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
             writers[split].add(tokens, n_stories, n_bytes)
             stats[split] = [a + b for a, b in zip(stats[split], (len(tokens), n_stories, n_bytes))]
 
-    def progress():
-        return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
-                    unit_divisor=1024, desc="pretokenize")
-
     try:
-        if workers == 1:
-            _init_worker(str(model))
-            with progress() as bar:
-                for chunk in _batched(iter_split(files, bar), chunk_stories):
-                    write(_encode_chunk(chunk))
-        else:
-            # fork: workers start at once and need no importable __main__ (spawn fails for stdin
-            # scripts); a ProcessPoolExecutor, unlike multiprocessing.Pool, raises instead of
-            # hanging when a worker dies
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(str(model),)) as pool:
-                pool.submit(int).result()  # forks every worker now, before tqdm starts its thread
-                pending = deque()  # bounded, in input order: memory stays flat, output stays ordered
-                try:
-                    with progress() as bar:
-                        for chunk in _batched(iter_split(files, bar), chunk_stories):
-                            pending.append(pool.submit(_encode_chunk, chunk))
-                            if len(pending) >= 2 * workers:
-                                write(pending.popleft().result())
-                        while pending:
-                            write(pending.popleft().result())
-                except BrokenProcessPool:
-                    raise DataError("a pretokenize worker process died (out of memory?); "
-                                    "try fewer --workers") from None
+        _encode_files(files, model, workers, chunk_stories, write)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # the previous shards stay as they were
         raise
@@ -602,13 +577,8 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         shutil.rmtree(tmp_dir)
         raise DataError(f"no stories found in {', '.join(map(str, files))}")
     manifest = {"signature": signature, "shards": shards, "stats": stats, "seconds": round(seconds, 3)}
-    (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp_dir, out)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic_write(tmp_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    _replace_dir(tmp_dir, out)
     for split in ("train", "val"):
         t, s, b = stats[split]
         print(f"{split}: {s:,} stories, {t:,} tokens, {b / max(t, 1):.2f} bytes/token")
@@ -620,10 +590,54 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     return out
 
 
+def _up_to_date(out, signature):
+    """Whether out holds the shards of a run with this signature (same tokenizer, inputs and settings),
+    every one of them whole."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(manifest) and manifest.get("signature") == signature and all(
+        (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
+        for name, n in manifest["shards"].items())
+
+
+def _encode_files(files, model, workers, chunk_stories, write):
+    """Encode the stories of files with the sentencepiece model, chunk_stories at a time on `workers`
+    processes, and hand each chunk's result to write in input order."""
+    def progress():
+        return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
+                    unit_divisor=1024, desc="pretokenize")
+
+    if workers == 1:
+        _init_worker(str(model))
+        with progress() as bar:
+            for chunk in _batched(iter_split(files, bar), chunk_stories):
+                write(_encode_chunk(chunk))
+        return
+    # fork: workers start at once and need no importable __main__ (spawn fails for stdin scripts); a
+    # ProcessPoolExecutor, unlike multiprocessing.Pool, raises instead of hanging when a worker dies
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(model),)) as pool:
+        pool.submit(int).result()  # forks every worker now, before tqdm starts its thread
+        pending = deque()  # bounded, in input order: memory stays flat, output stays ordered
+        try:
+            with progress() as bar:
+                for chunk in _batched(iter_split(files, bar), chunk_stories):
+                    pending.append(pool.submit(_encode_chunk, chunk))
+                    if len(pending) >= 2 * workers:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+        except BrokenProcessPool:
+            raise DataError("a pretokenize worker process died (out of memory?); try fewer --workers") from None
+
+
 # -----------------------------------------------------------------------------
 # command line
 
-def main(argv=None):
+def make_parser():
+    """The command line: one subcommand per data step."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -678,8 +692,11 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="sentencepiece model to use instead")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard_tokens", type=int, default=1 << 26, help="tokens per shard file (about)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)

@@ -34,10 +34,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from checkpoint import check_shapes, load_weights, read_checkpoint
 from configurator import configure_or_exit
 import dataloader
-from model import (ModelArgs, Transformer, check_args, check_shapes, load_weights, peak_flops, read_checkpoint,
-                   use_free_cores)
+from fileio import atomic_write, temp_path
+from machine import peak_flops, use_free_cores
+from model import ModelArgs, Transformer, check_args
 from tokenizer import Tokenizer
 
 try:
@@ -338,25 +340,18 @@ def diverged(at):
 
 
 def write_checkpoint(obj):
-    """torch.save to a temp file of this process, fsync, rename over ckpt.pt. A failed write (disk full)
-    removes the temp file and keeps the old ckpt.pt, in one line."""
-    tmp = f"{ckpt_path}.tmp{os.getpid()}"
+    """torch.save ckpt.pt atomically (a temp file of this process, fsync, rename). A failed write (disk
+    full) removes the temp file and keeps the old ckpt.pt, in one line."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ckpt_path)
+        atomic_write(ckpt_path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         # torch reports a failed write as RuntimeError("unexpected pos ..."): the OSError is its context
         cause = next((c for c in (e, e.__context__, e.__cause__) if isinstance(c, OSError)), None)
         full = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         why = "the disk is full" if full else (cause.strerror if cause is not None and cause.strerror
                                                  else str(e).strip().splitlines()[0])
         old = f"{ckpt_path} keeps iteration {saved_iter}" if saved_iter is not None else "nothing was saved"
-        die(f"cannot write checkpoint {tmp}: {why}; removed it ({old})")
+        die(f"cannot write checkpoint {temp_path(ckpt_path)}: {why}; removed it ({old})")
 
 
 def save_checkpoint():
@@ -510,6 +505,57 @@ def record(entry):
         wandb.log(entry, step=entry["iter"])
 
 
+def evaluate_and_save(lr):
+    """Every rank calls this: the master evaluates and records; all save a checkpoint when the val loss
+    improved (or always_save_checkpoint), unless this run only evaluates."""
+    global best_val_loss
+    improved, losses = False, None
+    if master:
+        losses = estimate_loss()
+    if everyone(stop_requested):  # Ctrl-C during the evaluation: its numbers would be partial
+        stop()
+    if master:
+        bpb = losses["val"] / math.log(2) / bytes_per_token
+        tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                   f"val {bpb:.4f} bits/byte")
+        record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_s": train_seconds,
+                "train_loss": losses["train"], "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
+        improved = losses["val"] < best_val_loss
+        best_val_loss = min(best_val_loss, losses["val"])
+    if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
+        if master:
+            tqdm.write(f"saving checkpoint to {ckpt_path}")
+        save_checkpoint()
+
+
+def train_step():
+    """Forward, backward, update: micro_steps micro-batches, gradients averaged over all of them. Adds the
+    iteration's loss to loss_acc; returns (on the device: no sync) whether loss_acc or the gradient norm
+    is NaN or inf."""
+    for m in range(micro_steps):
+        x, y = next(train_data[m])
+        # DDP: only the last micro-batch's backward all-reduces the gradients
+        sync = model.no_sync() if ddp and m < micro_steps - 1 else nullcontext()
+        with sync:
+            with amp:
+                _, loss = model(x, y)
+                loss = loss / micro_steps
+            scaler.scale(loss).backward()
+        loss_acc.add_(loss.detach())
+    bad = ~torch.isfinite(loss_acc)  # the sum since the last log line: NaN or inf stays so
+    if grad_clip > 0.0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        bad |= ~torch.isfinite(grad_norm) & (not scaler.is_enabled())
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return bad
+
+
 if master and init_from == "resume":
     record({"iter": iter_num, "event": "resume"})
 resumed_at = iter_num if init_from == "resume" else None
@@ -537,23 +583,7 @@ while True:
     out_of_time = budget > 0 and train_seconds >= budget
 
     if eval_only or iter_num == max_iters or out_of_time or (iter_num % eval_interval == 0 and iter_num != resumed_at):
-        improved, losses = False, None
-        if master:
-            losses = estimate_loss()
-        if everyone(stop_requested):  # Ctrl-C during the evaluation: its numbers would be partial
-            stop()
-        if master:
-            bpb = losses["val"] / math.log(2) / bytes_per_token
-            tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                       f"val {bpb:.4f} bits/byte")
-            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_s": train_seconds,
-                    "train_loss": losses["train"], "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
-        if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
-            if master:
-                tqdm.write(f"saving checkpoint to {ckpt_path}")
-            save_checkpoint()
+        evaluate_and_save(lr)
         t_log, timed_iters = time.perf_counter(), 0
         bar.unpause()  # the bar's rate and ETA count training only
     if out_of_time and master:
@@ -562,30 +592,8 @@ while True:
     if eval_only or iter_num >= max_iters or out_of_time:
         break
 
-    # forward, backward, update: micro_steps micro-batches, gradients averaged over all of them
     t_iter = time.perf_counter()
-    for m in range(micro_steps):
-        x, y = next(train_data[m])
-        # DDP: only the last micro-batch's backward all-reduces the gradients
-        sync = model.no_sync() if ddp and m < micro_steps - 1 else nullcontext()
-        with sync:
-            with amp:
-                _, loss = model(x, y)
-                loss = loss / micro_steps
-            scaler.scale(loss).backward()
-        loss_acc += loss.detach()
-    bad = ~torch.isfinite(loss_acc)  # the sum since the last log line: NaN or inf stays so
-    if grad_clip > 0.0:
-        for opt in optimizers:
-            scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-        bad |= ~torch.isfinite(grad_norm) & (not scaler.is_enabled())
-    first_bad = torch.where(bad & (first_bad < 0), iter_num, first_bad)
-    for opt in optimizers:
-        scaler.step(opt)
-    scaler.update()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+    first_bad = torch.where(train_step() & (first_bad < 0), iter_num, first_bad)
     iter_num += 1
     loss_iters += 1
     timed_iters += 1

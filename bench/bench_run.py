@@ -47,7 +47,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from export import load_bin, model_export, read_header  # noqa: E402
+from binfile import load_bin, model_export, read_header  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -215,7 +215,7 @@ def weight_bytes_per_token(path):
     scales = 4.0 / h["group_size"] if h["group_size"] else 0
     size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales}
     b = size[h["weight_type"]]
-    bc = size["q8_0" if h["weight_type"] == "q4" else h["weight_type"]]  # the classifier (see export.CLASSIFIER)
+    bc = size["q8_0" if h["weight_type"] == "q4" else h["weight_type"]]  # the classifier (see binfile.CLASSIFIER)
     matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
     return matrices * b + V * dim * bc + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * bc)
 
@@ -262,7 +262,7 @@ def checkpoint_models(ckpt_path):
     model it was trained with (dataloader.py's rule, as sample.py finds it)."""
     import dataloader
     import export
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     model, ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt.get("config") or {}
     tok = dataloader.tokenizer_path(model.args.vocab_size, cfg.get("vocab_source", "custom"), cfg.get("data_dir"))

@@ -6,7 +6,7 @@ bench/bench_threads.py: training and sampling speed beside another busy process,
 Two workloads, each run as a fresh process: a training step loop (the stories260K shape, batch
 16 x 256, forward + backward + AdamW, as train.py runs it) and greedy generation (the same model,
 256 tokens, as sample.py runs it). Each runs with 1 thread, with every core, and with the
-default of train.py/sample.py (model.use_free_cores: the cores other processes leave free, checked
+default of train.py/sample.py (machine.use_free_cores: the cores other processes leave free, checked
 at start and, in training, again at every log line), on an idle machine and with a competing
 process that keeps one core busy (a Python busy loop). Rounds interleave every variant; the table
 shows the median tokens/s and the ratio to 1 thread under the same load. Linux only.
@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = r"""
 import os, sys, time, torch
 sys.path.insert(0, sys.argv[1])
-from model import ModelArgs, Transformer, use_free_cores
+from machine import use_free_cores
+from model import ModelArgs, Transformer
 mode, threads, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4])
 if threads == "auto":
     reading = use_free_cores()

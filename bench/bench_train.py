@@ -45,7 +45,8 @@ import torch.nn.functional as F
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from configurator import load_config_file  # noqa: E402
-from model import ModelArgs, Transformer, peak_flops  # noqa: E402
+from machine import peak_flops  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
 
 KINDS = ("ours", "llama2c", "adamw", "muon", "naive", "repeat", "compile", "bf16")
 SHAPE_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len",

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from export import model_export  # noqa: E402
+from binfile import model_export  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 
 VOCAB = 384  # 3 control + 256 byte pieces + the characters of stories() + some merges

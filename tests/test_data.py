@@ -203,7 +203,7 @@ def test_whole_chain_round_trip(built, corpus):
         assert sum(h["n_bytes"] for h in headers) == sum(len(s.encode()) for s in want)
         assert dl.split_bytes_per_token(name, 512, data_dir=built) == pytest.approx(
             sum(len(s.encode()) for s in want) / sum(h["n_tokens"] for h in headers))
-    assert not list(built.rglob("*.tmp"))
+    assert not list(built.rglob("*.tmp*"))
 
 
 def test_validation_split_rule(corpus, tmp_path):

@@ -627,12 +627,12 @@ def test_model_zoo_local_folder_and_bad_names(shared, tmp_path, capsys):
 
 def test_model_zoo_sizes_are_the_v0_headers_of_llama2c_shapes():
     """The sizes download_models expects for the models it cannot hash are llama2.c's v0 files of
-    the published shapes (dim, layers, heads, 32000 tokens, context), computed by export's layout."""
-    import export
+    the published shapes (dim, layers, heads, 32000 tokens, context), computed by binfile's layout."""
+    import binfile
     shapes = {"stories15M.bin": (288, 6, 6, 256), "stories42M.bin": (512, 8, 8, 1024),
               "stories110M.bin": (768, 12, 12, 1024)}
     for name, (dim, layers, heads, ctx) in shapes.items():
         hidden = 32 * ((int(2 * 4 * dim / 3) + 31) // 32)  # llama2.c's rule, multiple_of 32
         h = dict(version=0, dim=dim, hidden_dim=hidden, n_layers=layers, n_heads=heads, n_kv_heads=heads,
                  vocab_size=32000, max_seq_len=ctx, shared=True, weight_type="fp32", group_size=0)
-        assert export._layout(h)[1] == ts.MODEL_FILES[name][2], name
+        assert binfile.layout(h)[1] == ts.MODEL_FILES[name][2], name

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from export import MAGIC, load_bin, model_export, pick_group_size, read_header
+from binfile import MAGIC, load_bin, model_export, pick_group_size, read_header
 from model import ModelArgs, Transformer, ffn_hidden_dim
 
 # small shapes that exercise GQA, MQA, MHA, tied and untied classifiers, odd vocab sizes and a
@@ -205,7 +205,7 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
         elif dtype == "bf16":
             want = w.to(torch.bfloat16).float()
         elif dtype == "q4" and name not in ("tok_embeddings.weight", "output.weight"):  # those two stay q8_0
-            from export import quantize_q4
+            from binfile import quantize_q4
             q, s = quantize_q4(w, gs)
             check_q4(q.numpy().tobytes(), s.numpy().tobytes(), w, gs)
             want = torch.from_numpy(decode_q4(q.numpy().tobytes(), s.numpy().tobytes(), gs)[0]).reshape(w.shape)
@@ -222,7 +222,7 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
 
 def test_q8_requantising_dequantised_weights_is_stable():
     """Fresh weights get llama2.c's bytes; their dequantised values requantise to the same bytes."""
-    from export import dequantize_q80, quantize_q80
+    from binfile import dequantize_q80, quantize_q80
     torch.manual_seed(1)
     w = torch.randn(20000, 64) * torch.exp(torch.randn(20000, 1) * 3)  # scales over many binades
     q, s = quantize_q80(w, 64)
@@ -235,7 +235,7 @@ def test_q8_requantising_dequantised_weights_is_stable():
 def test_q4_requantising_dequantised_weights_is_stable():
     """q4 groups read back as the format says; dequantised, they requantise to the same bytes, also
     for weights on few levels (where the two candidate scales tie) and for zero groups."""
-    from export import dequantize_q4, quantize_q4
+    from binfile import dequantize_q4, quantize_q4
     torch.manual_seed(2)
     for gs in (4, 8, 32):
         w = torch.randn(3000, gs) * torch.exp(torch.randn(3000, 1) * 3)
@@ -335,7 +335,7 @@ def test_dtype_takes_effect_and_bad_combinations_are_refused(tmp_path):
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    import export
+    import binfile
     m = make_model(CONFIGS["gqa_tied_vocab67"])
     path = tmp_path / "m.bin"
     path.write_bytes(b"old contents")
@@ -343,7 +343,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "quantize_q80", boom)
+    monkeypatch.setattr(binfile, "quantize_q80", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         model_export(m, path, 3, "q8_0")
     assert path.read_bytes() == b"old contents"
@@ -539,7 +539,7 @@ def test_runtime_needs_neither_transformers_nor_safetensors(repo):
 def test_gptq_moves_the_layer_output_less_than_rounding_to_nearest():
     """On inputs with correlated features, GPTQ's q4 values change X @ W.T by much less than rounding each
     weight to nearest, and they are q4 values: requantising them gives them back."""
-    from export import dequantize_q4, gptq_q4, quantize_q4
+    from binfile import dequantize_q4, gptq_q4, quantize_q4
     g = torch.Generator().manual_seed(0)
     rows, cols, gs = 48, 192, 32
     w = torch.randn(rows, cols, generator=g) * 0.05

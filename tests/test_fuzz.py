@@ -23,7 +23,7 @@ def seeds(tmp_path_factory):
 def test_seeds_cover_every_format_and_run(seeds):
     """Every .bin version and weight type has a seed, and every seed model with the tokenizer of its
     vocabulary generates (so mutations start from files that reach the forward pass and the sampler)."""
-    from export import read_header
+    from binfile import read_header
     build(PLAIN_BUILD)
     headers = {p.name: read_header(p) for p in seeds.glob("model_*.bin")}
     kinds = {(h["version"], h["weight_type"]) for h in headers.values()}

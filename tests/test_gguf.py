@@ -17,8 +17,10 @@ import pytest
 import torch
 
 import gguf_file as G
+import gguf_meta as GM
 import tokenizer as T
-from export import load_bin, model_export
+import vocab as V
+from binfile import load_bin, model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 
@@ -150,7 +152,7 @@ def test_cli_gguf_to_bin_is_the_direct_export(tok512, tmp_path):
     r = cli_here(tmp_path / "a" / "m.bin", f"--gguf={tmp_path / 'm.gguf'}")
     assert r.returncode == 0, r.stderr
     model_export(m, tmp_path / "direct.bin", vocab_id=tok512.identity)
-    T.write_bin(tok512.vocab, tmp_path / "direct_tok.bin")
+    V.write_bin(tok512.vocab, tmp_path / "direct_tok.bin")
     assert (tmp_path / "a" / "m.bin").read_bytes() == (tmp_path / "direct.bin").read_bytes()
     assert (tmp_path / "a" / "tok512.bin").read_bytes() == (tmp_path / "direct_tok.bin").read_bytes()
     G.gguf_export(m, tmp_path / "q.gguf", "q8_0", tok512.vocab)
@@ -171,15 +173,15 @@ def vocab_roundtrip(tok, tmp_path, texts):
     back = T.Tokenizer(tmp_path / "v.gguf")  # tokenizer.py reads a GGUF's tokenizer like any tokenizer file
     assert back.kind == "gguf" and back.identity == tok.identity and back.identity
     assert (back.bos_id, back.eos_id, back.end_id) == (tok.bos_id, tok.eos_id, tok.end_id)
-    bad = [p for p in texts if T.encode(back.vocab, p) != T.encode(tok.vocab, p)]
+    bad = [p for p in texts if V.encode(back.vocab, p) != V.encode(tok.vocab, p)]
     assert not bad, f"{len(bad)} texts encode differently, e.g. {bad[:3]}"
     return back
 
 
 def test_sentencepiece_vocabularies_roundtrip(shared, tok512, tmp_path):
     back = vocab_roundtrip(tok512, tmp_path, prompts() + SPECIAL)
-    assert T.write_bin(back.vocab, tmp_path / "a.bin").read_bytes() == T.write_bin(tok512.vocab, tmp_path / "b.bin").read_bytes()
-    sp_ids = [T.encode(back.vocab, p) == tok512.encode(p, False, False) for p in prompts()]
+    assert V.write_bin(back.vocab, tmp_path / "a.bin").read_bytes() == V.write_bin(tok512.vocab, tmp_path / "b.bin").read_bytes()
+    sp_ids = [V.encode(back.vocab, p) == tok512.encode(p, False, False) for p in prompts()]
     assert all(sp_ids)  # sentencepiece's own ids
     llama2 = T.Tokenizer(shared / "models" / "tokenizer.model")
     back = vocab_roundtrip(llama2, tmp_path, prompts()[:80])
@@ -194,15 +196,15 @@ def test_vocabulary_with_special_tokens_roundtrips(shared, tmp_path):
                                     max_stories=300, special_tokens=["<|start_story|>", "<|end_story|>"])
     tok = T.Tokenizer(model)
     back = vocab_roundtrip(tok, tmp_path, prompts())
-    assert back.vocab.prefix == T.PREFIX_ALWAYS and tok.vocab.prefix == T.PREFIX_TEXT
+    assert back.vocab.prefix == V.PREFIX_ALWAYS and tok.vocab.prefix == V.PREFIX_TEXT
     start = back.vocab.pieces.index(b"<|start_story|>")
-    assert T.encode(back.vocab, "<|start_story|>Once") == [start] + T.encode(back.vocab, "Once")
+    assert V.encode(back.vocab, "<|start_story|>Once") == [start] + V.encode(back.vocab, "Once")
 
 
 def test_bytelevel_vocabulary_roundtrips(bytelevel, tmp_path):
     back = vocab_roundtrip(bytelevel, tmp_path, prompts() + SPECIAL)
-    assert T.write_bin(back.vocab, tmp_path / "a.bin").read_bytes() == T.write_bin(bytelevel.vocab, tmp_path / "b.bin").read_bytes()
-    assert back.vocab.merges and back.vocab.flags & T.BYTE_LEVEL
+    assert V.write_bin(back.vocab, tmp_path / "a.bin").read_bytes() == V.write_bin(bytelevel.vocab, tmp_path / "b.bin").read_bytes()
+    assert back.vocab.merges and back.vocab.flags & V.BYTE_LEVEL
 
 
 def test_cli_refusals(shared, tok512, tmp_path):
@@ -311,24 +313,24 @@ def write_variant(path, planned, meta=None, drop=(), tensors=None):
 
 def plan_cases(planned):
     """(name, variant arguments, words)."""
-    S, U = G.STRING, G.U32
+    S, U = GM.STRING, GM.U32
     return [
         ("arch", dict(meta={"general.architecture": (S, "qwen2")}), ["architecture 'qwen2' is not supported"]),
         ("tokenizer_model", dict(meta={"tokenizer.ggml.model": (S, "bert")}), ["tokenizer model 'bert'"]),
         ("pre", dict(meta={"tokenizer.ggml.model": (S, "gpt2"), "tokenizer.ggml.pre": (S, "llama-bpe"),
-                           "tokenizer.ggml.merges": (G.ARRAY, [], S)}), ["tokenizer.ggml.pre 'llama-bpe'"]),
+                           "tokenizer.ggml.merges": (GM.ARRAY, [], S)}), ["tokenizer.ggml.pre 'llama-bpe'"]),
         ("no_dim", dict(meta={"llama.embedding_length": None}), ["llama.embedding_length missing"]),
         ("dim_string", dict(meta={"llama.embedding_length": (S, "32")}), ["embedding_length", "expected a single int"]),
         ("block_count", dict(meta={"llama.block_count": (U, 1 << 20)}), ["block_count=1048576 needs"]),
         ("context", dict(meta={"llama.context_length": (U, (1 << 24) - 1)}), ["context_length=16777215", "KV cache"]),
         ("rope_scaling", dict(meta={"llama.rope.scaling.type": (S, "linear")}), ["rope scaling"]),
         ("rope_dims", dict(meta={"llama.rope.dimension_count": (U, 4)}), ["rope.dimension_count=4"]),
-        ("token_type", dict(meta={"tokenizer.ggml.token_type": (G.ARRAY, [1] * 511 + [9], G.I32)}), ["token 511 has type 9"]),
+        ("token_type", dict(meta={"tokenizer.ggml.token_type": (GM.ARRAY, [1] * 511 + [9], GM.I32)}), ["token 511 has type 9"]),
         ("bos", dict(meta={"tokenizer.ggml.bos_token_id": (U, 512)}), ["bos_token_id=512 is outside"]),
         ("missing", dict(drop=["blk.1.ffn_up.weight"]), ["tensor blk.1.ffn_up.weight missing"]),
-        ("shape", dict(tensors={"blk.0.attn_k.weight": (G.F32_T, (32, 16), torch.zeros(16, 32))}),
+        ("shape", dict(tensors={"blk.0.attn_k.weight": (GM.F32_T, (32, 16), torch.zeros(16, 32))}),
          ["blk.0.attn_k.weight has shape [32, 16]", "implies [32, 8]"]),
-        ("extra", dict(tensors={"blk.0.attn_q.bias": (G.F32_T, (32,), torch.zeros(32))}), ["blk.0.attn_q.bias is not part"]),
+        ("extra", dict(tensors={"blk.0.attn_q.bias": (GM.F32_T, (32,), torch.zeros(32))}), ["blk.0.attn_q.bias is not part"]),
     ]
 
 
@@ -526,7 +528,7 @@ def test_gguf_package_reads_our_file(gguf_py, tok512, tmp_path):
     G.gguf_export(m, tmp_path / "q.gguf", "q8_0", tok512.vocab)
     ours = G.gguf_import(tmp_path / "q.gguf").state_dict()
     r = gguf_py.GGUFReader(tmp_path / "q.gguf")
-    names = G._names(m.args.n_layers, False)
+    names = G.tensor_names(m.args.n_layers, False)
     theirs = {t.name: gguf_py.quants.dequantize(t.data, t.tensor_type) for t in r.tensors}
     assert set(theirs) == set(names.values())
     for k, name in names.items():
@@ -536,7 +538,7 @@ def test_gguf_package_reads_our_file(gguf_py, tok512, tmp_path):
     assert int(f["llama.attention.head_count_kv"].parts[-1][0]) == 1
     assert float(f["llama.rope.freq_base"].parts[-1][0]) == 500000.0
     tokens = [str(bytes(f["tokenizer.ggml.tokens"].parts[i]), "utf-8") for i in f["tokenizer.ggml.tokens"].data]
-    assert tokens == T.vocabulary(tok512.vocab)["tokens"]
+    assert tokens == V.vocabulary(tok512.vocab)["tokens"]
 
 
 def test_gguf_package_file_imports_for_run_c(gguf_py, tok512, run_bin, tmp_path):
@@ -555,7 +557,7 @@ def test_gguf_package_file_imports_for_run_c(gguf_py, tok512, run_bin, tmp_path)
     w.add_layer_norm_rms_eps(a.norm_eps)
     w.add_rope_freq_base(a.rope_theta)
     w.add_rope_dimension_count(a.dim // a.n_heads)
-    voc = T.vocabulary(tok512.vocab)
+    voc = V.vocabulary(tok512.vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list(voc["tokens"])
     w.add_token_scores(voc["scores"])
@@ -564,7 +566,7 @@ def test_gguf_package_file_imports_for_run_c(gguf_py, tok512, run_bin, tmp_path)
     w.add_eos_token_id(voc["eos_id"])
     w.add_unk_token_id(voc["unk_id"])
     want = {}
-    for ours, name in G._names(a.n_layers, True).items():
+    for ours, name in G.tensor_names(a.n_layers, True).items():
         x = m.state_dict()[ours].numpy()
         kind = Q.F32 if x.ndim == 1 else Q.F16 if name == "token_embd.weight" else Q.Q8_0
         data = x.astype(np.float16) if kind == Q.F16 else gguf_py.quants.quantize(x, kind) if kind == Q.Q8_0 else x

@@ -8,7 +8,8 @@ import torch
 
 from conftest import SHARED
 
-from export import hf_export, hf_import, load_bin, model_export
+from binfile import load_bin, model_export
+from hf import hf_export, hf_import
 from model import ModelArgs, Transformer
 
 transformers = pytest.importorskip(

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import tokenizer as T
-from export import model_export
+import vocab as V
+from binfile import model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 
@@ -74,7 +75,7 @@ def test_import_matches_tokenizers(hf_tokenizers, run_bin, tmp_path, flavour):
     ref = tokenizers.Tokenizer.from_file(str(path))
     mine = T.Tokenizer(path)
     assert mine.sp_model is None and mine.n_words == ref.get_vocab_size()
-    tok_bin = T.write_bin(mine.vocab, tmp_path / "tok.bin")
+    tok_bin = V.write_bin(mine.vocab, tmp_path / "tok.bin")
     model_bin = tmp_path / "m.bin"
     model_export(Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=mine.n_words, max_seq_len=32)),
                  model_bin, vocab_id=mine.identity)
@@ -230,8 +231,8 @@ def test_model_vocab_larger_than_tokenizer_is_padded(hf_tokenizers, run_bin, tmp
     r = subprocess.run([sys.executable, str(REPO / "export.py"), str(out / "m.bin"), f"--hf={d}"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    v = T.read_bin(out / "tok1088.bin")
-    assert len(v) == 1088 and v.types[1024:] == [T.UNUSED] * 64 and v.pieces[1024:] == [b""] * 64
+    v = V.read_bin(out / "tok1088.bin")
+    assert len(v) == 1088 and v.types[1024:] == [V.UNUSED] * 64 and v.pieces[1024:] == [b""] * 64
     r = subprocess.run([str(run_bin), str(out / "m.bin"), "-m", "tokenize", "-i", "Once upon a time"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == [str(i) for i in T.Tokenizer(d).encode("Once upon a time", False, False)]

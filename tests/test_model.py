@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import (ClassifierLoss, ModelArgs, Muon, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
+from model import (ClassifierLoss, ModelArgs, Transformer, apply_rope, check_args, ffn_hidden_dim, rope_tables,
                    sample_next)
+from optim import Muon
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len",
@@ -310,7 +311,7 @@ def test_muon_takes_the_block_matrices(tie):
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_batched_muon_equals_torch_muon(nesterov):
-    """model.Muon runs the matrices of a shape as one batch: bit for bit torch.optim.Muon's steps,
+    """optim.Muon runs the matrices of a shape as one batch: bit for bit torch.optim.Muon's steps,
     state and checkpoint (wide, tall and square matrices, a parameter without a gradient)."""
     torch.manual_seed(0)
     shapes = [(8, 8), (24, 8), (8, 24), (24, 8), (8, 8), (6, 10)]
@@ -357,23 +358,23 @@ def test_stories260K_bin_greedy_story(shared):
 
 def test_free_cores_counts_other_processes_only(monkeypatch):
     """Busy jiffies of the machine minus this process's own CPU time, per wall second, in cores."""
-    import model
+    import machine
     hz = os.sysconf("SC_CLK_TCK")
     readings = iter([(0, 0.0, 0.0), (int(1.5 * hz), 0.5, 1.0), (int(2.1 * hz), 1.5, 2.0)])
-    monkeypatch.setattr(model, "_cpu_reading", lambda: next(readings))
-    monkeypatch.setattr(model.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(model.time, "sleep", lambda s: None)
-    n, r = model.free_cores()  # 1.5 cores busy, 0.5 of them ours: one other core busy
+    monkeypatch.setattr(machine, "_cpu_reading", lambda: next(readings))
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
+    n, r = machine.free_cores()  # 1.5 cores busy, 0.5 of them ours: one other core busy
     assert n == 1 and r == (int(1.5 * hz), 0.5, 1.0)
-    n, _ = model.free_cores(r)  # 0.6 cores busy, all ours (1.0 s of CPU in 1 s): nothing else runs
+    n, _ = machine.free_cores(r)  # 0.6 cores busy, all ours (1.0 s of CPU in 1 s): nothing else runs
     assert n == 2
-    monkeypatch.setattr(model, "_cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
-    assert model.free_cores() == (None, None)
+    monkeypatch.setattr(machine, "_cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
+    assert machine.free_cores() == (None, None)
 
 
 def test_use_free_cores_leaves_omp_num_threads_alone(monkeypatch):
-    import model
+    import machine
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setattr(model, "free_cores", lambda prev=None: (_ for _ in ()).throw(AssertionError("read load")))
+    monkeypatch.setattr(machine, "free_cores", lambda prev=None: (_ for _ in ()).throw(AssertionError("read load")))
     before = torch.get_num_threads()
-    assert model.use_free_cores() is None and torch.get_num_threads() == before
+    assert machine.use_free_cores() is None and torch.get_num_threads() == before

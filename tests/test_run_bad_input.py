@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from binfile import model_export
 from conftest import SANITIZED, build
-from export import MAGIC, model_export
 from model import ModelArgs, Transformer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -343,10 +343,10 @@ def test_tiny_temperature_is_greedy_not_overflow(run_bin, san_bin, files):
 
 def write_v1(path, header, rnd):
     """A well-formed v1 file for any header (export.py refuses some of these shapes): random weights."""
-    import export
+    import binfile
     h = dict(version=1, shared=True, weight_type="fp32", group_size=0, rope_theta=1e4, norm_eps=1e-5, **header)
-    _, size = export._layout(h)
-    path.write_bytes(export._pack_header(h) + rnd.standard_normal((size - 256) // 4).astype("<f4").tobytes())
+    _, size = binfile.layout(h)
+    path.write_bytes(binfile.pack_header(h) + rnd.standard_normal((size - 256) // 4).astype("<f4").tobytes())
     return path
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
+from binfile import load_bin, model_export, read_header
 from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD, build
-from export import load_bin, model_export, read_header
 from model import ModelArgs, Transformer
 from prompts import prompts
 

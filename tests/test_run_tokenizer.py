@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import tokenizer as T
+import vocab as V
+from binfile import model_export
 from conftest import build
-from export import model_export
 from model import ModelArgs, Transformer
 from prompts import SPECIAL, prompts
 
@@ -124,7 +125,7 @@ def test_identity_is_checked(run_bin, files, shared, tmp_path):
     # another vocabulary of the same size: refused, naming both files
     other = T.Tokenizer(files["tok512"][0])
     other.vocab.pieces[300] = b"xyzzy"
-    T.write_bin(other.vocab, tmp_path / "other.bin")
+    V.write_bin(other.vocab, tmp_path / "other.bin")
     r = run(run_bin, m512, "-z", tmp_path / "other.bin", "-m", "tokenize", "-i", "a", ok=False)
     err = r.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"run: error: {tmp_path / 'other.bin'} is not the tokenizer of {m512}")
@@ -143,11 +144,11 @@ def test_identity_is_checked(run_bin, files, shared, tmp_path):
 @pytest.mark.slow  # processes of their own
 def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_path):
     """The README's path: export.py out/model.bin --checkpoint=out/ckpt.pt, then ./run out/model.bin."""
-    import export
+    import binfile
     d = tmp_path / "data"
     d.mkdir()
     shutil.copy(shared / "models" / "tok512.model", d / "tok512.model")
-    model = export.load_bin(shared / "models" / "stories260K.bin")
+    model = binfile.load_bin(shared / "models" / "stories260K.bin")
     ident = T.Tokenizer(d / "tok512.model").identity
     ckpt = {"model": model.state_dict(), "model_args": asdict(model.args), "iter_num": 0, "best_val_loss": 0.0,
             "config": {"vocab_source": "custom", "vocab_size": 512, "data_dir": str(d)}, "vocab_identity": ident.hex()}
@@ -159,7 +160,7 @@ def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_pa
     r = exp(out / "model.bin", f"--checkpoint={out / 'ckpt.pt'}")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and (out / "tok512.bin").read_bytes()[64:96] == ident
-    assert export.read_header(out / "model.bin")["vocab_id"] == ident
+    assert binfile.read_header(out / "model.bin")["vocab_id"] == ident
     story = run(run_bin, out / "model.bin", "-t", "0", "-n", 60, cwd=tmp_path).stdout  # no -z
     assert story.startswith(b"Once upon a time, there was a little girl named Lily.")
     r = subprocess.run([sys.executable, str(REPO / "sample.py"), f"--checkpoint={out / 'model.bin'}", "--temperature=0",
@@ -194,18 +195,18 @@ def test_sample_py_says_what_a_file_is(tmp_path):
 def test_no_bos_vocabulary_needs_a_prompt(run_bin, files, tmp_path):
     """A vocabulary that adds no BOS to prompts (Hugging Face style) prints the prompt's first token too."""
     _, tok_bin, _ = files["specials"]
-    v = T.read_bin(tok_bin)
-    v.flags &= ~T.ADD_BOS
+    v = V.read_bin(tok_bin)
+    v.flags &= ~V.ADD_BOS
     v.bos = -1
-    T.write_bin(v, tmp_path / "tok400.bin")
+    V.write_bin(v, tmp_path / "tok400.bin")
     model_export(Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=400, max_seq_len=64)),
-                 tmp_path / "m.bin", vocab_id=T.identity(v))
+                 tmp_path / "m.bin", vocab_id=V.identity(v))
     r = run(run_bin, tmp_path / "m.bin", "-t", "0", "-n", 5, ok=False)
     assert r.stderr.decode().strip() == f"run: error: {tmp_path / 'tok400.bin'} has no BOS token to start a story with: give a prompt (-i)"
     r = run(run_bin, tmp_path / "m.bin", "-t", "0", "-n", 30, "-i", "Once upon")
     assert r.stdout.startswith(b"Once upon")
     ids = [int(x) for x in run(run_bin, tmp_path / "m.bin", "-m", "tokenize", "-i", "Once upon").stdout.split()]
-    assert ids == T.encode(v, "Once upon") and ids[0] != 1
+    assert ids == V.encode(v, "Once upon") and ids[0] != 1
 
 
 i32 = lambda v: struct.pack("<i", v)  # noqa: E731
@@ -230,7 +231,7 @@ BAD_FILES = {  # name: (patch {offset: bytes} or a function of the good bytes, e
     "merge_ids": (lambda b: b[:28] + i32(1) + b[32:] + i32(0) + i32(1) + i32(600), "merge 0 (0, 1 -> 600)"),
     "merge_text": (lambda b: b[:28] + i32(1) + b[32:] + i32(3) + i32(4) + i32(5), "does not join two tokens"),
     "classes_without_byte_level": (lambda b: b[:32] + i32(1) + b[36:] + struct.pack("<I", 0), "do not go together"),
-    "classes_order": (lambda b: b[:32] + i32(2) + b[36:37] + bytes([b[37] & ~(T.BYTE_FALLBACK | T.COLLAPSE) | T.BYTE_LEVEL])
+    "classes_order": (lambda b: b[:32] + i32(2) + b[36:37] + bytes([b[37] & ~(V.BYTE_FALLBACK | V.COLLAPSE) | V.BYTE_LEVEL])
                       + b[38:] + struct.pack("<II", 0, 0), "character class 1"),
 }
 
@@ -255,7 +256,7 @@ def test_bad_tokenizer_file_is_one_line(run_bin, files, name):
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("run: error: "), lines
     assert BAD_FILES[name][1] in lines[0], lines[0]
     with pytest.raises(ValueError):  # and the Python reader refuses it too
-        T.read_bin(path)
+        V.read_bin(path)
 
 
 @pytest.mark.slow  # processes of their own
@@ -271,9 +272,9 @@ def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bl.save(str(tmp_path / "tokenizer.json"))
     v = hf_tokenizer.read_tokenizer(tmp_path / "tokenizer.json")
-    T.write_bin(v, tmp_path / "bl.bin")
+    V.write_bin(v, tmp_path / "bl.bin")
     model_export(Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=len(v), max_seq_len=64)),
-                 tmp_path / "bl_m.bin", vocab_id=T.identity(v))
+                 tmp_path / "bl_m.bin", vocab_id=V.identity(v))
     text = "h\u00e9llo  \U0001F600 <|end_story|>It's \u3000 42\u0301 x\xff\t\n " * 20
     runs = [([files["specials"][2], "-z", files["specials"][1], "-m", "tokenize", "-i", text + "<|start_story|>"], 0),
             ([tmp_path / "bl_m.bin", "-z", tmp_path / "bl.bin", "-m", "tokenize", "-i", text], 0),

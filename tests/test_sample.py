@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from test_model import load_v0_bin, tiny
 
 REPO = Path(__file__).resolve().parent.parent

@@ -91,12 +91,12 @@ def test_template_ids_agree(twin, run_bin):
 
 
 def test_logits_agree(twin, run_bin, tmp_path):
-    import export
+    import binfile
     hf_dir, model_bin, _, ids, _ = twin
     hf = transformers.LlamaForCausalLM.from_pretrained(hf_dir).eval()
     with torch.no_grad():
         want = hf(torch.tensor([ids])).logits[0].numpy()
-        ours = export.load_bin(model_bin)(torch.tensor([ids]))[0][0].numpy()  # sample.py's model
+        ours = binfile.load_bin(model_bin)(torch.tensor([ids]))[0][0].numpy()  # sample.py's model
     r = subprocess.run([str(run_bin), str(model_bin), "-m", "logits", "-i", " ".join(map(str, ids)), "-o",
                         str(tmp_path / "l.bin")], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -124,9 +124,9 @@ def test_greedy_story_stops_at_end_story(twin, run_bin):
     assert r.returncode == 0, r.stderr
     assert r.stdout == text + "\n"
     # model.generate, the loop sample.py runs: stops there; without the stop it goes on
-    import export
+    import binfile
     from tokenizer import Tokenizer
-    m = export.load_bin(model_bin)
+    m = binfile.load_bin(model_bin)
     stops = Tokenizer(model_bin.parent / "tok2048.bin").stops()
     y = m.generate(torch.tensor([ids]), 20, temperature=0.0, stop_tokens=stops)[0].tolist()
     assert y == out

@@ -9,6 +9,7 @@ import pytest
 from sentencepiece import SentencePieceProcessor
 
 import tokenizer as T
+import vocab as V
 from prompts import SPECIAL, prompts
 from tokenizer import Tokenizer
 
@@ -65,17 +66,17 @@ def test_new_format_round_trip_and_header(shared, special_vocab, tmp_path, name)
     raw = out.read_bytes()
     magic, version, n, bos, eos, unk, end, n_merges, n_classes, prefix, flags = struct.unpack_from("<I8iBB", raw)
     sp = SentencePieceProcessor(model_file=str(path))
-    assert (magic, version, n, bos, eos, unk) == (T.MAGIC, 1, sp.vocab_size(), sp.bos_id(), sp.eos_id(), sp.unk_id())
-    assert (n_merges, n_classes, prefix) == (0, 0, T.PREFIX_TEXT) and raw[64:96] == tok.identity
-    assert flags == T.ADD_BOS | T.BYTE_FALLBACK | (T.COLLAPSE if name == "tok512" else 0)  # llama2 keeps spaces
-    back = T.read_bin(out)
+    assert (magic, version, n, bos, eos, unk) == (V.MAGIC, 1, sp.vocab_size(), sp.bos_id(), sp.eos_id(), sp.unk_id())
+    assert (n_merges, n_classes, prefix) == (0, 0, V.PREFIX_TEXT) and raw[64:96] == tok.identity
+    assert flags == V.ADD_BOS | V.BYTE_FALLBACK | (V.COLLAPSE if name == "tok512" else 0)  # llama2 keeps spaces
+    back = V.read_bin(out)
     assert (back.pieces, back.scores, back.types, back.in_text) == (tok.vocab.pieces, tok.vocab.scores, tok.vocab.types,
                                                                    tok.vocab.in_text)
-    assert T.identity(back) == tok.identity and Tokenizer(out).identity == tok.identity
+    assert V.identity(back) == tok.identity and Tokenizer(out).identity == tok.identity
     assert end == (tok.vocab.pieces.index(b"<|end_story|>") if name == "specials" else -1)
-    types = [sp.is_byte(i) and T.BYTE or sp.is_control(i) and T.CONTROL or sp.is_unknown(i) and T.UNKNOWN
-             or T.NORMAL for i in range(n)]
-    assert [t if t != T.USER_DEFINED else T.NORMAL for t in back.types] == types
+    types = [sp.is_byte(i) and V.BYTE or sp.is_control(i) and V.CONTROL or sp.is_unknown(i) and V.UNKNOWN
+             or V.NORMAL for i in range(n)]
+    assert [t if t != V.USER_DEFINED else V.NORMAL for t in back.types] == types
 
 
 @pytest.mark.parametrize("name", ["tok512", "llama2", "specials"])
@@ -96,7 +97,7 @@ def test_encoder_matches_sentencepiece(shared, special_vocab, tmp_path, name):
 def test_special_tokens_are_one_token_each(special_vocab, tmp_path):
     tok = Tokenizer(special_vocab)
     start, end = (tok.vocab.pieces.index(s.encode()) for s in SPECIALS)
-    assert tok.vocab.types[start] == tok.vocab.types[end] == T.USER_DEFINED and tok.end_id == end
+    assert tok.vocab.types[start] == tok.vocab.types[end] == V.USER_DEFINED and tok.end_id == end
     for t in (tok, Tokenizer(tok.export(tmp_path / "t.bin"))):
         ids = t.encode("<|start_story|>Once upon a time<|end_story|>", bos=True, eos=False)
         assert ids[0] == 1 and ids[2] == start and ids[-1] == end and ids.count(start) == ids.count(end) == 1
@@ -128,12 +129,12 @@ def test_identity(shared, special_vocab, tmp_path):
 
 
 def test_vocabulary_for_other_writers(shared, special_vocab):
-    v = T.vocabulary(special_vocab)
+    v = V.vocabulary(Tokenizer(special_vocab).vocab)  # vocab.py reads no tokenizer files: tokenizer.py does
     sp = SentencePieceProcessor(model_file=str(special_vocab))
     assert v["model"] == "llama" and v["tokens"] == [sp.id_to_piece(i) for i in range(400)]
     assert v["scores"] == pytest.approx([sp.get_score(i) for i in range(400)]) and v["merges"] == []
     assert (v["bos_id"], v["eos_id"], v["unk_id"], v["end_id"]) == (1, 2, 0, 4)
-    assert v["types"][:5] == [T.UNKNOWN, T.CONTROL, T.CONTROL, T.USER_DEFINED, T.USER_DEFINED]
+    assert v["types"][:5] == [V.UNKNOWN, V.CONTROL, V.CONTROL, V.USER_DEFINED, V.USER_DEFINED]
     assert v["special_ids"] == [1, 2, 3, 4] and v["add_bos"] and v["add_space_prefix"]
     assert v["identity"] == Tokenizer(special_vocab).identity.hex()
 
@@ -185,4 +186,4 @@ def test_bad_tokenizer_files(shared, tmp_path):
     for name, (data, words) in cases.items():
         (tmp_path / f"{name}.bin").write_bytes(data)
         with pytest.raises(ValueError, match=words):
-            T.read_bin(tmp_path / f"{name}.bin")
+            V.read_bin(tmp_path / f"{name}.bin")

@@ -1,0 +1,75 @@
+"""checkpoint.py: reading train.py's checkpoints, safely: one ValueError line naming the file for
+anything that is not a checkpoint of a model that fits its weights.
+
+train.py writes ckpt.pt (fileio.atomic_write) and reads it back here to resume; sample.py and
+export.py load models from it with load_checkpoint.
+"""
+import torch
+
+from fileio import regular_file
+from model import ModelArgs, Transformer, check_args
+
+
+def read_checkpoint(path, device="cpu"):
+    """The dict in a train.py checkpoint, or ValueError in one line naming the file.
+
+    weights_only=True: the file is unpickled with tensors and plain containers only, so a crafted
+    ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
+    """
+    regular_file(path, "checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable train.py checkpoint ({type(e).__name__}: {first})") from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("model_args"), dict)):
+        raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
+    return ckpt
+
+
+def checkpoint_args(ckpt, path):
+    """The ModelArgs of a checkpoint read by read_checkpoint (ValueError when they make no model, or
+    not the model its weights are: see check_shapes)."""
+    try:
+        args = ModelArgs(**ckpt["model_args"])
+        check_args(args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+    check_shapes(args, ckpt, path)
+    return args
+
+
+def check_shapes(args, ckpt, path):
+    """ValueError unless every weight in the checkpoint has the shape args give it. The model is
+    built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
+    instead of allocating terabytes before the weights are looked at."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
+    except RuntimeError as e:
+        raise ValueError(f"{path}: model_args make no model that fits in memory ({str(e).splitlines()[0]})") from None
+    for k, v in ckpt["model"].items():
+        k = k.removeprefix("_orig_mod.")
+        shape = tuple(getattr(v, "shape", ()))
+        if k in want and shape != want[k]:
+            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
+                             f"{want[k]}")
+
+
+def load_weights(model, ckpt, path):
+    """Copy a checkpoint's weights into model, strictly: a missing, extra or misshapen one is a ValueError."""
+    # torch.compile'd models save their weights under "_orig_mod."
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
+        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model in eval mode on device, the checkpoint dict) of a train.py checkpoint."""
+    ckpt = read_checkpoint(path, device)
+    model = Transformer(checkpoint_args(ckpt, path))
+    load_weights(model, ckpt, path)
+    return model.to(device).eval(), ckpt
