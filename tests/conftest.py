@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # flat scripts, no package: make `import model` work from tests/
@@ -17,6 +18,9 @@ SHARED = Path(os.environ.get("STORYLLAMA_SHARED", REPO.parent / "shared" / "data
 # make sanitize names its two sanitizer builds here, so that every C test runs under ASan + UBSan.
 PLAIN_BUILD, VECTOR_BUILD = os.environ.get("STORYLLAMA_BUILDS", "runplain run").split()
 SANITIZED = "sanitize" in PLAIN_BUILD + VECTOR_BUILD  # slower: time limits are relaxed
+# The tests' models are tiny: a second thread buys nothing and, beside a busy core, makes every op
+# wait at torch's barriers. (Commands the tests start pick their own threads.)
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):
