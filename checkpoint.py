@@ -2,10 +2,13 @@
 anything that is not a checkpoint of a model that fits its weights.
 
 train.py writes ckpt.pt (fileio.atomic_write) and reads it back here to resume; sample.py and
-export.py load models from it with load_checkpoint.
+export.py load models from it with load_checkpoint, and find its vocabulary with checkpoint_tokenizer.
 """
+from pathlib import Path
+
 import torch
 
+import dataloader
 from fileio import regular_file
 from model import ModelArgs, Transformer, check_args
 
@@ -73,3 +76,22 @@ def load_checkpoint(path, device="cpu"):
     model = Transformer(checkpoint_args(ckpt, path))
     load_weights(model, ckpt, path)
     return model.to(device).eval(), ckpt
+
+
+def checkpoint_tokenizer(path, ckpt):
+    """(tokenizer file, note or "") of a train.py checkpoint: the copy of its run's vocabulary that
+    train.py keeps in out_dir, beside ckpt.pt, under the name ckpt["tokenizer"] gives. A checkpoint
+    written before runs carried their vocabulary is looked up by dataloader.py's rule in the data
+    folder its config names, and the note says so. ValueError when neither says where it is."""
+    name = ckpt.get("tokenizer")
+    if name is not None:
+        if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):
+            raise ValueError(f"{path}: its tokenizer {name!r} is not a file name beside it")
+        return Path(path).parent / name, ""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    try:
+        found = dataloader.tokenizer_path(ckpt["model_args"].get("vocab_size", 0), config.get("vocab_source", "custom"),
+                                          config.get("data_dir"))
+    except dataloader.DataError as e:
+        raise ValueError(f"{path}: holds no vocabulary and names none: {e}") from None
+    return found, f"note: {path} holds no vocabulary (an older checkpoint): using {found}"

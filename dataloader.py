@@ -159,9 +159,10 @@ def load_shard(path):
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_SIZE, shape=(n,))
 
 
-def split_shards(split, vocab_size, vocab_source="custom", data_dir=None):
+def split_shards(split, vocab_size, vocab_source="custom", data_dir=None, tokenizer=None):
     """[(path, header)] of a split, after checking every shard matches the vocabulary asked for
-    and the tokenizer model that goes with it (when that model file is there)."""
+    and the tokenizer file that goes with it: `tokenizer` (a run's own copy), else the data folder's
+    (when that file is there)."""
     if split not in ("train", "val"):
         raise DataError(f"split={split!r}: expected 'train' or 'val'")
     folder = shard_dir(vocab_size, vocab_source, data_dir)
@@ -169,7 +170,7 @@ def split_shards(split, vocab_size, vocab_source="custom", data_dir=None):
     if not paths:
         raise DataError(f"no {split} shards in {folder} for vocab_source={vocab_source} vocab_size={vocab_size}; "
                         f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir)}")
-    model = tokenizer_path(vocab_size, vocab_source, data_dir)
+    model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
     want_sha = file_sha256(model) if model.is_file() else None
     out = []
     for p in paths:

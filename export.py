@@ -12,7 +12,7 @@ llama.cpp (gguf_file.py).
     python export.py --to_gguf=OUT.gguf --checkpoint=... [--dtype=fp32|f16|q8_0]   write one llama.cpp runs
 
 OUT.bin gets the model's run.c tokenizer beside it (tok{vocab_size}.bin, where run.c looks) whenever
-the tokenizer is known: the checkpoint's vocabulary (dataloader.py's rule), the HF directory's own, the
+the tokenizer is known: the checkpoint's own (the copy train.py keeps beside it), the HF directory's own, the
 one beside --bin, the GGUF's own, or --tokenizer.
 """
 import argparse
@@ -27,7 +27,7 @@ import dataloader
 import gguf_file
 import tokenizer as T
 from binfile import WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_header
-from checkpoint import load_checkpoint
+from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import closest
 from hf import hf_export, hf_import
 from model import ffn_hidden_dim
@@ -66,18 +66,14 @@ def _closest_flags(parser, msg):
     return closest(unknown[0][2:], known) if unknown else ""
 
 
-def model_tokenizer(a, model, model_id, train_config, note):
+def model_tokenizer(a, model, model_id, ckpt_tokenizer, note):
     """The tokenizer.Tokenizer of the model being exported, or None (with a note) when it is not known:
-    --tokenizer, else the checkpoint's vocabulary (dataloader.py's rule), the HF directory's, or the
-    run.c tokenizer beside --bin. ValueError when it is not the model's (identity or size)."""
+    --tokenizer, else the checkpoint's own (checkpoint.checkpoint_tokenizer), the HF directory's, the
+    GGUF's, or the run.c tokenizer beside --bin. ValueError when it is not the model's (identity or size)."""
     n = model.args.vocab_size
     path = a.tokenizer
     if path is None and a.checkpoint:
-        try:
-            path = dataloader.tokenizer_path(n, train_config.get("vocab_source", "custom"), train_config.get("data_dir"))
-        except dataloader.DataError as e:
-            note(f"no tokenizer written: the checkpoint's vocabulary: {e}")
-            return None
+        path = ckpt_tokenizer
         if not path.is_file():
             note(f"no tokenizer written: {path} (the checkpoint's vocabulary) not found; pass --tokenizer=PATH")
             return None
@@ -166,17 +162,21 @@ def parse_args(argv):
     return a
 
 
-def load_source(a):
-    """(model, its vocabulary identity or None, the checkpoint's training config or {}) of the source."""
+def load_source(a, note):
+    """(model, its vocabulary identity or None, the checkpoint's training config or {}, the checkpoint's
+    tokenizer file or None) of the source."""
     if a.checkpoint:
         model, ckpt = load_checkpoint(a.checkpoint)
         model_id = bytes.fromhex(ckpt["vocab_identity"]) if isinstance(ckpt.get("vocab_identity"), str) else None
-        return model, model_id, ckpt.get("config") or {}
+        tok_path, old = (None, "") if a.tokenizer else checkpoint_tokenizer(a.checkpoint, ckpt)
+        if old:
+            note(old.removeprefix("note: "))
+        return model, model_id, ckpt.get("config") or {}, tok_path
     if a.bin:
-        return load_bin(a.bin), read_header(a.bin)["vocab_id"], {}
+        return load_bin(a.bin), read_header(a.bin)["vocab_id"], {}, None
     if a.gguf:
-        return gguf_file.gguf_import(a.gguf), None, {}
-    return hf_import(a.hf), None, {}
+        return gguf_file.gguf_import(a.gguf), None, {}, None
+    return hf_import(a.hf), None, {}, None
 
 
 def write_out_bin(a, model, tok, vocab_id, train_config):
@@ -201,11 +201,11 @@ def write_out_bin(a, model, tok, vocab_id, train_config):
 def main(argv=None):
     a = parse_args(argv)
     try:
-        model, model_id, train_config = load_source(a)
+        notes = []  # said after the outputs are written: an error stays the only line
+        model, model_id, train_config, ckpt_tokenizer = load_source(a, notes.append)
         if not a.allow_nonfinite:
             check_finite(model, a.checkpoint or a.bin or a.hf or a.gguf)
-        notes = []  # said after the outputs are written: an error stays the only line
-        tok = model_tokenizer(a, model, model_id, train_config, notes.append)
+        tok = model_tokenizer(a, model, model_id, ckpt_tokenizer, notes.append)
         vocab_id = (tok.identity if tok else None) or model_id
         if a.to_gguf:  # everything llama.cpp could not hold is refused before anything is written
             if tok is None:

@@ -57,16 +57,29 @@ def peak_flops(device, dtype):
 # the thread sharing it waits a scheduler time slice at each barrier, and two threads end up far
 # slower than one. So on a CPU train.py and sample.py use only the cores that are free.
 
-def _cpu_reading():
-    """(busy jiffies of the whole machine, this process's CPU seconds, wall seconds), or None."""
+def cpu_reading():
+    """(busy jiffies of the whole machine, this process's CPU seconds, wall seconds), or None.
+
+    Time spent by niced processes is not busy (unless this process is niced too): the scheduler
+    gives a nice 19 job a sliver beside ours, so a core it runs on is a core we can have."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
+            user, nice, system, idle, iowait, irq, softirq, steal = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
-        return None  # not Linux: no reading, torch's own default stands
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return None  # not Linux (or a /proc/stat of another shape): no reading, torch's own default stands
+    busy = user + system + irq + softirq + steal + (nice if os.getpriority(os.PRIO_PROCESS, 0) > 0 else 0)
     own = os.times()
-    return sum(fields) - idle, own.user + own.system, time.monotonic()
+    return busy, own.user + own.system, time.monotonic()
+
+
+def others_busy(prev):
+    """(cores' worth of CPU the other processes used since the reading prev, the new reading); None
+    for the first where there is no reading or no time has passed."""
+    now = cpu_reading()
+    if prev is None or now is None or now[2] <= prev[2]:
+        return None, now
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(((now[0] - prev[0]) / hz - (now[1] - prev[1])) / (now[2] - prev[2]), 0.0), now
 
 
 def free_cores(prev=None, wait=0.2):
@@ -76,17 +89,15 @@ def free_cores(prev=None, wait=0.2):
     so a running job measures what the others use. Returns (None, None) where /proc/stat is missing.
     """
     if prev is None:
-        prev = _cpu_reading()
+        prev = cpu_reading()
         if prev is None:
             return None, None
         time.sleep(wait)
-    now = _cpu_reading()
-    if now is None or now[2] <= prev[2]:
+    others, now = others_busy(prev)
+    if others is None:
         return None, now
-    hz = os.sysconf("SC_CLK_TCK")
-    others = ((now[0] - prev[0]) / hz - (now[1] - prev[1])) / (now[2] - prev[2])  # cores' worth
     n = len(os.sched_getaffinity(0))
-    return max(1, min(n, n - round(max(others, 0.0)))), now
+    return max(1, min(n, n - round(others))), now
 
 
 def use_free_cores(prev=None):

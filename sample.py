@@ -8,8 +8,9 @@
 Every sample begins with BOS (where the vocabulary adds one) and the prompt, and ends at the end of
 the story (EOS, a BOS that starts the next one, or the vocabulary's end-of-story token such as
 <|end_story|>: end_token), after max_new_tokens tokens, or when the context is full. The tokenizer is
-the model's own: for a checkpoint the one it was trained with (its vocab_source and vocab_size), for
-a .bin the run.c tokenizer beside it, found as run.c finds it; --tokenizer overrides, and one whose
+the model's own: for a checkpoint the copy of its run's vocabulary that train.py keeps beside it (an
+older checkpoint: data/'s, by its vocab_source and vocab_size), for a .bin the run.c tokenizer beside
+it, found as run.c finds it; --tokenizer overrides, and one whose
 vocabulary identity differs from the model's is refused. The model must match its file exactly: a
 missing, extra or misshapen weight is an error.
 """
@@ -20,9 +21,8 @@ from contextlib import nullcontext
 import torch
 
 from binfile import load_bin, read_header
-from checkpoint import load_checkpoint
+from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import configure_or_exit
-import dataloader
 from fileio import regular_file
 from machine import use_free_cores
 import tokenizer as T
@@ -49,17 +49,8 @@ def die(msg):
     sys.exit(1)
 
 
-def find_tokenizer(model, train_config):
-    """The checkpoint's own tokenizer, by dataloader.py's vocabulary rule."""
-    source = train_config.get("vocab_source", "custom")  # train.py's default
-    try:
-        return str(dataloader.tokenizer_path(model.args.vocab_size, source, train_config.get("data_dir")))
-    except dataloader.DataError as e:
-        die(f"the checkpoint's vocabulary: {e}; pass --tokenizer=PATH")
-
-
 def load_model(path, device):
-    """(model, vocabulary identity or None, train config, default tokenizer path) of a train.py checkpoint
+    """(model, vocabulary identity or None, its tokenizer's path) of a train.py checkpoint
     or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file)."""
     try:
         regular_file(path, "checkpoint")  # a FIFO would block the read
@@ -75,8 +66,13 @@ def load_model(path, device):
         except ValueError as e:
             die(str(e))
         ident = ckpt.get("vocab_identity")
-        train_config = ckpt.get("config") or {}
-        return model, bytes.fromhex(ident) if isinstance(ident, str) else None, train_config, None
+        try:
+            tok_path, old = checkpoint_tokenizer(path, ckpt)
+        except ValueError as e:
+            die(f"{e}; pass --tokenizer=PATH")
+        if old:
+            print(f"sample.py: {old}", file=sys.stderr)
+        return model, bytes.fromhex(ident) if isinstance(ident, str) else None, str(tok_path)
     try:
         model, h = load_bin(path), read_header(path)
     except (ValueError, OSError) as e:
@@ -85,7 +81,7 @@ def load_model(path, device):
     if found is None:
         die(f"no tokenizer for {path}: looked for {' and '.join(map(str, T.beside(path, model.args.vocab_size)))} "
             "(export.py writes it beside the model); pass --tokenizer=PATH")
-    return model.to(device), h["vocab_id"], {}, found
+    return model.to(device), h["vocab_id"], found
 
 
 def main():
@@ -100,8 +96,8 @@ def main():
     device = cfg["device"]
     if device == "cpu":
         use_free_cores()  # only the cores other processes leave free; OMP_NUM_THREADS wins
-    model, model_id, train_config, beside = load_model(cfg["checkpoint"], device)
-    tok_path = cfg["tokenizer"] or beside or find_tokenizer(model, train_config)
+    model, model_id, own = load_model(cfg["checkpoint"], device)
+    tok_path = cfg["tokenizer"] or own
     try:
         tok = T.Tokenizer(tok_path)
     except (OSError, ValueError) as e:

@@ -28,17 +28,18 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from checkpoint import check_shapes, load_weights, read_checkpoint
+from checkpoint import check_shapes, checkpoint_tokenizer, load_weights, read_checkpoint
 from configurator import configure_or_exit
 import dataloader
 from fileio import atomic_write, temp_path
-from machine import peak_flops, use_free_cores
+from machine import cpu_reading, others_busy, peak_flops, use_free_cores
 from model import ModelArgs, Transformer, check_args
 from tokenizer import Tokenizer
 
@@ -193,17 +194,26 @@ torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (pe
 torch.backends.cudnn.allow_tf32 = True
 torch.manual_seed(seed + rank)  # each rank its own dropout stream; DDP copies rank 0's weights
 # on a CPU, the cores other processes leave free (checked again at every log line); OMP_NUM_THREADS wins
-cpu_reading = use_free_cores() if device_type == "cpu" else None
+threads_reading = use_free_cores() if device_type == "cpu" else None
+run_reading = cpu_reading()  # the machine at the start: at the end, what other processes took meanwhile
 tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
 
 # -----------------------------------------------------------------------------
 # data: each split's shards are checked and indexed once; the evaluation batches are fixed
 try:
-    shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir) for split in ("train", "val")}
+    # The run's vocabulary travels with it: out_dir keeps a copy (written below) that every checkpoint
+    # names, so export.py, sample.py and a resumed run need nothing from the data folder. A run starts
+    # from the data folder's file; a resumed one keeps its own (an older checkpoint: the data folder's).
+    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir)
+    if ckpt is not None and ckpt.get("tokenizer") is not None:
+        vocab_model = checkpoint_tokenizer(ckpt_path, ckpt)[0]
+        if not vocab_model.is_file():
+            raise ValueError(f"{vocab_model}: the run's vocabulary, which {ckpt_path} names, is missing")
+    shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir, vocab_model)
+              for split in ("train", "val")}
     bytes_per_token = dataloader.bytes_per_token(shards["val"])
     train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
     # the vocabulary's identity goes into every checkpoint: sample.py, export.py and run.c check tokenizers by it
-    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir)
     vocab_identity = Tokenizer(vocab_model).identity.hex() if vocab_model.is_file() else None
     eval_batches = {split: dataloader.Batches(shards[split], batch_size, max_seq_len, seed + 1, bos_aligned)
                     for split in ("train", "val")}
@@ -225,6 +235,18 @@ def finished_run():
     except (OSError, IndexError, ValueError):
         return None
     return last.get("recipe") if isinstance(last, dict) and last.get("event") == "finished" else None
+
+
+def keep_vocabulary():
+    """Copy the run's tokenizer file into out_dir (unless it is there already); its name there, or
+    None when the data folder has none (shards made elsewhere: the checkpoint then names none)."""
+    if not vocab_model.is_file():
+        print(f"note: no tokenizer at {vocab_model}: the checkpoints will not carry their vocabulary")
+        return None
+    dest, data = Path(out_dir) / vocab_model.name, vocab_model.read_bytes()
+    if not (dest.is_file() and dest.read_bytes() == data):
+        atomic_write(dest, data)
+    return vocab_model.name
 
 
 def lock_out_dir():
@@ -258,6 +280,7 @@ if master:
             sys.exit(0)
         die(f"{ckpt_path} holds the checkpoint of an earlier run: continue it with --init_from=resume, or pass "
             "--overwrite=True to train from scratch and replace it", 2)
+    vocab_name = keep_vocabulary()
     print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
           f"({world_size} processes x {micro_steps}) x {batch_size} x {max_seq_len}; device {device}, {dtype}")
 
@@ -371,7 +394,7 @@ def save_checkpoint():
             "model_args": asdict(margs), "iter_num": iter_num, "train_seconds": train_seconds,
             "best_val_loss": best_val_loss, "config": config, "rng": rngs,
             "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "vocab_identity": vocab_identity}
+            "vocab_identity": vocab_identity, "tokenizer": vocab_name}
     write_checkpoint(ckpt)
     saved_iter = iter_num
 
@@ -610,7 +633,7 @@ while True:
             diverged(f"the loss or gradient norm was NaN or inf at iteration {int(first_bad)}" if int(first_bad) >= 0
                      else "another process saw a NaN or inf loss")
         if device_type == "cpu":
-            cpu_reading = use_free_cores(cpu_reading)
+            threads_reading = use_free_cores(threads_reading)
         if ddp:
             dist.all_reduce(loss_acc, op=dist.ReduceOp.SUM)
             loss_acc /= world_size
@@ -633,6 +656,11 @@ while True:
         stop()
 
 bar.close()
+others, _ = others_busy(run_reading) if master and not ddp and device_type == "cpu" else (None, None)
+if others is not None and others >= 0.25:  # a time budget buys fewer iterations on a busy machine: say why
+    print(f"note: other processes kept {others:.1f} of this machine's {os.cpu_count()} cores busy during the run, "
+          "so it trained slower than on a quiet machine" + (" and the time budget bought fewer iterations" if budget
+                                                             else ""))
 if metrics is not None:
     if not eval_only:  # what a repeat of this command finds: nothing left to do
         metrics.write(json.dumps({"iter": iter_num, "event": "finished", "recipe": recipe_of(config)}) + "\n")

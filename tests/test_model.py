@@ -361,15 +361,28 @@ def test_free_cores_counts_other_processes_only(monkeypatch):
     import machine
     hz = os.sysconf("SC_CLK_TCK")
     readings = iter([(0, 0.0, 0.0), (int(1.5 * hz), 0.5, 1.0), (int(2.1 * hz), 1.5, 2.0)])
-    monkeypatch.setattr(machine, "_cpu_reading", lambda: next(readings))
+    monkeypatch.setattr(machine, "cpu_reading", lambda: next(readings))
     monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(machine.time, "sleep", lambda s: None)
     n, r = machine.free_cores()  # 1.5 cores busy, 0.5 of them ours: one other core busy
     assert n == 1 and r == (int(1.5 * hz), 0.5, 1.0)
     n, _ = machine.free_cores(r)  # 0.6 cores busy, all ours (1.0 s of CPU in 1 s): nothing else runs
     assert n == 2
-    monkeypatch.setattr(machine, "_cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
+    monkeypatch.setattr(machine, "cpu_reading", lambda: None)  # no /proc/stat: leave torch alone
     assert machine.free_cores() == (None, None)
+
+
+def test_niced_neighbours_leave_their_cores_free(monkeypatch, tmp_path):
+    """A nice 19 job yields its core to ours: its time (/proc/stat's nice column) is not busy, unless
+    this process is niced too and so competes with it on equal terms."""
+    import io
+    import machine
+    stat = "cpu  100 500 50 1000 7 3 2 1 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    monkeypatch.setattr(machine, "open", lambda path, *a, **k: io.StringIO(stat), raising=False)
+    monkeypatch.setattr(machine.os, "getpriority", lambda which, who: 0)
+    assert machine.cpu_reading()[0] == 100 + 50 + 3 + 2 + 1  # user, system, irq, softirq, steal
+    monkeypatch.setattr(machine.os, "getpriority", lambda which, who: 10)
+    assert machine.cpu_reading()[0] == 100 + 500 + 50 + 3 + 2 + 1
 
 
 def test_use_free_cores_leaves_omp_num_threads_alone(monkeypatch):

@@ -60,17 +60,23 @@ def test_out_dir_alone_exports_samples_plots_and_resumes(trained, shared, tmp_pa
     r = run(clone, "export.py", "out/model.bin", "--checkpoint=out/ckpt.pt", env=env)
     assert (clone / "out" / "model.bin").is_file() and (clone / "out" / "tok512.bin").is_file(), r.stdout
     assert "note" not in r.stdout + r.stderr, r.stdout + r.stderr
-    r = run(clone, "sample.py", "--checkpoint=out/ckpt.pt", "--max_new_tokens=20", "--temperature=0", env=env)
+    r = run(clone, "sample.py", "--checkpoint=out/ckpt.pt", "--max_new_tokens=20", "--temperature=0",
+            "--start=Once upon a time", env=env)
     assert r.stdout.strip() and "note" not in r.stderr, r.stderr
     # sample.py on the exported .bin finds the tokenizer export wrote beside it, and tells the same story
-    r2 = run(clone, "sample.py", "--checkpoint=out/model.bin", "--max_new_tokens=20", "--temperature=0", env=env)
+    r2 = run(clone, "sample.py", "--checkpoint=out/model.bin", "--max_new_tokens=20", "--temperature=0",
+            "--start=Once upon a time", env=env)
     assert r2.stdout == r.stdout
     run(clone, "plot.py", "out", env=env)
     r = run(clone, "train.py", "--init_from=resume", "--max_iters=6", f"--data_dir={shards}", env=env)
     ckpt = torch.load(clone / "out" / "ckpt.pt", weights_only=True)
     assert ckpt["iter_num"] == 6 and ckpt["tokenizer"] == "tok512.model", r.stdout
-    # the vocabulary is the one the shards were made with: a different file under the same name is refused
-    shutil.copy(shared / "models" / "tokenizer.model", clone / "out" / "tok512.model")
+    # the vocabulary the model was made with, by its identity: another one under the same name is refused
+    import tokenizer as T
+    import vocab as V
+    v = T.Tokenizer(shared / "models" / "tok512.model").vocab
+    v.pieces[300], v.pieces[301] = v.pieces[301], v.pieces[300]
+    V.write_bin(v, clone / "out" / "tok512.model")
     r = run(clone, "export.py", "out/other.bin", "--checkpoint=out/ckpt.pt", ok=False, env=env)
     assert "tok512.model" in r.stderr and "not the vocabulary" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr

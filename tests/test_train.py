@@ -260,6 +260,22 @@ def test_time_budget_stops_training(data_dir, tmp_path):
 
 
 @pytest.mark.slow  # a training run in a process of its own
+def test_a_busy_machine_is_named_at_the_end(data_dir, tmp_path):
+    """A time-budgeted run beside a process that keeps a core busy says so when it ends: the story
+    of a 3-minute run on a busy machine is worse, and the user should know why."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        r = train(*TINY, "--max_minutes=0.03", "--max_iters=1000000", "--eval_interval=1000000",
+                  f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert re.search(r"note: other processes kept [0-9.]+ of this machine's \d+ cores busy during the run, so it "
+                     r"trained slower than on a quiet machine and the time budget bought fewer iterations", r.stdout), \
+        r.stdout[-1500:]
+
+
+@pytest.mark.slow  # a training run in a process of its own
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_dtypes(data_dir, tmp_path, dtype):
     out = tmp_path / "out"
