@@ -1,7 +1,7 @@
 """binfile.py: the .bin model file run.c reads, both ways: its header and layout, the weight encodings
 (bf16, Q8_0, q4 and GPTQ's q4 rounding), model_export to write one and read_header/load_bin to read one.
 
-.bin versions (every one is read and written; README.md has the table):
+.bin versions (every one is read and written; docs/formats.md has the byte layouts):
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
   v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
   v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)
@@ -28,7 +28,7 @@ HEADER_BYTES = 256  # v1..v3 header size
 ALIGN = 64  # v3: every array starts at a multiple of this file offset
 WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}  # v3 header byte at offset 41
 QUANTISED = ("q8_0", "q4")  # the types stored in groups of group_size with one fp32 scale each
-# q4 files keep these in q8_0 (run.c: classifier_type): the logits lose the most to 4 bits (README, q4 quality)
+# q4 files keep these in q8_0 (run.c: classifier_type): the logits lose the most to 4 bits (docs/export.md, q4 and GPTQ)
 CLASSIFIER = ("tok_embeddings.weight", "output.weight")
 LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
 

@@ -3,7 +3,7 @@ that run.c mirrors step for step, and the two files read without a tokenizer lib
 .model (a small protobuf reader) and run.c's tokenizer file, ours and llama2.c's, both ways.
 
 tokenizer.py reads a vocabulary from any file (also tokenizer.json through hf_tokenizer.py, and a
-GGUF through gguf_meta.py, which build Vocabs from here) and is its command line. The README has
+GGUF through gguf_meta.py, which build Vocabs from here) and is its command line. docs/formats.md has
 the tokenizer file's byte layout; in short:
 
     storyllama tokenizer file (version 1, little-endian)

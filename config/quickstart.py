@@ -1,5 +1,6 @@
 # quickstart: the recipe with the best held-out bits per byte after 10 minutes of training on a 2-core
-# CPU (README, "Quickstart"; bench/bench_quality.py measures it against llama2.c's stories260K recipe).
+# CPU (docs/training.md, "The quickstart preset"; bench/bench_quality.py measures it against llama2.c's
+# stories260K recipe).
 # The stories260K layers with 2 heads of 32 instead of 8 of 8 (attention costs per head, so a step is
 # much faster at the same weights), a 2048-token vocabulary (1.6x the bytes per token of 512), Muon for
 # the block matrices, and a WSD schedule that runs on the time budget: the learning rate reaches 0

@@ -1,6 +1,6 @@
 """The fuzz harness (fuzz/): its seeds cover every format and run, and the fuzzer reports each kind
 of finding (crash, hang, sanitizer report, a malformed error) on a toy target with planted bugs.
-The real campaign runs in CI (.ci/run: make fuzz) and on demand (README)."""
+The real campaign runs in CI (.ci/run: make fuzz) and on demand (docs/testing.md)."""
 import os
 import subprocess
 import sys
