@@ -93,6 +93,9 @@ def test_loss_goes_down_and_bits_per_byte(data_dir, tmp_path):
     assert ckpt["iter_num"] == 60 and ckpt["model_args"]["dim"] == 64 and ckpt["config"]["learning_rate"] == 3e-3
     from tokenizer import Tokenizer  # the checkpoint names its vocabulary, for sample.py, export.py and run.c
     assert ckpt["vocab_identity"] == Tokenizer(data_dir / "tok512.model").identity.hex()
+    # and carries it: a copy in out_dir that the checkpoint names (tests/test_out_dir.py uses it)
+    assert ckpt["tokenizer"] == "tok512.model"
+    assert (out / "tok512.model").read_bytes() == (data_dir / "tok512.model").read_bytes()
     assert not (out / "ckpt.pt.tmp").exists()
     import plot  # plot.py reads what train.py really writes
     run = plot.load_run(out)
