@@ -722,48 +722,8 @@ static float dot_q4(const uint8_t *w, const float *ws, const Input *x, int n, in
     return dot_q4_plain(w, ws, x, n, gs);
 }
 
-static float dot_bf16(const uint16_t *w, const Input *x, int n) {
-#ifdef HAVE_BF16
-    // vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo keeps the
-    // activations at 16 significant bits, so only the weights are rounded
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 32 <= n; j += 32) {
-        __m512i wv = _mm512_loadu_si512(w + j);
-        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->hi + j));
-        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->lo + j));
-    }
-    if (j < n) {
-        __mmask32 m = (__mmask32)((1u << (n - j)) - 1);
-        __m512i wv = _mm512_maskz_loadu_epi16(m, w + j);
-        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j));
-        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-#else
-    return dot_bf16_plain(w, x->f, n);
-#endif
-}
-
 static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
 #ifdef HAVE_VNNI
-    if (gs % 32 == 0) {
-        // vpdpbusd multiplies unsigned by signed bytes. Flipping the top bit of a weight gives
-        // w + 128 as unsigned; the extra 128 * sum(x) per lane is precomputed in x->corr.
-        // 256-bit vectors: Zen 4 splits a 512-bit one into two halves anyway, and a group's scale
-        // then spans one vector for gs = 32 as well as 64.
-        const __m256i flip = _mm256_set1_epi8((char)0x80);
-        __m256 acc = _mm256_setzero_ps();
-        for (int g = 0; g < n / gs; g++) {
-            __m256i isum = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8));
-            for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-                __m256i wu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j)), flip);
-                isum = _mm256_dpbusd_epi32(isum, wu, _mm256_loadu_si256((const __m256i *)(x->q + j)));
-            }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(ws[g] * x->s[g]), acc);
-        }
-        return hsum8(acc);
-    }
     if (gs == 4 || gs == 8 || gs == 16) {
         // small groups: a 32-byte chunk holds 32/gs groups of gs/4 lanes each, so each lane is
         // scaled by its own group's scales, spread over the lanes by a permute; the last chunk
@@ -1102,7 +1062,7 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
         FOUR_ROWS(r0, r1, i, q, matmul4_bf16_neon(out + i, w + (size_t)i * n, x->f, n, q))
         r = r1;
 #endif
-        for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
+        for (; r < r1; r++) { out[r] = dot_bf16_plain(w + (size_t)r * n, x->f, n); }
     } else if (m.type == W_Q8) {
         const int8_t *w = m.w;
         const float *ws = m.s;
