@@ -251,36 +251,31 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
     uint64_t dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, vocab = c->vocab_size;
     Cursor cur = {base, c->version == 0 ? 28 : HEADER_V1, c->version == 3 ? 64 : 1, t};
     Layer scratch;  // while measuring, every layer's pointers land here
-    #define LAYER(l) (base ? &w->layers[l] : &scratch)
-    if (c->version == 0) {
-        // Meta's order, all fp32, with the RoPE tables (recomputed here, so skipped) after the norm
-        w->tok_embeddings = take_mat(&cur, W_F32, 0, vocab, dim);
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, W_F32, 0, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, W_F32, 0, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, W_F32, 0, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, W_F32, 0, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, W_F32, 0, hidden, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, W_F32, 0, dim, hidden); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, W_F32, 0, hidden, dim); }
-        w->rms_final = take_f32(&cur, dim);
-        take(&cur, mul_sat(mul_sat(c->seq_len, c->head_size / 2), 8));  // freq_cis_real, freq_cis_imag
-    } else {
-        // "v1 order": the fp32 norms first, then the matrices in the file's weight type
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
+    #define EACH_LAYER(field, take) for (int l = 0; l < L; l++) { (base ? &w->layers[l] : &scratch)->field = take; }
+    // "v1 order": the fp32 norms first, then the matrices in the file's weight type. v0 is Meta's
+    // order, all fp32: the embeddings first, each layer's ffn norm after wo, and the final norm and
+    // the RoPE tables (recomputed here, so skipped) last.
+    int v0 = c->version == 0;
+    if (v0) { w->tok_embeddings = take_mat(&cur, ct, gs, vocab, dim); }
+    EACH_LAYER(rms_att, take_f32(&cur, dim))
+    if (!v0) {
+        EACH_LAYER(rms_ffn, take_f32(&cur, dim))
         w->rms_final = take_f32(&cur, dim);
         w->tok_embeddings = take_mat(&cur, ct, gs, vocab, dim);
-        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, wt, gs, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, wt, gs, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, wt, gs, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, wt, gs, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, wt, gs, hidden, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, wt, gs, dim, hidden); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, wt, gs, hidden, dim); }
     }
-    #undef LAYER
+    EACH_LAYER(wq, take_mat(&cur, wt, gs, dim, dim))
+    EACH_LAYER(wk, take_mat(&cur, wt, gs, kv_dim, dim))
+    EACH_LAYER(wv, take_mat(&cur, wt, gs, kv_dim, dim))
+    EACH_LAYER(wo, take_mat(&cur, wt, gs, dim, dim))
+    if (v0) { EACH_LAYER(rms_ffn, take_f32(&cur, dim)) }
+    EACH_LAYER(w1, take_mat(&cur, wt, gs, hidden, dim))
+    EACH_LAYER(w2, take_mat(&cur, wt, gs, dim, hidden))
+    EACH_LAYER(w3, take_mat(&cur, wt, gs, hidden, dim))
+    if (v0) {
+        w->rms_final = take_f32(&cur, dim);
+        take(&cur, mul_sat(mul_sat(c->seq_len, c->head_size / 2), 8));  // freq_cis_real, freq_cis_imag
+    }
+    #undef EACH_LAYER
     w->wcls = c->shared ? w->tok_embeddings : take_mat(&cur, ct, gs, vocab, dim);
     return cur.off;
 }
