@@ -855,6 +855,7 @@ static void free_cores(RunState *s) {
     s->last = now;
 }
 
+// the token's row of the embedding matrix into x, in fp32
 static void embed(float *x, const Transformer *t, int token) {
     const Config *c = &t->c;
     Mat e = t->w.tok_embeddings;
@@ -863,17 +864,9 @@ static void embed(float *x, const Transformer *t, int token) {
         memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
     } else if (e.type == W_BF16) {
         for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
-    } else if (e.type == W_Q8) {
+    } else {  // q8_0, also in q4 files (see classifier_type)
         const int8_t *q = e.w;
         for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
-    } else {  // q4: the row's groups, each gs/2 bytes (see Mat)
-        const uint8_t *q = (const uint8_t *)e.w + off / 2;
-        int gs = c->group_size, half = gs / 2;
-        for (int i = 0; i < c->dim; i++) {
-            int g = i / gs, j = i % gs;
-            uint8_t b = q[g * half + j % half];
-            x[i] = ((int)(j < half ? b & 15 : b >> 4) - 8) * e.s[(off + i) / gs];
-        }
     }
 }
 
