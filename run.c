@@ -424,7 +424,8 @@ static void free_transformer(Transformer *t) {
 }
 
 // ----------------------------------------------------------------------------
-// neural net blocks, in plain C: the reference kernels, which kernels.h's vector twins must equal
+// neural net blocks, in plain C: the reference kernels, whose sums kernels.h's vector twins compute
+// in another order
 //
 // Written so that compilers vectorise them without -ffast-math: 16 independent partial sums
 // instead of one serial sum.
@@ -712,9 +713,9 @@ static void attention_values_plain(float *out, const float *att, const void *vc,
 // ----------------------------------------------------------------------------
 // the forward pass: tokens at consecutive positions through the model, with a KV cache
 //
-// forward_thread is the model itself, layer by layer. The functions that lead to it each add one
-// thing, explained where it lives: the prompt's batches and the fp16 caches' fallback to fp32
-// (forward_tokens), the threads (forward_batch).
+// forward() runs one token and returns its logits. On the way to forward_thread, the model itself
+// layer by layer, each function adds one thing, explained where it lives: forward_tokens the
+// prompt's batches and the fp16 caches' fallback to fp32, forward_batch the threads.
 
 typedef struct {
     float *x;  // (batch, dim) residual stream
@@ -1029,8 +1030,8 @@ static void forward_thread(const Transformer *t, RunState *s, const int *tokens,
 // Threads: the whole forward pass is one parallel region. Every thread keeps private copies of the
 // small vectors (the residual stream, the normed input, the matmul input) and computes them
 // redundantly, which is cheaper than handing them over; each matmul's rows and the attention heads
-// are split between the threads, which meet at one barrier after each. A model too small for that
-// runs on one thread (s->parallel), where the barriers cost nothing.
+// are split between the threads, which meet at one barrier after each. They run on the cores other
+// jobs leave free (free_cores); a model too small for threads runs on one (s->parallel).
 static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
     if (!s->parallel) { forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1); return; }
     free_cores(s);
