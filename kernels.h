@@ -285,8 +285,10 @@ static float dot_small_groups(const void *w, int q4, const float *ws, const Inpu
         __m256i wv = q4 ? q4_unpack_small((const uint8_t *)w + j / 2, gs) : _mm256_loadu_si256((const __m256i *)((const int8_t *)w + j));
         __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
         __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        __m128 s4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(ws + g))) : _mm_loadu_ps(ws + g);
-        __m128 x4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(x->s + g))) : _mm_loadu_ps(x->s + g);
+        // two scales (gs 16) come by an 8-byte load: a row's scales need not be 8-byte aligned, as
+        // _mm_load_sd's double would have to be
+        __m128 s4 = per_chunk == 2 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(ws + g))) : _mm_loadu_ps(ws + g);
+        __m128 x4 = per_chunk == 2 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(x->s + g))) : _mm_loadu_ps(x->s + g);
         __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
         if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
