@@ -76,8 +76,8 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-#ifndef HUGE_PAGE_BYTES
-#define HUGE_PAGE_BYTES ((size_t)2 << 20)  // the fuzz build makes it small: its runs are a few KB and short
+#ifndef HUGE_PAGE_BYTES  // the fuzz build sets it small: its runs are a few KB and short
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #endif
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
@@ -89,7 +89,7 @@ static void *big_alloc(size_t n, const char *what) {
     void *p = NULL;
     n = (n + huge - 1) / huge * huge;
     if (posix_memalign(&p, huge, n) != 0) { die("%s: out of memory allocating %zu bytes", what, n); }
-#ifdef MADV_HUGEPAGE
+#ifdef MADV_HUGEPAGE  // Linux's; other systems have no such hint
     madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP this is plain memory
 #endif
     return p;
@@ -399,7 +399,7 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
     if (t->mapped) {
         t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (t->data == MAP_FAILED) { die("%s: cannot map %zu bytes: %s", path, t->file_size, strerror(errno)); }
-#ifdef MADV_WILLNEED
+#ifdef MADV_WILLNEED  // where the system has the hint
         madvise(t->data, t->file_size, MADV_WILLNEED);  // a cold page cache starts reading ahead now
 #endif
     } else {
