@@ -1,4 +1,5 @@
-# Build run.c, the C inference program. Needs a C compiler (gcc or clang) and libm; OpenMP optional.
+# Build run.c, the C inference program (its vector kernels are in kernels.h, which it includes). Needs a
+# C compiler (gcc or clang) and libm; OpenMP optional.
 #   make            ./run: the fastest build this machine's compiler offers: -O3, the vector kernels of
 #                   this CPU (-march=native, or -mcpu=native where that is the spelling) and OpenMP
 #                   threads, each only where the compiler accepts it; otherwise portable
@@ -34,36 +35,36 @@ C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokeniz
 .PHONY: all runomp runarm test bench clean sanitize fuzz
 all: run
 
-run: run.c
+run: run.c kernels.h
 	$(CC) -O3 $(NATIVE) $(OPENMP) $(WARN) -o $@ $< $(LDLIBS)
 
 runomp: run
 
-runplain: run.c
+runplain: run.c kernels.h
 	$(CC) -O3 $(WARN) -o $@ $< $(LDLIBS)
 
-runfast: run.c
+runfast: run.c kernels.h
 	$(CC) -O3 $(NATIVE) $(WARN) -o $@ $< $(LDLIBS)
 
-runavx2: run.c
+runavx2: run.c kernels.h
 	$(CC) -O3 -march=haswell -fopenmp $(WARN) -o $@ $< $(LDLIBS)
 
-runavxvnni: run.c
+runavxvnni: run.c kernels.h
 	$(CC) -O3 -march=haswell -mavxvnni -fopenmp $(WARN) -o $@ $< $(LDLIBS)
 
 runarm: runarm_neon runarm_dot
-runarm_neon: run.c
+runarm_neon: run.c kernels.h
 	$(ARMCC) -O3 -march=armv8-a -fopenmp $(WARN) -o $@ $< $(LDLIBS)
-runarm_dot: run.c
+runarm_dot: run.c kernels.h
 	$(ARMCC) -O3 -march=armv8.2-a+dotprod -fopenmp $(WARN) -o $@ $< $(LDLIBS)
 
-rundebug: run.c
+rundebug: run.c kernels.h
 	$(CC) -O0 -g $(WARN) -o $@ $< $(LDLIBS)
 
-run_sanitize: run.c
+run_sanitize: run.c kernels.h
 	$(CC) -O1 -g $(NATIVE) $(OPENMP) $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
 
-run_sanitize_plain: run.c
+run_sanitize_plain: run.c kernels.h
 	$(CC) -O1 -g -DPLAIN $(SANITIZE) $(WARN) -o $@ $< $(LDLIBS)
 
 # the C tests with both sanitizer builds standing in for runplain and run: any report fails a test
@@ -71,7 +72,7 @@ sanitize: run_sanitize run_sanitize_plain
 	STORYLLAMA_BUILDS="run_sanitize_plain run_sanitize" $(PYTHON) -m pytest -q $(C_TESTS)
 
 # the fuzzer: run.c traced for coverage (target.o) and the driver, both under the sanitizers, one thread
-fuzz/run_fuzz: fuzz/fuzz.c fuzz/target.c run.c
+fuzz/run_fuzz: fuzz/fuzz.c fuzz/target.c run.c kernels.h
 	$(CC) -O1 -g $(NATIVE) $(SANITIZE) -fsanitize-coverage=trace-pc -DHUGE_PAGE_BYTES=64 $(WARN) -c -o fuzz/target.o fuzz/target.c
 	$(CC) -O1 -g $(SANITIZE) $(WARN) -o $@ fuzz/fuzz.c fuzz/target.o $(LDLIBS)
 

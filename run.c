@@ -1,14 +1,14 @@
 /*
-run.c: inference for storyllama and llama2.c Llama models in one dependency-free C file.
+run.c: inference for storyllama and llama2.c Llama models in one dependency-free C program.
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
 Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; the README has the
 byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
-sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and libm only; OpenMP is
-optional. Vector code (AVX-512 F/BW/VL, VNNI, BF16; AVX2 + FMA, AVX-VNNI; ARM NEON, dot product) is
-chosen at compile time and every kernel has a plain C twin that the tests compare it against;
--DPLAIN forces the plain twins.
+sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and
+libm only; OpenMP is optional. The kernels here are plain C; kernels.h, included once below them,
+holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time (-DPLAIN: none), which
+the tests compare with these.
 */
 
 #define _POSIX_C_SOURCE 200809L
@@ -28,35 +28,19 @@ chosen at compile time and every kernel has a plain C twin that the tests compar
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+// threads: OpenMP where the compiler has it (-fopenmp); else its directives vanish and one thread runs
 #ifdef _OPENMP
 #include <omp.h>
+#define OMP(directive) _Pragma(directive)
+#else
+#define OMP(directive)
+static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
 #endif
 
-// Vector kernels, chosen at compile time; each has a plain C twin that the tests compare it with,
-// and -DPLAIN forces the twins. A CPU with AVX-512 also has AVX2: where AVX-512 has no kernel for a
-// weight type (q4, or q8_0/bf16 without VNNI/BF16), the AVX2 one runs.
-#if !defined(PLAIN) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define HAVE_AVX2 1         // 8-lane fma; int8 dot products of 32 bytes (see dot_u8s8)
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
-#if defined(__AVX512VNNI__)
-#define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
-#endif
-#if defined(__AVX512BF16__)
-#define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
-#endif
-#endif
-#endif
-
-#if !defined(PLAIN) && defined(__aarch64__) && defined(__ARM_NEON)
-#include <arm_neon.h>
-#define HAVE_NEON 1         // 4-lane fma; int8 products widened to int16 and paired into int32
-#if defined(__ARM_FEATURE_DOTPROD)
-#define HAVE_DOTPROD 1      // int8 dot products of 4 bytes per lane (sdot)
-#endif
-#endif
-
+// the .bin formats are read in place, so their byte order must be the CPU's
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #error "the .bin formats are little-endian: run.c reads them in place and needs a little-endian CPU"
 #endif
@@ -92,8 +76,8 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
-#ifndef HUGE_PAGE_BYTES
-#define HUGE_PAGE_BYTES ((size_t)2 << 20)  // the fuzz build makes it small: its runs are a few KB and short
+#ifndef HUGE_PAGE_BYTES  // the fuzz build sets it small: its runs are a few KB and short
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #endif
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
@@ -105,7 +89,7 @@ static void *big_alloc(size_t n, const char *what) {
     void *p = NULL;
     n = (n + huge - 1) / huge * huge;
     if (posix_memalign(&p, huge, n) != 0) { die("%s: out of memory allocating %zu bytes", what, n); }
-#ifdef MADV_HUGEPAGE
+#ifdef MADV_HUGEPAGE  // Linux's; other systems have no such hint
     madvise(p, n, MADV_HUGEPAGE);  // a hint: without THP this is plain memory
 #endif
     return p;
@@ -267,36 +251,31 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
     uint64_t dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, vocab = c->vocab_size;
     Cursor cur = {base, c->version == 0 ? 28 : HEADER_V1, c->version == 3 ? 64 : 1, t};
     Layer scratch;  // while measuring, every layer's pointers land here
-    #define LAYER(l) (base ? &w->layers[l] : &scratch)
-    if (c->version == 0) {
-        // Meta's order, all fp32, with the RoPE tables (recomputed here, so skipped) after the norm
-        w->tok_embeddings = take_mat(&cur, W_F32, 0, vocab, dim);
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, W_F32, 0, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, W_F32, 0, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, W_F32, 0, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, W_F32, 0, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, W_F32, 0, hidden, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, W_F32, 0, dim, hidden); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, W_F32, 0, hidden, dim); }
-        w->rms_final = take_f32(&cur, dim);
-        take(&cur, mul_sat(mul_sat(c->seq_len, c->head_size / 2), 8));  // freq_cis_real, freq_cis_imag
-    } else {
-        // "v1 order": the fp32 norms first, then the matrices in the file's weight type
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_att = take_f32(&cur, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->rms_ffn = take_f32(&cur, dim); }
+    #define EACH_LAYER(field, take) for (int l = 0; l < L; l++) { (base ? &w->layers[l] : &scratch)->field = take; }
+    // "v1 order": the fp32 norms first, then the matrices in the file's weight type. v0 is Meta's
+    // order, all fp32: the embeddings first, each layer's ffn norm after wo, and the final norm and
+    // the RoPE tables (recomputed here, so skipped) last.
+    int v0 = c->version == 0;
+    if (v0) { w->tok_embeddings = take_mat(&cur, ct, gs, vocab, dim); }
+    EACH_LAYER(rms_att, take_f32(&cur, dim))
+    if (!v0) {
+        EACH_LAYER(rms_ffn, take_f32(&cur, dim))
         w->rms_final = take_f32(&cur, dim);
         w->tok_embeddings = take_mat(&cur, ct, gs, vocab, dim);
-        for (int l = 0; l < L; l++) { LAYER(l)->wq = take_mat(&cur, wt, gs, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wk = take_mat(&cur, wt, gs, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wv = take_mat(&cur, wt, gs, kv_dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->wo = take_mat(&cur, wt, gs, dim, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w1 = take_mat(&cur, wt, gs, hidden, dim); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w2 = take_mat(&cur, wt, gs, dim, hidden); }
-        for (int l = 0; l < L; l++) { LAYER(l)->w3 = take_mat(&cur, wt, gs, hidden, dim); }
     }
-    #undef LAYER
+    EACH_LAYER(wq, take_mat(&cur, wt, gs, dim, dim))
+    EACH_LAYER(wk, take_mat(&cur, wt, gs, kv_dim, dim))
+    EACH_LAYER(wv, take_mat(&cur, wt, gs, kv_dim, dim))
+    EACH_LAYER(wo, take_mat(&cur, wt, gs, dim, dim))
+    if (v0) { EACH_LAYER(rms_ffn, take_f32(&cur, dim)) }
+    EACH_LAYER(w1, take_mat(&cur, wt, gs, hidden, dim))
+    EACH_LAYER(w2, take_mat(&cur, wt, gs, dim, hidden))
+    EACH_LAYER(w3, take_mat(&cur, wt, gs, hidden, dim))
+    if (v0) {
+        w->rms_final = take_f32(&cur, dim);
+        take(&cur, mul_sat(mul_sat(c->seq_len, c->head_size / 2), 8));  // freq_cis_real, freq_cis_imag
+    }
+    #undef EACH_LAYER
     w->wcls = c->shared ? w->tok_embeddings : take_mat(&cur, ct, gs, vocab, dim);
     return cur.off;
 }
@@ -420,15 +399,13 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
     if (t->mapped) {
         t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (t->data == MAP_FAILED) { die("%s: cannot map %zu bytes: %s", path, t->file_size, strerror(errno)); }
-#ifdef MADV_WILLNEED
+#ifdef MADV_WILLNEED  // where the system has the hint
         madvise(t->data, t->file_size, MADV_WILLNEED);  // a cold page cache starts reading ahead now
 #endif
     } else {
         t->data = big_alloc(t->file_size, path);
         size_t chunk = (size_t)32 << 20, n_chunks = (t->file_size + chunk - 1) / chunk;
-#ifdef _OPENMP
-        #pragma omp parallel for schedule(dynamic)
-#endif
+        OMP("omp parallel for schedule(dynamic)")
         for (size_t i = 0; i < n_chunks; i++) {
             size_t off = i * chunk, n = t->file_size - off < chunk ? t->file_size - off : chunk;
             read_fully(fd, t->data + off, n, (off_t)off, path);
@@ -447,8 +424,11 @@ static void free_transformer(Transformer *t) {
 }
 
 // ----------------------------------------------------------------------------
-// small vector helpers, written so that compilers vectorise them without -ffast-math
-// (16 independent partial sums instead of one serial sum)
+// neural net blocks, in plain C: the reference kernels, whose sums kernels.h's vector twins compute
+// in another order
+//
+// Written so that compilers vectorise them without -ffast-math: 16 independent partial sums
+// instead of one serial sum.
 
 #define LANES 16
 
@@ -463,28 +443,6 @@ static float dot_plain(const float *a, const float *b, int n) {
     for (int k = 0; k < LANES; k++) { sum += acc[k]; }
     return sum;
 }
-
-#ifdef HAVE_AVX2
-static inline float hsum8(__m256 a) {  // the sum of 8 lanes
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
-
-// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
-// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
-// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
-static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
-#endif
 
 // exp for the attention softmax and SiLU: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2)/2, and a
 // degree-7 Taylor polynomial for exp(r) (error < 1 ulp). Unlike libm's expf this vectorises.
@@ -524,17 +482,78 @@ static void softmax_fast(float *x, int n) {
     for (j = 0; j < n; j++) { x[j] *= inv; }
 }
 
-// ----------------------------------------------------------------------------
-// matmul inputs: the activation vector x in the form the weight type's kernel wants
+// the first index of the maximum, in 16 lanes: the sampler's greedy choice
+static int argmax_plain(const float *v, int n) {
+    float lane_max[LANES];
+    int lane_idx[LANES], j = 0, best = 0;
+    for (int k = 0; k < LANES; k++) { lane_max[k] = v[0]; lane_idx[k] = 0; }
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) {
+            int better = v[j + k] > lane_max[k];
+            lane_max[k] = better ? v[j + k] : lane_max[k];
+            lane_idx[k] = better ? j + k : lane_idx[k];
+        }
+    }
+    for (; j < n; j++) { if (v[j] > v[best]) { best = j; } }
+    for (int k = 0; k < LANES; k++) {
+        if (lane_max[k] > v[best] || (lane_max[k] == v[best] && lane_idx[k] < best)) { best = lane_idx[k]; }
+    }
+    return best;
+}
 
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// fp16 <-> fp32 for the KV caches of q8_0 and q4 models, in plain C so that every build stores the same bits
+static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf, NaN stays NaN
+    uint32_t u, a, sign;
+    memcpy(&u, &f, 4);
+    sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) { return (uint16_t)(sign | 0x7E00u); }
+    if (a >= 0x38800000u) {  // normal in fp16 (>= 2^-14): rebias the exponent, round off 13 bits
+        a -= 0x38000000u;
+        a = (a + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+        return (uint16_t)(sign | (a < 0x7C00u ? a : 0x7C00u));
+    }
+    int e = (int)(a >> 23);
+    if (e < 102) { return (uint16_t)sign; }  // below 2^-25: rounds to zero
+    uint32_t m = (a & 0x7FFFFFu) | 0x800000u, shift = (uint32_t)(126 - e);  // subnormal: m * 2^-(shift) units of 2^-24
+    uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    r += rem > half || (rem == half && (r & 1u));
+    return (uint16_t)(sign | r);
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    if (e == 0x1F) { u = sign | 0x7F800000u | (m << 13); }
+    else if (e != 0) { u = sign | ((e + 112) << 23) | (m << 13); }
+    else {  // zero or subnormal: m * 2^-24, exact in fp32
+        float f = (float)m * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// ----------------------------------------------------------------------------
+// matmul: W (rows, n) @ x (n) -> out (rows), one row at a time
+
+// A matmul's input vector x in the forms its kernel reads: for q8_0 and q4 weights, quantised in
+// groups like them, so that the dot products run on int8, like llama2.c's runq. The last fields are
+// forms only some of kernels.h's vector kernels read (its prepare_input fills them in).
 typedef struct {
     const float *f;   // (n) x itself
     int8_t *q;        // q8_0, q4: (n) x quantised in groups of group_size
     float *s;         // q8_0, q4: (n / group_size) the groups' scales, max|x|/127
-    int32_t *sum;     // q4: (n / group_size) the sums of q over each group (see dot_q4)
-    int32_t *corr;    // q8_0 VNNI: -128 * sums of q over each dot-product lane, 8 lanes per group
-                      //   (group_size >= 32) or per 32-byte chunk (group_size 4, 8, 16); see dot_q8
-    uint16_t *hi;     // bf16 with AVX-512 BF16: (n) bf16(x)
+    int32_t *sum;     // q4: (n / group_size) the sums of q over each group
+    int32_t *corr;    // q8_0: -128 times the sums of q over int8 dot-product lanes, 8 lanes per group
+                      //   (group_size >= 32) or per 32 bytes (group_size 4, 8, 16)
+    uint16_t *hi;     // bf16: (n) bf16(x)
     uint16_t *lo;     //   (n) bf16(x - hi): hi + lo carries 16 significant bits of x
 } Input;
 
@@ -556,84 +575,34 @@ static void build_input(Input *in, int n_max, const Config *c) {
 
 static void free_input(Input *in) { free(in->q); free(in->s); free(in->sum); free(in->corr); free(in->hi); free(in->lo); }
 
-#ifdef HAVE_BF16
-static uint16_t bf16_round(float f) {  // round to nearest even; activations are finite
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-#endif
-
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static void prepare_input(Input *in, const float *x, int n, const Config *c) {
+// q8_0 and q4: each group of x scaled by max|x|/127 and rounded half away from zero
+static void prepare_input_plain(Input *in, const float *x, int n, const Config *c) {
     in->f = x;
-    if (quantised(c)) {
-        int gs = c->group_size;
-        for (int g = 0; g < n / gs; g++) {
-            const float *xg = x + g * gs;
-            float amax[LANES] = {0};
-            int j = 0;
-            for (; j + LANES <= gs; j += LANES) {
-                for (int k = 0; k < LANES; k++) { float a = fabsf(xg[j + k]); amax[k] = a > amax[k] ? a : amax[k]; }
-            }
-            float m = 0.0f;
-            for (; j < gs; j++) { float a = fabsf(xg[j]); m = a > m ? a : m; }
-            for (int k = 0; k < LANES; k++) { m = amax[k] > m ? amax[k] : m; }
-            float scale = m / 127.0f;
-            float inv = scale > 0 ? 1.0f / scale : 0.0f;
-            in->s[g] = scale;
-            int8_t *qg = in->q + g * gs;
-            int32_t sum = 0;
-            for (j = 0; j < gs; j++) {
-                float v = xg[j] * inv;  // in [-127, 127]: round half away from zero
-                qg[j] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
-                sum += qg[j];
-            }
-            in->sum[g] = sum;
+    if (!quantised(c)) { return; }
+    int gs = c->group_size;
+    for (int g = 0; g < n / gs; g++) {
+        const float *xg = x + g * gs;
+        float amax[LANES] = {0};
+        int j = 0;
+        for (; j + LANES <= gs; j += LANES) {
+            for (int k = 0; k < LANES; k++) { float a = fabsf(xg[j + k]); amax[k] = a > amax[k] ? a : amax[k]; }
         }
-#ifdef HAVE_VNNI
-        // see dot_q8: lane k of a 32-byte chunk covers bytes 4k..4k+3; a group's lane k gets -128
-        // times the sum of those bytes over the group's chunks (vpdpbusd of bytes 128 and q)
-        int span = gs > 32 ? gs : 32;
-        const __m256i c128 = _mm256_set1_epi8((char)0x80);
-        for (int j = 0; j < n; j += span) {
-            __m256i sum = _mm256_setzero_si256();
-            for (int i = j; i < j + span && i < n; i += 32) {
-                __mmask32 m = n - i >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - i)) - 1);
-                sum = _mm256_dpbusd_epi32(sum, c128, _mm256_maskz_loadu_epi8(m, in->q + i));
-            }
-            _mm256_storeu_si256((__m256i *)(in->corr + (j / span) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
-        }
-#endif
-    }
-#ifdef HAVE_BF16
-    if (c->wtype == W_BF16) {
-        for (int j = 0; j < n; j++) {
-            uint16_t hi = bf16_round(x[j]);
-            in->hi[j] = hi;
-            in->lo[j] = bf16_round(x[j] - bf16_to_f32(hi));
+        float m = 0.0f;
+        for (; j < gs; j++) { float a = fabsf(xg[j]); m = a > m ? a : m; }
+        for (int k = 0; k < LANES; k++) { m = amax[k] > m ? amax[k] : m; }
+        float scale = m / 127.0f;
+        float inv = scale > 0 ? 1.0f / scale : 0.0f;
+        in->s[g] = scale;
+        int8_t *qg = in->q + g * gs;
+        for (j = 0; j < gs; j++) {
+            float v = xg[j] * inv;  // in [-127, 127]
+            qg[j] = (int8_t)(int32_t)(v + (v >= 0 ? 0.5f : -0.5f));
         }
     }
-#endif
 }
 
-// ----------------------------------------------------------------------------
-// matmul kernels: W (rows, n) @ x (n) -> out (rows), one row or four rows at a time
-//
-// The plain twins come first, one row each; every vector kernel computes the same sums in another
-// order. Four-row kernels (matmul4_*) compute rows w, w + q n, w + 2q n, w + 3q n into out[0],
-// out[q], out[2q], out[3q]: each load of x serves four rows and the four sums are reduced
-// together. The four rows come from the four quarters of the rows being computed, so that each is
-// read as its own sequential stream: the hardware prefetchers follow four streams well, and
-// adjacent rows read interleaved stream far slower (README, "How it is fast"). With q = 0 they
-// compute one row four times over, which is how the last rows that do not fill a quarter are done.
-
+// One row of each weight type; fp32 is dot_plain. Every vector kernel computes the same sums in
+// another order.
 static inline float dot_bf16_plain(const uint16_t *w, const float *x, int n) {
     float acc[LANES] = {0};
     int j = 0;
@@ -659,8 +628,7 @@ static float dot_q8_plain(const int8_t *w, const float *ws, const Input *x, int 
 }
 
 // q4: as q8_0, with weight j of a group (nibble - 8) taken from byte j (low nibble) or j - gs/2
-// (high nibble) of the group's gs/2 bytes. The kernels that multiply the unsigned nibbles subtract
-// 8 * (the sum of the group's q), which prepare_input keeps in x->sum.
+// (high nibble) of the group's gs/2 bytes
 static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int n, int gs) {
     float sum = 0.0f;
     int half = gs / 2;
@@ -676,487 +644,78 @@ static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int
     return sum;
 }
 
-#ifdef HAVE_AVX2
-#define SMALL_GROUPS(gs) ((gs) == 4 || (gs) == 8 || (gs) == 16)
-
-// 32 weights in order from 16 bytes of q4 with group size 4, 8 or 16, as signed bytes: byte k of a
-// group holds weight k in its low nibble and weight k + gs/2 in its high one, so interleaving the low
-// and the high nibbles in units of gs/2 bytes puts every group back in order
-static inline __m256i q4_unpack_small(const uint8_t *p, int gs) {
-    const __m128i m4 = _mm_set1_epi8(15);
-    __m128i b = _mm_loadu_si128((const __m128i *)p), lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-    __m128i first = gs == 4 ? _mm_unpacklo_epi16(lo, hi) : gs == 8 ? _mm_unpacklo_epi32(lo, hi) : _mm_unpacklo_epi64(lo, hi);
-    __m128i second = gs == 4 ? _mm_unpackhi_epi16(lo, hi) : gs == 8 ? _mm_unpackhi_epi32(lo, hi) : _mm_unpackhi_epi64(lo, hi);
-    return _mm256_sub_epi8(_mm256_set_m128i(second, first), _mm256_set1_epi8(8));
-}
-
-// one row of q8_0 (q4 = 0) or q4 (q4 = 1) with group size 4, 8 or 16: a 32-weight chunk holds 32/gs
-// groups of gs/4 int32 lanes each (|w| times x with w's sign, see dot_u8s8), so each lane is scaled by
-// its own group's scales, spread over the lanes by a permute; the weights past the last whole chunk
-// go through the plain twins
-static float dot_small_groups(const void *w, int q4, const float *ws, const Input *x, int n, int gs) {
-    const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
-    __m256 acc = _mm256_setzero_ps();
-    int per_chunk = 32 / gs, j = 0, g = 0;
-    for (; j + 32 <= n; j += 32, g += per_chunk) {
-        __m256i wv = q4 ? q4_unpack_small((const uint8_t *)w + j / 2, gs) : _mm256_loadu_si256((const __m256i *)((const int8_t *)w + j));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
-        __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        __m128 s4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(ws + g))) : _mm_loadu_ps(ws + g);
-        __m128 x4 = per_chunk == 2 ? _mm_castpd_ps(_mm_load_sd((const double *)(x->s + g))) : _mm_loadu_ps(x->s + g);
-        __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
-        if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
+// rows [r0, r1) of W @ x; gs: the group size of q8_0 and q4
+static void matmul_rows_plain(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+    for (int r = r0; r < r1; r++) {
+        if (m.type == W_F32) { out[r] = dot_plain((const float *)m.w + (size_t)r * n, x->f, n); }
+        else if (m.type == W_BF16) { out[r] = dot_bf16_plain((const uint16_t *)m.w + (size_t)r * n, x->f, n); }
+        else if (m.type == W_Q8) { out[r] = dot_q8_plain((const int8_t *)m.w + (size_t)r * n, m.s + (size_t)r * (n / gs), x, n, gs); }
+        else { out[r] = dot_q4_plain((const uint8_t *)m.w + (size_t)r * (n / 2), m.s + (size_t)r * (n / gs), x, n, gs); }
     }
-    Input rest = *x;
-    rest.q += j, rest.s += g;
-    return hsum8(acc) + (q4 ? dot_q4_plain((const uint8_t *)w + j / 2, ws + g, &rest, n - j, gs)
-                            : dot_q8_plain((const int8_t *)w + j, ws + g, &rest, n - j, gs));
-}
-#endif
-
-static float dot_q4(const uint8_t *w, const float *ws, const Input *x, int n, int gs) {
-#ifdef HAVE_AVX2
-    if (SMALL_GROUPS(gs)) { return dot_small_groups(w, 1, ws, x, n, gs); }
-#endif
-    return dot_q4_plain(w, ws, x, n, gs);
-}
-
-static float dot_bf16(const uint16_t *w, const Input *x, int n) {
-#ifdef HAVE_BF16
-    // vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo keeps the
-    // activations at 16 significant bits, so only the weights are rounded
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 32 <= n; j += 32) {
-        __m512i wv = _mm512_loadu_si512(w + j);
-        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->hi + j));
-        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_loadu_si512(x->lo + j));
-    }
-    if (j < n) {
-        __mmask32 m = (__mmask32)((1u << (n - j)) - 1);
-        __m512i wv = _mm512_maskz_loadu_epi16(m, w + j);
-        s0 = _mm512_dpbf16_ps(s0, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j));
-        s1 = _mm512_dpbf16_ps(s1, (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-#else
-    return dot_bf16_plain(w, x->f, n);
-#endif
-}
-
-static float dot_q8(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
-#ifdef HAVE_VNNI
-    if (gs % 32 == 0) {
-        // vpdpbusd multiplies unsigned by signed bytes. Flipping the top bit of a weight gives
-        // w + 128 as unsigned; the extra 128 * sum(x) per lane is precomputed in x->corr.
-        // 256-bit vectors: Zen 4 splits a 512-bit one into two halves anyway, and a group's scale
-        // then spans one vector for gs = 32 as well as 64.
-        const __m256i flip = _mm256_set1_epi8((char)0x80);
-        __m256 acc = _mm256_setzero_ps();
-        for (int g = 0; g < n / gs; g++) {
-            __m256i isum = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8));
-            for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-                __m256i wu = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + j)), flip);
-                isum = _mm256_dpbusd_epi32(isum, wu, _mm256_loadu_si256((const __m256i *)(x->q + j)));
-            }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(ws[g] * x->s[g]), acc);
-        }
-        return hsum8(acc);
-    }
-    if (gs == 4 || gs == 8 || gs == 16) {
-        // small groups: a 32-byte chunk holds 32/gs groups of gs/4 lanes each, so each lane is
-        // scaled by its own group's scales, spread over the lanes by a permute; the last chunk
-        // is masked when n is not a multiple of 32 (stories260K's hidden_dim 172)
-        const __m256i flip = _mm256_set1_epi8((char)0x80);
-        const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
-        __m256 acc = _mm256_setzero_ps();
-        int per_chunk = 32 / gs, ng = n / gs;
-        for (int j = 0, g = 0; j < n; j += 32, g += per_chunk) {
-            __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
-            __mmask8 mg = ng - g >= 8 ? 0xFF : (__mmask8)((1u << (ng - g)) - 1);
-            __m256i wu = _mm256_xor_si256(_mm256_maskz_loadu_epi8(m, w + j), flip);  // masked bytes: 128 * 0
-            __m256i isum = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(x->corr + (j / 32) * 8)), wu,
-                                               _mm256_maskz_loadu_epi8(m, x->q + j));
-            __m256 sc = _mm256_mul_ps(_mm256_maskz_loadu_ps(mg, ws + g), _mm256_maskz_loadu_ps(mg, x->s + g));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutexvar_ps(spread, sc), acc);
-        }
-        return hsum8(acc);
-    }
-#elif defined(HAVE_AVX2)
-    if (SMALL_GROUPS(gs)) { return dot_small_groups(w, 0, ws, x, n, gs); }
-#endif
-    return dot_q8_plain(w, ws, x, n, gs);
-}
-
-#ifdef HAVE_AVX2
-// out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
-static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c, __m256 d) {
-    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    __m128 sum = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-    float o[4];
-    _mm_storeu_ps(o, sum);
-    out[0] = o[0], out[q] = o[1], out[2 * q] = o[2], out[3 * q] = o[3];
-}
-#endif
-
-#ifdef HAVE_AVX512
-static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-}
-
-static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
-    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-    for (int j = 0; j < n; j += 16) {
-        __mmask16 m = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, s0);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, s1);
-        s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, s2);
-        s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
-    }
-    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
-}
-#elif defined(HAVE_AVX2)
-static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
-    const float *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 xv = _mm256_loadu_ps(x + j);
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xv, s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xv, s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xv, s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xv, s3);
-    }
-    if (j < n) {  // the last n % 8 columns: lanes past n load as zero
-        float xt[8] = {0}, t[4][8] = {{0}};
-        for (int k = j; k < n; k++) { xt[k - j] = x[k]; t[0][k - j] = w0[k], t[1][k - j] = w1[k], t[2][k - j] = w2[k], t[3][k - j] = w3[k]; }
-        __m256 xv = _mm256_loadu_ps(xt);
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(t[0]), xv, s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(t[1]), xv, s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(t[2]), xv, s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(t[3]), xv, s3);
-    }
-    store_sum4(out, q, s0, s1, s2, s3);
-}
-#endif
-
-#ifdef HAVE_BF16
-static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
-    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-    for (int j = 0; j < n; j += 32) {
-        __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
-        __m512bh hi = (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j);
-        __m512bh lo = (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j);
-        __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + j), v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, w1 + j);
-        __m512bh v2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + j), v3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + j);
-        s0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s0, v0, hi), v0, lo);
-        s1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s1, v1, hi), v1, lo);
-        s2 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s2, v2, hi), v2, lo);
-        s3 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s3, v3, hi), v3, lo);
-    }
-    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
-}
-#elif defined(HAVE_AVX2)
-static inline __m256 bf16x8_load(const uint16_t *p) {  // 8 bf16 -> fp32: the bits moved up 16
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
-static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
-    // the weights widened to fp32 (exact), times x in fp32: the plain twin's products
-    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 xv = _mm256_loadu_ps(x->f + j);
-        s0 = _mm256_fmadd_ps(bf16x8_load(w0 + j), xv, s0);
-        s1 = _mm256_fmadd_ps(bf16x8_load(w1 + j), xv, s1);
-        s2 = _mm256_fmadd_ps(bf16x8_load(w2 + j), xv, s2);
-        s3 = _mm256_fmadd_ps(bf16x8_load(w3 + j), xv, s3);
-    }
-    float t[4] = {0};  // the last n % 8 columns, added to lane 0
-    for (; j < n; j++) {
-        t[0] += bf16_to_f32(w0[j]) * x->f[j], t[1] += bf16_to_f32(w1[j]) * x->f[j];
-        t[2] += bf16_to_f32(w2[j]) * x->f[j], t[3] += bf16_to_f32(w3[j]) * x->f[j];
-    }
-    s0 = _mm256_add_ps(s0, _mm256_setr_ps(t[0], 0, 0, 0, 0, 0, 0, 0));
-    s1 = _mm256_add_ps(s1, _mm256_setr_ps(t[1], 0, 0, 0, 0, 0, 0, 0));
-    s2 = _mm256_add_ps(s2, _mm256_setr_ps(t[2], 0, 0, 0, 0, 0, 0, 0));
-    s3 = _mm256_add_ps(s3, _mm256_setr_ps(t[3], 0, 0, 0, 0, 0, 0, 0));
-    store_sum4(out, q, s0, s1, s2, s3);
-}
-#endif
-
-#ifdef HAVE_AVX2
-// acc + dot_u8s8(u1, s1) + dot_u8s8(u2, s2) for u1, u2 <= 15 (q4's nibbles): without VNNI the two
-// vpmaddubsw results (|pair| <= 2 * 15 * 127) are added as int16 and widened once
-static inline __m256i dot2_u4s8(__m256i acc, __m256i u1, __m256i s1, __m256i u2, __m256i s2) {
-#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
-    return dot_u8s8(dot_u8s8(acc, u1, s1), u2, s2);
-#else
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u1, s1), _mm256_maddubs_epi16(u2, s2));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-#endif
-}
-
-// the four rows' fp32 sums a[r] += (their int sums i[r]) * (their group scales ws[r][g]) * x's scale
-static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *ws, int g, float xs) {
-    for (int r = 0; r < 4; r++) { a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[r]), _mm256_set1_ps(ws[r][g] * xs), a[r]); }
-}
-
-// q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
-// With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
-// the extra 128 * sum(x) per lane comes off through x->corr (see dot_q8); otherwise the unsigned
-// operand is |w|, times x with w's sign.
-static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    int ng = n / gs;
-    const int8_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
-    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int g = 0; g < ng; g++) {
-        __m256i i[4];
-#ifdef HAVE_VNNI
-        const __m256i flip = _mm256_set1_epi8((char)0x80);
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)); }
-#else
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_setzero_si256(); }
-#endif
-        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
-            for (int r = 0; r < 4; r++) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + j));
-#ifdef HAVE_VNNI
-                i[r] = _mm256_dpbusd_epi32(i[r], _mm256_xor_si256(wv, flip), xq);
-#else
-                i[r] = dot_u8s8(i[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xq, wv));
-#endif
-            }
-        }
-        scale_add4(a, i, wsr, g, x->s[g]);
-    }
-    store_sum4(out, q, a[0], a[1], a[2], a[3]);
-}
-
-// q4 with gs % 32 == 0: the nibbles are the unsigned operand as they are (0..15); the 8 they are
-// stored above their value comes off as 8 * x->sum[g], put in lane 0 of the group's int sums.
-// gs >= 64: 32 bytes hold weights b..b+31 (low nibbles) and half+b..half+b+31 (high ones);
-// gs == 32: 16 bytes hold the whole group, widened to weights 0..15 | 16..31.
-static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    int ng = n / gs, half = gs / 2;
-    const uint8_t *wr[4] = {w, w + q * n / 2, w + q * n, w + 3 * q * n / 2};
-    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
-    const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int g = 0; g < ng; g++) {
-        __m256i i[4];
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_setr_epi32(-8 * x->sum[g], 0, 0, 0, 0, 0, 0, 0); }
-        const int8_t *xg = x->q + (size_t)g * gs;
-        size_t o = (size_t)g * half;
-        if (gs == 32) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)xg);
-            for (int r = 0; r < 4; r++) {
-                __m128i wv = _mm_loadu_si128((const __m128i *)(wr[r] + o));
-                i[r] = dot_u8s8(i[r], _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wv, 4), wv), m4), xv);
-            }
-        } else {
-            for (int b = 0; b < half; b += 32) {
-                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
-                for (int r = 0; r < 4; r++) {
-                    __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
-                    i[r] = dot2_u4s8(i[r], _mm256_and_si256(wv, m4), xlo, _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
-                }
-            }
-        }
-        scale_add4(a, i, wsr, g, x->s[g]);
-    }
-    store_sum4(out, q, a[0], a[1], a[2], a[3]);
-}
-#define VEC_Q8(gs) ((gs) % 32 == 0)  // the group sizes the vector q8_0 and q4 kernels take
-#define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
-#endif
-
-#ifdef HAVE_NEON
-static inline void store_sum4_neon(float *out, size_t q, float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
-    float32x4_t abcd = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
-    out[0] = vgetq_lane_f32(abcd, 0), out[q] = vgetq_lane_f32(abcd, 1);
-    out[2 * q] = vgetq_lane_f32(abcd, 2), out[3 * q] = vgetq_lane_f32(abcd, 3);
-}
-
-// rows of n fp32 or bf16 weights: 4 lanes, two accumulators per row against the fma latency; the
-// last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
-#define NEON_F32_ROWS(LOAD, TO_F32, wt)                                                             \
-    float32x4_t s[8];                                                                               \
-    for (int r = 0; r < 8; r++) { s[r] = vdupq_n_f32(0); }                                          \
-    const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
-    int j = 0;                                                                                      \
-    for (; j + 8 <= n; j += 8) {                                                                    \
-        float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                               \
-        for (int r = 0; r < 4; r++) {                                                               \
-            s[r] = vfmaq_f32(s[r], LOAD(wr[r] + j), x0);                                            \
-            s[r + 4] = vfmaq_f32(s[r + 4], LOAD(wr[r] + j + 4), x1);                                \
-        }                                                                                           \
-    }                                                                                               \
-    for (int r = 0; r < 4; r++) {                                                                   \
-        float t = 0.0f;                                                                             \
-        for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
-        s[r] = vaddq_f32(vaddq_f32(s[r], s[r + 4]), vsetq_lane_f32(t, vdupq_n_f32(0), 0));          \
-    }                                                                                               \
-    store_sum4_neon(out, q, s[0], s[1], s[2], s[3]);
-
-static inline float32x4_t bf16x4_load(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
-#define AS_F32(v) (v)
-
-static void matmul4_f32(float *out, size_t q, const float *w, size_t ws, const float *x, int n) {
-    NEON_F32_ROWS(vld1q_f32, AS_F32, float)
-}
-
-static void matmul4_bf16_neon(float *out, const uint16_t *w, const float *x, int n, size_t q) {
-    size_t ws = q * n;
-    NEON_F32_ROWS(bf16x4_load, bf16_to_f32, uint16_t)
-}
-#undef NEON_F32_ROWS
-#undef AS_F32
-
-// acc + the dot products of signed bytes a and b, 4 bytes per int32 lane
-static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#ifdef HAVE_DOTPROD
-    return vdotq_s32(acc, a, b);
-#else
-    // the same lane sums: products widened to int16 (|a b| <= 128 * 127), pairs added into int32
-    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);
-    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
-#endif
-}
-
-// q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
-// multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
-static void matmul4_q_neon(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
-                           int q4) {
-    int ng = n / gs;
-    size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
-    const uint8_t *wr[4];
-    const float *wsr[4];
-    for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
-    float32x4_t acc[4];
-    for (int r = 0; r < 4; r++) { acc[r] = vdupq_n_f32(0); }
-    const uint8x16_t m4 = vdupq_n_u8(15);
-    const int8x16_t eight = vdupq_n_s8(8);
-    for (int g = 0; g < ng; g++) {
-        const int8_t *xg = x->q + (size_t)g * gs;
-        int32x4_t isum[4];
-        for (int r = 0; r < 4; r++) { isum[r] = vdupq_n_s32(0); }
-        if (q4) {
-            int half = gs / 2;
-            for (int b = 0; b < half; b += 16) {
-                int8x16_t xlo = vld1q_s8(xg + b), xhi = vld1q_s8(xg + half + b);
-                for (int r = 0; r < 4; r++) {
-                    uint8x16_t wv = vld1q_u8(wr[r] + (size_t)g * half + b);
-                    int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(wv, m4)), eight);
-                    int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(wv, 4)), eight);
-                    isum[r] = dot_s8(dot_s8(isum[r], lo, xlo), hi, xhi);
-                }
-            }
-        } else {
-            for (int j = 0; j < gs; j += 16) {
-                int8x16_t xv = vld1q_s8(xg + j);
-                for (int r = 0; r < 4; r++) { isum[r] = dot_s8(isum[r], vld1q_s8((const int8_t *)wr[r] + (size_t)g * gs + j), xv); }
-            }
-        }
-        float xs = x->s[g];
-        for (int r = 0; r < 4; r++) { acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), wsr[r][g] * xs); }
-    }
-    store_sum4_neon(out, q, acc[0], acc[1], acc[2], acc[3]);
-}
-#define VEC_Q8(gs) ((gs) % 16 == 0)
-#define VEC_Q4(gs) ((gs) % 32 == 0)
-#endif
-
-// rows [r0, r1) of W @ x. Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first
-// quarter; the rows past 4q (at most 3) go through them with q = 0, or through the one-row ones.
-// FOUR_ROWS makes those calls from one call site, so that the compiler inlines the kernel.
-#define FOUR_ROWS(r0, r1, ROW, STRIDE, CALL)                                                          \
-    for (int k_ = 0, q_ = ((r1) - (r0)) / 4; k_ < q_ + ((r1) - (r0)) % 4; k_++) {                     \
-        int ROW = k_ < q_ ? (r0) + k_ : (r0) + 3 * q_ + k_;                                           \
-        size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
-        CALL;                                                                                         \
-    }
-static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, const Config *c) {
-    int r = r0, gs = c->group_size;
-    (void)gs;
-    if (m.type == W_F32) {
-        const float *w = m.w;
-#if defined(HAVE_AVX2) || defined(HAVE_NEON)
-        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, q, w + (size_t)i * n, q * n, x->f, n))
-        r = r1;
-#endif
-        for (; r < r1; r++) { out[r] = dot_plain(w + (size_t)r * n, x->f, n); }
-    } else if (m.type == W_BF16) {
-        const uint16_t *w = m.w;
-#if defined(HAVE_BF16) || defined(HAVE_AVX2)
-        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
-        r = r1;
-#elif defined(HAVE_NEON)
-        FOUR_ROWS(r0, r1, i, q, matmul4_bf16_neon(out + i, w + (size_t)i * n, x->f, n, q))
-        r = r1;
-#endif
-        for (; r < r1; r++) { out[r] = dot_bf16(w + (size_t)r * n, x, n); }
-    } else if (m.type == W_Q8) {
-        const int8_t *w = m.w;
-        const float *ws = m.s;
-        size_t ng = n / gs;
-#if defined(HAVE_AVX2)
-        if (VEC_Q8(gs)) {
-            FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q))
-            r = r1;
-        }
-#elif defined(HAVE_NEON)
-        if (VEC_Q8(gs)) {
-            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + (size_t)i * n, ws + i * ng, x, n, gs, q, 0))
-            r = r1;
-        }
-#endif
-        for (; r < r1; r++) { out[r] = dot_q8(w + (size_t)r * n, ws + r * ng, x, n, gs); }
-    } else {
-        const uint8_t *w = m.w;
-        const float *ws = m.s;
-        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
-#if defined(HAVE_AVX2)
-        if (VEC_Q4(gs)) {
-            FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, ws + i * ng, x, n, gs, q))
-            r = r1;
-        }
-#elif defined(HAVE_NEON)
-        if (VEC_Q4(gs)) {
-            FOUR_ROWS(r0, r1, i, q, matmul4_q_neon(out + i, w + i * rb, ws + i * ng, x, n, gs, q, 1))
-            r = r1;
-        }
-#endif
-        for (; r < r1; r++) { out[r] = dot_q4(w + r * rb, ws + r * ng, x, n, gs); }
-    }
-}
-#undef FOUR_ROWS
-
-// The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
-// (which keeps RoPE pairs inside one thread's part).
-static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
-    *lo = (int)((long)rows * tid / nt) & ~3;
-    *hi = tid == nt - 1 ? rows : (int)((long)rows * (tid + 1) / nt) & ~3;
 }
 
 // ----------------------------------------------------------------------------
-// the forward pass: a batch of tokens at consecutive positions, with a KV cache
+// attention over the KV caches
 //
-// Generation runs one token at a time; a prompt runs as batches of up to `batch` tokens, so that
-// each weight is read from memory once per batch (matmul_batch) rather than once per token. Every
-// token of a batch gets the same arithmetic as it would alone, so its logits are the same bits.
+// The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of 16
+// positions, (head_size, 16) elements, component-major. Attention then runs along positions, 16 at a
+// time, without per-position sums, and one tile is 4 KB or less of contiguous memory. Elements are
+// fp32, or fp16 (f16 = 1) for q8_0 and q4 models, whose weights are small enough that the cache is a
+// sizeable share of the bytes a token reads. at: the index of a kv head's first tile in a cache.
+
+// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf
+static inline const float *cache_row16(const void *cache, size_t i, int f16, float *buf) {
+    if (!f16) { return (const float *)cache + i; }
+    const uint16_t *h = (const uint16_t *)cache + i;
+    for (int k = 0; k < 16; k++) { buf[k] = f16_to_f32(h[k]); }
+    return buf;
+}
+
+// att[t] = scale * q . k_t over nb tiles: per tile, a sum over i of q[i] times the tile's row i. The
+// last tile may run past the position into zeros; the caller drops those scores.
+static void attention_scores_plain(float *att, const float *q, const void *kc, size_t at, int nb, int hs, int f16,
+                                   float scale) {
+    size_t tile = (size_t)hs * 16;
+    for (int t = 0; t < nb * 16; t++) { att[t] = 0.0f; }
+    for (int b = 0; b < nb; b++) {
+        for (int i = 0; i < hs; i++) {
+            float *ab = att + b * 16, qi = q[i];
+            float buf[16];
+            const float *row = cache_row16(kc, at + b * tile + i * 16, f16, buf);
+            for (int k = 0; k < 16; k++) { ab[k] += qi * row[k]; }
+        }
+    }
+    for (int t = 0; t < nb * 16; t++) { att[t] *= scale; }
+}
+
+// out[i] = sum over t of att[t] * v_t[i] for components i0..hs-1: per tile, row i dotted with att
+static void attention_values_plain(float *out, const float *att, const void *vc, size_t at, int nb, int hs, int f16,
+                                   int i0) {
+    size_t tile = (size_t)hs * 16;
+    for (int i = i0; i < hs; i++) {
+        float lane[16] = {0};
+        for (int b = 0; b < nb; b++) {
+            const float *ab = att + b * 16;
+            float buf[16];
+            const float *row = cache_row16(vc, at + b * tile + i * 16, f16, buf);
+            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * row[k]; }
+        }
+        float sum = 0.0f;
+        for (int k = 0; k < 16; k++) { sum += lane[k]; }
+        out[i] = sum;
+    }
+}
+
+// the vector twins of the kernels above, and the functions that choose between them: prepare_input,
+// matmul_rows, attention_scores, attention_values, argmax
+#include "kernels.h"
+
+// ----------------------------------------------------------------------------
+// the forward pass: tokens at consecutive positions through the model, with a KV cache
 //
-// With threads, the whole forward pass is one parallel region. Every thread keeps private copies of
-// the small vectors (the residual stream, the normed input, the matmul input) and computes them
-// redundantly, which is cheaper than handing them over; each matmul's rows and the attention heads
-// are split between the threads, and the threads meet at one barrier after each of them.
+// forward() runs one token and returns its logits. On the way to forward_thread, the model itself
+// layer by layer, each function adds one thing, explained where it lives: forward_tokens the
+// prompt's batches and the fp16 caches' fallback to fp32, forward_batch the threads.
 
 typedef struct {
     float *x;  // (batch, dim) residual stream
@@ -1165,32 +724,11 @@ typedef struct {
     int kv_overflow; // fp16 cache: this thread stored a finite k or v beyond fp16's range
 } ThreadState;
 
-// Threads under load: when another job keeps a core busy, a thread on that core runs only part of
-// the time and every barrier waits for it, so n threads can be far slower than one. So the threads
-// a forward pass runs on are the cores the other jobs left free, measured from /proc/stat over the
-// last interval (all CPU time spent, less this process's own), unless OMP_DYNAMIC=false asks for
-// exactly OMP_NUM_THREADS. Where /proc/stat is missing, every thread runs.
-typedef struct {
+typedef struct {  // a look at the CPU time spent (see free_cores)
     double wall;  // seconds, monotonic
     double busy;  // CPU seconds spent by everything, every core (/proc/stat)
     double own;   // CPU seconds spent by this process
 } CpuSample;
-#define FREE_CORES_EVERY 0.1  // seconds between two looks at /proc/stat
-
-static int sample_cpu(CpuSample *cs) {
-    FILE *f = fopen("/proc/stat", "r");
-    unsigned long long v[8];
-    int got = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) : 0;
-    if (f) { fclose(f); }
-    if (got != 8) { return 0; }
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free
-    cs->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-    cs->own = ts.tv_sec + ts.tv_nsec * 1e-9;
-    cs->wall = time_s();
-    return 1;
-}
 
 typedef struct {
     ThreadState *ts;    // (n_threads) private state of each thread
@@ -1205,14 +743,9 @@ typedef struct {
     float *hb2;         // (batch, hidden_dim) w3 x
     float *att;         // (n_heads, cache_len) attention scores
     float *logits;      // (batch, vocab_size)
-    // The caches hold tiles of 16 positions, transposed inside: for each layer, kv head and block of
-    // 16 positions, (head_size, 16) elements, component-major. Attention then runs along positions,
-    // 16 at a time, without per-position sums, and one tile is 4 KB or less of contiguous memory.
-    // Elements are fp32, or fp16 for q8_0 and q4 models (kv_f16), whose weights are small enough
-    // that the cache is a sizeable share of the bytes a token reads.
-    void *key_cache;    // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
+    void *key_cache;    // (n_layers, n_kv_heads, cache_len / 16, head_size, 16): tiles, see attention above
     void *value_cache;  // (n_layers, n_kv_heads, cache_len / 16, head_size, 16)
-    int kv_f16;         // 1: the caches hold fp16 (uint16_t), 0: fp32
+    int kv_f16;         // 1: the caches hold fp16 (uint16_t; q8_0 and q4 models), 0: fp32
     float *rope_cos;    // (max_pos, head_size / 2)
     float *rope_sin;    // (max_pos, head_size / 2)
     int max_pos;        // positions this run can reach
@@ -1226,7 +759,7 @@ typedef struct {
 // Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
 // more than the work it splits (stories260K's biggest matmul is 512 x 64).
 #define PAR_MIN_WORK 65536
-#define BATCH 64  // most prompt tokens per forward pass (see matmul_batch)
+#define BATCH 64  // most prompt tokens per forward pass (see forward_tokens)
 
 // since: a look at /proc/stat from the start of the program (see free_cores), if there was one
 static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {
@@ -1234,10 +767,7 @@ static void build_run_state(RunState *s, const Config *c, int max_pos, const Cpu
     s->cache_len = (max_pos + 15) / 16 * 16;
     size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
     if (cache > ((size_t)1 << 40)) { die("KV cache for %d positions is too large: lower -n", max_pos); }
-    s->n_threads = 1;
-#ifdef _OPENMP
     s->n_threads = omp_get_max_threads();
-#endif
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
     s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
@@ -1293,341 +823,28 @@ static void free_run_state(RunState *s) {
     free(s->att); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->rope_cos); free(s->rope_sin);
 }
 
-static void embed(float *x, const Transformer *t, int token) {
-    const Config *c = &t->c;
-    Mat e = t->w.tok_embeddings;
-    size_t off = (size_t)token * c->dim;
-    if (e.type == W_F32) {
-        memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
-    } else if (e.type == W_BF16) {
-        for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
-    } else if (e.type == W_Q8) {
-        const int8_t *q = e.w;
-        for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
-    } else {  // q4: the row's groups, each gs/2 bytes (see Mat)
-        const uint8_t *q = (const uint8_t *)e.w + off / 2;
-        int gs = c->group_size, half = gs / 2;
-        for (int i = 0; i < c->dim; i++) {
-            int g = i / gs, j = i % gs;
-            uint8_t b = q[g * half + j % half];
-            x[i] = ((int)(j < half ? b & 15 : b >> 4) - 8) * e.s[(off + i) / gs];
-        }
-    }
+// Threads under load: when another job keeps a core busy, a thread on that core runs only part of
+// the time and every barrier waits for it, so n threads can be far slower than one. So the threads
+// a forward pass runs on are the cores the other jobs left free, measured from /proc/stat over the
+// last interval (all CPU time spent, less this process's own), unless OMP_DYNAMIC=false asks for
+// exactly OMP_NUM_THREADS. Where /proc/stat is missing, every thread runs.
+#define FREE_CORES_EVERY 0.1  // seconds between two looks at /proc/stat
+
+static int sample_cpu(CpuSample *cs) {
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8];
+    int got = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) : 0;
+    if (f) { fclose(f); }
+    if (got != 8) { return 0; }
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free
+    cs->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+    cs->own = ts.tv_sec + ts.tv_nsec * 1e-9;
+    cs->wall = time_s();
+    return 1;
 }
 
-// Rows [lo, hi) of W @ x for this thread, for each of nb inputs x[b] into out + b * rows; returns lo
-// and hi for the caller's follow-up work. One token streams the rows from memory as matmul_rows
-// reads them; for a batch, the rows go in tiles small enough to stay in the L2 cache while every
-// input of the batch is multiplied with them, so the weights are read from memory once per batch.
-#define TILE_BYTES (64 << 10)
-static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int rows, int tid, int nt,
-                        const Config *c, int *lo, int *hi) {
-    thread_rows(rows, tid, nt, lo, hi);
-    if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c); return; }
-    double row_bytes = m.type == W_F32 ? 4.0 * n : m.type == W_BF16 ? 2.0 * n
-                     : (m.type == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
-    int tile = (int)(TILE_BYTES / row_bytes) & ~3;
-    tile = tile < 4 ? 4 : tile;
-    for (int r = *lo; r < *hi; r += tile) {
-        int r1 = r + tile < *hi ? r + tile : *hi;
-        for (int b = 0; b < nb; b++) { matmul_rows(out + (size_t)b * rows, m, &x[b], n, r, r1, c); }
-    }
-}
-
-static void rope(float *v, int lo, int hi, const float *cs, const float *sn, int head_size) {
-    // interleaved pairs (v[2i], v[2i+1]) of every head rotated by the angle of pair i; lo is even
-    for (int j = lo; j < hi; j += 2) {
-        int i = (j % head_size) / 2;
-        float v0 = v[j], v1 = v[j + 1];
-        v[j] = v0 * cs[i] - v1 * sn[i];
-        v[j + 1] = v0 * sn[i] + v1 * cs[i];
-    }
-}
-
-// fp16 <-> fp32 for the caches of q8_0 and q4 models, in plain C so that every build stores the same bits
-static uint16_t f16_round(float f) {  // round to nearest even; overflow to inf, NaN stays NaN
-    uint32_t u, a, sign;
-    memcpy(&u, &f, 4);
-    sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) { return (uint16_t)(sign | 0x7E00u); }
-    if (a >= 0x38800000u) {  // normal in fp16 (>= 2^-14): rebias the exponent, round off 13 bits
-        a -= 0x38000000u;
-        a = (a + 0xFFFu + ((a >> 13) & 1u)) >> 13;
-        return (uint16_t)(sign | (a < 0x7C00u ? a : 0x7C00u));
-    }
-    int e = (int)(a >> 23);
-    if (e < 102) { return (uint16_t)sign; }  // below 2^-25: rounds to zero
-    uint32_t m = (a & 0x7FFFFFu) | 0x800000u, shift = (uint32_t)(126 - e);  // subnormal: m * 2^-(shift) units of 2^-24
-    uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    r += rem > half || (rem == half && (r & 1u));
-    return (uint16_t)(sign | r);
-}
-
-static inline float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
-    if (e == 0x1F) { u = sign | 0x7F800000u | (m << 13); }
-    else if (e != 0) { u = sign | ((e + 112) << 23) | (m << 13); }
-    else {  // zero or subnormal: m * 2^-24, exact in fp32
-        float f = (float)m * 0x1p-24f;
-        return sign ? -f : f;
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-// 16 elements of a cache from i on (a row of a tile) as fp32: in place, or converted into buf
-// (fp16 -> fp32 is exact, so every build sees the same numbers)
-static inline const float *cache_row16(const void *cache, size_t i, int f16, float *buf) {
-    if (!f16) { return (const float *)cache + i; }
-    const uint16_t *h = (const uint16_t *)cache + i;
-    for (int k = 0; k < 16; k++) { buf[k] = f16_to_f32(h[k]); }
-    return buf;
-}
-
-// V16: 16 fp32 lanes, a row of a cache tile: one AVX-512 register, two AVX2 ones or four NEON ones,
-// so that attention is written once for every vector build (its plain twin is in attention_head)
-#if defined(HAVE_AVX512)
-#define HAVE_V16 1
-typedef __m512 V16;
-static inline V16 v16_set1(float f) { return _mm512_set1_ps(f); }
-static inline V16 v16_load(const float *p) { return _mm512_loadu_ps(p); }
-static inline V16 v16_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline void v16_store(float *p, V16 a) { _mm512_storeu_ps(p, a); }
-static inline V16 v16_fma(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
-static inline V16 v16_mul(V16 a, V16 b) { return _mm512_mul_ps(a, b); }
-static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {  // out[0..3] = lane sums
-    store_sum4(out, 1, lo_plus_hi(a), lo_plus_hi(b), lo_plus_hi(c), lo_plus_hi(d));
-}
-#elif defined(HAVE_AVX2)
-#define HAVE_V16 1
-typedef struct { __m256 lo, hi; } V16;  // lanes 0..7, 8..15
-static inline V16 v16_set1(float f) { return (V16){_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
-static inline V16 v16_load(const float *p) { return (V16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
-static inline V16 v16_load_f16(const uint16_t *p) {
-    return (V16){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
-}
-static inline void v16_store(float *p, V16 a) { _mm256_storeu_ps(p, a.lo), _mm256_storeu_ps(p + 8, a.hi); }
-static inline V16 v16_fma(V16 a, V16 b, V16 c) { return (V16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
-static inline V16 v16_mul(V16 a, V16 b) { return (V16){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
-static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
-    store_sum4(out, 1, _mm256_add_ps(a.lo, a.hi), _mm256_add_ps(b.lo, b.hi), _mm256_add_ps(c.lo, c.hi), _mm256_add_ps(d.lo, d.hi));
-}
-#elif defined(HAVE_NEON)
-#define HAVE_V16 1
-typedef struct { float32x4_t v[4]; } V16;  // lanes 0..3, 4..7, 8..11, 12..15
-static inline V16 v16_set1(float f) { float32x4_t a = vdupq_n_f32(f); return (V16){{a, a, a, a}}; }
-static inline V16 v16_load(const float *p) { return (V16){{vld1q_f32(p), vld1q_f32(p + 4), vld1q_f32(p + 8), vld1q_f32(p + 12)}}; }
-static inline V16 v16_load_f16(const uint16_t *p) {
-    V16 r;
-    for (int k = 0; k < 4; k++) { r.v[k] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4 * k))); }
-    return r;
-}
-static inline void v16_store(float *p, V16 a) { for (int k = 0; k < 4; k++) { vst1q_f32(p + 4 * k, a.v[k]); } }
-static inline V16 v16_fma(V16 a, V16 b, V16 c) {
-    for (int k = 0; k < 4; k++) { c.v[k] = vfmaq_f32(c.v[k], a.v[k], b.v[k]); }
-    return c;
-}
-static inline V16 v16_mul(V16 a, V16 b) {
-    for (int k = 0; k < 4; k++) { a.v[k] = vmulq_f32(a.v[k], b.v[k]); }
-    return a;
-}
-static inline float32x4_t v16_quarters(V16 a) { return vaddq_f32(vaddq_f32(a.v[0], a.v[1]), vaddq_f32(a.v[2], a.v[3])); }
-static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
-    store_sum4_neon(out, 1, v16_quarters(a), v16_quarters(b), v16_quarters(c), v16_quarters(d));
-}
-#endif
-#ifdef HAVE_V16
-static inline V16 cache_load16(const void *cache, size_t i, int f16) {
-    return f16 ? v16_load_f16((const uint16_t *)cache + i) : v16_load((const float *)cache + i);
-}
-#endif
-
-// index of the (cache_len / 16, head_size, 16) tiles of layer l, kv head kvh in a cache
-static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
-    return ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
-}
-
-// components [lo, hi) of this position's k or v (kv_dim long) into component i of the tile holding pos
-// returns 1 when an fp16 cache got a finite value beyond its range (stored as inf: see forward_tokens)
-static int cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int lo, int hi) {
-    int hs = c->head_size, overflow = 0;
-    size_t in_tile = (size_t)(pos / 16) * hs * 16 + pos % 16;
-    for (int h = lo / hs; h * hs < hi; h++) {
-        size_t t = cache_tiles(s, c, l, h) + in_tile;  // t + d * 16: component d of head h
-        int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
-        for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) {
-            size_t at = t + (size_t)(i - h * hs) * 16;
-            if (s->kv_f16) {
-                uint16_t h = f16_round(kv[i]);
-                ((uint16_t *)cache)[at] = h;
-                overflow |= (h & 0x7C00u) == 0x7C00u && isfinite(kv[i]);
-            } else {
-                ((float *)cache)[at] = kv[i];
-            }
-        }
-    }
-    return overflow;
-}
-
-// head h of the token at position pos, batch entry bt: its query in s->q, its output into s->att_out
-static void attention_head(RunState *s, const Config *c, int l, int h, int pos, int bt) {
-    int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16, kvh = h / (c->n_heads / c->n_kv_heads);
-    const float *q = s->q + (size_t)bt * c->dim + h * hs;
-    const void *kc = s->key_cache, *vc = s->value_cache;
-    size_t kt = cache_tiles(s, c, l, kvh), vt = kt, tile = (size_t)hs * 16;  // kt, vt: indices into kc, vc
-    int f16 = s->kv_f16;
-    float *att = s->att + (size_t)h * s->cache_len;
-    float scale = 1.0f / sqrtf((float)hs);
-    // score[t] = q . k_t, 16 positions at a time: a sum over i of q[i] times the tile's row i. The
-    // last tile may run past pos into zeros; those scores are dropped below.
-#ifdef HAVE_V16
-    int b = 0;
-    for (; b + 4 <= nb; b += 4) {  // four tiles at a time against the fma latency
-        size_t k0 = kt + b * tile;
-        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
-        for (int i = 0; i < hs; i++) {
-            V16 qi = v16_set1(q[i]);
-            a0 = v16_fma(qi, cache_load16(kc, k0 + i * 16, f16), a0);
-            a1 = v16_fma(qi, cache_load16(kc, k0 + tile + i * 16, f16), a1);
-            a2 = v16_fma(qi, cache_load16(kc, k0 + 2 * tile + i * 16, f16), a2);
-            a3 = v16_fma(qi, cache_load16(kc, k0 + 3 * tile + i * 16, f16), a3);
-        }
-        V16 sc = v16_set1(scale);
-        v16_store(att + b * 16, v16_mul(a0, sc));
-        v16_store(att + b * 16 + 16, v16_mul(a1, sc));
-        v16_store(att + b * 16 + 32, v16_mul(a2, sc));
-        v16_store(att + b * 16 + 48, v16_mul(a3, sc));
-    }
-    for (; b < nb; b++) {
-        V16 a0 = v16_set1(0.0f);
-        for (int i = 0; i < hs; i++) { a0 = v16_fma(v16_set1(q[i]), cache_load16(kc, kt + b * tile + i * 16, f16), a0); }
-        v16_store(att + b * 16, v16_mul(a0, v16_set1(scale)));
-    }
-#else
-    for (int t = 0; t < nb * 16; t++) { att[t] = 0.0f; }
-    for (int b = 0; b < nb; b++) {
-        for (int i = 0; i < hs; i++) {
-            size_t kr = kt + b * tile + i * 16;
-            float *ab = att + b * 16, qi = q[i];
-            float buf[16];
-            const float *row = cache_row16(kc, kr, f16, buf);
-            for (int k = 0; k < 16; k++) { ab[k] += qi * row[k]; }
-        }
-    }
-    for (int t = 0; t < n; t++) { att[t] *= scale; }
-#endif
-    softmax_fast(att, n);
-    for (int t = n; t < nb * 16; t++) { att[t] = 0.0f; }  // so whole tiles can be summed below
-    // out[i] = sum over t of att[t] * v_t[i]: per tile, row i of the tile dotted with att
-    float *out = s->att_out + (size_t)bt * c->dim + h * hs;
-    int i = 0;
-#ifdef HAVE_V16
-    for (; i + 4 <= hs; i += 4) {
-        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
-        for (int b = 0; b < nb; b++) {
-            size_t v = vt + b * tile + i * 16;
-            V16 av = v16_load(att + b * 16);
-            a0 = v16_fma(av, cache_load16(vc, v, f16), a0);
-            a1 = v16_fma(av, cache_load16(vc, v + 16, f16), a1);
-            a2 = v16_fma(av, cache_load16(vc, v + 32, f16), a2);
-            a3 = v16_fma(av, cache_load16(vc, v + 48, f16), a3);
-        }
-        v16_store_sum4(out + i, a0, a1, a2, a3);
-    }
-#endif
-    for (; i < hs; i++) {
-        float lane[16] = {0};
-        for (int b = 0; b < nb; b++) {
-            size_t v = vt + b * tile + i * 16;
-            const float *ab = att + b * 16;
-            float buf[16];
-            const float *row = cache_row16(vc, v, f16, buf);
-            for (int k = 0; k < 16; k++) { lane[k] += ab[k] * row[k]; }
-        }
-        float sum = 0.0f;
-        for (int k = 0; k < 16; k++) { sum += lane[k]; }
-        out[i] = sum;
-    }
-}
-
-static void barrier(void) {
-#ifdef _OPENMP
-    #pragma omp barrier
-#endif
-}
-
-// The nb tokens at positions pos .. pos + nb - 1 through the model; the logits of every one of them
-// (all_logits) or of the last only, into s->logits.
-static void forward_thread(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits,
-                           int tid, int nt) {
-    const Config *c = &t->c;
-    const Weights *w = &t->w;
-    ThreadState *me = &s->ts[tid];
-    int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
-    Input *in = me->in;
-    // When every thread's share of the q, k and v rows is whole heads (and the kv heads its q heads
-    // read), each thread can run the attention of its own heads with no barrier before it.
-    int own_heads = c->n_kv_heads % nt == 0 && hs % 4 == 0;
-    #define EACH(b) for (int b = 0; b < nb; b++)
-    #define ROW(v, b, n) ((v) + (size_t)(b) * (n))  // entry b of a (batch, n) buffer
-    EACH(b) { embed(ROW(me->x, b, dim), t, tokens[b]); }
-    for (int l = 0; l < c->n_layers; l++) {
-        const Layer *ly = &w->layers[l];
-        // attention: q, k, v with RoPE; k and v into the caches
-        EACH(b) {
-            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_att, dim, c->norm_eps);
-            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
-        }
-        matmul_part(s->q, ly->wq, in, nb, dim, dim, tid, nt, c, &lo, &hi);
-        EACH(b) { rope(ROW(s->q, b, dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs); }
-        matmul_part(s->k, ly->wk, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
-        // k and v of each position into component i of the tile holding it, for this thread's rows
-        EACH(b) {
-            rope(ROW(s->k, b, kv_dim), lo, hi, ROW(s->rope_cos, pos + b, hs / 2), ROW(s->rope_sin, pos + b, hs / 2), hs);
-            me->kv_overflow |= cache_put(s->key_cache, ROW(s->k, b, kv_dim), s, c, l, pos + b, lo, hi);
-        }
-        matmul_part(s->v, ly->wv, in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
-        EACH(b) { me->kv_overflow |= cache_put(s->value_cache, ROW(s->v, b, kv_dim), s, c, l, pos + b, lo, hi); }
-        if (own_heads) {
-            for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
-        } else {
-            barrier();
-            for (int h = tid; h < c->n_heads; h += nt) { EACH(b) { attention_head(s, c, l, h, pos + b, b); } }
-        }
-        barrier();
-        EACH(b) { prepare_input(&in[b], ROW(s->att_out, b, dim), dim, c); }
-        matmul_part(s->xb2, ly->wo, in, nb, dim, dim, tid, nt, c, &lo, &hi);
-        barrier();
-        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
-        // SwiGLU feed-forward: w2(silu(w1 x) * w3 x)
-        EACH(b) {
-            rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), ly->rms_ffn, dim, c->norm_eps);
-            prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
-        }
-        matmul_part(s->hb, ly->w1, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
-        matmul_part(s->hb2, ly->w3, in, nb, dim, hidden, tid, nt, c, &lo, &hi);
-        EACH(b) {
-            float *h1 = ROW(s->hb, b, hidden), *h3 = ROW(s->hb2, b, hidden);
-            for (int i = lo; i < hi; i++) { h1[i] = h1[i] / (1.0f + exp_fast(-h1[i])) * h3[i]; }
-        }
-        barrier();
-        EACH(b) { prepare_input(&in[b], ROW(s->hb, b, hidden), hidden, c); }
-        matmul_part(s->xb2, ly->w2, in, nb, hidden, dim, tid, nt, c, &lo, &hi);
-        barrier();
-        EACH(b) { for (int i = 0; i < dim; i++) { me->x[b * dim + i] += s->xb2[b * dim + i]; } }
-    }
-    int first = all_logits ? 0 : nb - 1;  // the tokens whose logits are wanted: first .. nb - 1
-    for (int b = first; b < nb; b++) {
-        rmsnorm(ROW(me->xb, b, dim), ROW(me->x, b, dim), w->rms_final, dim, c->norm_eps);
-        prepare_input(&in[b], ROW(me->xb, b, dim), dim, c);
-    }
-    matmul_part(s->logits, w->wcls, in + first, nb - first, dim, c->vocab_size, tid, nt, c, &lo, &hi);
-    #undef EACH
-    #undef ROW
-}
-
-#ifdef _OPENMP
 // s->nt: the cores the other jobs left free in the last interval, rounded down unless nearly whole
 static void free_cores(RunState *s) {
     CpuSample now;
@@ -1638,20 +855,188 @@ static void free_cores(RunState *s) {
     s->nt = nt < 1 ? 1 : nt > s->n_threads ? s->n_threads : nt;
     s->last = now;
 }
-#endif
 
-// Runs n tokens from position pos, in batches of at most s->batch; returns the logits of the last
-// (all_logits = 0), or of the last batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size
-static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
-#ifdef _OPENMP
-    if (s->parallel) {
-        free_cores(s);
-        #pragma omp parallel num_threads(s->nt)
-        forward_thread(t, s, tokens, nb, pos, all_logits, omp_get_thread_num(), omp_get_num_threads());
-        return;
+// the token's row of the embedding matrix into x, in fp32
+static void embed(float *x, const Transformer *t, int token) {
+    const Config *c = &t->c;
+    Mat e = t->w.tok_embeddings;
+    size_t off = (size_t)token * c->dim;
+    if (e.type == W_F32) {
+        memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
+    } else if (e.type == W_BF16) {
+        for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
+    } else {  // q8_0, also in q4 files (see classifier_type)
+        const int8_t *q = e.w;
+        for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
     }
-#endif
-    forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1);  // barriers are no-ops here
+}
+
+// The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
+// (which keeps RoPE pairs inside one thread's part).
+static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
+    *lo = (int)((long)rows * tid / nt) & ~3;
+    *hi = tid == nt - 1 ? rows : (int)((long)rows * (tid + 1) / nt) & ~3;
+}
+
+// Rows [lo, hi) of W @ x for this thread, for each of nb inputs x[b] into out + b * rows; returns lo
+// and hi for the caller's follow-up work. One token streams the rows from memory as matmul_rows
+// reads them; for a batch, the rows go in tiles small enough to stay in the L2 cache while every
+// input of the batch is multiplied with them, so the weights are read from memory once per batch.
+#define TILE_BYTES (64 << 10)
+static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int rows, int tid, int nt,
+                        const Config *c, int *lo, int *hi) {
+    thread_rows(rows, tid, nt, lo, hi);
+    if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c->group_size); return; }
+    double row_bytes = m.type == W_F32 ? 4.0 * n : m.type == W_BF16 ? 2.0 * n
+                     : (m.type == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
+    int tile = (int)(TILE_BYTES / row_bytes) & ~3;
+    tile = tile < 4 ? 4 : tile;
+    for (int r = *lo; r < *hi; r += tile) {
+        int r1 = r + tile < *hi ? r + tile : *hi;
+        for (int b = 0; b < nb; b++) { matmul_rows(out + (size_t)b * rows, m, &x[b], n, r, r1, c->group_size); }
+    }
+}
+
+// each token's residual stream (tokens b0 .. nb - 1) normed with weight, into its matmul input
+static void norm_inputs(ThreadState *me, const float *weight, int b0, int nb, const Config *c) {
+    for (int b = b0; b < nb; b++) {
+        float *xb = me->xb + (size_t)b * c->dim;
+        rmsnorm(xb, me->x + (size_t)b * c->dim, weight, c->dim, c->norm_eps);
+        prepare_input(&me->in[b], xb, c->dim, c);
+    }
+}
+
+// RoPE on components [lo, hi) of each token's q or k (n wide): the interleaved pairs (v[2i], v[2i+1])
+// of every head rotated by the angle of pair i at the token's position; lo is even
+static void rope(const RunState *s, float *v, int n, int pos, int nb, int lo, int hi, int head_size) {
+    int half = head_size / 2;
+    for (int b = 0; b < nb; b++) {
+        float *vb = v + (size_t)b * n;
+        const float *cs = s->rope_cos + (size_t)(pos + b) * half, *sn = s->rope_sin + (size_t)(pos + b) * half;
+        for (int j = lo; j < hi; j += 2) {
+            int i = (j % head_size) / 2;
+            float v0 = vb[j], v1 = vb[j + 1];
+            vb[j] = v0 * cs[i] - v1 * sn[i];
+            vb[j + 1] = v0 * sn[i] + v1 * cs[i];
+        }
+    }
+}
+
+// index of the (cache_len / 16, head_size, 16) tiles of layer l, kv head kvh in a cache
+static size_t cache_tiles(const RunState *s, const Config *c, int l, int kvh) {
+    return ((size_t)l * c->n_kv_heads + kvh) * s->cache_len * c->head_size;
+}
+
+// components [lo, hi) of each token's k or v (kv_dim wide) into a cache, component i of a head into
+// row i of the tile holding the token's position; returns 1 when an fp16 cache got a finite value
+// beyond its range (stored as inf: see forward_tokens)
+static int cache_put(void *cache, const float *kv, const RunState *s, const Config *c, int l, int pos, int nb, int lo,
+                     int hi) {
+    int hs = c->head_size, overflow = 0;
+    for (int b = 0; b < nb; b++, kv += c->kv_dim) {
+        size_t in_tile = (size_t)((pos + b) / 16) * hs * 16 + (pos + b) % 16;
+        for (int h = lo / hs; h * hs < hi; h++) {
+            size_t t = cache_tiles(s, c, l, h) + in_tile;  // t + d * 16: component d of head h
+            int i1 = (h + 1) * hs < hi ? (h + 1) * hs : hi;
+            for (int i = h * hs > lo ? h * hs : lo; i < i1; i++) {
+                size_t at = t + (size_t)(i - h * hs) * 16;
+                if (s->kv_f16) {
+                    uint16_t f = f16_round(kv[i]);
+                    ((uint16_t *)cache)[at] = f;
+                    overflow |= (f & 0x7C00u) == 0x7C00u && isfinite(kv[i]);
+                } else {
+                    ((float *)cache)[at] = kv[i];
+                }
+            }
+        }
+    }
+    return overflow;
+}
+
+// head h of the token at position pos, batch entry bt: its query in s->q, its output into s->att_out
+static void attention_head(RunState *s, const Config *c, int l, int h, int pos, int bt) {
+    int hs = c->head_size, n = pos + 1, nb = (n + 15) / 16;
+    const float *q = s->q + (size_t)bt * c->dim + h * hs;
+    float *att = s->att + (size_t)h * s->cache_len, *out = s->att_out + (size_t)bt * c->dim + h * hs;
+    size_t at = cache_tiles(s, c, l, h / (c->n_heads / c->n_kv_heads));  // its kv head's tiles, in either cache
+    attention_scores(att, q, s->key_cache, at, nb, hs, s->kv_f16, 1.0f / sqrtf((float)hs));
+    softmax_fast(att, n);
+    for (int t = n; t < nb * 16; t++) { att[t] = 0.0f; }  // so that whole tiles can be summed
+    attention_values(out, att, s->value_cache, at, nb, hs, s->kv_f16);
+}
+
+static void barrier(void) { OMP("omp barrier") }
+
+// Every head's attention for each token, split between the threads, who then wait for all of it.
+// When every thread's share of the q, k and v rows is whole heads (and the kv heads its q heads
+// read), each thread can run the attention of its own heads with no barrier before it.
+static void attention(RunState *s, const Config *c, int l, int pos, int nb, int tid, int nt) {
+    if (c->n_kv_heads % nt == 0 && c->head_size % 4 == 0) {
+        for (int h = tid * c->n_heads / nt; h < (tid + 1) * c->n_heads / nt; h++) {
+            for (int b = 0; b < nb; b++) { attention_head(s, c, l, h, pos + b, b); }
+        }
+    } else {
+        barrier();
+        for (int h = tid; h < c->n_heads; h += nt) {
+            for (int b = 0; b < nb; b++) { attention_head(s, c, l, h, pos + b, b); }
+        }
+    }
+    barrier();
+}
+
+// The nb tokens at positions pos .. pos + nb - 1 through the model, on thread tid of nt; the logits
+// of every one of them (all_logits) or of the last only, into s->logits.
+static void forward_thread(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits,
+                           int tid, int nt) {
+    const Config *c = &t->c;
+    ThreadState *me = &s->ts[tid];
+    int dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size, lo, hi;
+    for (int b = 0; b < nb; b++) { embed(me->x + (size_t)b * dim, t, tokens[b]); }
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *ly = &t->w.layers[l];
+        // attention: q, k and v of the normed stream, RoPE on q and k, k and v into the caches
+        norm_inputs(me, ly->rms_att, 0, nb, c);
+        matmul_part(s->q, ly->wq, me->in, nb, dim, dim, tid, nt, c, &lo, &hi);
+        rope(s, s->q, dim, pos, nb, lo, hi, hs);
+        matmul_part(s->k, ly->wk, me->in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        rope(s, s->k, kv_dim, pos, nb, lo, hi, hs);
+        me->kv_overflow |= cache_put(s->key_cache, s->k, s, c, l, pos, nb, lo, hi);
+        matmul_part(s->v, ly->wv, me->in, nb, dim, kv_dim, tid, nt, c, &lo, &hi);
+        me->kv_overflow |= cache_put(s->value_cache, s->v, s, c, l, pos, nb, lo, hi);
+        attention(s, c, l, pos, nb, tid, nt);
+        for (int b = 0; b < nb; b++) { prepare_input(&me->in[b], s->att_out + (size_t)b * dim, dim, c); }
+        matmul_part(s->xb2, ly->wo, me->in, nb, dim, dim, tid, nt, c, &lo, &hi);
+        barrier();
+        for (int i = 0; i < nb * dim; i++) { me->x[i] += s->xb2[i]; }  // the residual connection
+        // SwiGLU feed-forward: w2(silu(w1 x) * w3 x)
+        norm_inputs(me, ly->rms_ffn, 0, nb, c);
+        matmul_part(s->hb, ly->w1, me->in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        matmul_part(s->hb2, ly->w3, me->in, nb, dim, hidden, tid, nt, c, &lo, &hi);
+        for (int b = 0; b < nb; b++) {
+            float *h1 = s->hb + (size_t)b * hidden, *h3 = s->hb2 + (size_t)b * hidden;
+            for (int i = lo; i < hi; i++) { h1[i] = h1[i] / (1.0f + exp_fast(-h1[i])) * h3[i]; }
+        }
+        barrier();
+        for (int b = 0; b < nb; b++) { prepare_input(&me->in[b], s->hb + (size_t)b * hidden, hidden, c); }
+        matmul_part(s->xb2, ly->w2, me->in, nb, hidden, dim, tid, nt, c, &lo, &hi);
+        barrier();
+        for (int i = 0; i < nb * dim; i++) { me->x[i] += s->xb2[i]; }
+    }
+    int first = all_logits ? 0 : nb - 1;  // the tokens whose logits are wanted: first .. nb - 1
+    norm_inputs(me, t->w.rms_final, first, nb, c);
+    matmul_part(s->logits, t->w.wcls, me->in + first, nb - first, dim, c->vocab_size, tid, nt, c, &lo, &hi);
+}
+
+// Threads: the whole forward pass is one parallel region. Every thread keeps private copies of the
+// small vectors (the residual stream, the normed input, the matmul input) and computes them
+// redundantly, which is cheaper than handing them over; each matmul's rows and the attention heads
+// are split between the threads, which meet at one barrier after each. They run on the cores other
+// jobs leave free (free_cores); a model too small for threads runs on one (s->parallel).
+static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
+    if (!s->parallel) { forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1); return; }
+    free_cores(s);
+    OMP("omp parallel num_threads(s->nt)")
+    forward_thread(t, s, tokens, nb, pos, all_logits, omp_get_thread_num(), omp_get_num_threads());
 }
 
 // The fp16 caches of quantised models hold |x| <= 65504. When a k or v beyond that shows up, both
@@ -1672,6 +1057,11 @@ static void widen_kv_cache(RunState *s, const Transformer *t, int pos) {
             t->path, pos);
 }
 
+// Runs n tokens from position pos and returns the logits of the last (all_logits = 0), or of the last
+// batch's tokens, (n - 1) % s->batch + 1 rows of vocab_size. Generation runs one token at a time; a
+// prompt runs as batches of up to s->batch tokens, so that each weight is read from memory once per
+// batch (matmul_part) rather than once per token. Every token of a batch gets the same arithmetic as
+// it would alone, so its logits are the same bits.
 static float *forward_tokens(const Transformer *t, RunState *s, const int *tokens, int n, int pos, int all_logits) {
     for (int done = 0; done < n; done += s->batch) {
         int nb = n - done < s->batch ? n - done : s->batch, overflow = 0;
@@ -2260,42 +1650,6 @@ static uint32_t random_u32(unsigned long long *state) {  // xorshift64*, the top
 }
 
 static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
-
-#ifdef HAVE_AVX512
-static int argmax(const float *v, int n) {  // the first index of the maximum, as the plain twin below
-    // two vector passes: the maximum, then the first position equal to it (the compiler turns the
-    // twin's lane loop into scalar code, and this runs on one thread once per token)
-    __m512 m = _mm512_set1_ps(v[0]);
-    int j = 0;
-    for (; j + 16 <= n; j += 16) { m = _mm512_max_ps(_mm512_loadu_ps(v + j), m); }  // v > m ? v : m
-    float mx = _mm512_reduce_max_ps(m);
-    for (; j < n; j++) { mx = v[j] > mx ? v[j] : mx; }
-    for (j = 0; j + 16 <= n; j += 16) {
-        __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + j), _mm512_set1_ps(mx), _CMP_EQ_OQ);
-        if (eq) { return j + __builtin_ctz(eq); }
-    }
-    for (; j < n; j++) { if (v[j] == mx) { return j; } }
-    return 0;  // v[0] is NaN: nothing compares greater than it
-}
-#else
-static int argmax(const float *v, int n) {  // the first index of the maximum, in 16 lanes
-    float lane_max[LANES];
-    int lane_idx[LANES], j = 0, best = 0;
-    for (int k = 0; k < LANES; k++) { lane_max[k] = v[0]; lane_idx[k] = 0; }
-    for (; j + LANES <= n; j += LANES) {
-        for (int k = 0; k < LANES; k++) {
-            int better = v[j + k] > lane_max[k];
-            lane_max[k] = better ? v[j + k] : lane_max[k];
-            lane_idx[k] = better ? j + k : lane_idx[k];
-        }
-    }
-    for (; j < n; j++) { if (v[j] > v[best]) { best = j; } }
-    for (int k = 0; k < LANES; k++) {
-        if (lane_max[k] > v[best] || (lane_max[k] == v[best] && lane_idx[k] < best)) { best = lane_idx[k]; }
-    }
-    return best;
-}
-#endif
 
 static void softmax(float *x, int n) {  // libm's expf and a serial sum: llama2.c's numbers exactly
     float mx = x[0];

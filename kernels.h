@@ -1,0 +1,680 @@
+/*
+kernels.h: run.c's vector kernels, for the instruction set the compiler targets (-march=native, ...):
+AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI) or ARM NEON (+ dot product).
+
+run.c includes this file once, after its plain C kernels, and calls what it defines: prepare_input,
+matmul_rows, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
+with _plain added, and computes what the twin computes, in another order (the tests compare every
+build with the plain one); where this build has no vector code for it, or under -DPLAIN, it calls the
+twin. Needs only what run.c defines before the include: Config, Mat and the weight types W_*, Input,
+quantised, bf16_to_f32 and the plain twins.
+*/
+
+// ----------------------------------------------------------------------------
+// instruction sets, from the compiler's target macros
+//
+// A CPU with AVX-512 also has AVX2: where AVX-512 has no kernel for a weight type (q4, or q8_0/bf16
+// without VNNI/BF16), the AVX2 one runs.
+
+#if !defined(PLAIN) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define HAVE_AVX2 1         // 8-lane fma; int8 dot products of 32 bytes (see dot_u8s8)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
+#if defined(__AVX512VNNI__)
+#define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
+#endif
+#if defined(__AVX512BF16__)
+#define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
+#endif
+#endif
+#endif
+
+#if !defined(PLAIN) && defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define HAVE_NEON 1         // 4-lane fma; int8 products widened to int16 and paired into int32
+#if defined(__ARM_FEATURE_DOTPROD)
+#define HAVE_DOTPROD 1      // int8 dot products of 4 bytes per lane (sdot)
+#endif
+#endif
+
+// ----------------------------------------------------------------------------
+// x86 matmul kernels (AVX2, AVX-512): W (rows, n) @ x (n), four rows at a time
+//
+// Four-row kernels (matmul4_*) compute rows w, w + q n, w + 2q n, w + 3q n into out[0], out[q],
+// out[2q], out[3q], each the sum its plain twin computes for one row (dot_plain, dot_bf16_plain,
+// dot_q8_plain, dot_q4_plain): each load of x serves four rows and the four sums are reduced together.
+// The four rows come from the four quarters of the rows being computed, so that each is read as its
+// own sequential stream: the hardware prefetchers follow four streams well, and adjacent rows read
+// interleaved stream far slower (README, "How it is fast"). With q = 0 they compute one row four
+// times over, which is how the last rows that do not fill a quarter are done.
+
+#ifdef HAVE_AVX2
+static inline float hsum8(__m256 a) {  // the sum of 8 lanes
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+// out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
+static inline void store_sum4(float *out, size_t q, __m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    __m128 sum = _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+    float o[4];
+    _mm_storeu_ps(o, sum);
+    out[0] = o[0], out[q] = o[1], out[2 * q] = o[2], out[3 * q] = o[3];
+}
+
+// acc + the dot products of unsigned bytes u and signed bytes s, 4 bytes per int32 lane: one
+// vpdpbusd with VNNI; else vpmaddubsw (pairs into int16, which saturate only past 32767: the
+// callers keep u <= 128 and |s| <= 127) and vpmaddwd by ones to widen the pairs
+static inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc + dot_u8s8(u1, s1) + dot_u8s8(u2, s2) for u1, u2 <= 15 (q4's nibbles): without VNNI the two
+// vpmaddubsw results (|pair| <= 2 * 15 * 127) are added as int16 and widened once
+static inline __m256i dot2_u4s8(__m256i acc, __m256i u1, __m256i s1, __m256i u2, __m256i s2) {
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+    return dot_u8s8(dot_u8s8(acc, u1, s1), u2, s2);
+#else
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u1, s1), _mm256_maddubs_epi16(u2, s2));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+// the four rows' fp32 sums a[r] += (their int sums i[r]) * (their group scales ws[r][g]) * x's scale
+static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *ws, int g, float xs) {
+    for (int r = 0; r < 4; r++) { a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[r]), _mm256_set1_ps(ws[r][g] * xs), a[r]); }
+}
+#endif
+
+#ifdef HAVE_AVX512
+static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
+static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
+    const float *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, s0);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, s1);
+        s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, s2);
+        s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
+    }
+    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#elif defined(HAVE_AVX2)
+static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
+    const float *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x + j);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xv, s3);
+    }
+    if (j < n) {  // the last n % 8 columns: lanes past n load as zero
+        float xt[8] = {0}, t[4][8] = {{0}};
+        for (int k = j; k < n; k++) { xt[k - j] = x[k]; t[0][k - j] = w0[k], t[1][k - j] = w1[k], t[2][k - j] = w2[k], t[3][k - j] = w3[k]; }
+        __m256 xv = _mm256_loadu_ps(xt);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(t[0]), xv, s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(t[1]), xv, s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(t[2]), xv, s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(t[3]), xv, s3);
+    }
+    store_sum4(out, q, s0, s1, s2, s3);
+}
+#endif
+
+#ifdef HAVE_BF16
+// vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo (see prepare_input)
+// keeps the activations at 16 significant bits, so only the weights are rounded
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 32) {
+        __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
+        __m512bh hi = (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j);
+        __m512bh lo = (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j);
+        __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + j), v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, w1 + j);
+        __m512bh v2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + j), v3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + j);
+        s0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s0, v0, hi), v0, lo);
+        s1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s1, v1, hi), v1, lo);
+        s2 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s2, v2, hi), v2, lo);
+        s3 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s3, v3, hi), v3, lo);
+    }
+    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+}
+#elif defined(HAVE_AVX2)
+static inline __m256 bf16x8_load(const uint16_t *p) {  // 8 bf16 -> fp32: the bits moved up 16
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+    // the weights widened to fp32 (exact), times x in fp32: the plain twin's products
+    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 xv = _mm256_loadu_ps(x->f + j);
+        s0 = _mm256_fmadd_ps(bf16x8_load(w0 + j), xv, s0);
+        s1 = _mm256_fmadd_ps(bf16x8_load(w1 + j), xv, s1);
+        s2 = _mm256_fmadd_ps(bf16x8_load(w2 + j), xv, s2);
+        s3 = _mm256_fmadd_ps(bf16x8_load(w3 + j), xv, s3);
+    }
+    float t[4] = {0};  // the last n % 8 columns, added to lane 0
+    for (; j < n; j++) {
+        t[0] += bf16_to_f32(w0[j]) * x->f[j], t[1] += bf16_to_f32(w1[j]) * x->f[j];
+        t[2] += bf16_to_f32(w2[j]) * x->f[j], t[3] += bf16_to_f32(w3[j]) * x->f[j];
+    }
+    s0 = _mm256_add_ps(s0, _mm256_setr_ps(t[0], 0, 0, 0, 0, 0, 0, 0));
+    s1 = _mm256_add_ps(s1, _mm256_setr_ps(t[1], 0, 0, 0, 0, 0, 0, 0));
+    s2 = _mm256_add_ps(s2, _mm256_setr_ps(t[2], 0, 0, 0, 0, 0, 0, 0));
+    s3 = _mm256_add_ps(s3, _mm256_setr_ps(t[3], 0, 0, 0, 0, 0, 0, 0));
+    store_sum4(out, q, s0, s1, s2, s3);
+}
+#endif
+
+#ifdef HAVE_AVX2
+// q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
+// With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
+// the extra 128 * sum(x) per lane comes off through x->corr (see prepare_input); otherwise the
+// unsigned operand is |w|, times x with w's sign.
+static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    int ng = n / gs;
+    const int8_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < ng; g++) {
+        __m256i i[4];
+#ifdef HAVE_VNNI
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)); }
+#else
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setzero_si256(); }
+#endif
+        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
+            for (int r = 0; r < 4; r++) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + j));
+#ifdef HAVE_VNNI
+                i[r] = _mm256_dpbusd_epi32(i[r], _mm256_xor_si256(wv, flip), xq);
+#else
+                i[r] = dot_u8s8(i[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xq, wv));
+#endif
+            }
+        }
+        scale_add4(a, i, wsr, g, x->s[g]);
+    }
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+}
+
+// q4 with gs % 32 == 0: the nibbles are the unsigned operand as they are (0..15); the 8 they are
+// stored above their value comes off as 8 * x->sum[g], put in lane 0 of the group's int sums.
+// gs >= 64: 32 bytes hold weights b..b+31 (low nibbles) and half+b..half+b+31 (high ones);
+// gs == 32: 16 bytes hold the whole group, widened to weights 0..15 | 16..31.
+static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    int ng = n / gs, half = gs / 2;
+    const uint8_t *wr[4] = {w, w + q * n / 2, w + q * n, w + 3 * q * n / 2};
+    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int g = 0; g < ng; g++) {
+        __m256i i[4];
+        for (int r = 0; r < 4; r++) { i[r] = _mm256_setr_epi32(-8 * x->sum[g], 0, 0, 0, 0, 0, 0, 0); }
+        const int8_t *xg = x->q + (size_t)g * gs;
+        size_t o = (size_t)g * half;
+        if (gs == 32) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)xg);
+            for (int r = 0; r < 4; r++) {
+                __m128i wv = _mm_loadu_si128((const __m128i *)(wr[r] + o));
+                i[r] = dot_u8s8(i[r], _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wv, 4), wv), m4), xv);
+            }
+        } else {
+            for (int b = 0; b < half; b += 32) {
+                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
+                for (int r = 0; r < 4; r++) {
+                    __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
+                    i[r] = dot2_u4s8(i[r], _mm256_and_si256(wv, m4), xlo, _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
+                }
+            }
+        }
+        scale_add4(a, i, wsr, g, x->s[g]);
+    }
+    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+}
+#define VEC_Q8(gs) ((gs) % 32 == 0)  // the group sizes the four-row q8_0 and q4 kernels take
+#define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
+
+// Group sizes 4, 8 and 16 (stories260K's 4: no larger one divides its hidden_dim 172) go one row at
+// a time: a 32-weight chunk holds 32/gs groups of gs/4 int32 lanes each, so each lane is scaled by
+// its own group's scales, spread over the lanes by a permute.
+#define SMALL_GROUPS(gs) ((gs) == 4 || (gs) == 8 || (gs) == 16)
+
+// 32 weights in order from 16 bytes of q4 with group size 4, 8 or 16, as signed bytes: byte k of a
+// group holds weight k in its low nibble and weight k + gs/2 in its high one, so interleaving the low
+// and the high nibbles in units of gs/2 bytes puts every group back in order
+static inline __m256i q4_unpack_small(const uint8_t *p, int gs) {
+    const __m128i m4 = _mm_set1_epi8(15);
+    __m128i b = _mm_loadu_si128((const __m128i *)p), lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+    __m128i first = gs == 4 ? _mm_unpacklo_epi16(lo, hi) : gs == 8 ? _mm_unpacklo_epi32(lo, hi) : _mm_unpacklo_epi64(lo, hi);
+    __m128i second = gs == 4 ? _mm_unpackhi_epi16(lo, hi) : gs == 8 ? _mm_unpackhi_epi32(lo, hi) : _mm_unpackhi_epi64(lo, hi);
+    return _mm256_sub_epi8(_mm256_set_m128i(second, first), _mm256_set1_epi8(8));
+}
+
+// one row of q8_0 (q4 = 0) or q4 (q4 = 1) with small groups: the int8 products as |w| times x with
+// w's sign (see dot_u8s8); the weights past the last whole chunk go through the plain twins
+static float dot_small_groups(const void *w, int q4, const float *ws, const Input *x, int n, int gs) {
+    const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
+    __m256 acc = _mm256_setzero_ps();
+    int per_chunk = 32 / gs, j = 0, g = 0;
+    for (; j + 32 <= n; j += 32, g += per_chunk) {
+        __m256i wv = q4 ? q4_unpack_small((const uint8_t *)w + j / 2, gs) : _mm256_loadu_si256((const __m256i *)((const int8_t *)w + j));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + j));
+        __m256i isum = dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        // two scales (gs 16) come by an 8-byte load: a row's scales need not be 8-byte aligned, as
+        // _mm_load_sd's double would have to be
+        __m128 s4 = per_chunk == 2 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(ws + g))) : _mm_loadu_ps(ws + g);
+        __m128 x4 = per_chunk == 2 ? _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(x->s + g))) : _mm_loadu_ps(x->s + g);
+        __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(s4, x4));  // the chunk's first 4 groups' scales
+        if (per_chunk == 8) { sc = _mm256_mul_ps(_mm256_loadu_ps(ws + g), _mm256_loadu_ps(x->s + g)); }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutevar8x32_ps(sc, spread), acc);
+    }
+    Input rest = *x;
+    rest.q += j, rest.s += g;
+    return hsum8(acc) + (q4 ? dot_q4_plain((const uint8_t *)w + j / 2, ws + g, &rest, n - j, gs)
+                            : dot_q8_plain((const int8_t *)w + j, ws + g, &rest, n - j, gs));
+}
+
+#ifdef HAVE_VNNI
+// one row of q8_0 with small groups: vpdpbusd of the flipped weights (see matmul4_q8), the last chunk
+// masked when n is not a multiple of 32
+static float dot_q8_small(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), gs == 4 ? 2 : gs == 8 ? 3 : 4);
+    __m256 acc = _mm256_setzero_ps();
+    int per_chunk = 32 / gs, ng = n / gs;
+    for (int j = 0, g = 0; j < n; j += 32, g += per_chunk) {
+        __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
+        __mmask8 mg = ng - g >= 8 ? 0xFF : (__mmask8)((1u << (ng - g)) - 1);
+        __m256i wu = _mm256_xor_si256(_mm256_maskz_loadu_epi8(m, w + j), flip);  // masked bytes: 128 * 0
+        __m256i isum = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)(x->corr + (j / 32) * 8)), wu,
+                                           _mm256_maskz_loadu_epi8(m, x->q + j));
+        __m256 sc = _mm256_mul_ps(_mm256_maskz_loadu_ps(mg, ws + g), _mm256_maskz_loadu_ps(mg, x->s + g));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_permutexvar_ps(spread, sc), acc);
+    }
+    return hsum8(acc);
+}
+#else
+static float dot_q8_small(const int8_t *w, const float *ws, const Input *x, int n, int gs) {
+    return dot_small_groups(w, 0, ws, x, n, gs);
+}
+#endif
+
+// rows [r0, r1) of a q8_0 or q4 matrix with small groups
+static void matmul_rows_small(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+    size_t ng = n / gs, rb = m.type == W_Q4 ? n / 2 : n;  // rb: bytes per row
+    for (int r = r0; r < r1; r++) {
+        const void *w = (const uint8_t *)m.w + r * rb;
+        out[r] = m.type == W_Q4 ? dot_small_groups(w, 1, m.s + r * ng, x, n, gs) : dot_q8_small(w, m.s + r * ng, x, n, gs);
+    }
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// ARM matmul kernels (NEON, dot product): four rows at a time, as the x86 ones
+
+#ifdef HAVE_NEON
+static inline void store_sum4_neon(float *out, size_t q, float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
+    float32x4_t abcd = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
+    out[0] = vgetq_lane_f32(abcd, 0), out[q] = vgetq_lane_f32(abcd, 1);
+    out[2 * q] = vgetq_lane_f32(abcd, 2), out[3 * q] = vgetq_lane_f32(abcd, 3);
+}
+
+// rows of n fp32 or bf16 weights: 4 lanes, two accumulators per row against the fma latency; the
+// last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
+#define NEON_F32_ROWS(LOAD, TO_F32, wt)                                                             \
+    float32x4_t s[8];                                                                               \
+    for (int r = 0; r < 8; r++) { s[r] = vdupq_n_f32(0); }                                          \
+    const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
+    int j = 0;                                                                                      \
+    for (; j + 8 <= n; j += 8) {                                                                    \
+        float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                               \
+        for (int r = 0; r < 4; r++) {                                                               \
+            s[r] = vfmaq_f32(s[r], LOAD(wr[r] + j), x0);                                            \
+            s[r + 4] = vfmaq_f32(s[r + 4], LOAD(wr[r] + j + 4), x1);                                \
+        }                                                                                           \
+    }                                                                                               \
+    for (int r = 0; r < 4; r++) {                                                                   \
+        float t = 0.0f;                                                                             \
+        for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
+        s[r] = vaddq_f32(vaddq_f32(s[r], s[r + 4]), vsetq_lane_f32(t, vdupq_n_f32(0), 0));          \
+    }                                                                                               \
+    store_sum4_neon(out, q, s[0], s[1], s[2], s[3]);
+
+static inline float32x4_t bf16x4_load(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+#define AS_F32(v) (v)
+
+static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
+    size_t ws = q * n;
+    NEON_F32_ROWS(vld1q_f32, AS_F32, float)
+}
+
+static void matmul4_bf16(float *out, const uint16_t *w, const Input *in, int n, size_t q) {
+    const float *x = in->f;
+    size_t ws = q * n;
+    NEON_F32_ROWS(bf16x4_load, bf16_to_f32, uint16_t)
+}
+#undef NEON_F32_ROWS
+#undef AS_F32
+
+// acc + the dot products of signed bytes a and b, 4 bytes per int32 lane
+static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#ifdef HAVE_DOTPROD
+    return vdotq_s32(acc, a, b);
+#else
+    // the same lane sums: products widened to int16 (|a b| <= 128 * 127), pairs added into int32
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
+}
+
+// q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
+// multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
+static inline void matmul4_q_neon(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
+                                  int q4) {
+    int ng = n / gs;
+    size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
+    float32x4_t acc[4];
+    for (int r = 0; r < 4; r++) { acc[r] = vdupq_n_f32(0); }
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int g = 0; g < ng; g++) {
+        const int8_t *xg = x->q + (size_t)g * gs;
+        int32x4_t isum[4];
+        for (int r = 0; r < 4; r++) { isum[r] = vdupq_n_s32(0); }
+        if (q4) {
+            int half = gs / 2;
+            for (int b = 0; b < half; b += 16) {
+                int8x16_t xlo = vld1q_s8(xg + b), xhi = vld1q_s8(xg + half + b);
+                for (int r = 0; r < 4; r++) {
+                    uint8x16_t wv = vld1q_u8(wr[r] + (size_t)g * half + b);
+                    int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(wv, m4)), eight);
+                    int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(wv, 4)), eight);
+                    isum[r] = dot_s8(dot_s8(isum[r], lo, xlo), hi, xhi);
+                }
+            }
+        } else {
+            for (int j = 0; j < gs; j += 16) {
+                int8x16_t xv = vld1q_s8(xg + j);
+                for (int r = 0; r < 4; r++) { isum[r] = dot_s8(isum[r], vld1q_s8((const int8_t *)wr[r] + (size_t)g * gs + j), xv); }
+            }
+        }
+        float xs = x->s[g];
+        for (int r = 0; r < 4; r++) { acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), wsr[r][g] * xs); }
+    }
+    store_sum4_neon(out, q, acc[0], acc[1], acc[2], acc[3]);
+}
+
+static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    matmul4_q_neon(out, w, ws, x, n, gs, q, 0);
+}
+
+static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+    matmul4_q_neon(out, w, ws, x, n, gs, q, 1);
+}
+#define VEC_Q8(gs) ((gs) % 16 == 0)
+#define VEC_Q4(gs) ((gs) % 32 == 0)
+#endif
+
+// ----------------------------------------------------------------------------
+// matmul inputs: what the vector kernels read besides the forms of x prepare_input_plain makes
+
+#ifdef HAVE_BF16
+static uint16_t bf16_round(float f) {  // round to nearest even; activations are finite
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+#endif
+
+static void prepare_input(Input *in, const float *x, int n, const Config *c) {
+    prepare_input_plain(in, x, n, c);
+#ifdef HAVE_AVX2
+    if (c->wtype == W_Q4) {  // for matmul4_q4
+        int gs = c->group_size;
+        for (int g = 0; g < n / gs; g++) {
+            int32_t sum = 0;
+            for (int j = g * gs; j < (g + 1) * gs; j++) { sum += in->q[j]; }
+            in->sum[g] = sum;
+        }
+    }
+#endif
+#ifdef HAVE_VNNI
+    if (quantised(c)) {  // q4 files too: their classifier is q8_0
+        // for matmul4_q8 and dot_q8_small: lane k of a 32-byte chunk covers bytes 4k..4k+3; a group's
+        // lane k gets -128 times the sum of those bytes over the group's chunks (vpdpbusd of bytes 128 and q)
+        int span = c->group_size > 32 ? c->group_size : 32;
+        const __m256i c128 = _mm256_set1_epi8((char)0x80);
+        for (int j = 0; j < n; j += span) {
+            __m256i sum = _mm256_setzero_si256();
+            for (int i = j; i < j + span && i < n; i += 32) {
+                __mmask32 m = n - i >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - i)) - 1);
+                sum = _mm256_dpbusd_epi32(sum, c128, _mm256_maskz_loadu_epi8(m, in->q + i));
+            }
+            _mm256_storeu_si256((__m256i *)(in->corr + (j / span) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+        }
+    }
+#endif
+#ifdef HAVE_BF16
+    if (c->wtype == W_BF16) {  // for matmul4_bf16
+        for (int j = 0; j < n; j++) {
+            uint16_t hi = bf16_round(x[j]);
+            in->hi[j] = hi;
+            in->lo[j] = bf16_round(x[j] - bf16_to_f32(hi));
+        }
+    }
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// the matmul dispatcher: the four-row kernel of the weight type where this build has one for its
+// group size, else the small-group kernels or the plain twin, row by row
+
+#if defined(HAVE_AVX2) || defined(HAVE_NEON)
+// Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first quarter; the rows past 4q (at
+// most 3) go through them with q = 0. FOUR_ROWS makes those calls from one call site, so that the
+// compiler inlines the kernel.
+#define FOUR_ROWS(r0, r1, ROW, STRIDE, CALL)                                                          \
+    for (int k_ = 0, q_ = ((r1) - (r0)) / 4; k_ < q_ + ((r1) - (r0)) % 4; k_++) {                     \
+        int ROW = k_ < q_ ? (r0) + k_ : (r0) + 3 * q_ + k_;                                           \
+        size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
+        CALL;                                                                                         \
+    }
+static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+    if (m.type == W_F32) {
+        const float *w = m.w;
+        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, w + (size_t)i * n, x->f, n, q))
+    } else if (m.type == W_BF16) {
+        const uint16_t *w = m.w;
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
+    } else if (m.type == W_Q8 && VEC_Q8(gs)) {
+        const int8_t *w = m.w;
+        size_t ng = n / gs;
+        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, w + (size_t)i * n, m.s + i * ng, x, n, gs, q))
+    } else if (m.type == W_Q4 && VEC_Q4(gs)) {
+        const uint8_t *w = m.w;
+        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
+        FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, m.s + i * ng, x, n, gs, q))
+#ifdef SMALL_GROUPS
+    } else if (SMALL_GROUPS(gs)) {
+        matmul_rows_small(out, m, x, n, r0, r1, gs);
+#endif
+    } else {
+        matmul_rows_plain(out, m, x, n, r0, r1, gs);
+    }
+}
+#undef FOUR_ROWS
+#else
+static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+    matmul_rows_plain(out, m, x, n, r0, r1, gs);
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// attention over the KV cache tiles (twins: attention_scores_plain, attention_values_plain)
+//
+// V16: 16 fp32 lanes, a row of a cache tile: one AVX-512 register, two AVX2 ones or four NEON ones,
+// so that the attention loops are written once for every vector build
+
+#if defined(HAVE_AVX512)
+#define HAVE_V16 1
+typedef __m512 V16;
+static inline V16 v16_set1(float f) { return _mm512_set1_ps(f); }
+static inline V16 v16_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline V16 v16_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline void v16_store(float *p, V16 a) { _mm512_storeu_ps(p, a); }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+static inline V16 v16_mul(V16 a, V16 b) { return _mm512_mul_ps(a, b); }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {  // out[0..3] = lane sums
+    store_sum4(out, 1, lo_plus_hi(a), lo_plus_hi(b), lo_plus_hi(c), lo_plus_hi(d));
+}
+#elif defined(HAVE_AVX2)
+#define HAVE_V16 1
+typedef struct { __m256 lo, hi; } V16;  // lanes 0..7, 8..15
+static inline V16 v16_set1(float f) { return (V16){_mm256_set1_ps(f), _mm256_set1_ps(f)}; }
+static inline V16 v16_load(const float *p) { return (V16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline V16 v16_load_f16(const uint16_t *p) {
+    return (V16){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+}
+static inline void v16_store(float *p, V16 a) { _mm256_storeu_ps(p, a.lo), _mm256_storeu_ps(p + 8, a.hi); }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) { return (V16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+static inline V16 v16_mul(V16 a, V16 b) { return (V16){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
+    store_sum4(out, 1, _mm256_add_ps(a.lo, a.hi), _mm256_add_ps(b.lo, b.hi), _mm256_add_ps(c.lo, c.hi), _mm256_add_ps(d.lo, d.hi));
+}
+#elif defined(HAVE_NEON)
+#define HAVE_V16 1
+typedef struct { float32x4_t v[4]; } V16;  // lanes 0..3, 4..7, 8..11, 12..15
+static inline V16 v16_set1(float f) { float32x4_t a = vdupq_n_f32(f); return (V16){{a, a, a, a}}; }
+static inline V16 v16_load(const float *p) { return (V16){{vld1q_f32(p), vld1q_f32(p + 4), vld1q_f32(p + 8), vld1q_f32(p + 12)}}; }
+static inline V16 v16_load_f16(const uint16_t *p) {
+    V16 r;
+    for (int k = 0; k < 4; k++) { r.v[k] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4 * k))); }
+    return r;
+}
+static inline void v16_store(float *p, V16 a) { for (int k = 0; k < 4; k++) { vst1q_f32(p + 4 * k, a.v[k]); } }
+static inline V16 v16_fma(V16 a, V16 b, V16 c) {
+    for (int k = 0; k < 4; k++) { c.v[k] = vfmaq_f32(c.v[k], a.v[k], b.v[k]); }
+    return c;
+}
+static inline V16 v16_mul(V16 a, V16 b) {
+    for (int k = 0; k < 4; k++) { a.v[k] = vmulq_f32(a.v[k], b.v[k]); }
+    return a;
+}
+static inline float32x4_t v16_quarters(V16 a) { return vaddq_f32(vaddq_f32(a.v[0], a.v[1]), vaddq_f32(a.v[2], a.v[3])); }
+static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
+    store_sum4_neon(out, 1, v16_quarters(a), v16_quarters(b), v16_quarters(c), v16_quarters(d));
+}
+#endif
+
+#ifdef HAVE_V16
+// row i of a cache (16 elements from index i), fp32 or fp16 (exact in fp32)
+static inline V16 cache_load16(const void *cache, size_t i, int f16) {
+    return f16 ? v16_load_f16((const uint16_t *)cache + i) : v16_load((const float *)cache + i);
+}
+
+static void attention_scores(float *att, const float *q, const void *kc, size_t at, int nb, int hs, int f16, float scale) {
+    (void)attention_scores_plain;  // the twin, which this build does not call
+    size_t tile = (size_t)hs * 16;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {  // four tiles at a time against the fma latency
+        size_t k0 = at + b * tile;
+        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
+        for (int i = 0; i < hs; i++) {
+            V16 qi = v16_set1(q[i]);
+            a0 = v16_fma(qi, cache_load16(kc, k0 + i * 16, f16), a0);
+            a1 = v16_fma(qi, cache_load16(kc, k0 + tile + i * 16, f16), a1);
+            a2 = v16_fma(qi, cache_load16(kc, k0 + 2 * tile + i * 16, f16), a2);
+            a3 = v16_fma(qi, cache_load16(kc, k0 + 3 * tile + i * 16, f16), a3);
+        }
+        V16 sc = v16_set1(scale);
+        v16_store(att + b * 16, v16_mul(a0, sc));
+        v16_store(att + b * 16 + 16, v16_mul(a1, sc));
+        v16_store(att + b * 16 + 32, v16_mul(a2, sc));
+        v16_store(att + b * 16 + 48, v16_mul(a3, sc));
+    }
+    for (; b < nb; b++) {
+        V16 a0 = v16_set1(0.0f);
+        for (int i = 0; i < hs; i++) { a0 = v16_fma(v16_set1(q[i]), cache_load16(kc, at + b * tile + i * 16, f16), a0); }
+        v16_store(att + b * 16, v16_mul(a0, v16_set1(scale)));
+    }
+}
+
+// four components at a time; the last hs % 4 go through the twin
+static void attention_values(float *out, const float *att, const void *vc, size_t at, int nb, int hs, int f16) {
+    size_t tile = (size_t)hs * 16;
+    int i = 0;
+    for (; i + 4 <= hs; i += 4) {
+        V16 a0 = v16_set1(0.0f), a1 = v16_set1(0.0f), a2 = v16_set1(0.0f), a3 = v16_set1(0.0f);
+        for (int b = 0; b < nb; b++) {
+            size_t v = at + b * tile + i * 16;
+            V16 av = v16_load(att + b * 16);
+            a0 = v16_fma(av, cache_load16(vc, v, f16), a0);
+            a1 = v16_fma(av, cache_load16(vc, v + 16, f16), a1);
+            a2 = v16_fma(av, cache_load16(vc, v + 32, f16), a2);
+            a3 = v16_fma(av, cache_load16(vc, v + 48, f16), a3);
+        }
+        v16_store_sum4(out + i, a0, a1, a2, a3);
+    }
+    attention_values_plain(out, att, vc, at, nb, hs, f16, i);
+}
+#else
+static void attention_scores(float *att, const float *q, const void *kc, size_t at, int nb, int hs, int f16, float scale) {
+    attention_scores_plain(att, q, kc, at, nb, hs, f16, scale);
+}
+
+static void attention_values(float *out, const float *att, const void *vc, size_t at, int nb, int hs, int f16) {
+    attention_values_plain(out, att, vc, at, nb, hs, f16, 0);
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// argmax: the first index of the maximum (twin: argmax_plain)
+
+#ifdef HAVE_AVX512
+// two vector passes: the maximum, then the first position equal to it (the compiler turns the
+// twin's lane loop into scalar code, and this runs on one thread once per token)
+static int argmax(const float *v, int n) {
+    (void)argmax_plain;  // the twin, which this build does not call
+    __m512 m = _mm512_set1_ps(v[0]);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) { m = _mm512_max_ps(_mm512_loadu_ps(v + j), m); }  // v > m ? v : m
+    float mx = _mm512_reduce_max_ps(m);
+    for (; j < n; j++) { mx = v[j] > mx ? v[j] : mx; }
+    for (j = 0; j + 16 <= n; j += 16) {
+        __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + j), _mm512_set1_ps(mx), _CMP_EQ_OQ);
+        if (eq) { return j + __builtin_ctz(eq); }
+    }
+    for (; j < n; j++) { if (v[j] == mx) { return j; } }
+    return 0;  // v[0] is NaN: nothing compares greater than it
+}
+#else
+static int argmax(const float *v, int n) { return argmax_plain(v, n); }
+#endif
