@@ -14,7 +14,8 @@
 #   make run_sanitize  the native build under AddressSanitizer + UndefinedBehaviorSanitizer
 #                   (run_sanitize_plain: the plain kernels, one thread); make sanitize: the C tests on
 #                   these two in place of runplain and run, clean or failing
-#   make test       the C tests (pytest); make bench: bench/bench_run.py; make clean
+#   make test       the C tests (pytest); make test-quick: the quick tier of the whole suite (pytest -m
+#                   "not slow", under a minute); make bench: bench/bench_run.py; make clean
 #   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
 #                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
 CC ?= cc
@@ -32,7 +33,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
 C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
 
-.PHONY: all runomp runarm test bench clean sanitize fuzz
+.PHONY: all runomp runarm test test-quick bench clean sanitize fuzz
 all: run
 
 run: run.c kernels.h
@@ -76,7 +77,7 @@ fuzz/run_fuzz: fuzz/fuzz.c fuzz/target.c run.c kernels.h
 	$(CC) -O1 -g $(NATIVE) $(SANITIZE) -fsanitize-coverage=trace-pc -DHUGE_PAGE_BYTES=64 $(WARN) -c -o fuzz/target.o fuzz/target.c
 	$(CC) -O1 -g $(SANITIZE) $(WARN) -o $@ fuzz/fuzz.c fuzz/target.o $(LDLIBS)
 
-fuzz/seeds/made: fuzz/make_seeds.py export.py tokenizer.py tinystories.py
+fuzz/seeds/made: fuzz/make_seeds.py binfile.py vocab.py tokenizer.py tinystories.py
 	$(PYTHON) fuzz/make_seeds.py fuzz/seeds && touch $@
 
 fuzz: fuzz/run_fuzz fuzz/seeds/made
@@ -84,6 +85,9 @@ fuzz: fuzz/run_fuzz fuzz/seeds/made
 
 test:
 	$(PYTHON) -m pytest -q $(C_TESTS)
+
+test-quick: run runplain
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 bench:
 	$(PYTHON) bench/bench_run.py

@@ -46,7 +46,7 @@ quantised, bf16_to_f32 and the plain twins.
 // dot_q8_plain, dot_q4_plain): each load of x serves four rows and the four sums are reduced together.
 // The four rows come from the four quarters of the rows being computed, so that each is read as its
 // own sequential stream: the hardware prefetchers follow four streams well, and adjacent rows read
-// interleaved stream far slower (README, "How it is fast"). With q = 0 they compute one row four
+// interleaved stream far slower (docs/run.md, "How it is fast"). With q = 0 they compute one row four
 // times over, which is how the last rows that do not fill a quarter are done.
 
 #ifdef HAVE_AVX2

@@ -3,7 +3,7 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
-Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; the README has the
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; docs/formats.md has the
 byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
 sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and
 libm only; OpenMP is optional. The kernels here are plain C; kernels.h, included once below them,
@@ -25,6 +25,7 @@ the tests compare with these.
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,7 +83,7 @@ static void *xcalloc(size_t n, size_t size) {
 
 // The buffers every token streams through (the weights, the KV caches), on 2 MB pages where the
 // kernel has transparent huge pages: one TLB entry then covers 512 times as much, so streaming the
-// weights misses the TLB far less (README, "How it is fast"). what names the buffer in the error.
+// weights misses the TLB far less (docs/run.md, "How it is fast"). what names the buffer in the error.
 // Free with free().
 static void *big_alloc(size_t n, const char *what) {
     size_t huge = HUGE_PAGE_BYTES;
@@ -239,7 +240,7 @@ static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint6
 }
 
 // the type of the token embeddings and the classifier in a file of weight type wtype: q4 files keep
-// them in q8_0, because the logits lose the most to 4 bits (README: q4 quality); one fact, which
+// them in q8_0, because the logits lose the most to 4 bits (docs/export.md: q4 and GPTQ); one fact, which
 // export.py's _layout mirrors
 static int classifier_type(int wtype) { return wtype == W_Q4 ? W_Q8 : wtype; }
 
@@ -838,8 +839,10 @@ static int sample_cpu(CpuSample *cs) {
     if (got != 8) { return 0; }
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free
-    cs->busy = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are cores not free, and
+    // nice too unless we are niced ourselves: the scheduler gives a nice 19 job a sliver beside us
+    int niced = getpriority(PRIO_PROCESS, 0) > 0;
+    cs->busy = (double)(v[0] + (niced ? v[1] : 0) + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
     cs->own = ts.tv_sec + ts.tv_nsec * 1e-9;
     cs->wall = time_s();
     return 1;
@@ -1205,7 +1208,7 @@ static void read_llama2c(Tokenizer *tk, const unsigned char *b, size_t size, con
     tk->flags = TF_ADD_BOS | TF_BYTE_FALLBACK | (multi_space ? 0 : TF_COLLAPSE);
 }
 
-// storyllama's file (tokenizer.py and the README have the layout). Every field is checked before use.
+// storyllama's file (vocab.py and docs/formats.md have the layout). Every field is checked before use.
 static void read_storyllama(Tokenizer *tk, const unsigned char *b, size_t size, const char *path) {
     unsigned char *in_text = tk->in_text;
     if (size < TOK_HEADER) { die("%s: truncated: %zu bytes, the header alone needs %d", path, size, TOK_HEADER); }

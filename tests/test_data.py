@@ -121,6 +121,7 @@ def test_missing_file(tmp_path):
         stories_of(tmp_path / "nope.txt")
 
 
+@pytest.mark.slow  # processes of their own
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "bad.json").write_bytes(b'{"texts": ["a", ]}')
     (tmp_path / "good.txt").write_text("a story<|endoftext|>")

@@ -294,6 +294,7 @@ def test_size_cap(server, tmp_path):
     assert len(server.requests) == 2 and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # seconds of waiting, by design
 def test_trickle_cannot_dodge_the_deadline(server, tmp_path, monkeypatch):
     """A server sending a byte every 50 ms never trips the per-read timeout; the deadline per file (all
     attempts together) ends it, the .part kept for a later run. The stall rule drops such a connection

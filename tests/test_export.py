@@ -398,6 +398,7 @@ def test_readers_reject_bad_files(tmp_path):
         assert str(path) in msg and why in msg and "\n" not in msg, (name, msg)
 
 
+@pytest.mark.slow  # processes of their own
 def test_flipped_n_layers_is_refused_without_memory(tmp_path):
     """One bit flip in n_layers (1 -> 2^23 + 1) made the reader list 9 arrays per layer before comparing
     sizes (gigabytes, then MemoryError). Now refused in O(1): under a 1 GB address-space limit, at once."""
@@ -525,6 +526,7 @@ def test_cli_refuses_nonfinite_weights_unless_asked(repo, tmp_path):
     assert torch.isnan(load_bin(tmp_path / "m.bin").state_dict()["layers.1.feed_forward.w2.weight"][3, 0])
 
 
+@pytest.mark.slow  # processes of their own
 def test_runtime_needs_neither_transformers_nor_safetensors(repo):
     code = ("import sys, export; bad = [m for m in ('transformers', 'safetensors') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")

@@ -217,6 +217,7 @@ def variant(good_dir, tmp_path, config=None, files=None):
     ({"model_type": "gpt2"}, ["model_type 'gpt2' is not supported"]),
     ({"rope_scaling": "linear"}, ["rope_parameters / rope_scaling must be objects"]),
 ])
+@pytest.mark.slow  # processes of their own
 def test_hostile_config(repo, good_dir, tmp_path, change, words):
     d = variant(good_dir, tmp_path, config=change)
     one_line_error(export_hf(repo, d, tmp_path / "m.bin", capped="hidden_size" in change), *words)

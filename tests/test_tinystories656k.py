@@ -105,6 +105,7 @@ def test_logits_agree(twin, run_bin, tmp_path):
     np.testing.assert_allclose(c, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # processes of their own
 def test_greedy_story_stops_at_end_story(twin, run_bin):
     hf_dir, model_bin, tok, ids, before = twin
     hf = transformers.LlamaForCausalLM.from_pretrained(hf_dir).eval()
