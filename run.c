@@ -1819,6 +1819,7 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
         logits = forward(t, s, token, pos++);
     }
     printf("\n");
+    fflush(stdout);  // the story's last line before the stats, when both go to one pipe
     if (n_fill > 1) { fprintf(stderr, "prompt: %d tokens, %f tok/s\n", n_fill, n_fill / prefill); }
     if (start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - n_fill) / (time_s() - start)); }
     free(prompt_tokens);

@@ -201,6 +201,7 @@ def test_vocabulary_with_special_tokens_roundtrips(shared, tmp_path):
     assert V.encode(back.vocab, "<|start_story|>Once") == [start] + V.encode(back.vocab, "Once")
 
 
+@pytest.mark.slow  # seconds: a byte-level BPE trained by tokenizers
 def test_bytelevel_vocabulary_roundtrips(bytelevel, tmp_path):
     back = vocab_roundtrip(bytelevel, tmp_path, prompts() + SPECIAL)
     assert V.write_bin(back.vocab, tmp_path / "a.bin").read_bytes() == V.write_bin(bytelevel.vocab, tmp_path / "b.bin").read_bytes()

@@ -69,7 +69,8 @@ def hf_tokenizers(shared, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", [pytest.param(f, marks=pytest.mark.slow) if f == "ours_llama2" else f
+                                     for f in FLAVOURS])  # Llama 2's 32,000 tokens: slow
 def test_import_matches_tokenizers(hf_tokenizers, run_bin, tmp_path, flavour):
     path = hf_tokenizers[flavour]
     ref = tokenizers.Tokenizer.from_file(str(path))

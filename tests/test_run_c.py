@@ -554,7 +554,7 @@ def test_int8_int4_bf16_quality_on_real_text(builds, stories, shared, tmp_path):
 # the tokenizer against sentencepiece
 
 
-@pytest.mark.parametrize("which", ["tok512", "llama2"])
+@pytest.mark.parametrize("which", ["tok512", pytest.param("llama2", marks=pytest.mark.slow)])  # Llama 2's 32,000 tokens: slow
 def test_tokenizer_matches_sentencepiece(builds, stories, shared, llama_vocab_model, which):
     import sentencepiece as spm
     models = shared / "models"

@@ -48,7 +48,7 @@ def files(shared, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tok512", "llama2", "specials"])
+@pytest.mark.parametrize("name", ["tok512", pytest.param("llama2", marks=pytest.mark.slow), "specials"])  # Llama 2's: slow
 def test_new_format_matches_sentencepiece(run_bin, files, name):
     from sentencepiece import SentencePieceProcessor
     model, tok_bin, model_bin = files[name]

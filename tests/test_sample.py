@@ -77,6 +77,7 @@ def test_diverged_checkpoint_is_one_line(ckpt260K, tmp_path):
                                                 "logits at position 0: is the checkpoint diverged?"], r.stderr
 
 
+@pytest.mark.slow  # seconds: whole models saved and loaded
 def test_strict_loading(tmp_path):
     m = tiny()
     good = {"model": m.state_dict(), "model_args": asdict(m.args), "config": {}}
