@@ -94,4 +94,5 @@ def checkpoint_tokenizer(path, ckpt):
                                           config.get("data_dir"))
     except dataloader.DataError as e:
         raise ValueError(f"{path}: holds no vocabulary and names none: {e}") from None
-    return found, f"note: {path} holds no vocabulary (an older checkpoint): using {found}"
+    why = "its run had no tokenizer file" if "tokenizer" in ckpt else "an older checkpoint"
+    return found, f"note: {path} holds no vocabulary ({why}): using {found}"
