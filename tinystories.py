@@ -417,6 +417,8 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
                 bar.update()
                 if n == max_stories:
                     break
+            bar.total = n  # fewer stories than the cap: the sample is complete, not cut short
+            bar.refresh()
         print(f"training a {vocab_size}-token BPE vocabulary on {n} stories")
 
     proto = io.BytesIO()
