@@ -49,9 +49,10 @@ def die(msg):
     sys.exit(1)
 
 
-def load_model(path, device):
+def load_model(path, device, own_tokenizer=True):
     """(model, vocabulary identity or None, its tokenizer's path) of a train.py checkpoint
-    or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file)."""
+    or a run.c .bin model (told apart by content: a checkpoint is a zip or pickle file). A checkpoint's
+    tokenizer is looked up only when own_tokenizer (else the path is None: --tokenizer names one)."""
     try:
         regular_file(path, "checkpoint")  # a FIFO would block the read
         with open(path, "rb") as f:
@@ -66,13 +67,15 @@ def load_model(path, device):
         except ValueError as e:
             die(str(e))
         ident = ckpt.get("vocab_identity")
-        try:
-            tok_path, old = checkpoint_tokenizer(path, ckpt)
-        except ValueError as e:
-            die(f"{e}; pass --tokenizer=PATH")
-        if old:
-            print(f"sample.py: {old}", file=sys.stderr)
-        return model, bytes.fromhex(ident) if isinstance(ident, str) else None, str(tok_path)
+        tok_path = None
+        if own_tokenizer:  # not when --tokenizer names one
+            try:
+                tok_path, old = checkpoint_tokenizer(path, ckpt)
+            except ValueError as e:
+                die(f"{e}; pass --tokenizer=PATH")
+            if old:
+                print(f"sample.py: {old}", file=sys.stderr)
+        return model, bytes.fromhex(ident) if isinstance(ident, str) else None, tok_path and str(tok_path)
     try:
         model, h = load_bin(path), read_header(path)
     except (ValueError, OSError) as e:
@@ -96,7 +99,7 @@ def main():
     device = cfg["device"]
     if device == "cpu":
         use_free_cores()  # only the cores other processes leave free; OMP_NUM_THREADS wins
-    model, model_id, own = load_model(cfg["checkpoint"], device)
+    model, model_id, own = load_model(cfg["checkpoint"], device, own_tokenizer=cfg["tokenizer"] is None)
     tok_path = cfg["tokenizer"] or own
     try:
         tok = T.Tokenizer(tok_path)

@@ -97,3 +97,7 @@ def test_older_checkpoint_uses_data_and_says_so(trained, tmp_path):
         in r.stdout + r.stderr, r.stdout + r.stderr
     r = run(tmp_path, str(REPO / "sample.py"), f"--checkpoint={old / 'ckpt.pt'}", "--max_new_tokens=5")
     assert "holds no vocabulary (an older checkpoint)" in r.stderr, r.stderr
+    # with its tokenizer named, nothing is looked up and nothing is said about it
+    r = run(tmp_path, str(REPO / "sample.py"), f"--checkpoint={old / 'ckpt.pt'}", "--max_new_tokens=5",
+            f"--tokenizer={data / 'tok512.model'}")
+    assert "vocabulary" not in r.stderr, r.stderr
