@@ -97,6 +97,12 @@ def test_older_checkpoint_uses_data_and_says_so(trained, tmp_path):
         in r.stdout + r.stderr, r.stdout + r.stderr
     r = run(tmp_path, str(REPO / "sample.py"), f"--checkpoint={old / 'ckpt.pt'}", "--max_new_tokens=5")
     assert "holds no vocabulary (an older checkpoint)" in r.stderr, r.stderr
+    # a checkpoint naming its tokenizer by a path, not a file name beside it, is refused in one line
+    ckpt["tokenizer"] = "../tok512.model"
+    torch.save(ckpt, old / "bad.pt")
+    r = run(tmp_path, str(REPO / "export.py"), old / "b.bin", f"--checkpoint={old / 'bad.pt'}", ok=False)
+    assert r.stderr.strip() == (f"export.py: error: {old / 'bad.pt'}: its tokenizer '../tok512.model' is not a "
+                                "file name beside it"), r.stderr
     # with its tokenizer named, nothing is looked up and nothing is said about it
     r = run(tmp_path, str(REPO / "sample.py"), f"--checkpoint={old / 'ckpt.pt'}", "--max_new_tokens=5",
             f"--tokenizer={data / 'tok512.model'}")
