@@ -37,7 +37,8 @@ FEATURES = ("Dialogue", "BadEnding", "MoralValue", "Twist", "Foreshadowing", "Co
 _LINE = re.compile(r"(Words|Features|Summary|Random sentence|Story):(.*)", re.S)  # a field's line
 
 # One record of a file: fields {name: text} in the record's order (any field after the story last),
-# the story text, the line the record starts on, and what is wrong with it ("" when nothing is).
+# the story text, the line the record starts on (a bad one: the line its problem is on), and what is
+# wrong with it ("" when nothing is).
 Record = namedtuple("Record", "fields story line problem")
 
 
@@ -108,32 +109,32 @@ def parse_record(lines, first):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            return Record(fields, "", start, f"line {i}: invalid UTF-8 at byte {e.start}")
+            return Record(fields, "", i, f"invalid UTF-8 at byte {e.start} of the line")
         m = _LINE.match(line)
         name, text = (m.group(1), m.group(2).strip()) if m else (None, line)
         if name == "Story":
-            problem = f"line {i}: a second {STORY}" if at_story else ""
+            problem = f"a second {STORY}" if at_story else ""
             at_story = i
             story.append(text)
         elif name:
-            problem = (f"line {i}: {name}: given twice" if name in fields else
-                       f"line {i}: {name}: is empty" if not text else "")
+            problem = f"{name}: given twice" if name in fields else f"{name}: is empty" if not text else ""
             fields[name] = text
             after = after or (i if at_story else None)
         elif not line.strip():
             problem = ""
             story.append(line)
         elif not at_story:
-            problem = f"line {i}: expected a field ({', '.join(FIELDS)}) or {STORY}, got {line.strip()[:40]!r}"
+            problem = f"expected a field ({', '.join(FIELDS)}) or {STORY}, got {line.strip()[:40]!r}"
         else:
-            problem = f"line {i}: story text after the field on line {after}" if after else ""
+            problem = f"story text after the field on line {after}, which follows the story" if after else ""
             story.append(line)
         if problem:
-            return Record(fields, "", start, problem)
+            return Record(fields, "", i, problem)
     text = "\n".join(story).strip()
-    problem = (f"no {STORY} line" if not at_story else
-               f"line {at_story}: {STORY} with no story after it" if not text else "")
-    return Record(fields, text, start, problem)
+    if not at_story or not text:
+        problem = f"{STORY} with no story after it" if at_story else f"no {STORY} line"
+        return Record(fields, "", at_story or start, problem)
+    return Record(fields, text, start, "")
 
 
 # -----------------------------------------------------------------------------
@@ -202,13 +203,14 @@ def _rng(story, seed):
 def record_from_story(story, seed=0):
     """(fields, story): a record in the published format made from a plain story, or None when the
     story has fewer than 3 words to ask for. Words: 3 words of the story, picked at random (seeded by
-    the story) among those it writes in lower case (so no names), of 3 letters or more and not in
-    STOPWORDS, in story order. Features: Dialogue when the story has quoted speech (has_dialogue);
-    no other feature can be told from the text. Random sentence: in about half the records, a sentence
-    of the story, as in the published records. Summary: never (a summary cannot be derived honestly)."""
+    the story) among those it writes in lower case (so no names), of 3 letters or more, not in
+    STOPWORDS and without an apostrophe (didn't), in story order. Features: Dialogue when the story
+    has quoted speech (has_dialogue); no other feature can be told from the text. Random sentence: in
+    about half the records, a sentence of the story, as in the published records. Summary: never (a
+    summary cannot be derived honestly)."""
     rng = _rng(story, seed)
-    lower = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+", story))
-             if w == w.lower() and len(w) >= 3 and w not in STOPWORDS]
+    lower = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+(?:'[A-Za-z]+)*", story))
+             if w.isalpha() and w == w.lower() and len(w) >= 3 and w not in STOPWORDS]
     if len(lower) < 3:
         return None
     picked = sorted(rng.sample(range(len(lower)), 3))
