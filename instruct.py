@@ -228,19 +228,19 @@ def record_from_story(story, seed=0):
 
 def measure(records, generate):
     """How well stories follow their prompts. records: [(fields, story)], records the model never saw;
-    each is asked for its Words and Features alone (prompt_text), and generate(prompt) returns (the
-    story written, whether it ended with an end-of-story token). Counts:
-    words / words_used: words asked for / used (words_used); with_dialogue / asked_dialogue: stories
-    with quoted speech among those asked for Dialogue, and the same among the others (the base rate);
-    ended: stories that ended by themselves, not cut at the token limit. BadEnding and the other
-    features are not measured: no honest detector is known."""
-    n = {"records": 0, "words": 0, "words_used": 0, "asked_dialogue": 0, "dialogue_when_asked": 0,
+    each is asked for its Words and Features alone (prompt_text), and generate(prompts) returns, for
+    each prompt, (the story written, whether it ended by itself rather than at a length limit).
+    Counts: words / words_used: the words asked for, and those the stories use (words_used);
+    asked_dialogue / dialogue_when_asked: the stories asked for Dialogue, and those with quoted speech
+    (has_dialogue); not_asked / dialogue_when_not_asked: the same for the others (the base rate);
+    ended: stories that ended by themselves. BadEnding and the other features are not measured: no
+    honest detector of them is known."""
+    prompts = [prompt_text(words=f.get("Words"), features=f.get("Features")) for f, _ in records]
+    n = {"records": len(records), "words": 0, "words_used": 0, "asked_dialogue": 0, "dialogue_when_asked": 0,
          "not_asked": 0, "dialogue_when_not_asked": 0, "ended": 0}
-    for fields, _ in records:
+    for (fields, _), (story, ended) in zip(records, generate(prompts)):
         words = split_list(fields.get("Words"))
         asked = "Dialogue" in split_list(fields.get("Features"))
-        story, ended = generate(prompt_text(words=fields.get("Words"), features=fields.get("Features")))
-        n["records"] += 1
         n["words"] += len(words)
         n["words_used"] += sum(words_used(story, words))
         n["asked_dialogue" if asked else "not_asked"] += 1
