@@ -142,7 +142,7 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None, dataset="
         model = tokenizer_path(vocab_size, vocab_source, data_dir)
         steps.append(f"put Meta's Llama 2 tokenizer.model at {model}")
     elif vocab_source == "custom":
-        steps.append(f"python tinystories.py train_vocab {vocab}{where}")
+        steps.append(f"python tinystories.py train_vocab {vocab}{which}{where}")
     else:
         steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (or pretokenize "
                      f"--tokenizer=PATH, whose shards go to a folder named after the file)")

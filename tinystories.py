@@ -411,7 +411,31 @@ def _special_pieces(tok):
     return out
 
 
-def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_tokens=()):
+def _vocab_sample(files, max_stories, vocab_size, records):
+    """The lines train_vocab learns from: those of the first max_stories training-split stories (records:
+    of their prompts and stories; a count of the bad ones, on stderr)."""
+    bad = [] if records else None  # the instruct records left out
+    n = 0
+    with tqdm(total=max_stories, desc="vocab sample", unit="story") as bar:
+        for item, is_val in iter_split(files, bad=bad):
+            if is_val:
+                continue
+            for line in ("\n".join(item) if records else item).split("\n"):
+                if line.strip():
+                    yield line
+            n += 1
+            bar.update()
+            if n == max_stories:
+                break
+        bar.total = n  # fewer stories than the cap: the sample is complete, not cut short
+        bar.refresh()
+    print(f"training a {vocab_size}-token BPE vocabulary on {n} {'records' if records else 'stories'}")
+    if bad:
+        print(f"note: {len(bad):,} bad records left out of the sample, the first: {bad[0]} (pretokenize "
+              "--dataset=instruct names them all)", file=sys.stderr)
+
+
+def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_tokens=(), records=False):
     """
     Train data/tok{vocab_size}.model: sentencepiece BPE with byte fallback, digits split and
     identity normalization (llama2.c's choices), plus keeping runs of spaces (sentencepiece
@@ -419,6 +443,7 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     symbols go to byte fallback instead of eating a small vocabulary. The sample is the first
     max_stories training-split stories, files in the order given, each story fed as its lines.
     One trainer thread and no shuffling: the same input gives a byte-identical model anywhere.
+    records: the files hold instruct records, each fed as its prompt's lines and its story's.
     """
     import sentencepiece as spm
 
@@ -445,27 +470,10 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
         why = "other special tokens" if done in (None, signature) else "was trained on other text or settings"
         print(f"{model} {'has ' if why.startswith('other') else ''}{why}: training it again")
 
-    def lines():
-        n = 0
-        with tqdm(total=max_stories, desc="vocab sample", unit="story") as bar:
-            for story, is_val in iter_split(files):
-                if is_val:
-                    continue
-                for line in story.split("\n"):
-                    if line.strip():
-                        yield line
-                n += 1
-                bar.update()
-                if n == max_stories:
-                    break
-            bar.total = n  # fewer stories than the cap: the sample is complete, not cut short
-            bar.refresh()
-        print(f"training a {vocab_size}-token BPE vocabulary on {n} stories")
-
     proto = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(), model_writer=proto, model_type="bpe", vocab_size=vocab_size,
+            sentence_iterator=_vocab_sample(files, max_stories, vocab_size, records), model_writer=proto, model_type="bpe", vocab_size=vocab_size,
             character_coverage=0.9999, split_digits=True, byte_fallback=True,
             allow_whitespace_only_pieces=True, normalization_rule_name="identity",
             remove_extra_whitespaces=False, user_defined_symbols=special_tokens,
@@ -748,11 +756,11 @@ def make_parser():
     def common(p):
         p.add_argument("--data_dir", default=None, help="data folder (default: $STORYLLAMA_DATA or data/)")
 
-    def inputs(p, kinds=("v1", "v2")):
-        p.add_argument("--dataset", choices=kinds, default="v1",
-                       help="which downloaded TinyStories to read (default v1)" + (
-                           "; instruct: TinyStoriesInstruct's records (or --input's), into data/tok{N}-instruct/ "
-                           "with a loss mask on the stories" if "instruct" in kinds else ""))
+    def inputs(p):
+        p.add_argument("--dataset", choices=["v1", "v2", "instruct"], default="v1",
+                       help="which downloaded TinyStories to read (default v1); instruct: TinyStoriesInstruct's "
+                            "records (or --input's; pretokenize: into data/tok{N}-instruct/, with a loss mask on "
+                            "the stories)")
         p.add_argument("--input", nargs="+", default=None, metavar="PATH",
                        help="read these story files or folders instead (.txt/.json, .gz/.xz; instruct: .txt)")
 
@@ -791,7 +799,7 @@ def make_parser():
 
     p = sub.add_parser("pretokenize", help="encode stories into uint16 token shards", description="encode stories into uint16 token shards")
     common(p)
-    inputs(p, ("v1", "v2", "instruct"))
+    inputs(p)
     p.add_argument("--vocab_source", default=None, metavar="NAME",
                    help="custom: data/tok{N}.model (the default with --vocab_size); llama2: Meta's 32000-token "
                         "data/tokenizer.model; NAME: data/NAME.model, .json, .gguf or .bin; shards go to data/NAME/")
@@ -837,7 +845,8 @@ def main(argv=None):
             download_models(args.models, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
             files = input_files(args.data_dir, args.dataset, args.input)
-            train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)
+            train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens,
+                        records=args.dataset == "instruct")
         else:
             if args.workers is not None and args.workers < 1:
                 raise DataError(f"--workers={args.workers}: must be >= 1")

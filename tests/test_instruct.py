@@ -165,6 +165,17 @@ def test_pretokenize_masks_exactly_the_stories_and_eos(shared, sp, tmp_path, cap
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_train_vocab_learns_from_the_good_records(tmp_path, capsys):
+    records_file(tmp_path / "r.txt")
+    assert ts.main(["train_vocab", "--vocab_size=300", "--dataset=instruct", "--input", str(tmp_path / "r.txt"),
+                    "--data_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "on 3 records" in out.out and f"note: {len(BAD) + 1} bad records left out of the sample" in out.err
+    import sentencepiece
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tok300.model"))
+    assert sp.decode(sp.encode(GOOD[0][1])) == GOOD[0][1]
+
+
 def test_story_shards_stay_version_1_and_a_version_1_reader_refuses_version_2(shared, sp, tmp_path, monkeypatch):
     (tmp_path / "s-train.txt").write_text("".join(f"{s}\n{SEP}\n" for _, _, s in GOOD))
     (tmp_path / "s-valid.txt").write_text(f"{GOOD[0][2]}\n{SEP}\n")
@@ -224,7 +235,7 @@ def test_training_loss_ignores_the_prompts(instruct_data):
     model = tiny(vocab_size=512, max_seq_len=256, n_layers=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for g in range(16):
+    for g in range(12):
         x, y = batches[g]
         _, loss = model(x, y)
         # the same loss by hand: cross-entropy over the tokens whose mask bit is 1, and no others
@@ -240,7 +251,7 @@ def test_training_loss_ignores_the_prompts(instruct_data):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.5  # it trains
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5  # it trains
 
 
 # ---------------------------------------------------------------------------- prompting
