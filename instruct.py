@@ -33,8 +33,7 @@ from collections import namedtuple
 SEP = "<|endoftext|>"  # ends every record
 FIELDS = ("Words", "Features", "Summary", "Random sentence")  # the order prompts built here use
 STORY = "Story:"
-FEATURES = ("Dialogue", "BadEnding", "MoralValue", "Twist", "Foreshadowing", "Conflict")  # the published ones
-_LINE = re.compile(r"(Words|Features|Summary|Random sentence|Story):(.*)", re.S)  # a field's line
+_LINE = re.compile(r"(Words|Features|Summary|Random sentence|Story):(.*)")  # a field's line
 
 # One record of a file: fields {name: text} in the record's order (any field after the story last),
 # the story text, the line the record starts on (a bad one: the line its problem is on), and what is

@@ -473,7 +473,8 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     proto = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_vocab_sample(files, max_stories, vocab_size, records), model_writer=proto, model_type="bpe", vocab_size=vocab_size,
+            sentence_iterator=_vocab_sample(files, max_stories, vocab_size, records), model_writer=proto,
+            model_type="bpe", vocab_size=vocab_size,
             character_coverage=0.9999, split_digits=True, byte_fallback=True,
             allow_whitespace_only_pieces=True, normalization_rule_name="identity",
             remove_extra_whitespaces=False, user_defined_symbols=special_tokens,

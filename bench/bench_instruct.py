@@ -96,8 +96,9 @@ def measure(args):
     seconds = time.perf_counter() - t0
     share = lambda a, b: f"{n[a]}/{n[b]} ({100 * n[a] / max(n[b], 1):.1f}%)"  # noqa: E731
     print(f"{args.model}: words used {share('words_used', 'words')}; quoted speech when asked for Dialogue "
-          f"{share('dialogue_when_asked', 'asked_dialogue')}, when not {share('dialogue_when_not_asked', 'not_asked')}; "
-          f"stories that ended by themselves {share('ended', 'records')} ({seconds:.0f} s)")
+          f"{share('dialogue_when_asked', 'asked_dialogue')}, when not "
+          f"{share('dialogue_when_not_asked', 'not_asked')}; stories that ended by themselves "
+          f"{share('ended', 'records')} ({seconds:.0f} s)")
     if args.json:
         atomic_write(Path(args.json), (json.dumps({**n, "model": str(args.model), "seconds": round(seconds, 1),
                                                    "temperature": args.temperature}, indent=1) + "\n").encode())

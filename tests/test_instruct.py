@@ -94,7 +94,8 @@ def test_records_parse_and_every_bad_one_is_named_by_line(tmp_path):
 
 
 def test_record_and_prompt_text_are_the_published_layout():
-    fields = {"Summary": "Lily finds a lost cat and brings it home.", "Words": "find, cat, warm", "Features": "Dialogue"}
+    fields = {"Summary": "Lily finds a lost cat and brings it home.", "Words": "find, cat, warm",
+              "Features": "Dialogue"}
     assert instruct.record_text(fields, GOOD[0][2]) == GOOD[0][0] + SEP + "\n"
     assert instruct.prompt_text(words="dog, run, happy", features=["Dialogue", "BadEnding"]) == \
         "Words: dog, run, happy\nFeatures: Dialogue, BadEnding\nStory:"
@@ -356,7 +357,8 @@ def test_records_from_stories_follow_the_published_format(shared):
         words = instruct.split_list(fields["Words"])
         assert len(words) == 3 and all(w.isalpha() and w.islower() and w not in instruct.STOPWORDS for w in words)
         assert all(instruct.words_used(story, words))
-        assert ("Features" in fields) == instruct.has_dialogue(story) and fields.get("Features", "Dialogue") == "Dialogue"
+        assert ("Features" in fields) == instruct.has_dialogue(story)
+        assert fields.get("Features", "Dialogue") == "Dialogue"
         assert fields.get("Random sentence", story) in story and "Summary" not in fields
     assert 0.3 < sum("Random sentence" in r[0] for r in records if r) / len(stories) < 0.7
     assert records[:50] == [instruct.record_from_story(s) for s in stories[:50]]  # seeded by the story
@@ -389,7 +391,8 @@ def test_download_from_a_local_source(tmp_path):
     assert ts.input_files(data, "instruct") == [data / train, data / valid]
     # a slice of the train file ends after its last whole record
     (data / train).unlink()
-    assert ts.main(["download", "--dataset=instruct", "--max_mb=0.0003", "--source", str(src), "--data_dir", str(data)]) == 0
+    assert ts.main(["download", "--dataset=instruct", "--max_mb=0.0003", "--source", str(src),
+                    "--data_dir", str(data)]) == 0
     part = data / "TinyStories-Instruct-train.head-0.0003MiB.txt"
     whole = (src / train).read_bytes()
     assert part.read_bytes() == whole[:whole[:int(0.0003 * 2**20)].rindex(SEP.encode()) + len(SEP)]
@@ -402,9 +405,9 @@ def test_download_from_a_local_source(tmp_path):
 def test_train_py_on_instruct_shards(instruct_data, shared, tmp_path):
     data, _ = instruct_data
     (data / "tok512.model").write_bytes((shared / "models" / "tok512.model").read_bytes())
-    args = [sys.executable, str(REPO / "train.py"), f"--data_dir={data}", "--vocab_size=512", "--dim=32", "--n_layers=1",
-            "--n_heads=4", "--max_seq_len=256", "--batch_size=4", "--max_iters=4", "--eval_interval=4", "--eval_iters=2",
-            "--device=cpu", "--compile=False", f"--out_dir={tmp_path / 'out'}"]
+    args = [sys.executable, str(REPO / "train.py"), f"--data_dir={data}", "--vocab_size=512", "--dim=32",
+            "--n_layers=1", "--n_heads=4", "--max_seq_len=256", "--batch_size=4", "--max_iters=4",
+            "--eval_interval=4", "--eval_iters=2", "--device=cpu", "--compile=False", f"--out_dir={tmp_path / 'out'}"]
     r = subprocess.run([*args, "--dataset=instruct"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "iter 4: train loss" in r.stdout + r.stderr, r.stdout + r.stderr
     r = subprocess.run([*args, "--dataset=poems"], capture_output=True, text=True, timeout=300)
