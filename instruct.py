@@ -139,33 +139,32 @@ def parse_record(lines, first):
 # -----------------------------------------------------------------------------
 # what a story does: the words it uses, its dialogue
 
-SUFFIXES = ("s", "es", "d", "ed", "ing", "er", "est", "ly", "y")
+SUFFIXES = ("s", "es", "d", "ed", "ing", "er", "est", "ly")  # the regular inflections a word may carry
 
 
-def word_forms(word):
-    """The spellings (lower case) that count as using a requested word: the word and its regular
-    inflections, the word or a stem of it followed by one of SUFFIXES. The stems: the word without a
-    final e (bake: baking), with a final consonant + y turned to i (happy: happily, tried), and with a
-    final consonant doubled after a single vowel (run: running, big: bigger). Irregular forms (ran,
-    went, mice) do not count."""
+def base_forms(word):
+    """The words (lower case) that `word` may be a regular inflection of, itself included: the word
+    less one of SUFFIXES, if 3 letters or more are left, and that with its spelling undone: a final e
+    put back (baked: bake), an i back to y (happily, tried: happy, try), a doubled consonant single
+    (running, bigger: run, big). Some of these are no words; they match nothing a story writes."""
     w = word.lower()
-    stems = {w}
-    if w.endswith("e"):
-        stems.add(w[:-1])
-    if len(w) > 2 and w[-1] == "y" and w[-2] not in "aeiou":
-        stems.add(w[:-1] + "i")
-    if len(w) > 2 and w[-1] not in "aeiouwxy" and w[-2] in "aeiou" and w[-3] not in "aeiou":
-        stems.add(w + w[-1])
-    return {w} | {s + suffix for s in stems for suffix in SUFFIXES}
+    out = {w}
+    for suffix in SUFFIXES:
+        b = w[:-len(suffix)]
+        if w.endswith(suffix) and len(b) >= 3:
+            out |= {b, b + "e"} | ({b[:-1] + "y"} if b[-1] == "i" else set()) | \
+                ({b[:-1]} if b[-1] == b[-2] and b[-1] not in "aeiou" else set())
+    return out
 
 
 def words_used(story, words):
-    """For each requested word, whether the story uses it: one of its word_forms is a whole word of
-    the story (runs of letters, case ignored). A word that is not all letters ("x-ray") must appear
-    as it is, case ignored, with no letter on either side."""
+    """For each requested word, whether the story uses it: a whole word of the story (a run of
+    letters, case ignored) shares a base form with it (base_forms), so jump, jumps, jumped and jumping
+    all use each other; irregular forms (ran, went, mice) do not count. A requested word that is not
+    all letters ("x-ray") must appear as it is, case ignored, with no letter on either side."""
     lower = story.lower()
-    seen = set(re.findall(r"[a-z]+", lower))
-    return [bool(word_forms(w) & seen) if w.isalpha() else
+    bases = set().union(*map(base_forms, set(re.findall(r"[a-z]+", lower))))
+    return [bool(base_forms(w) & bases) if w.isalpha() else
             re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", lower) is not None for w in words]
 
 

@@ -34,19 +34,21 @@ def held_out(story):
     return int.from_bytes(hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest(), "little") % HOLD_OUT == 0
 
 
-def make(inputs, out, seed):
-    """Write out/TinyStories-Instruct-{train,valid}.txt from the stories of inputs (each story once)."""
+def make(inputs, out, seed, copies=1):
+    """Write out/TinyStories-Instruct-{train,valid}.txt from the stories of inputs (each story once):
+    a record of each held-out story, `copies` records of each other one (each asking for other words)."""
     seen, splits, skipped = set(), {"train": [], "valid": []}, 0
     for f in ts.input_files(None, inputs=inputs):
         for story in ts.iter_stories(f):
             if story in seen:
                 continue
             seen.add(story)
-            record = instruct.record_from_story(story, seed)
-            if record is None:
+            split = "valid" if held_out(story) else "train"
+            records = [instruct.record_from_story(story, seed + k) for k in range(1 if split == "valid" else copies)]
+            if records[0] is None:
                 skipped += 1
                 continue
-            splits["valid" if held_out(story) else "train"].append(instruct.record_text(*record))
+            splits[split] += [instruct.record_text(*r) for r in records]
     out.mkdir(parents=True, exist_ok=True)
     for split, texts in splits.items():
         atomic_write(out / f"TinyStories-Instruct-{split}.txt", "".join(texts).encode("utf-8"))
@@ -113,6 +115,7 @@ def main():
                    help="story files or folders (default: ../shared/data/tinystories)")
     p.add_argument("--out", type=Path, required=True, help="where the two record files go")
     p.add_argument("--seed", type=int, default=0, help="picks the words and sentences of each record")
+    p.add_argument("--copies", type=int, default=1, help="records of each training story, each with other words")
     p = sub.add_parser("measure", help="words used and dialogue, on held-out records")
     p.add_argument("--model", required=True, help="a train.py checkpoint or a run.c .bin model")
     p.add_argument("--tokenizer", default=None, help="its tokenizer, if not its own (as sample.py)")
@@ -125,7 +128,7 @@ def main():
     p.add_argument("--json", default=None, help="also write the counts here")
     args = parser.parse_args()
     try:
-        make(args.input, args.out, args.seed) if args.command == "make" else measure(args)
+        make(args.input, args.out, args.seed, args.copies) if args.command == "make" else measure(args)
     except (ValueError, OSError) as e:  # ts.DataError is a ValueError
         print(f"bench_instruct.py: error: {e}", file=sys.stderr)
         return 1
