@@ -384,6 +384,7 @@ def test_temperature_below_fp32_min_is_a_temperature(tiny, run_bin):
     one_line(r.stderr.decode(), "run: error: -t expects a temperature in [0, 3.4e38], got '1e39'")
 
 
+@pytest.mark.slow  # a compile of its own (the sanitizer builds, also -O1, are in the slow tier too)
 def test_run_c_has_nothing_for_gcc_O1_to_warn_about():
     """gcc -O1 (the sanitizer builds) warned that encode's memcpy size may be negative: it cannot be,
     and an assert says so to the compiler."""
