@@ -2083,7 +2083,7 @@ static void usage(void) {
         "Usage:   run <checkpoint> [options]\n"
         "Example: run model.bin -n 256 -i \"Once upon a time\"\n"
         "Options:\n"
-        "  -t <float>  temperature in [0,inf), default 1.0 (0 = greedy)\n"
+        "  -t <float>  temperature in [0, 3.4e38], default 1.0 (0 = greedy)\n"
         "  -p <float>  p value in top-p (nucleus) sampling in [0,1], default 0.9 (0 or 1 = off)\n"
         "  -k <int>    top-k: sample among the k most likely tokens, default 0 (off); -p applies within them\n"
         "  -s <int>    random seed, default time(NULL)\n"
