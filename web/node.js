@@ -11,5 +11,11 @@ const { WASI } = require('node:wasi');
 const args = process.argv.slice(2).map((a, i, all) =>
     (i === 0 || all[i - 1] === '-z' || all[i - 1] === '-o') && !a.startsWith('-') ? path.resolve(a) : a);
 const wasi = new WASI({ version: 'preview1', args: ['run', ...args], env: {}, preopens: { '/': '/' } });
+// Each WASI call through a plain JS function: Node 20 called directly aborts (SIGABRT, no message)
+// once a model of some 60 MB has grown the module's memory, and not through a wrapper.
+const calls = {};
+for (const [name, f] of Object.entries(wasi.getImportObject().wasi_snapshot_preview1)) {
+    calls[name] = (...a) => f(...a);
+}
 const module_ = new WebAssembly.Module(fs.readFileSync(path.join(__dirname, 'run.wasm')));
-process.exitCode = wasi.start(new WebAssembly.Instance(module_, wasi.getImportObject()));
+process.exitCode = wasi.start(new WebAssembly.Instance(module_, { wasi_snapshot_preview1: calls }));
