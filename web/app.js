@@ -68,7 +68,7 @@ function start(event) {
             $('story').append(decoder.decode());
             if (m.type === 'fail') { $('log').append(`error: ${m.message}\n`); }
             const ok = m.type === 'exit' && m.code === 0;
-            setState(ok ? 'done' : 'error', ok ? `done: ${Math.max(writes - 1, 0)} tokens` : 'failed: see below');
+            setState(ok ? 'done' : 'error', ok ? 'done' : 'failed: see below');
             worker.terminate();
             worker = null;
         }
