@@ -4,9 +4,10 @@ Under Node (./runwasm, make runwasm): the kernel checks every other family gets 
 and the plain build, prompt batches, greedy text) and stories260K's documented samples. In the browser:
 the page served by `python -m http.server` on 127.0.0.1 and driven over the DevTools protocol, with the
 files picked as a user picks them (or given by URL), must print what native ./run prints: greedy and
-seeded stories260K in every format, 15M-shaped q8_0 and q4 models, special tokens and the end of a
-story; a corrupt file shows run's one-line error; Stop stops. All of it is the slow tier; it skips with
-the reason when clang's wasm32 target, node or chromium is missing (.ci/run installs them).
+seeded stories260K (its quantised re-exports as the module prints them under Node: no two kernel families
+sample the same story from them), greedy 15M-shaped q8_0 and q4 models, special tokens and the end of a
+story; bad and too-big files show run's one-line error; Stop stops. All of it is the slow tier; it skips
+with the reason when clang's wasm32 target, node or chromium is missing (.ci/run installs them).
 
 `python tests/test_web.py MODEL TOKENIZER [STEPS [SCREENSHOT.png]]` tells one greedy story from "Once upon
 a time" in the page and prints it with run's tok/s (the log's browser measurements), optionally saving a
@@ -27,10 +28,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the other test modules
 from conftest import PLAIN_BUILD, VECTOR_BUILD, build  # noqa: E402 (conftest puts the repo on the path)
-from binfile import model_export  # noqa: E402
+from binfile import load_bin, model_export  # noqa: E402
 from model import ModelArgs  # noqa: E402
 from test_run_c import (CONFIGS, OTHER_CASES, check_greedy, check_logits, check_prompt_batches,  # noqa: E402
-                        fmt_args, make_model, run_c, stories)
+                        fmt_args, make_model, run_c, stories)  # (stories: a fixture)
 from test_run_tokenizer import files, planted  # noqa: E402,F401 (files: a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -327,19 +328,24 @@ def test_page_seeded_samples_by_url_are_native(page, shared):
 
 
 @pytest.mark.slow
-def test_page_every_format_is_native(page, runwasm, stories, shared):
-    """stories260K as v0 (llama2.c's file), v2 q8_0 and v3 bf16, q8_0 and q4, sampled with a seed: the
-    page prints what the module prints on the command line, and the fp32 and bf16 files what native run
-    prints. (On quantised files no two kernel families print the same sampled story: an activation
+def test_page_every_format_is_native(page, runwasm, stories, shared, tmp_path):
+    """stories260K as v0 (llama2.c's file), v1, v2 q8_0 and v3 fp32, bf16, q8_0 and q4, sampled with a seed:
+    the page prints what the module prints on the command line, and the fp32 and bf16 files what native
+    run prints. (On quantised files no two kernel families print the same sampled story: an activation
     rounds to the other int8 neighbour when the sum before it is added in another order, and the
     sample drifts from there; their logits are checked within tolerance above.)"""
     browser, _ = page
     tok = shared / "models" / "tok512.bin"
-    for fmt, path in stories.items():
+    formats = dict(stories)
+    for fmt in ("v1", "v3_fp32"):
+        version, dtype = fmt_args(fmt)
+        formats[fmt] = tmp_path / f"stories260K_{fmt}.bin"
+        model_export(load_bin(stories["v0"]), formats[fmt], version=version, dtype=dtype)
+    for fmt, path in formats.items():
         args = [path, "-z", tok, "-t", 0.8, "-s", 5, "-n", 200]
         got = tell(browser, path, tok, temperature=0.8, seed=5, steps=200)
         assert_told(got, run_c(runwasm, *args).stdout.decode())
-        if fmt in ("v0", "v3_bf16"):
+        if fmt in ("v0", "v1", "v3_fp32", "v3_bf16"):
             assert_told(got, native(*args)[0])
 
 
