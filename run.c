@@ -131,6 +131,10 @@ static int open_regular(const char *path, const char *what, size_t *size) {
     if (fd < 0) { die("cannot open %s %s: %s", what, path, strerror(errno)); }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
+    if ((uint64_t)st.st_size > SIZE_MAX / 2) {  // 32-bit builds (WebAssembly's): 4 GB of memory in all
+        die("%s: %llu bytes is more than this %d-bit build can hold in memory (at most %zu)", path,
+            (unsigned long long)st.st_size, (int)(8 * sizeof(size_t)), SIZE_MAX / 2);
+    }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     *size = (size_t)st.st_size;
     return fd;
@@ -850,8 +854,10 @@ typedef struct {
 static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {
     s->max_pos = max_pos;
     s->cache_len = (max_pos + 15) / 16 * 16;
-    size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
-    if (cache > ((size_t)1 << 40)) { die("KV cache for %d positions is too large: lower -n", max_pos); }
+    uint64_t cache = mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);  // elements of each cache
+    if (cache > ((uint64_t)1 << 40) || cache > SIZE_MAX / 8) {  // 32-bit builds: two fp32 caches in 4 GB
+        die("KV cache for %d positions is too large: lower -n", max_pos);
+    }
     s->n_threads = omp_get_max_threads();
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
@@ -882,7 +888,7 @@ static void build_run_state(RunState *s, const Config *c, int max_pos, const Cpu
     s->kv_f16 = quantised(c);
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
     // in the middle of generation, as the positions fill the tiles
-    size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    size_t cache_bytes = (size_t)cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
     s->key_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     s->value_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
