@@ -3,6 +3,7 @@ tinystories.py: the TinyStories data commands, from the download to the token sh
 
     python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH] [--max_mb N (v2: a slice)]
     python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
+    python tinystories.py download_tokenizer gpt2          # GPT-2's tokenizer.json as data/gpt2.json (gptneo: GPT-Neo's)
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
 
@@ -12,7 +13,8 @@ Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
     TinyStoriesV2-GPT4-{train,valid}.txt     V2 (GPT-4 only)
     TinyStoriesV2-GPT4-train.head-{N}MiB.txt  a slice of V2 train (see download), read when the whole is not here
     tok{N}.model, tok{N}.vocab               a trained sentencepiece vocabulary
-    tok{N}/ or llama2/                       token shards: {train,val}_0000.bin ..., manifest.json
+    gpt2.json, gptneo.json                   GPT-2's and GPT-Neo's tokenizers (download_tokenizer)
+    tok{N}/, llama2/ or NAME/                token shards: {train,val}_0000.bin ..., manifest.json
 Where a vocabulary's files live, and the shard format, are dataloader.py's (train.py reads the
 shards through it); the HTTP client is download.py's.
 
@@ -46,6 +48,7 @@ from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, defau
 from download import MAX_BYTES, fetch
 from fileio import atomic_write, publish, regular_file
 from tokenizer import Tokenizer
+from vocab import BYTE_LEVEL
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 DATASET_FILES = {
@@ -357,12 +360,66 @@ def download_models(names=None, data_dir=None, source=None, retries=3):
         print(f"try: make && ./run {data_dir / 'models' / 'stories260K.bin'}")
 
 
+# GPT-2's and GPT-Neo's tokenizers as their Hugging Face repositories publish them: one tokenizer.json,
+# saved as data/NAME.json (vocab_source=NAME finds it there). name: (where it comes from, whose it is).
+# Their sha256 is not published with them (a plain git file: the server's ETag is a git hash), so a file
+# is checked by what it holds: GPT2_SHAPE, read as tokenizer.py reads it.
+TOKENIZER_FILES = {"gpt2": ("https://huggingface.co/openai-community/gpt2/resolve/main/", "GPT-2"),
+                   "gptneo": ("https://huggingface.co/EleutherAI/gpt-neo-125m/resolve/main/", "GPT-Neo")}
+GPT2_SHAPE = {"tokens": 50257, "merges": 50000, "end_id": 50256}  # 256 bytes + 50,000 merges + <|endoftext|>
+
+
+def download_tokenizer(names, data_dir=None, source=None, retries=3):
+    """Fetch GPT-2's or GPT-Neo's tokenizer.json as data/NAME.json, checked to be a byte-level BPE of
+    GPT2_SHAPE whose BOS and EOS are <|endoftext|>; a file that is not is deleted with a one-line error."""
+    data_dir = default_data_dir(data_dir)
+    unknown = [n for n in names if n not in TOKENIZER_FILES]
+    if unknown:
+        raise DataError(f"download_tokenizer {' '.join(unknown)}: unknown; choose from {', '.join(TOKENIZER_FILES)}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in dict.fromkeys(names):
+        base, whose = TOKENIZER_FILES[name]
+        dest = data_dir / f"{name}.json"
+        if dest.is_file():
+            problem = _gpt2_shape_problem(dest)
+            if problem:
+                raise DataError(f"{dest} exists and is not {whose}'s tokenizer ({problem}): move it away first")
+            print(f"nothing to do: {dest} is {whose}'s tokenizer")
+            continue
+        tmp = fetch("tokenizer.json", data_dir, base, source, retries, save_as=f".{name}.download.json")
+        problem = _gpt2_shape_problem(tmp)
+        if problem:
+            tmp.unlink()
+            raise DataError(f"tokenizer.json from {source or base}: not {whose}'s tokenizer ({problem}); deleted it")
+        publish(tmp, dest)
+        found = tokenizer_path(GPT2_SHAPE["tokens"], name, data_dir)
+        print(f"wrote {dest} ({whose}'s tokenizer, {GPT2_SHAPE['tokens']:,} tokens); next: python tinystories.py "
+              f"pretokenize --vocab_source={name}" + ("" if found == dest else f" (but {found} is found first: move it)"))
+
+
+def _gpt2_shape_problem(path):
+    """What makes the tokenizer file at path not GPT-2's vocabulary (GPT2_SHAPE), or "" when nothing does."""
+    try:
+        tok = Tokenizer(path)
+    except (OSError, ValueError) as e:
+        return str(e).replace(f"{path}: ", "")
+    v, want = tok.vocab, GPT2_SHAPE
+    got = {"tokens": len(v), "merges": len(v.merges), "end_id": v.pieces.index(b"<|endoftext|>")
+           if b"<|endoftext|>" in v.pieces else -1}
+    if got != want or not v.flags & BYTE_LEVEL or tok.bos_id != tok.eos_id or tok.bos_id != want["end_id"]:
+        return (f"{got['tokens']:,} tokens, {got['merges']:,} merges, <|endoftext|> at {got['end_id']}, BOS {tok.bos_id}, "
+                f"EOS {tok.eos_id}{'' if v.flags & BYTE_LEVEL else ', not byte-level'}; expected {want['tokens']:,} "
+                f"byte-level tokens, {want['merges']:,} merges, <|endoftext|> at {want['end_id']} as BOS and EOS")
+    return ""
+
+
 # -----------------------------------------------------------------------------
 # train_vocab
 
-def _check_vocab_size(vocab_size):
+def _check_vocab_size(vocab_size, what=None):
+    """DataError unless the vocabulary fits the shards; what names it (default: the --vocab_size flag)."""
     if vocab_size > MAX_VOCAB:
-        raise DataError(f"--vocab_size={vocab_size}: shards store token ids as uint16, "
+        raise DataError(f"{what or f'--vocab_size={vocab_size}'}: shards store token ids as uint16, "
                         f"so the vocabulary can have at most {MAX_VOCAB} tokens")
 
 
@@ -548,9 +605,10 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     """
     data_dir = default_data_dir(data_dir)
     check_vocab(vocab_size, vocab_source)
-    _check_vocab_size(vocab_size)
     workers = workers or os.cpu_count()
     model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
+    _check_vocab_size(vocab_size, None if vocab_source == "custom" and not tokenizer else
+                      f"tokenizer {model} has {vocab_size:,} tokens")
     tok = _shard_tokenizer(model, vocab_size, vocab_source, data_dir)
     tok_sha = file_sha256(model) if model.is_file() else hashlib.sha256(b"").hexdigest()
     files = [Path(f) for f in files]
@@ -708,6 +766,13 @@ def make_parser():
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"which (default all): {' '.join(MODEL_SETS)}")
 
+    p = sub.add_parser("download_tokenizer", help="fetch GPT-2's or GPT-Neo's tokenizer.json as data/NAME.json",
+                       description="fetch GPT-2's (gpt2) or GPT-Neo's (gptneo) tokenizer.json from its Hugging Face "
+                                   "repository as data/NAME.json, where --vocab_source=NAME finds it")
+    common(p)
+    fetching(p, "mirror URL (a repository's resolve/main/), local folder holding tokenizer.json, or that file")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"which: {' '.join(TOKENIZER_FILES)}")
+
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
     inputs(p)
@@ -763,6 +828,8 @@ def main(argv=None):
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)
         elif args.command == "download_models":
             download_models(args.models, args.data_dir, args.source, args.retries)
+        elif args.command == "download_tokenizer":
+            download_tokenizer(args.names, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
             files = input_files(args.data_dir, args.dataset, args.input)
             train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)
