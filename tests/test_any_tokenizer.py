@@ -118,14 +118,20 @@ def test_bare_gpt2_tokenizer_reads_as_transformers_gpt2_class(hf, tmp_path):
     assert T.Tokenizer(neo).identity == tok.identity
 
 
-def test_a_few_stories_quick(hf, shared):
-    """The quick tier's parity check: the first stories of one file (every story, every file: the slow test)."""
+def test_a_few_stories_quick(hf, shared, monkeypatch):
+    """The quick tier's parity check: the first stories of one file (every story, every file: the slow test),
+    also with a word cache that fills and starts over many times (it holds at most CACHED_WORDS words)."""
     texts = list(ts.iter_stories(shared / "tinystories" / "TinyStoriesV2-GPT4-train.head-10k-lines.txt"))[:80]
+    want = {}
     for name, path in hf.items():
-        ref, tok = tokenizers.Tokenizer.from_file(str(path)), T.Tokenizer(path)
+        ref = tokenizers.Tokenizer.from_file(str(path))
         texts2 = texts + [a + SPECIAL[name] + b for a, b in zip(texts[::2], texts[1::2])]
-        want = [e.ids for e in ref.encode_batch(texts2, add_special_tokens=False)]
-        assert [tok.encode(t, False, False) for t in texts2] == want, name
+        want[name] = [e.ids for e in ref.encode_batch(texts2, add_special_tokens=False)]
+        assert [T.Tokenizer(path).encode(t, False, False) for t in texts2] == want[name], name
+    monkeypatch.setattr(V, "CACHED_WORDS", 50)
+    tok = T.Tokenizer(hf["gpt2"])
+    assert [tok.encode(t, False, False) for t in texts] == want["gpt2"][:len(texts)]
+    assert 0 < len(V._tables(tok.vocab)[-1]) <= 50
 
 
 @pytest.mark.slow  # ~7,500 texts through our encoder and run.c, twice
