@@ -286,6 +286,37 @@ def _template_bos(t, pieces):
     return bos
 
 
+def gpt2_tokenizer_json(vocab_path, merges_path):
+    """The tokenizer.json object of a byte-level BPE given as GPT-2's two older files, vocab.json ({token: id})
+    and merges.txt (a "#version" line, then a "left right" merge per line, in rank order), as GPT-2's own
+    tokenizer.json spells it: ByteLevel pre-tokenizer (no prefix space), decoder and post-processor, and
+    <|endoftext|> a special added token. GPT-Neo publishes its vocabulary (GPT-2's) only in these files."""
+    vocab = read_json(vocab_path, "vocab.json")
+    size = regular_file(merges_path, "merges.txt")
+    if size > MAX_JSON:
+        raise ValueError(f"{merges_path}: {size:,} bytes is too big for a merges.txt (at most {MAX_JSON:,})")
+    try:
+        lines = open(merges_path, encoding="utf-8").read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{merges_path}: not a readable merges.txt ({e})") from None
+    merges = []
+    for k, line in enumerate(lines, 1):
+        if line and not (k == 1 and line.startswith("#version")):
+            pair = line.split(" ")
+            if len(pair) != 2 or not all(pair):
+                raise ValueError(f"{merges_path}: line {k} is not a merge of two tokens: {line[:80]!r}")
+            merges.append(pair)
+    added = [{"id": vocab[GPT2_END], "content": GPT2_END, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": True, "special": True}] if type(vocab.get(GPT2_END)) is int else []
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": level, "post_processor": {**level, "add_prefix_space": True, "trim_offsets": False},
+            "decoder": {**level, "add_prefix_space": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                      "merges": merges}}
+
+
 def write_tokenizer(v, dirpath, max_len):
     """Write v as tokenizer.json + tokenizer_config.json: Llama's byte-fallback form (a Prepend/Replace
     normalizer, merges derived from the scores when v merges by score) or GPT-2's byte-level form."""

@@ -3,7 +3,7 @@ tinystories.py: the TinyStories data commands, from the download to the token sh
 
     python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH] [--max_mb N (v2: a slice)]
     python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
-    python tinystories.py download_tokenizer gpt2          # GPT-2's tokenizer.json as data/gpt2.json (gptneo: GPT-Neo's)
+    python tinystories.py download_tokenizer gpt2          # GPT-2's tokenizer as data/gpt2.json (gptneo: GPT-Neo's)
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
 
@@ -47,6 +47,7 @@ from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, defau
                         pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
 from download import MAX_BYTES, fetch
 from fileio import atomic_write, publish, regular_file
+from hf_tokenizer import gpt2_tokenizer_json
 from tokenizer import Tokenizer
 from vocab import BYTE_LEVEL
 
@@ -360,38 +361,52 @@ def download_models(names=None, data_dir=None, source=None, retries=3):
         print(f"try: make && ./run {data_dir / 'models' / 'stories260K.bin'}")
 
 
-# GPT-2's and GPT-Neo's tokenizers as their Hugging Face repositories publish them: one tokenizer.json,
-# saved as data/NAME.json (vocab_source=NAME finds it there). name: (where it comes from, whose it is).
-# Their sha256 is not published with them (a plain git file: the server's ETag is a git hash), so a file
-# is checked by what it holds: GPT2_SHAPE, read as tokenizer.py reads it.
-TOKENIZER_FILES = {"gpt2": ("https://huggingface.co/openai-community/gpt2/resolve/main/", "GPT-2"),
-                   "gptneo": ("https://huggingface.co/EleutherAI/gpt-neo-125m/resolve/main/", "GPT-Neo")}
+# GPT-2's and GPT-Neo's tokenizers from their Hugging Face repositories, saved as data/NAME.json (a
+# tokenizer.json, where vocab_source=NAME finds it). name: (where from, whose, the files fetched): GPT-2's
+# tokenizer.json itself; GPT-Neo publishes its vocabulary (GPT-2's) only as vocab.json and merges.txt,
+# which hf_tokenizer.gpt2_tokenizer_json turns into a tokenizer.json. No sha256 is published for these
+# (plain git files: the server's ETag is a git hash), so the result is checked by what it holds: GPT2_SHAPE.
+TOKENIZER_FILES = {"gpt2": ("https://huggingface.co/openai-community/gpt2/resolve/main/", "GPT-2", ["tokenizer.json"]),
+                   "gptneo": ("https://huggingface.co/EleutherAI/gpt-neo-125m/resolve/main/", "GPT-Neo",
+                              ["vocab.json", "merges.txt"])}
 GPT2_SHAPE = {"tokens": 50257, "merges": 50000, "end_id": 50256}  # 256 bytes + 50,000 merges + <|endoftext|>
 
 
 def download_tokenizer(names, data_dir=None, source=None, retries=3):
-    """Fetch GPT-2's or GPT-Neo's tokenizer.json as data/NAME.json, checked to be a byte-level BPE of
-    GPT2_SHAPE whose BOS and EOS are <|endoftext|>; a file that is not is deleted with a one-line error."""
+    """Fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json, checked to be a byte-level BPE of GPT2_SHAPE
+    whose BOS and EOS are <|endoftext|>; one that is not is deleted with a one-line error. The files come
+    through NAME.download/ in data/, where an interrupted transfer resumes."""
     data_dir = default_data_dir(data_dir)
     unknown = [n for n in names if n not in TOKENIZER_FILES]
     if unknown:
         raise DataError(f"download_tokenizer {' '.join(unknown)}: unknown; choose from {', '.join(TOKENIZER_FILES)}")
-    data_dir.mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(names):
-        base, whose = TOKENIZER_FILES[name]
-        dest = data_dir / f"{name}.json"
+        base, whose, files = TOKENIZER_FILES[name]
+        dest, tmp = data_dir / f"{name}.json", data_dir / f".{name}.download"
         if dest.is_file():
             problem = _gpt2_shape_problem(dest)
             if problem:
                 raise DataError(f"{dest} exists and is not {whose}'s tokenizer ({problem}): move it away first")
             print(f"nothing to do: {dest} is {whose}'s tokenizer")
             continue
-        tmp = fetch("tokenizer.json", data_dir, base, source, retries, save_as=f".{name}.download.json")
-        problem = _gpt2_shape_problem(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (tmp / f).is_file():
+                fetch(f, tmp, base, source, retries)
+        if files != ["tokenizer.json"]:
+            try:
+                made = gpt2_tokenizer_json(*(tmp / f for f in files))
+            except (OSError, ValueError) as e:
+                shutil.rmtree(tmp)
+                raise DataError(f"{' and '.join(files)} from {source or base}: {e}; deleted them") from None
+            atomic_write(tmp / "tokenizer.json", json.dumps(made, ensure_ascii=False).encode())
+        problem = _gpt2_shape_problem(tmp / "tokenizer.json")
         if problem:
-            tmp.unlink()
-            raise DataError(f"tokenizer.json from {source or base}: not {whose}'s tokenizer ({problem}); deleted it")
-        publish(tmp, dest)
+            shutil.rmtree(tmp)
+            raise DataError(f"{' and '.join(files)} from {source or base}: not {whose}'s tokenizer ({problem}); "
+                            "deleted it")
+        publish(tmp / "tokenizer.json", dest)
+        shutil.rmtree(tmp)
         found = tokenizer_path(GPT2_SHAPE["tokens"], name, data_dir)
         print(f"wrote {dest} ({whose}'s tokenizer, {GPT2_SHAPE['tokens']:,} tokens); next: python tinystories.py "
               f"pretokenize --vocab_source={name}" + ("" if found == dest else f" (but {found} is found first: move it)"))
@@ -766,11 +781,12 @@ def make_parser():
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"which (default all): {' '.join(MODEL_SETS)}")
 
-    p = sub.add_parser("download_tokenizer", help="fetch GPT-2's or GPT-Neo's tokenizer.json as data/NAME.json",
-                       description="fetch GPT-2's (gpt2) or GPT-Neo's (gptneo) tokenizer.json from its Hugging Face "
-                                   "repository as data/NAME.json, where --vocab_source=NAME finds it")
+    p = sub.add_parser("download_tokenizer", help="fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json",
+                       description="fetch GPT-2's (gpt2: tokenizer.json) or GPT-Neo's (gptneo: vocab.json and "
+                                   "merges.txt) tokenizer from its Hugging Face repository as the tokenizer.json "
+                                   "data/NAME.json, where --vocab_source=NAME finds it")
     common(p)
-    fetching(p, "mirror URL (a repository's resolve/main/), local folder holding tokenizer.json, or that file")
+    fetching(p, "mirror URL (a repository's resolve/main/), local folder holding the files, or gpt2's tokenizer.json")
     p.add_argument("names", nargs="+", metavar="NAME", help=f"which: {' '.join(TOKENIZER_FILES)}")
 
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")

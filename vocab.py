@@ -20,7 +20,6 @@ the tokenizer file's byte layout; in short:
 Token text is what run.c matches and prints: sentencepiece's whitespace marker U+2581 as a plain
 space, byte-level (GPT-2) tokens as the bytes they stand for, <0xHH> byte pieces as spelled.
 """
-import bisect
 import functools
 import hashlib
 import heapq

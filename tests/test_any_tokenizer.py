@@ -17,6 +17,7 @@ import torch
 
 import dataloader as dl
 import gguf_meta as GM
+import hf_tokenizer
 import tinystories as ts
 import tokenizer as T
 import vocab as V
@@ -62,23 +63,20 @@ def auto_tokenizer(path, tmp_path, **config):
     return transformers.AutoTokenizer.from_pretrained(path.parent)
 
 
-def byte_level_json(path, n_tokens):
-    """A GPT-2-shaped tokenizer.json of n_tokens tokens made without training: the 256 bytes, n_tokens - 257
-    merges of two bytes into one token, then <|endoftext|> (GPT-2's own: 256 + 50,000 + 1)."""
+def gpt2_files(folder, n_tokens):
+    """GPT-2's two older files, vocab.json and merges.txt, of a GPT-2-shaped vocabulary made without training
+    (the 256 bytes, n_tokens - 257 merges of two bytes into one token, then <|endoftext|>: GPT-2's own is
+    256 + 50,000 + 1), and the tokenizer.json hf_tokenizer makes of them, whose path this returns."""
     a = V.byte_alphabet()
-    vocab = {c: i for i, c in enumerate(a)}
-    pairs = [(x, y) for x in a for y in a][:n_tokens - 257]
-    vocab.update((x + y, 256 + k) for k, (x, y) in enumerate(pairs))
-    vocab["<|endoftext|>"] = n_tokens - 1
-    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [{"id": n_tokens - 1, "content": "<|endoftext|>", "single_word": False,
-                                            "lstrip": False, "rstrip": False, "normalized": True, "special": True}],
-        "normalizer": None, "pre_tokenizer": level, "post_processor": level, "decoder": level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab, "merges": [list(p) for p in pairs]}}))
-    return path
+    pairs = [x + " " + y for x in a for y in a][:n_tokens - 257]
+    vocab = {**{c: i for i, c in enumerate(a)}, **{p.replace(" ", ""): 256 + k for k, p in enumerate(pairs)},
+             "<|endoftext|>": n_tokens - 1}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(pairs) + "\n")
+    made = hf_tokenizer.gpt2_tokenizer_json(folder / "vocab.json", folder / "merges.txt")
+    (folder / "tokenizer.json").write_text(json.dumps(made))
+    return folder / "tokenizer.json"
 
 
 def one_line_error(capsys, *words):
@@ -113,7 +111,6 @@ def test_bare_gpt2_tokenizer_reads_as_transformers_gpt2_class(hf, tmp_path):
     (neo / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     assert T.Tokenizer(neo).bos_id == -1 and auto_tokenizer(neo / "tokenizer.json", tmp_path).bos_token is None
     # our Hugging Face export names them: the same vocabulary when read back
-    import hf_tokenizer
     hf_tokenizer.write_tokenizer(tok.vocab, neo, 256)
     assert T.Tokenizer(neo).identity == tok.identity
 
@@ -127,7 +124,8 @@ def test_a_few_stories_quick(hf, shared, monkeypatch):
         ref = tokenizers.Tokenizer.from_file(str(path))
         texts2 = texts + [a + SPECIAL[name] + b for a, b in zip(texts[::2], texts[1::2])]
         want[name] = [e.ids for e in ref.encode_batch(texts2, add_special_tokens=False)]
-        assert [T.Tokenizer(path).encode(t, False, False) for t in texts2] == want[name], name
+        tok = T.Tokenizer(path)
+        assert [tok.encode(t, False, False) for t in texts2] == want[name], name
     monkeypatch.setattr(V, "CACHED_WORDS", 50)
     tok = T.Tokenizer(hf["gpt2"])
     assert [tok.encode(t, False, False) for t in texts] == want["gpt2"][:len(texts)]
@@ -219,7 +217,7 @@ def test_pretokenize_shards_are_the_reference_ids(hf, shared, tmp_path, name):
 def test_vocabulary_over_uint16_is_refused_in_one_line(shared, tmp_path, capsys):
     story = shared / "tinystories" / "TinyStoriesV2-GPT4-train.sample.txt"
     data = tmp_path / "data"
-    big = byte_level_json(tmp_path / "big" / "tokenizer.json", 65536)
+    big = gpt2_files(tmp_path / "big", 65536)
     assert ts.main(["pretokenize", f"--tokenizer={big}", f"--data_dir={data}", "--input", str(story)]) == 1
     one_line_error(capsys, f"tokenizer {big} has 65,536 tokens", "uint16", "at most 65535")
     assert not data.exists()
@@ -229,7 +227,7 @@ def test_vocabulary_over_uint16_is_refused_in_one_line(shared, tmp_path, capsys)
 def test_vocabulary_of_65535_fits(shared, tmp_path):
     """The last id, 65534, is <|endoftext|>, which frames every story."""
     story, data = shared / "tinystories" / "TinyStoriesV2-GPT4-train.sample.txt", tmp_path / "data"
-    top = byte_level_json(tmp_path / "top" / "tokenizer.json", 65535)
+    top = gpt2_files(tmp_path / "top", 65535)
     assert ts.main(["pretokenize", f"--tokenizer={top}", f"--data_dir={data}", "--input", str(story),
                     "--workers=1"]) == 0
     ref = tokenizers.Tokenizer.from_file(str(top))
@@ -239,24 +237,49 @@ def test_vocabulary_of_65535_fits(shared, tmp_path):
 
 # ---------------------------------------------------------------------------- download_tokenizer
 
+def test_gpt2_files_convert_as_transformers_reads_them(hf, shared, tmp_path):
+    """vocab.json and merges.txt (how GPT-Neo publishes its vocabulary) made into a tokenizer.json: the ids of
+    transformers' GPT-2 tokenizer on those files, in the tokenizers library and in ours."""
+    d = tmp_path / "slow"
+    d.mkdir()
+    model = json.loads(hf["gpt2"].read_text())["model"]
+    (d / "vocab.json").write_text(json.dumps(model["vocab"]))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in model["merges"]) + "\n")
+    (d / "made.json").write_text(json.dumps(hf_tokenizer.gpt2_tokenizer_json(d / "vocab.json", d / "merges.txt")))
+    ref = transformers.GPT2Tokenizer.from_pretrained(d)
+    made, ours = tokenizers.Tokenizer.from_file(str(d / "made.json")), T.Tokenizer(d / "made.json")
+    texts = list(ts.iter_stories(shared / "tinystories" / "TinyStoriesV2-GPT4-train.sample.txt")) + ["a<|endoftext|>b"]
+    want = [ref(t).input_ids for t in texts]
+    assert [made.encode(t).ids for t in texts] == want == [ours.encode(t, False, False) for t in texts]
+    assert ours.identity == T.Tokenizer(hf["gpt2"]).identity
+    (d / "merges.txt").write_text("#version: 0.2\nh e\nthree parts here\n")
+    with pytest.raises(ValueError, match="merges.txt: line 3 is not a merge of two tokens"):
+        hf_tokenizer.gpt2_tokenizer_json(d / "vocab.json", d / "merges.txt")
+
+
 def test_download_tokenizer_from_a_local_folder_checks_the_file(hf, tmp_path, capsys):
     mirror, data = tmp_path / "mirror", tmp_path / "data"
-    src = byte_level_json(mirror / "tokenizer.json", 50257)  # GPT-2's shape: 50,257 tokens, 50,000 merges
+    src = gpt2_files(mirror, 50257)  # GPT-2's shape: 50,257 tokens, 50,000 merges
     assert ts.main(["download_tokenizer", "gpt2", f"--source={mirror}", f"--data_dir={data}"]) == 0
     assert (data / "gpt2.json").read_bytes() == src.read_bytes()
     assert dl.tokenizer_path(50257, "gpt2", data) == data / "gpt2.json"  # where vocab_source=gpt2 looks
     assert "pretokenize --vocab_source=gpt2" in capsys.readouterr().out
     assert ts.main(["download_tokenizer", "gpt2", f"--source={src}", f"--data_dir={data}"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # GPT-Neo's comes as vocab.json and merges.txt: the same vocabulary as a tokenizer.json
+    assert ts.main(["download_tokenizer", "gptneo", f"--source={mirror}", f"--data_dir={data}"]) == 0
+    assert T.Tokenizer(data / "gptneo.json").identity == T.Tokenizer(data / "gpt2.json").identity
+    assert sorted(p.name for p in data.iterdir()) == ["gpt2.json", "gptneo.json"]
     # a tokenizer of another shape is deleted, and says what it holds
-    assert ts.main(["download_tokenizer", "gptneo", f"--source={hf['gpt2']}", f"--data_dir={data}"]) == 1
-    one_line_error(capsys, "not GPT-Neo's tokenizer", "1,024 tokens", "expected 50,257", "deleted it")
-    assert sorted(p.name for p in data.iterdir()) == ["gpt2.json"]
+    (data / "gpt2.json").unlink()
+    assert ts.main(["download_tokenizer", "gpt2", f"--source={hf['gpt2']}", f"--data_dir={data}"]) == 1
+    one_line_error(capsys, "not GPT-2's tokenizer", "1,024 tokens", "expected 50,257", "deleted it")
+    assert sorted(p.name for p in data.iterdir()) == ["gptneo.json"]
     # a file of another vocabulary already there is never overwritten
-    shutil.copy(hf["gpt2"], data / "gptneo.json")
-    assert ts.main(["download_tokenizer", "gptneo", f"--source={mirror}", f"--data_dir={data}"]) == 1
-    one_line_error(capsys, f"{data / 'gptneo.json'} exists and is not GPT-Neo's tokenizer")
-    assert (data / "gptneo.json").read_bytes() == hf["gpt2"].read_bytes()
+    shutil.copy(hf["gpt2"], data / "gpt2.json")
+    assert ts.main(["download_tokenizer", "gpt2", f"--source={mirror}", f"--data_dir={data}"]) == 1
+    one_line_error(capsys, f"{data / 'gpt2.json'} exists and is not GPT-2's tokenizer")
+    assert (data / "gpt2.json").read_bytes() == hf["gpt2"].read_bytes()
     assert ts.main(["download_tokenizer", "gpt3", f"--data_dir={data}"]) == 1
     one_line_error(capsys, "gpt3: unknown; choose from gpt2, gptneo")
 
