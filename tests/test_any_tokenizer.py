@@ -257,12 +257,17 @@ def test_gpt2_files_convert_as_transformers_reads_them(hf, shared, tmp_path):
         hf_tokenizer.gpt2_tokenizer_json(d / "vocab.json", d / "merges.txt")
 
 
-def test_download_tokenizer_from_a_local_folder_checks_the_file(hf, tmp_path, capsys):
+@pytest.mark.parametrize("tokens", [pytest.param(50257, marks=pytest.mark.slow), 600])
+def test_download_tokenizer_from_a_local_folder_checks_the_file(hf, tmp_path, capsys, monkeypatch, tokens):
+    """GPT-2's shape (50,257 tokens, 50,000 merges: slow), and in the quick tier the same checks of a smaller
+    shape (the one the command asks for set to it)."""
+    if tokens != ts.GPT2_SHAPE["tokens"]:
+        monkeypatch.setattr(ts, "GPT2_SHAPE", {"tokens": tokens, "merges": tokens - 257, "end_id": tokens - 1})
     mirror, data = tmp_path / "mirror", tmp_path / "data"
-    src = gpt2_files(mirror, 50257)  # GPT-2's shape: 50,257 tokens, 50,000 merges
+    src = gpt2_files(mirror, tokens)
     assert ts.main(["download_tokenizer", "gpt2", f"--source={mirror}", f"--data_dir={data}"]) == 0
     assert (data / "gpt2.json").read_bytes() == src.read_bytes()
-    assert dl.tokenizer_path(50257, "gpt2", data) == data / "gpt2.json"  # where vocab_source=gpt2 looks
+    assert dl.tokenizer_path(tokens, "gpt2", data) == data / "gpt2.json"  # where vocab_source=gpt2 looks
     assert "pretokenize --vocab_source=gpt2" in capsys.readouterr().out
     assert ts.main(["download_tokenizer", "gpt2", f"--source={src}", f"--data_dir={data}"]) == 0
     assert "nothing to do" in capsys.readouterr().out
@@ -273,7 +278,7 @@ def test_download_tokenizer_from_a_local_folder_checks_the_file(hf, tmp_path, ca
     # a tokenizer of another shape is deleted, and says what it holds
     (data / "gpt2.json").unlink()
     assert ts.main(["download_tokenizer", "gpt2", f"--source={hf['gpt2']}", f"--data_dir={data}"]) == 1
-    one_line_error(capsys, "not GPT-2's tokenizer", "1,024 tokens", "expected 50,257", "deleted it")
+    one_line_error(capsys, "not GPT-2's tokenizer", "1,024 tokens", f"expected {tokens:,}", "deleted it")
     assert sorted(p.name for p in data.iterdir()) == ["gptneo.json"]
     # a file of another vocabulary already there is never overwritten
     shutil.copy(hf["gpt2"], data / "gpt2.json")
