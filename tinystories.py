@@ -681,11 +681,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
 def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
     """The Tokenizer of the file `model` for pretokenize, or DataError saying what to do."""
     if not model.exists():
-        where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
-        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
-                if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH"
-                if vocab_source == "llama2" else "put the tokenizer file there, or pass --tokenizer PATH")
-        raise DataError(f"tokenizer {model} not found: {hint}")
+        raise _missing_tokenizer(model, vocab_source, vocab_size, data_dir)
     try:
         tok = Tokenizer(model)
     except (OSError, ValueError) as e:
@@ -696,6 +692,18 @@ def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
         raise DataError(f"tokenizer {model} has no {'BOS' if tok.bos_id < 0 else 'EOS'} token: every story in a "
                         "shard is BOS, its tokens, EOS")
     return tok
+
+
+def _missing_tokenizer(model, vocab_source, vocab_size, data_dir):
+    """The DataError for a vocabulary's tokenizer file that is not there (data_dir: resolved), saying
+    what makes it."""
+    where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
+    hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
+            if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH"
+            if vocab_source == "llama2" else f"run `python tinystories.py download_tokenizer {vocab_source}{where}` "
+            "first, or pass --tokenizer PATH" if vocab_source in TOKENIZER_FILES
+            else "put the tokenizer file there, or pass --tokenizer PATH")
+    return DataError(f"tokenizer {model} not found: {hint}")
 
 
 def _up_to_date(out, signature):
@@ -826,7 +834,7 @@ def _pretokenize_vocab(args):
     if size is None and source != "custom":
         path = Path(args.tokenizer) if args.tokenizer else tokenizer_path(1, source, args.data_dir)
         if not path.exists():
-            raise DataError(f"tokenizer {path} not found: put the tokenizer file there, or pass --tokenizer PATH")
+            raise _missing_tokenizer(path, source, size, default_data_dir(args.data_dir))
         try:
             size = Tokenizer(path).n_words
         except (OSError, ValueError) as e:

@@ -264,6 +264,9 @@ def test_download_tokenizer_from_a_local_folder_checks_the_file(hf, tmp_path, ca
     if tokens != ts.GPT2_SHAPE["tokens"]:
         monkeypatch.setattr(ts, "GPT2_SHAPE", {"tokens": tokens, "merges": tokens - 257, "end_id": tokens - 1})
     mirror, data = tmp_path / "mirror", tmp_path / "data"
+    assert ts.main(["pretokenize", "--vocab_source=gpt2", f"--data_dir={data}"]) == 1  # says what gets it
+    one_line_error(capsys, f"{data / 'gpt2.json'} not found: run `python tinystories.py download_tokenizer gpt2 "
+                   f"--data_dir={data}` first")
     src = gpt2_files(mirror, tokens)
     assert ts.main(["download_tokenizer", "gpt2", f"--source={mirror}", f"--data_dir={data}"]) == 0
     assert (data / "gpt2.json").read_bytes() == src.read_bytes()
