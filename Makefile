@@ -68,9 +68,9 @@ runarm_dot: run.c kernels.h
 # web/wasi.h the few calls it lacks. 4 GB of memory at most (wasm32), a 1 MB stack, no huge pages.
 WASMCC ?= clang
 WASM_FLAGS = --target=wasm32-wasi -O3 -msimd128 -mnontrapping-fptoint -msign-ext -include web/wasi.h -DHUGE_PAGE_BYTES=64 \
-	-D_WASI_EMULATED_MMAN -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID
+	-D_WASI_EMULATED_MMAN -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID -D_WASI_EMULATED_SIGNAL -DHUGE_MIN_STEPS=0
 WASM_LDFLAGS = -Wl,--max-memory=4294967296 -Wl,-z,stack-size=1048576 -Wl,--strip-all
-WASM_LIBS = -lm -lwasi-emulated-mman -lwasi-emulated-process-clocks -lwasi-emulated-getpid
+WASM_LIBS = -lm -lwasi-emulated-mman -lwasi-emulated-process-clocks -lwasi-emulated-getpid -lwasi-emulated-signal
 wasm: web/run.wasm
 web/run.wasm: run.c kernels.h web/wasi.h
 	$(WASMCC) $(WASM_FLAGS) $(WARN) $(WASM_LDFLAGS) -o $@ $< $(WASM_LIBS)

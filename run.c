@@ -440,7 +440,9 @@ static void check_unchanged(const Transformer *t, int fd) {
 // kernel's compaction of huge pages). So a run that reads the weights few times (-n below
 // HUGE_MIN_STEPS, the logits and tokenize modes) maps the file; a longer one copies it, in parallel
 // with threads. passes: how many tokens the run will generate, 0 for the whole context.
+#ifndef HUGE_MIN_STEPS  // the WebAssembly build sets 0: there a mapping is a copy anyway, so it always copies
 #define HUGE_MIN_STEPS 64
+#endif
 static void build_transformer(Transformer *t, const char *path, int passes) {
     memset(t, 0, sizeof(*t));
     t->path = path;
