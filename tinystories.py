@@ -581,17 +581,29 @@ def _encode_texts(tok, texts):
     return [tok.encode(t, bos=False, eos=False) for t in texts]
 
 
+def _record_tokens(tok, records):
+    """(prompt tokens, story tokens) of each (prompt, story): the prompt's tokens are those it has alone
+    (what sample.py and run.c give it), the story's those that follow them in the tokens of prompt + " " +
+    story, so the space after "Story:" is where any tokenizer puts it (sentencepiece's "▁Once", GPT-2's
+    "ĠOnce"); when the two encodings disagree on the prompt's tokens, the story's alone."""
+    heads = _encode_texts(tok, [p for p, _ in records])
+    whole = _encode_texts(tok, [f"{p} {s}" for p, s in records])
+    return heads, [w[len(h):] if list(w[:len(h)]) == list(h) else _encode_texts(tok, [s])[0]
+                   for h, w, (_, s) in zip(heads, whole, records)]
+
+
 def _encode_chunk(chunk):
     """[(story, is_val)] -> {"train"/"val": (uint16 tokens, n_stories, n_bytes, None)}, in input order;
     [((prompt, story), is_val)] (instruct records) -> the same with a loss mask: each record is BOS,
-    its prompt's tokens, its story's tokens, EOS, the mask True on the story's tokens and EOS, and
-    n_bytes counts the stories' bytes. Prompt and story are encoded apart, so the prompt's tokens
-    are those sample.py and run.c give the same prompt."""
+    its prompt's tokens, its story's tokens (_record_tokens), EOS, the mask True on the story's tokens
+    and EOS, and n_bytes counts the stories' bytes."""
     tok = _worker_tok
     records = isinstance(chunk[0][0], tuple)
     texts = [s[1] if records else s for s, _ in chunk]
-    ids = _encode_texts(tok, texts)
-    heads = _encode_texts(tok, [s[0] for s, _ in chunk]) if records else [[] for _ in chunk]
+    if records:
+        heads, ids = _record_tokens(tok, [s for s, _ in chunk])
+    else:
+        heads, ids = [[]] * len(chunk), _encode_texts(tok, texts)
     out = {}
     for split, want_val in (("train", False), ("val", True)):
         picked = [i for i, (_, v) in enumerate(chunk) if v == want_val]

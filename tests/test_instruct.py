@@ -147,7 +147,9 @@ def test_pretokenize_masks_exactly_the_stories_and_eos(shared, sp, tmp_path, cap
     for split, good in (("train", GOOD), ("val", GOOD[1:2])):
         want_tokens, want_mask = [], []
         for _, prompt, story in good:
-            p, s = sp.encode(prompt), sp.encode(story)
+            p, both = sp.encode(prompt), sp.encode(f"{prompt} {story}")
+            assert both[:len(p)] == p  # the prompt's tokens are its own; the story's follow them
+            s = both[len(p):]
             want_tokens += [1, *p, *s, 2]
             want_mask += [0] * (1 + len(p)) + [1] * (len(s) + 1)
         version, h, tokens, mask = read_shard(out / f"{split}_0000.bin")
@@ -164,6 +166,29 @@ def test_pretokenize_masks_exactly_the_stories_and_eos(shared, sp, tmp_path, cap
     # the same command again: nothing to do
     pretokenize(shared, tmp_path, tmp_path / "x-train.txt", tmp_path / "x-valid.txt")
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_byte_level_tokenizer_starts_the_story_with_its_space(shared, tmp_path):
+    """GPT-2's shape (no dummy prefix): the story's first token carries the space after "Story:", as in the
+    tokens `tokenizers` gives the whole record's text, and the prompt's tokens are its own."""
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is a test-only dependency")
+    from test_hf_tokenizer import trained
+    path = tmp_path / "bytes" / "tokenizer.json"
+    path.parent.mkdir()
+    trained(shared, "gpt2").save(str(path))
+    ref = tokenizers.Tokenizer.from_file(str(path))
+    write_records(tmp_path / "r-valid.txt", [g for g, _, _ in GOOD])
+    assert ts.main(["pretokenize", "--dataset=instruct", "--tokenizer", str(path), "--input",
+                    str(tmp_path / "r-valid.txt"), "--data_dir", str(tmp_path), "--workers=1"]) == 0
+    _, _, tokens, mask = read_shard(tmp_path / "bytes-instruct" / "val_0000.bin")
+    end = ref.token_to_id("<|endoftext|>")  # GPT-2's BOS and EOS
+    want_tokens, want_mask = [], []
+    for _, prompt, story in GOOD:
+        p, both = ref.encode(prompt).ids, ref.encode(f"{prompt} {story}").ids
+        assert both[:len(p)] == p and ref.decode(both[len(p):]) == f" {story}"
+        want_tokens += [end, *both, end]
+        want_mask += [0] * (1 + len(p)) + [1] * (len(both) - len(p) + 1)
+    assert tokens.tolist() == want_tokens and mask.tolist() == want_mask
 
 
 def test_train_vocab_learns_from_the_good_records(tmp_path, capsys):
