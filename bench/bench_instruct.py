@@ -10,7 +10,8 @@ TinyStories-Instruct-valid.txt, the rest to TinyStories-Instruct-train.txt. pret
 takes the valid file as the validation split, so a model trained on the shards never trains on the
 records measured. measure: each record's Words and Features as a prompt (its story is not shown), a
 story generated from it (greedy by default; prompts of one length go through the model as a batch),
-and the counts of instruct.measure; --json writes them too. Last logged run: dev/LOG.md, "instruct
+and the counts of instruct.measure; for scale, chance: each record's words against the story of the
+next record (a story written to other words); --json writes them too. Last logged run: dev/LOG.md, "instruct
 tuning: the words used, before and after".
 """
 import argparse
@@ -101,9 +102,15 @@ def measure(args):
           f"{share('dialogue_when_asked', 'asked_dialogue')}, when not "
           f"{share('dialogue_when_not_asked', 'not_asked')}; stories that ended by themselves "
           f"{share('ended', 'records')} ({seconds:.0f} s)")
+    # chance: the held-out stories themselves, each scored against the next record's words
+    others = [s for _, s in records[1:] + records[:1]]
+    chance = instruct.measure(records, lambda prompts: [(s, True) for s in others])
+    print(f"chance (each record's words against another record's story): words used {chance['words_used']}/"
+          f"{chance['words']} ({100 * chance['words_used'] / max(chance['words'], 1):.1f}%)")
     if args.json:
         atomic_write(Path(args.json), (json.dumps({**n, "model": str(args.model), "seconds": round(seconds, 1),
-                                                   "temperature": args.temperature}, indent=1) + "\n").encode())
+                                                   "temperature": args.temperature, "chance_words_used":
+                                                   chance["words_used"]}, indent=1) + "\n").encode())
 
 
 def main():
