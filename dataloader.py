@@ -8,15 +8,20 @@ The vocabulary rule (the only place it is written; run.c's find_tokenizer restat
     vocab_source="custom", vocab_size=N   data/tok{N}.model (run.c: tok{N}.bin), shards in data/tok{N}/
     vocab_source="llama2" (32000 tokens)  data/tokenizer.model (llama2.c's name; run.c: tokenizer.bin),
                                           shards in data/llama2/
-data/ is $STORYLLAMA_DATA or the repo's data/ unless a data_dir is given.
+    vocab_source=NAME (any other name)    the first of data/NAME.model, NAME.json (a Hugging Face
+                                          tokenizer.json), NAME.gguf, NAME.bin (run.c's file), shards in data/NAME/
+data/ is $STORYLLAMA_DATA or the repo's data/ unless a data_dir is given. A tokenizer file given by
+path (pretokenize --tokenizer) names its shards' folder by vocab_name_of: tok512.model -> tok512/.
 
 Shard file (.bin, little-endian): a 256-byte header, then n_tokens uint16 token ids:
     off 0  8 bytes magic b"STORYTOK" | 8 u32 version=1 | 12 u32 vocab_size | 16 u32 bos_id
     20 u32 eos_id | 24 u64 n_tokens | 32 u64 n_stories | 40 u64 n_bytes | 48 32 bytes tokenizer
-    sha256 | 80..255 zero
+    sha256 | 80 32 bytes vocabulary identity (vocab.identity; zero: unknown, as in older shards) |
+    112..255 zero
 Every story is BOS, its tokens, EOS. n_bytes counts the UTF-8 bytes of the story texts (for
 bits-per-byte); n_tokens counts BOS and EOS too. The header lets the reader refuse shards made
-with another tokenizer or vocabulary instead of training on garbage.
+with another vocabulary instead of training on garbage: by the identity, which is the same for one
+vocabulary in any file format, else by the tokenizer file's sha256.
 
     shards = split_shards("train", 512)            # checked once
     batches = Batches(shards, batch_size, max_seq_len, seed)
@@ -26,6 +31,7 @@ with another tokenizer or vocabulary instead of training on garbage.
 import hashlib
 import itertools
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -35,8 +41,10 @@ from fileio import regular_file
 
 REPO = Path(__file__).resolve().parent
 LLAMA2_VOCAB = 32000  # tokens in Meta's Llama 2 vocabulary
+TOKENIZER_SUFFIXES = (".model", ".json", ".gguf", ".bin")  # vocab_source=NAME: data/NAME + the first that exists
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a vocabulary name is one plain folder name
 HEADER_SIZE = 256
-HEADER_FMT = "<8sIIIIQQQ32s"  # magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha256
+HEADER_FMT = "<8sIIIIQQQ32s32s"  # magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha256, identity
 MAGIC = b"STORYTOK"
 VERSION = 1
 
@@ -54,29 +62,49 @@ def default_data_dir(data_dir=None):
 
 def check_vocab(vocab_size, vocab_source="custom"):
     """DataError unless (vocab_source, vocab_size) names a vocabulary."""
-    if vocab_source not in ("custom", "llama2"):
-        raise DataError(f"vocab_source={vocab_source!r}: expected 'custom' or 'llama2'")
+    if not isinstance(vocab_source, str) or not NAME_CHARS.fullmatch(vocab_source) or vocab_source.endswith(".tmp"):
+        raise DataError(f"vocab_source={vocab_source!r}: expected 'custom', 'llama2' or a vocabulary name "
+                        "(letters, digits, '.', '_', '-': data/NAME.model or .json, .gguf, .bin)")
     if vocab_source == "llama2" and vocab_size != LLAMA2_VOCAB:
         raise DataError(f"vocab_size={vocab_size}: the Llama 2 vocabulary (vocab_source=llama2) has "
                         f"{LLAMA2_VOCAB} tokens")
-    if vocab_source == "custom" and vocab_size <= 0:
-        raise DataError(f"vocab_size={vocab_size}: a custom vocabulary needs a positive size")
+    if vocab_size <= 0:
+        raise DataError(f"vocab_size={vocab_size}: a vocabulary needs a positive size")
 
 
 def _vocab_name(vocab_size, vocab_source):
     check_vocab(vocab_size, vocab_source)
-    return "llama2" if vocab_source == "llama2" else f"tok{vocab_size}"
+    return f"tok{vocab_size}" if vocab_source == "custom" else vocab_source
+
+
+def vocab_name_of(tokenizer):
+    """The vocabulary name of a tokenizer file given by path, which names its shards' folder: the file's
+    stem (tok512.model and tok512.bin: tok512), or the folder's name for a Hugging Face directory or the
+    tokenizer.json inside one."""
+    p = Path(tokenizer).resolve()
+    name = p.name if p.is_dir() else p.parent.name if p.name == "tokenizer.json" else p.stem
+    if not NAME_CHARS.fullmatch(name):  # e.g. spaces or non-ASCII letters in a file name
+        name = "tok-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return name
 
 
 def shard_dir(vocab_size, vocab_source="custom", data_dir=None):
-    """The folder of a vocabulary's token shards: data/tok{N}/ or data/llama2/."""
+    """The folder of a vocabulary's token shards: data/tok{N}/, data/llama2/ or data/NAME/."""
     return default_data_dir(data_dir) / _vocab_name(vocab_size, vocab_source)
 
 
 def tokenizer_path(vocab_size, vocab_source="custom", data_dir=None):
-    """The sentencepiece model of a vocabulary: data/tok{N}.model or data/tokenizer.model (Llama 2)."""
-    name = "tokenizer" if vocab_source == "llama2" else _vocab_name(vocab_size, vocab_source)
-    return default_data_dir(data_dir) / f"{name}.model"
+    """The tokenizer file of a vocabulary: data/tok{N}.model, data/tokenizer.model (Llama 2), or for a
+    NAME the first of data/NAME.model, .json, .gguf, .bin that exists (data/NAME.json when none does)."""
+    data = default_data_dir(data_dir)
+    if vocab_source == "llama2":
+        check_vocab(vocab_size, vocab_source)
+        return data / "tokenizer.model"
+    name = _vocab_name(vocab_size, vocab_source)
+    if vocab_source == "custom":
+        return data / f"{name}.model"
+    found = [data / (name + s) for s in TOKENIZER_SUFFIXES if (data / (name + s)).is_file()]
+    return found[0] if found else data / f"{name}.json"
 
 
 def smallest_vocab(n_special=0):
@@ -92,13 +120,16 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
         return (f"nothing can: train_vocab makes vocabularies of at least {smallest_vocab()} tokens "
                 "(3 control + 256 byte-fallback + 1), choose a larger vocab_size")
     where = f" --data_dir={data_dir}" if data_dir else ""
-    vocab = "--vocab_source=llama2" if vocab_source == "llama2" else f"--vocab_size={vocab_size}"
+    vocab = f"--vocab_size={vocab_size}" if vocab_source == "custom" else f"--vocab_source={vocab_source}"
     steps = [f"python tinystories.py download{where}"]
     if vocab_source == "llama2":
         model = tokenizer_path(vocab_size, vocab_source, data_dir)
         steps.append(f"put Meta's Llama 2 tokenizer.model at {model}")
-    else:
+    elif vocab_source == "custom":
         steps.append(f"python tinystories.py train_vocab {vocab}{where}")
+    else:
+        steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (or pretokenize "
+                     f"--tokenizer=PATH, whose shards go to a folder named after the file)")
     steps.append(f"python tinystories.py pretokenize {vocab}{where}")
     return "; ".join(steps)
 
@@ -114,10 +145,10 @@ def file_sha256(path):
 # -----------------------------------------------------------------------------
 # the shard format
 
-def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokenizer_sha256):
-    """The 256-byte header of a shard (tokenizer_sha256 as a hex string)."""
+def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokenizer_sha256, identity=None):
+    """The 256-byte header of a shard (tokenizer_sha256 as a hex string, identity as bytes or None)."""
     raw = struct.pack(HEADER_FMT, MAGIC, VERSION, vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes,
-                      bytes.fromhex(tokenizer_sha256))
+                      bytes.fromhex(tokenizer_sha256), identity or bytes(32))
     return raw.ljust(HEADER_SIZE, b"\0")
 
 
@@ -136,7 +167,7 @@ def read_header(path):
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
         raise DataError(f"{path}: not a storyllama token shard (bad magic); re-run pretokenize")
-    magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha = struct.unpack_from(HEADER_FMT, raw)
+    magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha, ident = struct.unpack_from(HEADER_FMT, raw)
     if version != VERSION:
         raise DataError(f"{path}: shard format version {version}, this code reads version {VERSION}")
     if size != HEADER_SIZE + 2 * n_tokens:
@@ -150,7 +181,8 @@ def read_header(path):
     if problem:
         raise DataError(f"{path}: damaged or forged header: {problem}; re-run pretokenize")
     return {"vocab_size": vocab, "bos_id": bos, "eos_id": eos, "n_tokens": n_tokens,
-            "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex()}
+            "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex(),
+            "identity": ident if any(ident) else None}
 
 
 def load_shard(path):
@@ -161,31 +193,65 @@ def load_shard(path):
 
 def split_shards(split, vocab_size, vocab_source="custom", data_dir=None, tokenizer=None):
     """[(path, header)] of a split, after checking every shard matches the vocabulary asked for
-    and the tokenizer file that goes with it: `tokenizer` (a run's own copy), else the data folder's
-    (when that file is there)."""
+    and the tokenizer file that goes with it: `tokenizer` (a run's own copy, or a model's), else the
+    data folder's (when that file is there). Shards and tokenizer are compared by vocabulary identity
+    when both carry one (so tok512.model and its run.c tok512.bin both fit), else by the file's sha256."""
     if split not in ("train", "val"):
         raise DataError(f"split={split!r}: expected 'train' or 'val'")
     folder = shard_dir(vocab_size, vocab_source, data_dir)
     paths = sorted(folder.glob(f"{split}_*.bin"))
     if not paths:
         raise DataError(f"no {split} shards in {folder} for vocab_source={vocab_source} vocab_size={vocab_size}; "
-                        f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir)}")
+                        f"{_no_shards_advice(split, folder, vocab_size, vocab_source, data_dir)}")
     model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
-    want_sha = file_sha256(model) if model.is_file() else None
+    want = _fingerprint(model) if model.exists() else None
     out = []
     for p in paths:
         h = read_header(p)
         if h["vocab_size"] != vocab_size:
             raise DataError(f"{p}: made with a {h['vocab_size']}-token vocabulary, but vocab_size="
                             f"{vocab_size}; re-run pretokenize or fix vocab_size")
-        if want_sha and h["tokenizer_sha256"] != want_sha:
-            raise DataError(f"{p}: made with another tokenizer (sha256 {h['tokenizer_sha256'][:12]}...) "
-                            f"than {model} ({want_sha[:12]}...); re-run pretokenize")
-        if out and h["tokenizer_sha256"] != out[0][1]["tokenizer_sha256"]:
+        if want and not _same_vocabulary(h, *want):
+            mine = f"vocabulary {want[1].hex()[:12]}..." if want[1] and h["identity"] else f"sha256 {want[0][:12]}..."
+            raise DataError(f"{p}: made with another tokenizer ({_shard_vocab(h)}) than {model} ({mine}); "
+                            "re-run pretokenize")
+        if out and not _same_vocabulary(h, out[0][1]["tokenizer_sha256"], out[0][1]["identity"]):
             raise DataError(f"{p}: made with another tokenizer than {out[0][0]}; re-run pretokenize")
         check_tokens(p, h)
         out.append((p, h))
     return out
+
+
+def _fingerprint(model):
+    """(sha256 hex or None, vocabulary identity or None) of a tokenizer file or Hugging Face folder."""
+    from tokenizer import read_vocab  # here: the data commands' worker processes never need it
+    from vocab import identity
+    try:
+        ident = identity(read_vocab(model)[0])
+    except (OSError, ValueError) as e:
+        raise DataError(f"{model}: not a readable tokenizer ({e})") from None
+    return (file_sha256(model) if model.is_file() else None), ident
+
+
+def _same_vocabulary(h, sha, ident):
+    """Whether a shard header was made with this vocabulary: by identity when both sides carry one,
+    else by the tokenizer file's sha256."""
+    if ident and h["identity"]:
+        return ident == h["identity"]
+    return sha is None or h["tokenizer_sha256"] == sha
+
+
+def _shard_vocab(h):
+    return f"vocabulary {h['identity'].hex()[:12]}..." if h["identity"] else f"sha256 {h['tokenizer_sha256'][:12]}..."
+
+
+def _no_shards_advice(split, folder, vocab_size, vocab_source, data_dir):
+    """What to do about a split without shards: a val split that is missing beside train shards means the
+    corpus was too small for the 1-in-VAL_BUCKETS hold-out, not that nothing was prepared."""
+    if split == "val" and any(folder.glob("train_*.bin")):
+        return ("the stories were too few for a validation split (1 in 100 is held out by hash, unless an input "
+                "file has 'valid' in its name): pretokenize again with more stories, or add a *valid* file to --input")
+    return f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir)}"
 
 
 def check_tokens(path, header):
@@ -249,8 +315,12 @@ class Batches:
         self.offsets = np.cumsum(self.counts) - self.counts  # first global window of each shard
         self.n_windows = int(self.counts.sum())
         if self.n_windows == 0:
-            folder = Path(self.paths[0]).parent if self.paths else "the data"
-            raise DataError(f"the shards in {folder} have no window of max_seq_len+1={self.L} tokens")
+            where = f"{Path(self.paths[0]).parent}/{Path(self.paths[0]).name.split('_')[0]}_*.bin" if self.paths else "the data"
+            raise DataError(f"{where} hold {int(lengths.sum()):,} tokens in {sum(h['n_stories'] for _, h in shards):,} "
+                            f"stories, no window of max_seq_len+1={self.L} tokens"
+                            + (" that starts at a story" if bos_aligned else "")
+                            + ": pretokenize more stories into this split (a *valid* file in --input is the val "
+                            "split), or lower max_seq_len")
         self._epochs = {}
 
     def __getstate__(self):  # DataLoader workers (spawn) reopen the memmaps themselves

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
-                        pack_header, shard_dir, smallest_vocab, tokenizer_path)
+                        pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
 from download import MAX_BYTES, fetch
 from fileio import atomic_write, publish, regular_file
 from tokenizer import Tokenizer
@@ -366,6 +366,11 @@ def _check_vocab_size(vocab_size):
                         f"so the vocabulary can have at most {MAX_VOCAB} tokens")
 
 
+def _file_stamps(files):
+    """[path, size, mtime] of each input file: a later run with the same stamps has the same inputs."""
+    return [[str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files]
+
+
 def _special_pieces(tok):
     """User-defined pieces: sentencepiece puts them after the control tokens, before the bytes."""
     sp = tok.sp_model
@@ -397,12 +402,20 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
         raise DataError(f"--vocab_size={vocab_size}: must be at least {smallest} "
                         "(3 control + 256 byte-fallback tokens + special tokens + 1)")
     model = tokenizer_path(vocab_size, "custom", data_dir)
+    record = model.with_suffix(".inputs.json")  # what the vocabulary was trained on, to know when it is current
+    signature = {"inputs": _file_stamps(files), "max_stories": max_stories, "special_tokens": special_tokens}
     if model.is_file():
+        try:
+            done = json.loads(record.read_text())
+        except (OSError, ValueError):
+            done = None  # trained before the record was kept: kept when its special tokens fit
         old = Tokenizer(model)
-        if old.n_words == vocab_size and _special_pieces(old) == special_tokens:
-            print(f"nothing to do: {model} exists (delete it to train again)")
+        if old.n_words == vocab_size and _special_pieces(old) == special_tokens and done in (None, signature):
+            print(f"nothing to do: {model} exists, " + ("trained on these inputs" if done else
+                  "its training text not recorded (delete it to train again)"))
             return model
-        print(f"{model} has other special tokens: training it again")
+        why = "other special tokens" if done in (None, signature) else "was trained on other text or settings"
+        print(f"{model} {'has ' if why.startswith('other') else ''}{why}: training it again")
 
     def lines():
         n = 0
@@ -436,7 +449,8 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
     atomic_write(model.with_suffix(".vocab"), vocab.encode("utf-8"))
-    atomic_write(model, proto.getvalue())  # last: a .model in place means training finished
+    atomic_write(model, proto.getvalue())  # a .model in place means training finished
+    atomic_write(record, (json.dumps(signature, indent=1) + "\n").encode())  # after: a stale record retrains
     print(f"wrote {model} and {model.with_suffix('.vocab')}")
     return model
 
@@ -456,8 +470,10 @@ def _encode_chunk(chunk):
     """[(story, is_val)] -> {"train"/"val": (uint16 tokens, n_stories, n_bytes)}, in input order."""
     tok = _worker_tok
     texts = [s for s, _ in chunk]
-    # one thread: the parallelism is the worker processes (sentencepiece may default to all cores)
-    ids = tok.sp_model.encode(texts, num_threads=1)
+    if tok.sp_model:  # one thread: the parallelism is the worker processes (sentencepiece may default to all cores)
+        ids = tok.sp_model.encode(texts, num_threads=1)
+    else:
+        ids = [tok.encode(t, bos=False, eos=False) for t in texts]
     out = {}
     for split, want_val in (("train", False), ("val", True)):
         picked = [i for i, (_, v) in enumerate(chunk) if v == want_val]
@@ -482,7 +498,7 @@ class ShardWriter:
     def __init__(self, out_dir, split, tok, tok_sha, shard_tokens):
         self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
         self.fixed = (tok.n_words, tok.bos_id, tok.eos_id)
-        self.tok_sha = tok_sha
+        self.tok_sha, self.identity = tok_sha, tok.identity
         self.shards = {}  # file name -> n_tokens
         self.f = None
 
@@ -502,7 +518,7 @@ class ShardWriter:
 
     def _finish(self):
         self.f.seek(0)
-        self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha))
+        self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha, self.identity))
         self.f.close()
         self.f = None
         publish(self.tmp, self.out_dir / self.name)
@@ -523,33 +539,30 @@ def _batched(iterable, n):
 def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, shard_tokens=1 << 26,
                 chunk_stories=512, vocab_source="custom"):
     """
-    Encode every story of files as BOS + tokens + EOS into uint16 shards in data/tok{N}/ (or
-    data/llama2/ for vocab_source="llama2"; see dataloader.py). Stories are cut into chunks of chunk_stories in input order,
-    encoded by `workers` processes and written in input order, so the shards are byte-identical
-    for any worker count. Everything is written to a temp folder that replaces the old one.
+    Encode every story of files as BOS + tokens + EOS into uint16 shards in the vocabulary's folder
+    (data/tok{N}/, data/llama2/ or data/NAME/; see dataloader.py). The tokenizer is any file
+    tokenizer.Tokenizer reads (default: the vocabulary's own, by dataloader.py's rule). Stories are cut
+    into chunks of chunk_stories in input order, encoded by `workers` processes and written in input order,
+    so the shards are byte-identical for any worker count. Everything is written to a temp folder that
+    replaces the old one.
     """
     data_dir = default_data_dir(data_dir)
     check_vocab(vocab_size, vocab_source)
     _check_vocab_size(vocab_size)
     workers = workers or os.cpu_count()
     model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
-    if not model.is_file():
-        where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
-        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
-                if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH")
-        raise DataError(f"tokenizer {model} not found: {hint}")
-    tok = Tokenizer(model)
-    if tok.sp_model is None:  # shards are encoded by sentencepiece itself, and hashed by its .model file
-        raise DataError(f"tokenizer {model}: pretokenize needs a sentencepiece .model, not a {tok.kind} tokenizer file")
-    if tok.n_words != vocab_size:
-        raise DataError(f"tokenizer {model} has {tok.n_words} tokens, but --vocab_size={vocab_size}")
-    tok_sha = file_sha256(model)
+    tok = _shard_tokenizer(model, vocab_size, vocab_source, data_dir)
+    tok_sha = file_sha256(model) if model.is_file() else hashlib.sha256(b"").hexdigest()
     files = [Path(f) for f in files]
     out = shard_dir(vocab_size, vocab_source, data_dir)
+    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise DataError(f"{out} holds files that are not token shards: pretokenize would replace it; "
+                        "use another --vocab_source name (or --data_dir)")
     signature = {
-        "tokenizer_sha256": tok_sha, "vocab_size": tok.n_words, "shard_tokens": shard_tokens,
+        "tokenizer_sha256": tok_sha, "identity": tok.identity.hex() if tok.identity else None,
+        "vocab_size": tok.n_words, "shard_tokens": shard_tokens,
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
-        "inputs": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "inputs": _file_stamps(files),
     }
     if _up_to_date(out, signature):
         print(f"nothing to do: {out} is up to date with these inputs and {model.name}")
@@ -585,11 +598,31 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
         t, s, b = stats[split]
         print(f"{split}: {s:,} stories, {t:,} tokens, {b / max(t, 1):.2f} bytes/token")
     if stats["val"][1] == 0:
-        print("note: the validation split is empty (too few stories for 1 in "
-              f"{VAL_BUCKETS}); train.py will find no val shards", file=sys.stderr)
+        print(f"note: the validation split is empty (too few stories for 1 in {VAL_BUCKETS} to be held out): "
+              "train.py needs one; add a file with 'valid' in its name to --input, or more stories", file=sys.stderr)
     print(f"wrote {len(shards)} shards to {out} in {seconds:.1f}s "
           f"({n_stories / seconds:,.0f} stories/s, {workers} workers)")
     return out
+
+
+def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
+    """The Tokenizer of the file `model` for pretokenize, or DataError saying what to do."""
+    if not model.exists():
+        where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
+        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
+                if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH"
+                if vocab_source == "llama2" else "put the tokenizer file there, or pass --tokenizer PATH")
+        raise DataError(f"tokenizer {model} not found: {hint}")
+    try:
+        tok = Tokenizer(model)
+    except (OSError, ValueError) as e:
+        raise DataError(f"tokenizer {model}: {e}") from None
+    if tok.n_words != vocab_size:
+        raise DataError(f"tokenizer {model} has {tok.n_words} tokens, but --vocab_size={vocab_size}")
+    if tok.bos_id < 0 or tok.eos_id < 0:
+        raise DataError(f"tokenizer {model} has no {'BOS' if tok.bos_id < 0 else 'EOS'} token: every story in a "
+                        "shard is BOS, its tokens, EOS")
+    return tok
 
 
 def _up_to_date(out, signature):
@@ -605,7 +638,7 @@ def _up_to_date(out, signature):
 
 
 def _encode_files(files, model, workers, chunk_stories, write):
-    """Encode the stories of files with the sentencepiece model, chunk_stories at a time on `workers`
+    """Encode the stories of files with the tokenizer file `model`, chunk_stories at a time on `workers`
     processes, and hand each chunk's result to write in input order."""
     def progress():
         return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
@@ -687,14 +720,40 @@ def make_parser():
     p = sub.add_parser("pretokenize", help="encode stories into uint16 token shards", description="encode stories into uint16 token shards")
     common(p)
     inputs(p)
-    p.add_argument("--vocab_source", choices=["custom", "llama2"], default="custom",
-                   help="custom: data/tok{N}.model (default); llama2: Meta's 32000-token data/tokenizer.model")
+    p.add_argument("--vocab_source", default=None, metavar="NAME",
+                   help="custom: data/tok{N}.model (the default with --vocab_size); llama2: Meta's 32000-token "
+                        "data/tokenizer.model; NAME: data/NAME.model, .json, .gguf or .bin; shards go to data/NAME/")
     p.add_argument("--vocab_size", type=int, default=None,
-                   help="N for data/tok{N}.model (required for custom; llama2 has 32000)")
-    p.add_argument("--tokenizer", default=None, help="sentencepiece model to use instead")
+                   help="N for data/tok{N}.model (custom); for others it is the tokenizer's, checked if given")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="any tokenizer file (sentencepiece .model, tokenizer.json or its folder, GGUF, run.c .bin); "
+                        "shards go to data/<its name>/ (tok512.model: data/tok512/) unless --vocab_source says")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard_tokens", type=int, default=1 << 26, help="tokens per shard file (about)")
     return parser
+
+
+def _pretokenize_vocab(args):
+    """(vocab_source, vocab_size) of the pretokenize command line: --vocab_size=N alone is custom tok{N};
+    a --tokenizer file alone names its vocabulary (dataloader.vocab_name_of) and gives its size."""
+    source, size = args.vocab_source, args.vocab_size
+    if source is None and args.tokenizer is not None and size is None:
+        source = vocab_name_of(args.tokenizer)
+    source = source or "custom"
+    if size is None and source == "llama2":
+        size = LLAMA2_VOCAB
+    if size is None and source != "custom":
+        path = Path(args.tokenizer) if args.tokenizer else tokenizer_path(1, source, args.data_dir)
+        if not path.exists():
+            raise DataError(f"tokenizer {path} not found: put the tokenizer file there, or pass --tokenizer PATH")
+        try:
+            size = Tokenizer(path).n_words
+        except (OSError, ValueError) as e:
+            raise DataError(f"tokenizer {path}: {e}") from None
+    if size is None:
+        raise DataError("pretokenize needs --vocab_size=N (data/tok{N}.model), --vocab_source=llama2 or NAME, "
+                        "or --tokenizer=PATH")
+    return source, size
 
 
 def main(argv=None):
@@ -710,12 +769,10 @@ def main(argv=None):
         else:
             if args.workers is not None and args.workers < 1:
                 raise DataError(f"--workers={args.workers}: must be >= 1")
-            if args.vocab_size is None and args.vocab_source == "custom":
-                raise DataError("pretokenize needs --vocab_size=N (data/tok{N}.model) or --vocab_source=llama2")
-            vocab_size = LLAMA2_VOCAB if args.vocab_size is None else args.vocab_size
+            vocab_source, vocab_size = _pretokenize_vocab(args)
             files = input_files(args.data_dir, args.dataset, args.input)
             pretokenize(vocab_size, files, args.data_dir, args.tokenizer, args.workers, args.shard_tokens,
-                        vocab_source=args.vocab_source)
+                        vocab_source=vocab_source)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -75,7 +75,7 @@ wandb_run_name = "run" + datetime.now().strftime("%Y_%m_%d_%H_%M_%S")  # its run
 # data
 batch_size = 32  # micro-batch size: sequences per forward/backward
 max_seq_len = 256  # context length: tokens per training window
-vocab_source = "custom"  # "custom" (data/tok{vocab_size}.model) or "llama2" (Meta's 32000 tokens)
+vocab_source = "custom"  # "custom" (data/tok{vocab_size}.model), "llama2" (Meta's 32000) or NAME (data/NAME.json...)
 vocab_size = 512  # tokens in the vocabulary (custom: data/tok{vocab_size}.model)
 data_dir = None  # where the shards and vocabularies are (None: $STORYLLAMA_DATA or data/)
 seed = 1337  # model init, dropout and data order

@@ -389,6 +389,59 @@ def test_bos_aligned_windows(built):
     assert n_stories - 10 <= b.n_windows <= n_stories  # one window per story start
 
 
+def test_any_tokenizer_file_by_name_checked_by_identity(built, shared, tmp_path, capsys):
+    """pretokenize --tokenizer=PATH takes run.c's tokenizer file too, names the shard folder after the
+    file, records the vocabulary identity, and the shards fit every file of that vocabulary."""
+    story_file = shared / "tinystories" / "TinyStoriesV2-GPT4-train.sample.txt"
+    tok_bin = Tokenizer(built / "tok512.model").export(tmp_path / "mine.bin")  # run.c's file, same vocabulary
+    assert ts.main(["pretokenize", f"--tokenizer={tok_bin}", f"--data_dir={tmp_path}", "--input", str(story_file),
+                    "--workers=1"]) == 0
+    shards = dl.split_shards("train", 512, "mine", tmp_path)  # vocab_source=NAME: data/NAME.bin, data/NAME/
+    h = shards[0][1]
+    assert h["identity"] == Tokenizer(built / "tok512.model").identity == Tokenizer(tok_bin).identity
+    assert h["tokenizer_sha256"] == dl.file_sha256(tok_bin)
+    # the same ids as the sentencepiece model itself gives: run.c's file encodes like sentencepiece
+    sp = Tokenizer(built / "tok512.model")
+    want = [t for s in ts.iter_stories(story_file) for t in [sp.bos_id] + sp.encode(s, False, False) + [sp.eos_id]]
+    assert dl.load_shard(shards[0][0]).tolist() == want
+    # another file of the same vocabulary fits by identity, a different vocabulary does not
+    assert dl.split_shards("train", 512, "mine", tmp_path, tokenizer=built / "tok512.model")
+    assert dl.split_shards("train", 512, data_dir=built, tokenizer=tok_bin)
+    other = Tokenizer(shared / "models" / "tok512.model").export(tmp_path / "other.bin")
+    with pytest.raises(DataError, match=r"made with another tokenizer \(vocabulary .*\) than .*other.bin"):
+        dl.split_shards("train", 512, "mine", tmp_path, tokenizer=other)
+    # a name's folder that holds other files is never replaced by shards
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "stories15M.bin").write_bytes(b"x")
+    capsys.readouterr()
+    assert ts.main(["pretokenize", f"--tokenizer={tok_bin}", "--vocab_source=models", f"--data_dir={tmp_path}",
+                    "--input", str(story_file), "--workers=1"]) == 1
+    assert "holds files that are not token shards" in capsys.readouterr().err
+    assert (tmp_path / "models" / "stories15M.bin").read_bytes() == b"x"
+    for bad in ("../up", "a b", "x.tmp", ""):
+        with pytest.raises(DataError, match="expected 'custom', 'llama2' or a vocabulary name"):
+            dl.shard_dir(512, bad, tmp_path)
+
+
+def test_too_small_splits_say_what_to_do(built, shared, tmp_path, capsys):
+    """A corpus too small for the 1-in-100 hold-out, and a val split shorter than a window, each get a line
+    that says so and what to do (not the download/train_vocab advice for a missing vocabulary)."""
+    stories = ts.iter_stories(shared / "tinystories" / "TinyStoriesV2-GPT4-train.head-10k-lines.txt")
+    few = [s for s in stories if not ts._hash_is_val(s)][:40]
+    (tmp_path / "few.txt").write_text("\n<|endoftext|>\n".join(few) + "\n<|endoftext|>\n")
+    shutil.copy(built / "tok512.model", tmp_path)
+    capsys.readouterr()
+    ts.pretokenize(512, [tmp_path / "few.txt"], tmp_path, workers=1)
+    assert "validation split is empty" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"too few for a validation split .* add a \*valid\* file"):
+        dl.iter_batches("val", 4, 64, 512, data_dir=tmp_path)
+    (tmp_path / "tiny-valid.txt").write_text(few[0][:40] + "\n<|endoftext|>\n")
+    ts.pretokenize(512, [tmp_path / "few.txt", tmp_path / "tiny-valid.txt"], tmp_path, workers=1)
+    with pytest.raises(DataError, match=r"val_\*.bin hold \d+ tokens in 1 stories, no window of max_seq_len\+1=257 "
+                                        r"tokens: pretokenize more stories into this split"):
+        dl.iter_batches("val", 4, 256, 512, data_dir=tmp_path)
+
+
 def test_refuses_other_tokenizer_or_vocab(built, corpus, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(built / "tok512", other / "tok512")
