@@ -51,9 +51,9 @@ def kind_of(path):
 
 
 def own_vocabulary(path):
-    """(tokenizer path, its identity, note) of a file that holds its tokenizer (GGUF, HF directory)."""
+    """(identity, tokenizer path, note) of a file that holds its tokenizer (GGUF, HF directory)."""
     try:
-        return Path(path), T.Tokenizer(path).identity, ""
+        return T.Tokenizer(path).identity, Path(path), ""
     except (OSError, ValueError) as e:
         return None, None, f"its tokenizer cannot be read ({str(e).splitlines()[0]})"
 

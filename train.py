@@ -631,8 +631,11 @@ def evaluate_and_save(lr):
                    f"val {bpb:.4f} bits/byte")
         record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_s": train_seconds,
                 "train_loss": losses["train"], "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
-        improved = losses["val"] < best_val_loss
-        best_val_loss = min(best_val_loss, losses["val"])
+        # the weights of iteration 0 are not the run's to keep (a fine-tune's are its file's): the first
+        # evaluation after training always saves, however it compares with them
+        if iter_num > 0:
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
     if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
         if master:
             tqdm.write(f"saving checkpoint to {ckpt_path}")
