@@ -92,6 +92,10 @@ def load_pretrained(path):
         notes = [f"{path} holds q8_0 tensors: dequantised to fp32 (the fine-tuned model is fp32)"] \
             if any(t[0] == Q8_0_T for t in read_gguf(path)[1].values()) else []
         return Pretrained(model, kind, *own_vocabulary(path), notes)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        ckpt = os.path.join(path, "ckpt.pt")
+        raise ValueError(f"{path} is a folder without config.json, not a Hugging Face model" +
+                         (f": pass its checkpoint, {ckpt}" if os.path.isfile(ckpt) else ""))
     model = hf_import(path)
     if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")):
         return Pretrained(model, kind, None, None, f"{path} has no tokenizer.json or tokenizer.model")
@@ -108,15 +112,17 @@ def same_texts(tok, legacy_path):
 
 def pick_tokenizer(found, given, path, note):
     """The tokenizer.Tokenizer to train found's model with: given (a path, or "" for the model's own), checked
-    against the model. ValueError in one line when there is none, or it is not the model's: another size or
-    vocabulary identity; the model's own from a llama2.c file, whose identity is unknown, is refused (the
-    shards could not be checked against it). note(msg) says what could and could not be checked."""
+    against the model: by vocabulary identity; for a model that carries none, against the tokenizer beside
+    it (by identity, or token text by token text for a llama2.c file). ValueError in one line when there is
+    none, or it is not the model's (another size or vocabulary). A llama2.c tokenizer file has no identity:
+    shards are then checked by its sha256, so they must be made with that very file. note(msg) says what
+    could and could not be checked."""
     n = found.model.args.vocab_size
     if not given and found.tokenizer is None:
         why = f" ({found.tokenizer_note})" if found.tokenizer_note else ""
         raise ValueError(f"no tokenizer found for {path}{why}: pass --tokenizer=PATH (the model's .model, "
                          "tokenizer.json, HF directory, GGUF or run.c tokenizer file)")
-    where = given or found.tokenizer
+    where, own = given or found.tokenizer, found.tokenizer
     try:
         tok = T.Tokenizer(where)
     except (OSError, ValueError) as e:
@@ -124,24 +130,23 @@ def pick_tokenizer(found, given, path, note):
     if tok.n_words != n:
         raise ValueError(f"tokenizer {where} has {tok.n_words} tokens, {path} has vocab_size={n}")
     if tok.identity is None:
-        raise ValueError(f"{where} is a llama2.c tokenizer file, which carries no vocabulary identity: the shards "
-                         "cannot be checked against it; pass --tokenizer=PATH of the sentencepiece .model it was "
-                         "made from (for stories260K: tok512.model)")
-    if found.identity is not None:
+        note(f"note: {where} is a llama2.c tokenizer file, which carries no vocabulary identity: the shards must be "
+             f"made with this very file (pretokenize --tokenizer={where}; checked by its sha256), or pass "
+             "--tokenizer=PATH of the .model it came from")
+    if found.identity is not None and tok.identity is not None:
         T.check_identity(found.identity, path, tok, note)
-        return tok
-    own = found.tokenizer
-    if not given:  # the tokenizer beside a .bin (or an older checkpoint's) that carries no identity itself
-        note(f"note: {path} carries no vocabulary identity: using {own}, found beside it")
-    elif own is None:
-        note(f"note: {path} carries no vocabulary identity and has no tokenizer beside it: only the size of "
-             f"{where} ({n} tokens) could be checked")
-    elif T.Tokenizer(own).identity is not None:
+    elif not given:
+        if tok.identity is not None:
+            note(f"note: {path} carries no vocabulary identity: using {own}, found beside it")
+    elif own is not None and T.Tokenizer(own).identity is not None and tok.identity is not None:
         T.check_identity(T.Tokenizer(own).identity, own, tok, note)
-    elif same_texts(tok, own):  # a llama2.c tokenizer beside a llama2.c model
+    elif own is not None and T.Tokenizer(own).identity is None:  # a llama2.c tokenizer beside a llama2.c model
+        if not same_texts(tok, own):
+            raise ValueError(f"{where} is not the vocabulary of {path}: its token texts differ from those of {own} "
+                             "beside it")
         note(f"note: {path} carries no vocabulary identity: checked that the {n} token texts of {where} are "
              f"those of {own} beside it")
     else:
-        raise ValueError(f"{where} is not the vocabulary of {path}: its token texts differ from those of {own} "
-                         "beside it")
+        note(f"note: {path} and {where} cannot be compared by vocabulary identity: only the size ({n} tokens) "
+             "was checked")
     return tok

@@ -65,7 +65,7 @@ log_interval = 10  # print a log line every this many iterations
 eval_iters = 20  # batches per split in an evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = False  # checkpoint at every evaluation, not only when val loss improves
-init_from = "scratch"  # "scratch", "resume" (from out_dir/ckpt.pt), or a model to fine-tune: ckpt.pt, .bin, .gguf, HF dir
+init_from = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or a model to fine-tune: ckpt.pt, .bin, .gguf, HF dir
 overwrite = False  # init_from=scratch or PATH into an out_dir that holds a ckpt.pt: replace it (else refused)
 tokenizer = ""  # init_from=PATH: the model's tokenizer file ("": the one in or beside the model's file)
 # wandb logging (needs `pip install wandb`; imported only when enabled)
@@ -288,7 +288,8 @@ except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer mode
 def recipe_of(cfg):
     """The settings that make a run what it is (not where or how it runs), and the model a fine-tune
     started from."""
-    return {k: v for k, v in cfg.items() if k not in SYSTEM_KEYS} | ({"init_from": started_from} if started_from else {})
+    recipe = {k: v for k, v in cfg.items() if k not in SYSTEM_KEYS}
+    return recipe | {"init_from": started_from} if started_from else recipe
 
 
 def finished_run():
