@@ -192,10 +192,13 @@ if config["init_from"] == "resume":
 given = given_settings(sys.argv[1:])
 # a fine-tune: found is the model it starts from (init_from=PATH), run_tok its tokenizer; started_from is
 # that file's path, which every checkpoint of the run records (a resumed fine-tune: its checkpoint's)
-found, run_tok, started_from, start_notes = None, None, ckpt and ckpt.get("init_from"), []
+found, run_tok, started_from = None, None, ckpt and ckpt.get("init_from")
 if config["init_from"] not in ("scratch", "resume"):
+    start_notes = []
     found, run_tok = start_fine_tune(config["init_from"], given, start_notes)
     started_from = config["init_from"]
+    for msg in start_notes if os.environ.get("RANK", "0") == "0" else ():  # torchrun's rank 0 (or no torchrun)
+        print(msg)  # now: they say what a shard check further down may refuse
 elif "tokenizer" in given:
     die(f"--tokenizer is for fine-tuning (--init_from=PATH); a run from scratch uses its vocab_source's, a "
         "resumed one its checkpoint's", 2)
@@ -351,8 +354,6 @@ if master:
         die(f"{ckpt_path} holds the checkpoint of an earlier run: continue it with --init_from=resume, or pass "
             f"--overwrite=True to train {'from scratch' if found is None else 'from ' + init_from} and replace it", 2)
     vocab_name = keep_vocabulary()
-    for msg in start_notes:
-        print(msg)
     print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
           f"({world_size} processes x {micro_steps}) x {batch_size} x {max_seq_len}; device {device}, {dtype}")
 

@@ -97,13 +97,13 @@ def main():
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{name}: train.py failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        done = next((line.removeprefix("time budget spent: ") for line in r.stdout.splitlines()
-                     if line.startswith("time budget spent")), "max_iters")
         ckpt = os.path.join(out_dir, "ckpt.pt")
+        saved = torch.load(ckpt, weights_only=True)
+        done = f"{saved['iter_num']} iterations, {saved['train_seconds'] / 60:.1f} min"
         rows.append((name, done, f"{before} / {load()}, {time.time() - t0:.0f} s",
                      *held_out(ckpt, dirs["v2"]), *held_out(ckpt, dirs["v1"])))
-    print("\n| run | trained | load (1-min avg) before / after, wall | V2 loss | V2 bits/byte | V2 loss in stories | "
-          "V1 loss | V1 bits/byte | V1 loss in stories |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n| run | trained (the checkpoint's) | load (1-min avg) before / after, wall | V2 loss | V2 bits/byte | "
+          "V2 loss in stories | V1 loss | V1 bits/byte | V1 loss in stories |\n|---|---|---|---|---|---|---|---|---|")
     for name, trained, where, *losses in rows:
         print(f"| {name} | {trained} | {where} | " + " | ".join(f"{v:.4f}" for v in losses) + " |")
 
