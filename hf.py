@@ -186,14 +186,6 @@ def hf_export(model, dirpath, vocab=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _small_json(path, what, cap):
-    """read_json of a file of at most cap bytes (its own cap, MAX_JSON, is tokenizer.json's)."""
-    size = regular_file(path, what)
-    if size > cap:
-        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {cap:,})")
-    return read_json(path, what)
-
-
 def _short(v):
     """v's repr, cut to 100 characters: a hostile value quoted in a message stays a short line."""
     r = repr(v)
@@ -264,7 +256,7 @@ def _weight_files(dirpath, cap):
                                 ("pytorch_model.bin.index.json", "pytorch_model.bin", "pt")):
         ipath = os.path.join(dirpath, index)
         if os.path.exists(ipath):
-            wm = _small_json(ipath, "weight index", cap).get("weight_map")
+            wm = read_json(ipath, "weight index", cap).get("weight_map")
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
             files = sorted(set(wm.values()))
@@ -314,7 +306,7 @@ def hf_sources(dirpath):
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
     cpath = os.path.join(dirpath, "config.json")
-    a = _config_args(_small_json(cpath, "config.json", MAX_CONFIG), cpath)
+    a = _config_args(read_json(cpath, "config.json", MAX_CONFIG), cpath)
     cap = _index_cap(a)
     files = _weight_files(dirpath, cap)
     # the files must be able to hold what config.json claims before any list or tensor of that size exists
