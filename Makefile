@@ -10,6 +10,10 @@
 #   make runavxvnni runavx2 + -mavxvnni: AVX-VNNI int8 dot products as on Intel Core since Alder Lake
 #   make runarm     aarch64 cross builds (gcc-aarch64-linux-gnu): runarm_neon (armv8-a NEON) and
 #                   runarm_dot (armv8.2-a + dot product); the tests run them under qemu-aarch64
+#   make wasm       web/run.wasm: run.c for WebAssembly (wasm32-wasi, SIMD128 kernels, one thread) with
+#                   clang, lld and wasi-libc from Debian's packages (clang lld wasi-libc
+#                   libclang-rt-14-dev-wasm32); web/ is the page that runs it (docs/run.md, "In the browser")
+#   make runwasm    ./runwasm: web/run.wasm on the command line under Node (node 18+), for the tests
 #   make rundebug   -O0 -g, for gdb
 #   make run_sanitize  the native build under AddressSanitizer + UndefinedBehaviorSanitizer
 #                   (run_sanitize_plain: the plain kernels, one thread); make sanitize: the C tests on
@@ -31,9 +35,9 @@ OPENMP := $(call accepts,-fopenmp)
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
-C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py
+C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py
 
-.PHONY: all runomp runarm test test-quick bench clean sanitize fuzz
+.PHONY: all runomp runarm wasm test test-quick bench clean sanitize fuzz
 all: run
 
 run: run.c kernels.h
@@ -58,6 +62,22 @@ runarm_neon: run.c kernels.h
 	$(ARMCC) -O3 -march=armv8-a -fopenmp $(WARN) -o $@ $< $(LDLIBS)
 runarm_dot: run.c kernels.h
 	$(ARMCC) -O3 -march=armv8.2-a+dotprod -fopenmp $(WARN) -o $@ $< $(LDLIBS)
+
+# WebAssembly: WASI's libc has no mmap, process clocks or getpid of its own; its emulations stand in
+# (the mmap one reads the file into memory: the model is read once, into the module's memory), and
+# web/wasi.h the few calls it lacks. 4 GB of memory at most (wasm32), a 1 MB stack, no huge pages.
+WASMCC ?= clang
+WASM_FLAGS = --target=wasm32-wasi -O3 -msimd128 -mnontrapping-fptoint -msign-ext -include web/wasi.h -DHUGE_PAGE_BYTES=64 \
+	-D_WASI_EMULATED_MMAN -D_WASI_EMULATED_PROCESS_CLOCKS -D_WASI_EMULATED_GETPID -D_WASI_EMULATED_SIGNAL -DHUGE_MIN_STEPS=0
+WASM_LDFLAGS = -Wl,--max-memory=4294967296 -Wl,-z,stack-size=1048576 -Wl,--strip-all
+WASM_LIBS = -lm -lwasi-emulated-mman -lwasi-emulated-process-clocks -lwasi-emulated-getpid -lwasi-emulated-signal
+wasm: web/run.wasm
+web/run.wasm: run.c kernels.h web/wasi.h
+	$(WASMCC) $(WASM_FLAGS) $(WARN) $(WASM_LDFLAGS) -o $@ $< $(WASM_LIBS)
+# ./runwasm: that module on the command line under Node's WASI (web/node.js), as the tests run it
+runwasm: web/run.wasm web/node.js
+	printf '#!/bin/sh\nexec node --no-warnings "$$(dirname "$$0")/web/node.js" "$$@"\n' > $@
+	chmod +x $@
 
 rundebug: run.c kernels.h
 	$(CC) -O0 -g $(WARN) -o $@ $< $(LDLIBS)
@@ -94,4 +114,4 @@ bench:
 
 clean:
 	rm -f run runplain runfast runomp runavx2 runavxvnni runarm_neon runarm_dot rundebug run_sanitize run_sanitize_plain \
-		fuzz/run_fuzz fuzz/target.o
+		fuzz/run_fuzz fuzz/target.o web/run.wasm runwasm

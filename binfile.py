@@ -9,7 +9,7 @@
       identity; 64-byte aligned arrays
 
 export.py is its command line; hf.py and gguf_file.py take its tensor order for their own shapes.
-Reading assumes a hostile file: the header is checked (shape fields, sizes, the KV cache it implies)
+Reading assumes a hostile file: the header is checked (model.check_args: every reader's bounds; the sizes)
 before anything of its size is allocated, and every problem is one ValueError line naming the file.
 """
 import os
@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from fileio import atomic_write, regular_file
-from model import ModelArgs, Transformer, build, ffn_hidden_dim, rope_tables, unwrap
+from model import ModelArgs, Transformer, build, check_args, f32, ffn_hidden_dim, rope_tables, unwrap
 
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
@@ -35,11 +35,6 @@ LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's ru
 
 # -----------------------------------------------------------------------------
 # file layout shared by the writers and the readers
-
-
-def _f32(x: float) -> float:
-    """x rounded to fp32 as a Python float (what a header f32 field can hold)."""
-    return float(np.float32(x))
 
 
 def tensor_order(h: dict) -> list:
@@ -251,7 +246,7 @@ def _header(model, version, dtype, group_size) -> dict:
                          f"version 3 takes {'|'.join(WEIGHT_TYPES)})")
     if version < 3:
         for name, legacy in (("rope_theta", LEGACY_THETA), ("norm_eps", LEGACY_EPS)):
-            if _f32(getattr(args, name)) != _f32(legacy):
+            if f32(getattr(args, name)) != f32(legacy):
                 raise ValueError(f"{name}={getattr(args, name)} cannot be stored in version {version} "
                                  f"(its readers assume {legacy}): use --version=3")
     sd = model.state_dict()
@@ -259,7 +254,7 @@ def _header(model, version, dtype, group_size) -> dict:
     h = dict(version=version, dim=args.dim, hidden_dim=hidden, n_layers=args.n_layers, n_heads=args.n_heads,
              n_kv_heads=args.n_kv_heads or args.n_heads, vocab_size=args.vocab_size, max_seq_len=args.max_seq_len,
              shared=bool(torch.equal(sd["tok_embeddings.weight"], sd["output.weight"])),
-             weight_type=dtype, group_size=0, rope_theta=_f32(args.rope_theta), norm_eps=_f32(args.norm_eps))
+             weight_type=dtype, group_size=0, rope_theta=f32(args.rope_theta), norm_eps=f32(args.norm_eps))
     if dtype in QUANTISED:
         h["group_size"] = pick_group_size(group_size, args.dim, hidden)
         if h["group_size"] != group_size:
@@ -315,23 +310,48 @@ def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=Non
                 f.write(b"\0" * (scales_off - f.tell()))
                 f.write(s.numpy().tobytes())
         assert f.tell() == total, (f.tell(), total)
+        f.flush()
+        _check_written(f.name, path, h)  # before atomic_write's rename: a refused file never takes path's name
 
     atomic_write(path, write)
+
+
+def read_back(tmp, path, read):
+    """read(tmp) of a file just written at tmp, before it is renamed to path (export's last step, so that
+    a file our readers refuse never takes path's name): its result, or the reader's ValueError, naming path."""
+    try:
+        return read(tmp)
+    except ValueError as e:
+        msg = str(e).replace(os.fspath(tmp), os.fspath(path)).removeprefix(f"{os.fspath(path)}: ")
+        raise ValueError(f"{path}: not written: reading it back, our reader refuses it: {msg}") from None
+
+
+def _check_written(tmp, path, h):
+    """ValueError naming path unless the file at tmp reads back, through read_header and the bounds
+    (the checks run.c restates), as the header h it was written from."""
+    back = read_back(tmp, path, read_header)
+    differs = [k for k in h if (f32(back[k]) != f32(h[k]) if k in ("rope_theta", "norm_eps") else back[k] != h[k])]
+    if differs:
+        raise ValueError(f"{path}: not written: its {differs[0]} reads back as {back[differs[0]]!r}, not {h[differs[0]]!r}")
 
 
 # -----------------------------------------------------------------------------
 # readers
 
 
+def header_args(h: dict) -> ModelArgs:
+    """The ModelArgs of a header read_header parsed."""
+    return ModelArgs(dim=h["dim"], n_layers=h["n_layers"], n_heads=h["n_heads"], n_kv_heads=h["n_kv_heads"],
+                     vocab_size=h["vocab_size"], hidden_dim=h["hidden_dim"], max_seq_len=h["max_seq_len"],
+                     norm_eps=h["norm_eps"], rope_theta=h["rope_theta"], tie_embeddings=h["shared"])
+
+
 def _sane(h: dict) -> str:
-    """'' when the shape fields make a model, else what is wrong."""
-    for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
-        if not 0 < h[k] < 1 << 24:
-            return f"{k}={h[k]} out of range"
-    if h["dim"] % h["n_heads"] or (h["dim"] // h["n_heads"]) % 2:
-        return f"dim={h['dim']} is not n_heads={h['n_heads']} times an even head size"
-    if h["n_heads"] % h["n_kv_heads"]:
-        return f"n_kv_heads={h['n_kv_heads']} does not divide n_heads={h['n_heads']}"
+    """'' when the header's fields make a model within every reader's bounds (model.check_args), else what is wrong."""
+    try:
+        check_args(header_args(h))
+    except ValueError as e:
+        return str(e)
     return ""
 
 
@@ -346,20 +366,6 @@ def _min_size(h: dict) -> int:
     weights = {"fp32": 4 * m, "bf16": 2 * m, "q8_0": m + scales, "q4": m // 2 + scales}[h["weight_type"]]
     norms = (2 * h["n_layers"] + 1) * dim
     return (28 if h["version"] == 0 else HEADER_BYTES) + weights + 4 * norms
-
-
-# A header can claim a context (max_seq_len) that no model of its size was trained for; the model's
-# RoPE tables and generate's KV cache are sized by it. As in run.c, a full-context cache (fp32 k and
-# v for every layer) over 1 GiB that is also more than 64 times the file is refused as corrupt.
-MAX_CACHE_BYTES, MAX_CACHE_RATIO = 1 << 30, 64
-
-
-def cache_problem(h: dict, size: int) -> str:
-    cache = 2 * h["n_layers"] * h["max_seq_len"] * h["n_kv_heads"] * (h["dim"] // h["n_heads"]) * 4
-    if cache > MAX_CACHE_BYTES and cache > MAX_CACHE_RATIO * size:
-        return (f"max_seq_len={h['max_seq_len']}: its KV cache would take {cache / 1e9:.1f} GB, {cache / size:.0f} "
-                "times the file: a corrupt header?")
-    return ""
 
 
 def read_header(path) -> dict:
@@ -392,8 +398,6 @@ def read_header(path) -> dict:
         if shared not in (0, 1):
             raise ValueError(f"{path}: shared_classifier byte is {shared}, expected 0 or 1")
         h["shared"] = bool(shared)
-        if _sane(h):
-            raise ValueError(f"{path}: header field {_sane(h)}")
         if version == 2:
             h["weight_type"], h["group_size"] = "q8_0", struct.unpack_from("<i", head, 37)[0]
         if version == 3:
@@ -401,14 +405,14 @@ def read_header(path) -> dict:
             types = {v: k for k, v in WEIGHT_TYPES.items()}
             if wt not in types:
                 raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0, 3 q4)")
-            if not (np.isfinite(theta) and theta > 0 and np.isfinite(eps) and 0 < eps < 1):
-                raise ValueError(f"{path}: rope_theta={theta} or norm_eps={eps} out of range")
             # the shortest decimal that is this f32 (1e-05, not 9.99999974738e-06), so it re-exports the same
             h["weight_type"] = types[wt]
             h["rope_theta"], h["norm_eps"] = float(str(np.float32(theta))), float(str(np.float32(eps)))
             if types[wt] not in QUANTISED and h["group_size"] != 0:
                 raise ValueError(f"{path}: group_size={h['group_size']} but weight_type is {types[wt]} (expected 0)")
             h["vocab_id"] = head[64:96] if head[64:96] != bytes(32) else None
+        if _sane(h):
+            raise ValueError(f"{path}: header field {_sane(h)}")
         if h["weight_type"] in QUANTISED:
             gs, q4 = h["group_size"], h["weight_type"] == "q4"
             if gs < 1 or (q4 and gs % 2) or h["dim"] % gs or h["hidden_dim"] % gs:
@@ -417,8 +421,6 @@ def read_header(path) -> dict:
     h.setdefault("vocab_id", None)
     if size < _min_size(h):
         raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies at least {_min_size(h)}")
-    if cache_problem(h, size):
-        raise ValueError(f"{path}: {cache_problem(h, size)}")
     _, expected = layout(h)
     if size < expected:
         raise ValueError(f"{path}: truncated: {size} bytes, the v{h['version']} header implies {expected}")
@@ -452,7 +454,4 @@ def load_bin(path) -> Transformer:
     del data
     if h["shared"]:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    args = ModelArgs(dim=h["dim"], n_layers=h["n_layers"], n_heads=h["n_heads"], n_kv_heads=h["n_kv_heads"],
-                     vocab_size=h["vocab_size"], hidden_dim=h["hidden_dim"], max_seq_len=h["max_seq_len"],
-                     norm_eps=h["norm_eps"], rope_theta=h["rope_theta"], tie_embeddings=h["shared"])
-    return build(args, sd)
+    return build(header_args(h), sd)

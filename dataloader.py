@@ -128,8 +128,9 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
     elif vocab_source == "custom":
         steps.append(f"python tinystories.py train_vocab {vocab}{where}")
     else:
-        steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (or pretokenize "
-                     f"--tokenizer=PATH, whose shards go to a folder named after the file)")
+        steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (`python tinystories.py "
+                     f"download_tokenizer {vocab_source}{where}` fetches the ones it knows, gpt2 and gptneo among them; or "
+                     "pretokenize --tokenizer=PATH, whose shards go to a folder named after the file)")
     steps.append(f"python tinystories.py pretokenize {vocab}{where}")
     return "; ".join(steps)
 

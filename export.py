@@ -26,9 +26,10 @@ import torch
 import dataloader
 import gguf_file
 import tokenizer as T
-from binfile import WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_header
+from binfile import WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_back, read_header
 from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import closest
+from fileio import publish, temp_path
 from hf import hf_export, hf_import
 from model import ffn_hidden_dim
 import vocab as V
@@ -193,8 +194,15 @@ def write_out_bin(a, model, tok, vocab_id, train_config):
         gptq_model(rounded, seqs, gs)
     model_export(rounded, a.out, a.version, a.dtype, a.group_size, vocab_id)
     print(f"wrote {a.out} (v{a.version}, {os.path.getsize(a.out):,} bytes)")
-    if dest:
-        V.write_bin(tok.vocab, dest)
+    if dest:  # read back as run.c's tokenizer file before it takes its name, like OUT.bin
+        tmp = temp_path(dest)
+        try:
+            V.write_bin(tok.vocab, tmp)
+            read_back(tmp, dest, V.read_bin)
+            publish(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         print(f"wrote {dest} (its tokenizer, from {tok.path})")
 
 

@@ -4,18 +4,21 @@ f32, f16 or q8_0); gguf_import reads a Llama GGUF of those tensor types back int
 export.py's --to_gguf and --gguf call them. The file's layout and its tokenizer metadata are
 gguf_meta.py's.
 """
-import os
-
 import numpy as np
 import torch
 
-from binfile import cache_problem, tensor_order
+from binfile import read_back, tensor_order
 from fileio import atomic_write
-from gguf_meta import (F32, F32_T, F16_T, Q8_0_T, QK, STRING, TYPE_NAMES, U32, header, meta_value, pad, read_gguf,
-                       tokenizer_kvs)
+from gguf_meta import (ALIGN, F32, F32_T, F16_T, Q8_0_T, QK, STRING, TYPE_NAMES, U32, header, meta_value, nbytes, pad,
+                       read_gguf, read_vocab, tokenizer_kvs)
 from model import ModelArgs, build, check_args, ffn_hidden_dim, unwrap
 
 DTYPES = {"fp32": (F32_T, 0), "f16": (F16_T, 1), "q8_0": (Q8_0_T, 7)}  # --dtype: tensor type, general.file_type
+# the metadata's names of ModelArgs' fields (for messages)
+META_NAMES = {"dim": "llama.embedding_length", "n_layers": "llama.block_count", "n_heads": "llama.attention.head_count",
+              "n_kv_heads": "llama.attention.head_count_kv", "max_seq_len": "llama.context_length",
+              "hidden_dim": "llama.feed_forward_length", "norm_eps": "llama.attention.layer_norm_rms_epsilon",
+              "rope_theta": "llama.rope.freq_base"}
 
 
 def tensor_names(n_layers, tied):
@@ -105,8 +108,9 @@ def plan(model, dtype, vocab):
     return meta + kvs, tensors, notes
 
 
-def write(path, planned):
-    """Write a GGUF (atomically) from plan()'s result."""
+def write(path, planned, verify=True):
+    """Write a GGUF (atomically) from plan()'s result; with verify (verify=False: tests writing files the
+    readers must refuse) nothing is written unless it reads back."""
     meta, tensors, _ = planned
     head = header(meta, [(name, ttype, ne) for name, ttype, ne, _ in tensors])
 
@@ -115,6 +119,9 @@ def write(path, planned):
         for _, ttype, _, w in tensors:  # each tensor padded to the alignment, the last one too (as ggml writes)
             b = _encode(ttype, w)
             f.write(b + bytes(pad(len(b)) - len(b)))
+        if verify:  # read back before atomic_write's rename, by the readers of the model and of its tokenizer
+            f.flush()
+            read_back(f.name, path, lambda p: (gguf_layout(p)[2].close(), read_vocab(p)))
 
     atomic_write(path, write_fn)
 
@@ -129,9 +136,11 @@ def gguf_export(model, path, dtype="fp32", vocab=None):
 # -----------------------------------------------------------------------------
 # reading
 
-def gguf_import(path):
-    """A Llama GGUF (f32, f16 or q8_0 tensors) -> Transformer (eval, fp32: q8_0 and f16 dequantised exactly).
-    Refused in one line: another architecture, tensor type, a missing, extra or misshapen tensor."""
+def gguf_layout(path):
+    """(ModelArgs, {our weight name: (tensor type, ne, file offset)}, the file memory-mapped) of a Llama GGUF
+    of f32, f16 or q8_0 tensors, every check of gguf_import done and no weight read. Refused in one line:
+    another architecture or tensor type, a missing, extra, misshapen or misplaced tensor, a shape or
+    context out of model.check_args' bounds."""
     meta, tensors, buf = read_gguf(path)
     arch = meta_value(meta, path, "general.architecture", "str")
     if arch != "llama":
@@ -141,10 +150,9 @@ def gguf_import(path):
     n_kv, hidden, ctx = num("attention.head_count_kv", n_heads), num("feed_forward_length"), num("context_length")
     eps = meta_value(meta, path, "llama.attention.layer_norm_rms_epsilon", "float")
     theta = meta_value(meta, path, "llama.rope.freq_base", "float", 10000.0)
-    if min(dim, n_layers, n_heads, n_kv, hidden, ctx) < 1 or dim % n_heads or not 0 < eps < 1 or theta <= 0:
+    if min(dim, n_layers, n_heads, n_kv, hidden, ctx) < 1 or dim % n_heads:
         raise ValueError(f"{path}: embedding_length={dim}, block_count={n_layers}, head_count={n_heads}, head_count_kv="
-                         f"{n_kv}, feed_forward_length={hidden}, context_length={ctx}, rms epsilon={eps} or "
-                         f"freq_base={theta} out of range")
+                         f"{n_kv}, feed_forward_length={hidden} or context_length={ctx} out of range")
     hs = dim // n_heads
     for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
         if num(key, hs) != hs:
@@ -160,28 +168,42 @@ def gguf_import(path):
     args = ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, vocab_size=vocab_size,
                      hidden_dim=hidden, max_seq_len=ctx, norm_eps=eps, rope_theta=theta, tie_embeddings=tied)
     try:
-        check_args(args)
+        check_args(args, META_NAMES)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    h = dict(version=1, dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-             vocab_size=vocab_size, max_seq_len=ctx, shared=tied)
-    if cache_problem(h, os.path.getsize(path)):
-        raise ValueError(f"{path}: context_length={ctx}: {cache_problem(h, os.path.getsize(path))}")
     names = tensor_names(n_layers, tied)
     extra = sorted(set(tensors) - set(names.values()))
     if extra:
         raise ValueError(f"{path}: tensor {extra[0]} is not part of a plain Llama (not supported)")
+    h = dict(version=1, dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+             vocab_size=vocab_size, max_seq_len=ctx, shared=tied)
     shapes = dict(tensor_order(h))
-    sd = {}
     for ours, theirs in names.items():
         if theirs not in tensors:
             raise ValueError(f"{path}: tensor {theirs} missing")
-        ttype, ne, off = tensors[theirs]
-        want = tuple(reversed(shapes[ours]))
+        ttype, ne, _ = tensors[theirs]
         if ttype not in (F32_T, F16_T, Q8_0_T):
             raise ValueError(f"{path}: tensor {theirs} is {TYPE_NAMES[ttype]}: only f32, f16 and q8_0 are supported")
-        if ne != want:
-            raise ValueError(f"{path}: tensor {theirs} has shape {list(ne)} (ggml order), the metadata implies {list(want)}")
+        if ne != tuple(reversed(shapes[ours])):
+            raise ValueError(f"{path}: tensor {theirs} has shape {list(ne)} (ggml order), the metadata implies "
+                             f"{list(reversed(shapes[ours]))}")
+    # llama.cpp takes the tensors one after another, each padded to the alignment, in the order of their
+    # infos (the dict's order): one that overlaps another, or leaves a gap, is refused as llama.cpp refuses it
+    align, at = meta.get("general.alignment", (None, ALIGN))[1], None
+    for theirs, (ttype, ne, off) in tensors.items():
+        if at is not None and off != at:
+            raise ValueError(f"{path}: tensor {theirs} starts at byte {off}, not at {at} where the one before it ends "
+                             "(llama.cpp needs the tensors one after another, in the order of their infos)")
+        at = off + pad(nbytes(ttype, ne), align)
+    return args, {ours: tensors[theirs] for ours, theirs in names.items()}, buf
+
+
+def gguf_import(path):
+    """A Llama GGUF (f32, f16 or q8_0 tensors) -> Transformer (eval, fp32: q8_0 and f16 dequantised exactly).
+    Everything gguf_layout refuses is refused first, in one line."""
+    args, placed, buf = gguf_layout(path)
+    sd = {}
+    for ours, (ttype, ne, off) in placed.items():
         n = int(np.prod(ne))
         if ttype == F32_T:
             w = torch.from_numpy(np.frombuffer(buf, np.float32, n, off).copy())
@@ -189,7 +211,7 @@ def gguf_import(path):
             w = torch.from_numpy(np.frombuffer(buf, np.float16, n, off).astype(np.float32))
         else:
             w = dequantize_q8_0(np.frombuffer(buf, np.uint8, n // QK * (2 + QK), off).reshape(-1, 2 + QK), n)
-        sd[ours] = w.reshape(shapes[ours])
-    if tied:
+        sd[ours] = w.reshape(tuple(reversed(ne)))
+    if args.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     return build(args, sd)

@@ -3,10 +3,12 @@ weights (safetensors, written and read by the ~40 lines below; pytorch_model.bin
 torch.load(weights_only=True)) and, through hf_tokenizer.py, the tokenizer. export.py's --to_hf and
 --hf call hf_export and hf_import.
 
-Reading assumes the directory may be hostile: every value is checked before it is used (config sizes
-against the weight files' own headers before anything is allocated, weight_map entries must be
-regular files in the directory, safetensors headers and offsets against the file size) and every
-problem is one ValueError line naming the file.
+Reading assumes the directory may be hostile: every value is checked before it is used (config.json
+by model.check_args, the bounds of every reader; config sizes against the weight files' own headers
+before anything is allocated; weight_map entries must be regular files in the directory; safetensors
+headers and offsets against the file size, the tensors one after another; the JSON files capped by
+what the model needs) and every problem is one ValueError line naming the file. hf_export reads what it
+wrote back the same way before the files take their names.
 
 HF rotates the halves (x[j], x[j + hs/2]) of each head where Meta/llama2.c rotate the pairs
 (x[2j], x[2j+1]); the same model is had by reordering the rows of wq and wk inside each head:
@@ -15,18 +17,24 @@ interleaved row 2j -> HF row j, row 2j+1 -> HF row j + hs/2.
 import json
 import math
 import os
+import shutil
 import struct
+import warnings
 
 import torch
 
-from binfile import tensor_order
-from fileio import atomic_write, regular_file
-from hf_tokenizer import MAX_JSON, read_json, write_tokenizer
-from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap
+from binfile import read_back, tensor_order
+from fileio import atomic_write, publish, regular_file, temp_path
+from hf_tokenizer import MAX_JSON, read_json, read_tokenizer, write_tokenizer
+from model import MAX_FIELD, ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
              "F64": (torch.float64, 8)}
-MAX_DIM = 1 << 24  # every shape field is below this, as in the .bin readers
+# config.json's names of ModelArgs' fields (for messages)
+CONFIG_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                "n_kv_heads": "num_key_value_heads", "max_seq_len": "max_position_embeddings",
+                "hidden_dim": "intermediate_size", "norm_eps": "rms_norm_eps", "tie_embeddings": "tie_word_embeddings"}
+MAX_CONFIG = 1 << 20  # bytes of a config.json (real ones take 1 to 5 KB): one of 60 MB took 1.7 GB to parse
 
 
 # -----------------------------------------------------------------------------
@@ -45,16 +53,19 @@ def write_safetensors(path, tensors: dict):
     atomic_write(path, struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
 
 
-def safetensors_header(path):
-    """{name: (dtype, shape, start, end)} of a .safetensors file, every entry checked against the file."""
+def safetensors_header(path, cap=MAX_JSON):
+    """({name: (dtype, shape, start, end)}, the data's (start, end)) of a .safetensors file whose header
+    takes at most cap bytes, every entry checked against the file; start and end are file offsets."""
     size = regular_file(path, "safetensors file")
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise ValueError(f"{path}: not a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
-        if not 2 <= n <= min(MAX_JSON, size - 8):
+        if not 2 <= n <= size - 8:
             raise ValueError(f"{path}: not a safetensors file (header length {n} in a {size}-byte file)")
+        if n > cap:
+            raise ValueError(f"{path}: a header of {n:,} bytes is too big for the model's tensors (at most {cap:,})")
         raw = f.read(n)
     try:
         header = json.loads(raw)
@@ -78,7 +89,7 @@ def safetensors_header(path):
         if meta["dtype"] in ST_DTYPES and b - a != math.prod(meta["shape"]) * ST_DTYPES[meta["dtype"]][1]:
             raise ValueError(f"{path}: tensor {name!r} has {b - a} bytes for shape {meta['shape']} {meta['dtype']}")
         out[name] = (meta["dtype"], tuple(meta["shape"]), 8 + n + a, 8 + n + b)
-    return out
+    return out, (8 + n, size)
 
 
 def _read_tensor(path, entry):
@@ -122,7 +133,8 @@ def _name_map(n_layers, tied):
 
 def hf_export(model, dirpath, vocab=None):
     """Write model as a Hugging Face LlamaForCausalLM directory: config.json, generation_config.json,
-    model.safetensors, and with a vocabulary (tokenizer.Vocab) tokenizer.json and tokenizer_config.json."""
+    model.safetensors, and with a vocabulary (tokenizer.Vocab) tokenizer.json and tokenizer_config.json;
+    nothing is written unless the files read back."""
     model = unwrap(model)
     a = model.args
     n_kv = a.n_kv_heads or a.n_heads
@@ -152,22 +164,43 @@ def hf_export(model, dirpath, vocab=None):
     }
     # generation stops where sample.py and run.c stop a story: BOS, EOS, the end-of-story token
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": stops, "pad_token_id": stops[0] if stops else None}
+    stale = [f for f in ("model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+             if os.path.exists(os.path.join(dirpath, f))]
+    if stale:  # a reader would take the other model's weights from it
+        raise ValueError(f"{dirpath} holds {stale[0]} of another model: remove it, or export to another folder")
+    # Written into a folder inside dirpath and read back from there by the readers users use (hf_sources,
+    # the tokenizer's): only files they take are renamed into dirpath, one by one
     os.makedirs(dirpath, exist_ok=True)
-    write_safetensors(os.path.join(dirpath, "model.safetensors"), tensors)
-    for name, obj in (("config.json", config), ("generation_config.json", generation)):
-        atomic_write(os.path.join(dirpath, name), (json.dumps(obj, indent=2) + "\n").encode())
-    if vocab is not None:
-        write_tokenizer(vocab, dirpath, a.max_seq_len)
+    tmp = temp_path(os.path.join(dirpath, ".export"))
+    os.makedirs(tmp)
+    try:
+        write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
+        for name, obj in (("config.json", config), ("generation_config.json", generation)):
+            atomic_write(os.path.join(tmp, name), (json.dumps(obj, indent=2) + "\n").encode())
+        if vocab is not None:
+            write_tokenizer(vocab, tmp, a.max_seq_len)
+        read_back(tmp, dirpath, lambda d: (hf_sources(d), vocab is None or read_tokenizer(d)))
+        for name in sorted(os.listdir(tmp)):
+            publish(os.path.join(tmp, name), os.path.join(dirpath, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _short(v):
+    """v's repr, cut to 100 characters: a hostile value quoted in a message stays a short line."""
+    r = repr(v)
+    return r if len(r) <= 100 else r[:100] + "..."
 
 
 def _config_args(c, path):
-    """ModelArgs from a config.json object; ValueError naming the field when one is missing or bad."""
+    """ModelArgs from a config.json object; ValueError naming the field when one is missing or bad (the
+    bounds are model.check_args', as in every reader)."""
     def get(key, default=None, kind=int):
         v = c.get(key, default)
-        if kind is int and not (type(v) is int and 0 < v < MAX_DIM):
-            raise ValueError(f"{path}: {key}={v!r}: expected an integer in 1 .. {MAX_DIM - 1}")
+        if kind is int and not (type(v) is int and 0 < v < MAX_FIELD):
+            raise ValueError(f"{path}: {key}={_short(v)}: expected an integer in 1 .. {MAX_FIELD - 1}")
         if kind is float and not (type(v) in (int, float) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{path}: {key}={v!r}: expected a positive finite number")
+            raise ValueError(f"{path}: {key}={_short(v)}: expected a positive finite number")
         return v
 
     rope = c.get("rope_parameters") or {}
@@ -176,11 +209,11 @@ def _config_args(c, path):
         raise ValueError(f"{path}: rope_parameters / rope_scaling must be objects")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ValueError(f"{path}: rope scaling {rope or scaling} is not supported (plain RoPE only)")
+        raise ValueError(f"{path}: rope scaling {_short(rope or scaling)} is not supported (plain RoPE only)")
     if c.get("attention_bias") or c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: biases or an activation other than silu are not supported")
     if c.get("model_type", "llama") != "llama":
-        raise ValueError(f"{path}: model_type {c.get('model_type')!r} is not supported (Llama only)")
+        raise ValueError(f"{path}: model_type {_short(c.get('model_type'))} is not supported (Llama only)")
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
         if key not in c:
             raise ValueError(f"{path}: config.json lacks {key!r}")
@@ -189,7 +222,7 @@ def _config_args(c, path):
     thetas = [v for v in (c.get("rope_theta"), rope.get("rope_theta")) if v is not None] or [10000.0]
     for theta in thetas:  # transformers 4 reads rope_theta, 5 rope_parameters: each must be good
         if not (type(theta) in (int, float) and math.isfinite(theta) and theta > 0):
-            raise ValueError(f"{path}: rope_theta={theta!r}: expected a positive finite number")
+            raise ValueError(f"{path}: rope_theta={_short(theta)}: expected a positive finite number")
     if len(set(thetas)) > 1:
         raise ValueError(f"{path}: rope_theta={thetas[0]} and rope_parameters' rope_theta={thetas[1]} disagree")
     theta = thetas[0]
@@ -197,94 +230,127 @@ def _config_args(c, path):
         raise ValueError(f"{path}: rms_norm_eps={eps}: expected a number in (0, 1)")
     tied = c.get("tie_word_embeddings", False)
     if type(tied) is not bool:
-        raise ValueError(f"{path}: tie_word_embeddings={tied!r}: expected true or false")
+        raise ValueError(f"{path}: tie_word_embeddings={_short(tied)}: expected true or false")
     args = ModelArgs(dim=dim, n_layers=get("num_hidden_layers"), n_heads=n_heads,
                      n_kv_heads=get("num_key_value_heads", n_heads), vocab_size=get("vocab_size"),
                      hidden_dim=get("intermediate_size"), max_seq_len=get("max_position_embeddings", 2048),
                      norm_eps=float(eps), rope_theta=float(theta), tie_embeddings=tied)
     if c.get("head_dim") not in (None, dim // n_heads):
-        raise ValueError(f"{path}: head_dim={c['head_dim']} != hidden_size/num_attention_heads: not supported")
+        raise ValueError(f"{path}: head_dim={_short(c['head_dim'])} != hidden_size/num_attention_heads: not supported")
     try:
-        check_args(args)
+        check_args(args, CONFIG_NAMES)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return args
 
 
-def _weight_files(dirpath):
+def _index_cap(args):
+    """The most bytes an index or a safetensors header of args' model may take: its tensors' names and
+    shapes, a KiB each at most (real ones: about 100 bytes), and 64 KiB for the rest (__metadata__)."""
+    return (64 << 10) + (1 << 10) * (2 + 9 * args.n_layers + (not args.tie_embeddings))
+
+
+def _weight_files(dirpath, cap):
     """[(path, kind)] of an HF directory's weight files: (sharded) safetensors or pytorch_model.bin."""
     for index, single, kind in (("model.safetensors.index.json", "model.safetensors", "st"),
                                 ("pytorch_model.bin.index.json", "pytorch_model.bin", "pt")):
         ipath = os.path.join(dirpath, index)
         if os.path.exists(ipath):
-            wm = read_json(ipath, "weight index").get("weight_map")
+            wm = read_json(ipath, "weight index", cap).get("weight_map")
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
             files = sorted(set(wm.values()))
             for name in files:  # shards live in the directory itself: no paths out of it
-                if os.path.basename(name) != name or name in ("", ".", ".."):
-                    raise ValueError(f"{ipath}: weight_map names {name!r}, expected a file name in {dirpath}")
+                if os.path.basename(name) != name or name in ("", ".", "..") or "\0" in name:
+                    raise ValueError(f"{ipath}: weight_map names {_short(name)}, expected a file name in {dirpath}")
             return [(os.path.join(dirpath, name), kind) for name in files]
         if os.path.exists(os.path.join(dirpath, single)):
             return [(os.path.join(dirpath, single), kind)]
     raise ValueError(f"{dirpath}: no model.safetensors or pytorch_model.bin (or their .index.json)")
 
 
-def hf_import(dirpath) -> Transformer:
-    """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32).
-    Every weight's shape is checked against config.json in the files' headers before anything is allocated."""
+def _torch_load(path):
+    """A pytorch_model.bin's state dict: tensors and plain containers only (a crafted pickle cannot run
+    code), torch's warnings about odd pickles silenced (the error, if any, is the one line)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            part = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
+        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+    if not isinstance(part, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return {k: v for k, v in part.items() if isinstance(v, torch.Tensor)}
+
+
+def _contiguous(path, entries, data):
+    """ValueError unless a safetensors file's tensors tile its data (start, end), one after another, no
+    byte twice or never (the safetensors library's own rule): an overlap would let two weights share bytes."""
+    at = data[0]
+    for name, (_, _, a, b) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
+        if a != at:
+            raise ValueError(f"{path}: tensor {_short(name)} starts at data byte {a - data[0]}, where the tensors before "
+                             f"it end at {at - data[0]}: they must lie one after another")
+        at = b
+    if at != data[1]:
+        raise ValueError(f"{path}: the tensors end at data byte {at - data[0]}, the data has {data[1] - data[0]}")
+
+
+def hf_sources(dirpath):
+    """(ModelArgs, {our weight name: its source}) of a Hugging Face Llama directory, every check hf_import
+    makes done and no weight read from a safetensors file: a source is (path, safetensors entry), or the
+    tensor itself from a pytorch_model.bin. config.json's sizes are checked against the files' own headers
+    before anything of their size is allocated."""
     dirpath = os.fspath(dirpath)
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
     cpath = os.path.join(dirpath, "config.json")
-    args = _config_args(read_json(cpath, "config.json"), cpath)
-    files, a = _weight_files(dirpath), args
+    a = _config_args(read_json(cpath, "config.json", MAX_CONFIG), cpath)
+    cap = _index_cap(a)
+    files = _weight_files(dirpath, cap)
     # the files must be able to hold what config.json claims before any list or tensor of that size exists
     n_tensors = 2 + 9 * a.n_layers + (not a.tie_embeddings)
-    kv_dim = a.n_kv_heads * (a.dim // a.n_heads)
-    n_params = a.vocab_size * a.dim * (1 + (not a.tie_embeddings)) + a.dim + a.n_layers * (
-        2 * a.dim + 2 * a.dim * a.dim + 2 * kv_dim * a.dim + 3 * a.hidden_dim * a.dim)
     if files[0][1] == "st":
-        held = {name: (path, entry) for path, _ in files for name, entry in safetensors_header(path).items()}
+        headers = {path: safetensors_header(path, cap) for path, _ in files}
+        held = {name: (path, entry) for path, h in headers.items() for name, entry in h[0].items()}
     else:  # pickled state dicts can only be bounded by their size: the fp64 model plus slack at most
-        limit = 8 * n_params + (1 << 20)
+        limit = 8 * weight_count(a) + (1 << 20)
         total = sum(regular_file(p, "weight file") for p, _ in files)
         if total > limit:
             raise ValueError(f"{dirpath}: the weight files hold {total:,} bytes, config.json's model at most {limit:,}")
-        held = {}
-        for path, _ in files:
-            try:
-                part = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-                raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: "
-                                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
-            if not isinstance(part, dict):
-                raise ValueError(f"{path}: not a state dict")
-            held.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
+        held = {k: v for path, _ in files for k, v in _torch_load(path).items()}
     if n_tensors > len(held):
         raise ValueError(f"{cpath}: num_hidden_layers={a.n_layers} needs {n_tensors} weights, the weight files hold "
                          f"{len(held)} tensors")
     h = dict(version=1, dim=a.dim, hidden_dim=a.hidden_dim, n_layers=a.n_layers, n_heads=a.n_heads,
              n_kv_heads=a.n_kv_heads, vocab_size=a.vocab_size, max_seq_len=a.max_seq_len, shared=a.tie_embeddings)
     shapes = dict(tensor_order(h))
-    names = _name_map(a.n_layers, a.tie_embeddings)
-    want = {theirs: shapes[ours] for ours, theirs in names.items()}
-    sd = {}
-    for ours, theirs in names.items():
+    sources = {}
+    for ours, theirs in _name_map(a.n_layers, a.tie_embeddings).items():
         if theirs not in held:
             raise ValueError(f"{dirpath}: weight {theirs} missing")
-        if files[0][1] == "st":
-            path, entry = held[theirs]
-            if entry[0] not in ST_DTYPES or entry[1] != tuple(want[theirs]):
-                raise ValueError(f"{path}: weight {theirs} is {entry[0]} {list(entry[1])}, config.json implies "
-                                 f"a float tensor of shape {list(want[theirs])}")
-            w = _read_tensor(path, entry)
-        else:
-            w = held[theirs]
-            if tuple(w.shape) != tuple(want[theirs]) or not w.is_floating_point():
-                raise ValueError(f"{dirpath}: weight {theirs} is {w.dtype} {list(w.shape)}, config.json implies "
-                                 f"a float tensor of shape {list(want[theirs])}")
-        w = w.float()
+        want, src = tuple(shapes[ours]), held[theirs]
+        if files[0][1] == "st" and (src[1][0] not in ST_DTYPES or src[1][1] != want):
+            raise ValueError(f"{src[0]}: weight {theirs} is {src[1][0]} {list(src[1][1])}, config.json implies "
+                             f"a float tensor of shape {list(want)}")
+        if files[0][1] == "pt" and (tuple(src.shape) != want or not src.is_floating_point()):
+            raise ValueError(f"{dirpath}: weight {theirs} is {src.dtype} {list(src.shape)}, config.json implies "
+                             f"a float tensor of shape {list(want)}")
+        sources[ours] = src
+    if files[0][1] == "st":
+        for path, (entries, data) in headers.items():
+            _contiguous(path, entries, data)
+    return a, sources
+
+
+def hf_import(dirpath) -> Transformer:
+    """Read a Hugging Face Llama directory (GQA, rope_theta, tied or not) into a Transformer (eval, fp32),
+    after every check of hf_sources."""
+    args, sources = hf_sources(dirpath)
+    sd = {}
+    for ours, src in sources.items():
+        w = (src if isinstance(src, torch.Tensor) else _read_tensor(*src)).float()
         if ours.endswith("attention.wq.weight"):
             w = _from_hf_rows(w, args.n_heads)
         elif ours.endswith("attention.wk.weight"):

@@ -14,11 +14,11 @@ MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safete
 MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
-def read_json(path, what="file"):
-    """A JSON object from a file of at most MAX_JSON bytes, or ValueError in one line."""
+def read_json(path, what="file", cap=MAX_JSON):
+    """A JSON object from a file of at most cap bytes, or ValueError in one line."""
     size = regular_file(path, what)
-    if size > MAX_JSON:
-        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {MAX_JSON:,})")
+    if size > cap:
+        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {cap:,})")
     try:
         with open(path, "rb") as f:
             obj = json.loads(f.read())
@@ -36,6 +36,9 @@ COLLAPSE_RULES = [{"type": "Replace", "pattern": {"Regex": "\\A +|[ \u2581]+\\z"
                   {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]  # what we write for COLLAPSE
 SPACE_TO_MARK = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
 PREPEND_MARK = {"type": "Prepend", "prepend": "\u2581"}
+GPT2_END = "<|endoftext|>"  # GPT-2's one special token: its BOS, EOS and unk
+GPT2_CLASSES = ("GPT2Tokenizer", "GPT2TokenizerFast")  # transformers' classes that default to it
+GPT2_MODEL_TYPES = ("gpt2", "gpt_neo", "gptj")  # config.json model types read with it (GPT-2 vocabularies)
 
 
 def _token_name(x):
@@ -91,12 +94,12 @@ def _parse_tokenizer(t, folder):
         ids.setdefault(a["content"], a["id"])
     scores = [0.0] * n
     ranked = _ranked_merges(merges, vocab, scores)
-    bos, eos, unk = _specials(model, folder, ids, n)
-    if unk >= 0:
-        types[unk] = V.UNKNOWN
+    bos, eos, unk = _specials(model, folder, ids, n, bool(flags & V.BYTE_LEVEL))
     bos_first = _template_bos(t, pieces)
     if bos_first is not None:
         bos, flags = bos_first, flags | V.ADD_BOS
+    if unk >= 0 and unk not in (bos, eos):  # GPT-Neo's <|endoftext|> is unk, BOS and EOS at once: a control token
+        types[unk] = V.UNKNOWN
     classes = list(V.split_classes()) if flags & V.BYTE_LEVEL else []
     v = V.Vocab(pieces, scores, types, in_text, bos, eos, unk, V.find_end(pieces, types), prefix, flags, ranked, classes)
     V.check(v, "tokenizer.json")
@@ -209,15 +212,17 @@ def _ranked_merges(merges, vocab, scores):
     return ranked
 
 
-def _specials(model, folder, ids, n):
+def _specials(model, folder, ids, n, byte_level):
     """(bos, eos, unk) ids, -1 for none: tokenizer_config.json / special_tokens_map.json name them, else
-    config.json's ids; the model's own unk_token first."""
+    config.json's ids; the model's own unk_token first. BOS and EOS named by none of them are GPT-2's
+    <|endoftext|> where the tokenizer is GPT-2's class (gpt2_class)."""
     cfg = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if os.path.exists(os.path.join(folder, name)):
             cfg.update(read_json(os.path.join(folder, name), name))
     model_cfg = read_json(os.path.join(folder, "config.json"), "config.json") if os.path.exists(
         os.path.join(folder, "config.json")) else {}
+    default = ids[GPT2_END] if GPT2_END in ids and gpt2_class(cfg, model_cfg, byte_level) else -1
 
     def special(key):
         name = _token_name(cfg.get(f"{key}_token"))
@@ -226,13 +231,27 @@ def _specials(model, folder, ids, n):
                 raise ValueError(f"{key}_token {name!r} of tokenizer_config.json is not in the vocabulary")
             return ids[name]
         i = model_cfg.get(f"{key}_token_id")
-        return i if type(i) is int and 0 <= i < n else -1
+        return i if type(i) is int and 0 <= i < n else default if key != "unk" else -1
 
     bos, eos = special("bos"), special("eos")
     unk = ids.get(model["unk_token"], -1) if isinstance(model.get("unk_token"), str) else special("unk")
     if isinstance(model.get("unk_token"), str) and unk < 0:
         raise ValueError(f"model.unk_token {model['unk_token']!r} is not in the vocabulary")
     return bos, eos, unk
+
+
+def gpt2_class(cfg, model_cfg, byte_level):
+    """Whether transformers reads this tokenizer with its GPT-2 class, whose BOS, EOS and unk default to
+    <|endoftext|>: tokenizer_config.json's tokenizer_class says so, else config.json's model_type (GPT-2's and
+    GPT-Neo's published folders); a bare byte-level tokenizer.json (no class, no model type: how
+    `download_tokenizer` fetches GPT-2's and GPT-Neo's) is read as theirs too, where transformers alone
+    would name no BOS or EOS. The unk default is not taken: ids come from the model's own unk_token (none:
+    byte-level BPE has every byte), which transformers' label does not change."""
+    if isinstance(cfg.get("tokenizer_class"), str):
+        return cfg["tokenizer_class"] in GPT2_CLASSES
+    if isinstance(model_cfg.get("model_type"), str):
+        return model_cfg["model_type"] in GPT2_MODEL_TYPES
+    return byte_level
 
 
 def _template_bos(t, pieces):
@@ -265,6 +284,37 @@ def _template_bos(t, pieces):
         elif shape != ["A"]:
             raise ValueError(f"template {shape} is not supported (only a BOS before the text, or nothing)")
     return bos
+
+
+def gpt2_tokenizer_json(vocab_path, merges_path):
+    """The tokenizer.json object of a byte-level BPE given as GPT-2's two older files, vocab.json ({token: id})
+    and merges.txt (a "#version" line, then a "left right" merge per line, in rank order), as GPT-2's own
+    tokenizer.json spells it: ByteLevel pre-tokenizer (no prefix space), decoder and post-processor, and
+    <|endoftext|> a special added token. GPT-Neo publishes its vocabulary (GPT-2's) only in these files."""
+    vocab = read_json(vocab_path, "vocab.json")
+    size = regular_file(merges_path, "merges.txt")
+    if size > MAX_JSON:
+        raise ValueError(f"{merges_path}: {size:,} bytes is too big for a merges.txt (at most {MAX_JSON:,})")
+    try:
+        lines = open(merges_path, encoding="utf-8").read().split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{merges_path}: not a readable merges.txt ({e})") from None
+    merges = []
+    for k, line in enumerate(lines, 1):
+        if line and not (k == 1 and line.startswith("#version")):
+            pair = line.split(" ")
+            if len(pair) != 2 or not all(pair):
+                raise ValueError(f"{merges_path}: line {k} is not a merge of two tokens: {line[:80]!r}")
+            merges.append(pair)
+    added = [{"id": vocab[GPT2_END], "content": GPT2_END, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": True, "special": True}] if type(vocab.get(GPT2_END)) is int else []
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": level, "post_processor": {**level, "add_prefix_space": True, "trim_offsets": False},
+            "decoder": {**level, "add_prefix_space": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                      "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                      "merges": merges}}
 
 
 def write_tokenizer(v, dirpath, max_len):

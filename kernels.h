@@ -1,6 +1,7 @@
 /*
 kernels.h: run.c's vector kernels, for the instruction set the compiler targets (-march=native, ...):
-AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI) or ARM NEON (+ dot product).
+AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI), ARM NEON (+ dot product) or WebAssembly
+SIMD128 (make wasm).
 
 run.c includes this file once, after its plain C kernels, and calls what it defines: prepare_input,
 matmul_rows, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
@@ -36,6 +37,11 @@ quantised, bf16_to_f32 and the plain twins.
 #if defined(__ARM_FEATURE_DOTPROD)
 #define HAVE_DOTPROD 1      // int8 dot products of 4 bytes per lane (sdot)
 #endif
+#endif
+
+#if !defined(PLAIN) && defined(__wasm_simd128__)
+#include <wasm_simd128.h>
+#define HAVE_WASM 1         // 4-lane mul and add (SIMD128 has no fma); int8 widened to int16 pair products
 #endif
 
 // ----------------------------------------------------------------------------
@@ -335,114 +341,191 @@ static void matmul_rows_small(float *out, Mat m, const Input *x, int n, int r0, 
 #endif
 
 // ----------------------------------------------------------------------------
-// ARM matmul kernels (NEON, dot product): four rows at a time, as the x86 ones
+// The 4-lane families: ARM NEON (+ dot product) and WebAssembly SIMD128. Each defines the ops its
+// kernels are written in (V4: 4 fp32 lanes, I4: 4 int32 lanes, B16: 16 int8 lanes, XQ: 16 bytes of
+// a quantised x in the form dot16 takes); the kernels themselves, four rows at a time as the x86
+// ones, are written once below for both.
 
 #ifdef HAVE_NEON
-static inline void store_sum4_neon(float *out, size_t q, float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
+typedef float32x4_t V4;
+typedef int32x4_t I4;
+typedef int8x16_t B16;
+typedef int8x16_t XQ;
+static inline V4 v4_set1(float f) { return vdupq_n_f32(f); }
+static inline V4 v4_load(const float *p) { return vld1q_f32(p); }
+static inline V4 v4_load_bf16(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+static inline V4 v4_from_f16(const uint16_t *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline void v4_store(float *p, V4 a) { vst1q_f32(p, a); }
+static inline V4 v4_fma(V4 a, V4 b, V4 c) { return vfmaq_f32(c, a, b); }  // a * b + c
+static inline V4 v4_mul(V4 a, V4 b) { return vmulq_f32(a, b); }
+static inline V4 v4_add(V4 a, V4 b) { return vaddq_f32(a, b); }
+static inline V4 v4_lane0(float t) { return vsetq_lane_f32(t, vdupq_n_f32(0), 0); }  // (t, 0, 0, 0)
+static inline V4 i4_to_v4(I4 a) { return vcvtq_f32_s32(a); }
+static inline I4 i4_zero(void) { return vdupq_n_s32(0); }
+static inline B16 b16_load(const void *p) { return vld1q_s8(p); }
+static inline XQ xq_load(const int8_t *p) { return vld1q_s8(p); }
+static inline B16 nibbles_lo(B16 w) { return vsubq_s8(vandq_s8(w, vdupq_n_s8(15)), vdupq_n_s8(8)); }  // minus 8
+static inline B16 nibbles_hi(B16 w) {
+    return vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(vreinterpretq_u8_s8(w), 4)), vdupq_n_s8(8));
+}
+
+// acc + the dot products of signed bytes a and x, 4 bytes per int32 lane
+static inline I4 dot16(I4 acc, B16 a, XQ x) {
+#ifdef HAVE_DOTPROD
+    return vdotq_s32(acc, a, x);
+#else
+    // the same lane sums: products widened to int16 (|a x| <= 128 * 127), pairs added into int32
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(x)), hi = vmull_high_s8(a, x);
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+#endif
+}
+
+// out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d
+static inline void store_sum4_4lanes(float *out, size_t q, V4 a, V4 b, V4 c, V4 d) {
     float32x4_t abcd = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
     out[0] = vgetq_lane_f32(abcd, 0), out[q] = vgetq_lane_f32(abcd, 1);
     out[2 * q] = vgetq_lane_f32(abcd, 2), out[3 * q] = vgetq_lane_f32(abcd, 3);
 }
+#endif
 
-// rows of n fp32 or bf16 weights: 4 lanes, two accumulators per row against the fma latency; the
+// SIMD128 is the fixed-width vector set every browser engine runs: 4 fp32 lanes with a separate
+// multiply and add (no fma: products are rounded before they are summed, as in the plain twins), and
+// int8 only as far as widening to int16 and pair products into int32 (i32x4.dot_i16x8_s, which
+// engines lower to pmaddwd on x86), so x is widened once per load for the four rows.
+#ifdef HAVE_WASM
+typedef v128_t V4;
+typedef v128_t I4;
+typedef v128_t B16;
+typedef struct { v128_t lo, hi; } XQ;  // the 16 bytes widened to int16: bytes 0..7, 8..15
+static inline V4 v4_set1(float f) { return wasm_f32x4_splat(f); }
+static inline V4 v4_load(const float *p) { return wasm_v128_load(p); }
+static inline V4 v4_load_bf16(const uint16_t *p) { return wasm_i32x4_shl(wasm_u32x4_load16x4(p), 16); }
+// 4 halves to fp32, exactly as f16_to_f32: exponent and mantissa moved into fp32's places and scaled
+// by 2^112, which rebiases the exponent and turns subnormal halves into their values; infinities and
+// NaNs get fp32's all-ones exponent; then the sign
+static inline V4 v4_from_f16(const uint16_t *p) {
+    v128_t h = wasm_u32x4_load16x4(p);
+    v128_t em = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7FFF)), 13);
+    v128_t f = wasm_f32x4_mul(em, wasm_f32x4_splat(0x1p112f));
+    v128_t special = wasm_i32x4_eq(wasm_v128_and(h, wasm_i32x4_splat(0x7C00)), wasm_i32x4_splat(0x7C00));
+    f = wasm_v128_bitselect(wasm_v128_or(em, wasm_i32x4_splat(0x7F800000)), f, special);
+    return wasm_v128_or(f, wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16));
+}
+static inline void v4_store(float *p, V4 a) { wasm_v128_store(p, a); }
+static inline V4 v4_fma(V4 a, V4 b, V4 c) { return wasm_f32x4_add(wasm_f32x4_mul(a, b), c); }  // rounded twice
+static inline V4 v4_mul(V4 a, V4 b) { return wasm_f32x4_mul(a, b); }
+static inline V4 v4_add(V4 a, V4 b) { return wasm_f32x4_add(a, b); }
+static inline V4 v4_lane0(float t) { return wasm_f32x4_make(t, 0.0f, 0.0f, 0.0f); }
+static inline V4 i4_to_v4(I4 a) { return wasm_f32x4_convert_i32x4(a); }
+static inline I4 i4_zero(void) { return wasm_i32x4_splat(0); }
+static inline B16 b16_load(const void *p) { return wasm_v128_load(p); }
+static inline XQ xq_load(const int8_t *p) {
+    v128_t v = wasm_v128_load(p);
+    return (XQ){wasm_i16x8_extend_low_i8x16(v), wasm_i16x8_extend_high_i8x16(v)};
+}
+static inline B16 nibbles_lo(B16 w) { return wasm_i8x16_sub(wasm_v128_and(w, wasm_i8x16_splat(15)), wasm_i8x16_splat(8)); }
+static inline B16 nibbles_hi(B16 w) { return wasm_i8x16_sub(wasm_u8x16_shr(w, 4), wasm_i8x16_splat(8)); }
+
+// acc + the dot products of signed bytes a and x: int16 pair products summed into 4 int32 lanes
+static inline I4 dot16(I4 acc, B16 a, XQ x) {
+    v128_t lo = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(a), x.lo);
+    v128_t hi = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(a), x.hi);
+    return wasm_i32x4_add(acc, wasm_i32x4_add(lo, hi));
+}
+
+// out[0], out[q], out[2q], out[3q] = the lane sums of a, b, c, d: two rounds of pairing lanes
+static inline void store_sum4_4lanes(float *out, size_t q, V4 a, V4 b, V4 c, V4 d) {
+    v128_t ab = wasm_f32x4_add(wasm_i32x4_shuffle(a, b, 0, 4, 1, 5), wasm_i32x4_shuffle(a, b, 2, 6, 3, 7));
+    v128_t cd = wasm_f32x4_add(wasm_i32x4_shuffle(c, d, 0, 4, 1, 5), wasm_i32x4_shuffle(c, d, 2, 6, 3, 7));
+    v128_t abcd = wasm_f32x4_add(wasm_i32x4_shuffle(ab, cd, 0, 1, 4, 5), wasm_i32x4_shuffle(ab, cd, 2, 3, 6, 7));
+    out[0] = wasm_f32x4_extract_lane(abcd, 0), out[q] = wasm_f32x4_extract_lane(abcd, 1);
+    out[2 * q] = wasm_f32x4_extract_lane(abcd, 2), out[3 * q] = wasm_f32x4_extract_lane(abcd, 3);
+}
+#endif
+
+#if defined(HAVE_NEON) || defined(HAVE_WASM)
+// rows of n fp32 or bf16 weights: two accumulators per row against the fma (or add) latency; the
 // last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
-#define NEON_F32_ROWS(LOAD, TO_F32, wt)                                                             \
-    float32x4_t s[8];                                                                               \
-    for (int r = 0; r < 8; r++) { s[r] = vdupq_n_f32(0); }                                          \
+#define F32_ROWS_4LANES(LOAD, TO_F32, wt)                                                           \
+    V4 s[8];                                                                                        \
+    for (int r = 0; r < 8; r++) { s[r] = v4_set1(0.0f); }                                           \
     const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
     int j = 0;                                                                                      \
     for (; j + 8 <= n; j += 8) {                                                                    \
-        float32x4_t x0 = vld1q_f32(x + j), x1 = vld1q_f32(x + j + 4);                               \
+        V4 x0 = v4_load(x + j), x1 = v4_load(x + j + 4);                                            \
         for (int r = 0; r < 4; r++) {                                                               \
-            s[r] = vfmaq_f32(s[r], LOAD(wr[r] + j), x0);                                            \
-            s[r + 4] = vfmaq_f32(s[r + 4], LOAD(wr[r] + j + 4), x1);                                \
+            s[r] = v4_fma(LOAD(wr[r] + j), x0, s[r]);                                               \
+            s[r + 4] = v4_fma(LOAD(wr[r] + j + 4), x1, s[r + 4]);                                   \
         }                                                                                           \
     }                                                                                               \
     for (int r = 0; r < 4; r++) {                                                                   \
         float t = 0.0f;                                                                             \
         for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
-        s[r] = vaddq_f32(vaddq_f32(s[r], s[r + 4]), vsetq_lane_f32(t, vdupq_n_f32(0), 0));          \
+        s[r] = v4_add(v4_add(s[r], s[r + 4]), v4_lane0(t));                                         \
     }                                                                                               \
-    store_sum4_neon(out, q, s[0], s[1], s[2], s[3]);
+    store_sum4_4lanes(out, q, s[0], s[1], s[2], s[3]);
 
-static inline float32x4_t bf16x4_load(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 #define AS_F32(v) (v)
 
 static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
     size_t ws = q * n;
-    NEON_F32_ROWS(vld1q_f32, AS_F32, float)
+    F32_ROWS_4LANES(v4_load, AS_F32, float)
 }
 
 static void matmul4_bf16(float *out, const uint16_t *w, const Input *in, int n, size_t q) {
     const float *x = in->f;
     size_t ws = q * n;
-    NEON_F32_ROWS(bf16x4_load, bf16_to_f32, uint16_t)
+    F32_ROWS_4LANES(v4_load_bf16, bf16_to_f32, uint16_t)
 }
-#undef NEON_F32_ROWS
+#undef F32_ROWS_4LANES
 #undef AS_F32
-
-// acc + the dot products of signed bytes a and b, 4 bytes per int32 lane
-static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#ifdef HAVE_DOTPROD
-    return vdotq_s32(acc, a, b);
-#else
-    // the same lane sums: products widened to int16 (|a b| <= 128 * 127), pairs added into int32
-    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);
-    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
-#endif
-}
 
 // q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
 // multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
-static inline void matmul4_q_neon(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
-                                  int q4) {
+static inline void matmul4_q_4lanes(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
+                                    int q4) {
     int ng = n / gs;
     size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
     const uint8_t *wr[4];
     const float *wsr[4];
     for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
-    float32x4_t acc[4];
-    for (int r = 0; r < 4; r++) { acc[r] = vdupq_n_f32(0); }
-    const uint8x16_t m4 = vdupq_n_u8(15);
-    const int8x16_t eight = vdupq_n_s8(8);
+    V4 acc[4];
+    for (int r = 0; r < 4; r++) { acc[r] = v4_set1(0.0f); }
     for (int g = 0; g < ng; g++) {
         const int8_t *xg = x->q + (size_t)g * gs;
-        int32x4_t isum[4];
-        for (int r = 0; r < 4; r++) { isum[r] = vdupq_n_s32(0); }
+        I4 isum[4];
+        for (int r = 0; r < 4; r++) { isum[r] = i4_zero(); }
         if (q4) {
             int half = gs / 2;
             for (int b = 0; b < half; b += 16) {
-                int8x16_t xlo = vld1q_s8(xg + b), xhi = vld1q_s8(xg + half + b);
+                XQ xlo = xq_load(xg + b), xhi = xq_load(xg + half + b);
                 for (int r = 0; r < 4; r++) {
-                    uint8x16_t wv = vld1q_u8(wr[r] + (size_t)g * half + b);
-                    int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(wv, m4)), eight);
-                    int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(wv, 4)), eight);
-                    isum[r] = dot_s8(dot_s8(isum[r], lo, xlo), hi, xhi);
+                    B16 wv = b16_load(wr[r] + (size_t)g * half + b);
+                    isum[r] = dot16(dot16(isum[r], nibbles_lo(wv), xlo), nibbles_hi(wv), xhi);
                 }
             }
         } else {
             for (int j = 0; j < gs; j += 16) {
-                int8x16_t xv = vld1q_s8(xg + j);
-                for (int r = 0; r < 4; r++) { isum[r] = dot_s8(isum[r], vld1q_s8((const int8_t *)wr[r] + (size_t)g * gs + j), xv); }
+                XQ xv = xq_load(xg + j);
+                for (int r = 0; r < 4; r++) { isum[r] = dot16(isum[r], b16_load(wr[r] + (size_t)g * gs + j), xv); }
             }
         }
         float xs = x->s[g];
-        for (int r = 0; r < 4; r++) { acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(isum[r]), wsr[r][g] * xs); }
+        for (int r = 0; r < 4; r++) { acc[r] = v4_fma(i4_to_v4(isum[r]), v4_set1(wsr[r][g] * xs), acc[r]); }
     }
-    store_sum4_neon(out, q, acc[0], acc[1], acc[2], acc[3]);
+    store_sum4_4lanes(out, q, acc[0], acc[1], acc[2], acc[3]);
 }
 
 static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    matmul4_q_neon(out, w, ws, x, n, gs, q, 0);
+    matmul4_q_4lanes(out, w, ws, x, n, gs, q, 0);
 }
 
 static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    matmul4_q_neon(out, w, ws, x, n, gs, q, 1);
+    matmul4_q_4lanes(out, w, ws, x, n, gs, q, 1);
 }
 #define VEC_Q8(gs) ((gs) % 16 == 0)
 #define VEC_Q4(gs) ((gs) % 32 == 0)
 #endif
-
 // ----------------------------------------------------------------------------
 // matmul inputs: what the vector kernels read besides the forms of x prepare_input_plain makes
 
@@ -497,7 +580,7 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
 // the matmul dispatcher: the four-row kernel of the weight type where this build has one for its
 // group size, else the small-group kernels or the plain twin, row by row
 
-#if defined(HAVE_AVX2) || defined(HAVE_NEON)
+#if defined(HAVE_AVX2) || defined(HAVE_NEON) || defined(HAVE_WASM)
 // Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first quarter; the rows past 4q (at
 // most 3) go through them with q = 0. FOUR_ROWS makes those calls from one call site, so that the
 // compiler inlines the kernel.
@@ -540,8 +623,8 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
 // ----------------------------------------------------------------------------
 // attention over the KV cache tiles (twins: attention_scores_plain, attention_values_plain)
 //
-// V16: 16 fp32 lanes, a row of a cache tile: one AVX-512 register, two AVX2 ones or four NEON ones,
-// so that the attention loops are written once for every vector build
+// V16: 16 fp32 lanes, a row of a cache tile: one AVX-512 register, two AVX2 ones, or four NEON or
+// SIMD128 ones, so that the attention loops are written once for every vector build
 
 #if defined(HAVE_AVX512)
 #define HAVE_V16 1
@@ -569,28 +652,26 @@ static inline V16 v16_mul(V16 a, V16 b) { return (V16){_mm256_mul_ps(a.lo, b.lo)
 static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
     store_sum4(out, 1, _mm256_add_ps(a.lo, a.hi), _mm256_add_ps(b.lo, b.hi), _mm256_add_ps(c.lo, c.hi), _mm256_add_ps(d.lo, d.hi));
 }
-#elif defined(HAVE_NEON)
+#elif defined(HAVE_NEON) || defined(HAVE_WASM)
 #define HAVE_V16 1
-typedef struct { float32x4_t v[4]; } V16;  // lanes 0..3, 4..7, 8..11, 12..15
-static inline V16 v16_set1(float f) { float32x4_t a = vdupq_n_f32(f); return (V16){{a, a, a, a}}; }
-static inline V16 v16_load(const float *p) { return (V16){{vld1q_f32(p), vld1q_f32(p + 4), vld1q_f32(p + 8), vld1q_f32(p + 12)}}; }
+typedef struct { V4 v[4]; } V16;  // lanes 0..3, 4..7, 8..11, 12..15
+static inline V16 v16_set1(float f) { V4 a = v4_set1(f); return (V16){{a, a, a, a}}; }
+static inline V16 v16_load(const float *p) { return (V16){{v4_load(p), v4_load(p + 4), v4_load(p + 8), v4_load(p + 12)}}; }
 static inline V16 v16_load_f16(const uint16_t *p) {
-    V16 r;
-    for (int k = 0; k < 4; k++) { r.v[k] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p + 4 * k))); }
-    return r;
+    return (V16){{v4_from_f16(p), v4_from_f16(p + 4), v4_from_f16(p + 8), v4_from_f16(p + 12)}};
 }
-static inline void v16_store(float *p, V16 a) { for (int k = 0; k < 4; k++) { vst1q_f32(p + 4 * k, a.v[k]); } }
+static inline void v16_store(float *p, V16 a) { for (int k = 0; k < 4; k++) { v4_store(p + 4 * k, a.v[k]); } }
 static inline V16 v16_fma(V16 a, V16 b, V16 c) {
-    for (int k = 0; k < 4; k++) { c.v[k] = vfmaq_f32(c.v[k], a.v[k], b.v[k]); }
+    for (int k = 0; k < 4; k++) { c.v[k] = v4_fma(a.v[k], b.v[k], c.v[k]); }
     return c;
 }
 static inline V16 v16_mul(V16 a, V16 b) {
-    for (int k = 0; k < 4; k++) { a.v[k] = vmulq_f32(a.v[k], b.v[k]); }
+    for (int k = 0; k < 4; k++) { a.v[k] = v4_mul(a.v[k], b.v[k]); }
     return a;
 }
-static inline float32x4_t v16_quarters(V16 a) { return vaddq_f32(vaddq_f32(a.v[0], a.v[1]), vaddq_f32(a.v[2], a.v[3])); }
+static inline V4 v16_quarters(V16 a) { return v4_add(v4_add(a.v[0], a.v[1]), v4_add(a.v[2], a.v[3])); }
 static inline void v16_store_sum4(float *out, V16 a, V16 b, V16 c, V16 d) {
-    store_sum4_neon(out, 1, v16_quarters(a), v16_quarters(b), v16_quarters(c), v16_quarters(d));
+    store_sum4_4lanes(out, 1, v16_quarters(a), v16_quarters(b), v16_quarters(c), v16_quarters(d));
 }
 #endif
 

@@ -4,6 +4,7 @@ Weight names and the rotary layout (interleaved pairs) follow Meta's Llama code 
 that binfile.py can write llama2.c's .bin files and run.c can run them.
 """
 import math
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,22 +39,80 @@ def ffn_hidden_dim(args: ModelArgs) -> int:
     return args.multiple_of * ((hidden + args.multiple_of - 1) // args.multiple_of)
 
 
-def check_args(args: ModelArgs) -> None:
-    """Raise ValueError naming the field when a shape cannot make a model."""
+# -----------------------------------------------------------------------------
+# What a model file may claim: the bounds every reader applies before it allocates anything of the
+# claimed size (binfile.py's .bin reader, checkpoint.py, hf.py, gguf_file.py, all through check_args;
+# run.c restates them, pointing here). docs/formats.md, "Bounds", says them in words.
+
+MAX_FIELD = 1 << 24  # every shape field (dim, hidden_dim, n_layers, heads, vocab_size, max_seq_len) is below this
+# A context (max_seq_len) sizes the RoPE tables and the KV cache, not the file: a header can claim one
+# that no model of its size was trained for. A full-context cache (fp32 k and v of every layer) over
+# MAX_CACHE_BYTES that is also more than MAX_CACHE_RATIO times the model's fp32 weights is refused as a
+# corrupt header: a real model's is a fraction of its weights (Llama 2 7B: 1/6; stories260K: 1/8).
+MAX_CACHE_BYTES, MAX_CACHE_RATIO = 1 << 30, 64
+
+
+def f32(x: float) -> float:
+    """x rounded to the nearest fp32, as a Python float (what an f32 field of a .bin or GGUF holds);
+    OverflowError when it rounds to infinity."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def weight_count(args: ModelArgs) -> int:
+    """The number of weights of the model args describe (a tied classifier counted once)."""
+    dim, hidden, kv_dim = args.dim, ffn_hidden_dim(args), (args.n_kv_heads or args.n_heads) * (args.dim // args.n_heads)
+    per_layer = 2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim
+    return args.vocab_size * dim * (1 + (not args.tie_embeddings)) + dim + args.n_layers * per_layer
+
+
+def context_problem(args: ModelArgs) -> str:
+    """'' when args' full-context KV cache is plausible for its weights (see MAX_CACHE_BYTES), else why not
+    (a message for the caller to put after the name of the file's context field)."""
+    kv_dim = (args.n_kv_heads or args.n_heads) * (args.dim // args.n_heads)
+    cache, weights = 2 * args.n_layers * args.max_seq_len * kv_dim * 4, 4 * weight_count(args)
+    if cache > MAX_CACHE_BYTES and cache > MAX_CACHE_RATIO * weights:
+        return f"its KV cache would take {cache / 1e9:.1f} GB, {cache / weights:.0f} times the model's weights: a corrupt header?"
+    return ""
+
+
+def check_args(args: ModelArgs, names=None) -> None:
+    """Raise ValueError naming the field when args cannot make a model, or claim one no file should
+    (the bounds above). names: {field: what the file calls it}, for the message. O(1): run before
+    anything of the claimed size exists."""
+    def n(field):
+        return (names or {}).get(field, field)
+
+    for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len", "multiple_of", "hidden_dim"):
+        v = getattr(args, field)
+        if v is None and field in ("n_kv_heads", "hidden_dim"):
+            continue
+        if type(v) is not int or not 0 < v < MAX_FIELD:
+            raise ValueError(f"{n(field)}={v!r} out of range (expected an integer in 1 .. {MAX_FIELD - 1})")
     n_kv = args.n_kv_heads or args.n_heads
-    for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(args, name)}")
     if args.dim % args.n_heads:
-        raise ValueError(f"dim={args.dim} must be divisible by n_heads={args.n_heads}")
+        raise ValueError(f"{n('dim')}={args.dim} must be divisible by {n('n_heads')}={args.n_heads}")
     if (args.dim // args.n_heads) % 2:
-        raise ValueError(f"head size dim/n_heads={args.dim // args.n_heads} must be even for rotary embeddings")
-    if n_kv <= 0 or args.n_heads % n_kv:
-        raise ValueError(f"n_kv_heads={n_kv} must divide n_heads={args.n_heads}")
-    if not 0.0 <= args.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {args.dropout}")
-    if ffn_hidden_dim(args) <= 0:
-        raise ValueError(f"hidden_dim must be positive, got {ffn_hidden_dim(args)}")
+        raise ValueError(f"head size {n('dim')}/{n('n_heads')}={args.dim // args.n_heads} must be even for rotary "
+                         "embeddings")
+    if args.n_heads % n_kv:
+        raise ValueError(f"{n('n_kv_heads')}={n_kv} must divide {n('n_heads')}={args.n_heads}")
+    if not ffn_hidden_dim(args) < MAX_FIELD:
+        raise ValueError(f"{n('hidden_dim')}={ffn_hidden_dim(args)} out of range (expected 1 .. {MAX_FIELD - 1})")
+    if type(args.dropout) not in (int, float) or not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {args.dropout!r}")
+    if type(args.tie_embeddings) is not bool:
+        raise ValueError(f"{n('tie_embeddings')}={args.tie_embeddings!r}: expected True or False")
+    # stored as f32 in .bin and GGUF files: the value must survive that (1e-300 would become 0, 1e39 inf)
+    for field, top in (("norm_eps", 1.0), ("rope_theta", math.inf)):
+        v = getattr(args, field)
+        try:
+            ok = type(v) in (int, float) and 0.0 < f32(v) < top
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{n(field)}={v!r} out of range (expected a number whose fp32 value is in (0, {top:g}))")
+    if context_problem(args):
+        raise ValueError(f"{n('max_seq_len')}={args.max_seq_len}: {context_problem(args)}")
 
 
 class RMSNorm(nn.Module):

@@ -11,14 +11,16 @@ holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time (-DPL
 the tests compare with these.
 */
 
-#define _POSIX_C_SOURCE 200809L
+#define _POSIX_C_SOURCE 200809L  // and with it sigaction's SA_SIGINFO, stat's st_mtim
 #define _DEFAULT_SOURCE  // glibc: madvise's MADV_HUGEPAGE
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,20 +51,36 @@ static int omp_get_num_threads(void) { return 1; }
 // ----------------------------------------------------------------------------
 // errors: one line naming the file or flag, then a non-zero exit
 
+#define MSG_BYTES 1024  // enough for any message; a longer one is cut
+
+// "run: error: " msg "\n" into line (4 * MSG_BYTES + 16 bytes), one line whatever msg quotes (a prompt,
+// a flag value, a file name): control characters escaped. Returns its length.
+static size_t error_line(char *line, const char *msg) {
+    size_t n = (size_t)sprintf(line, "run: error: ");
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) { n += (size_t)sprintf(line + n, *p == '\n' ? "\\n" : "\\x%02x", *p); }
+        else { line[n++] = (char)*p; }
+    }
+    line[n++] = '\n';
+    line[n] = '\0';
+    return n;
+}
+
 static void die(const char *fmt, ...) {
-    char msg[1024];  // enough for any message; a longer one is cut
+    char msg[MSG_BYTES], line[4 * MSG_BYTES + 16];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    // one line whatever the message quotes (a prompt, a flag value, a file name): controls escaped
-    fprintf(stderr, "run: error: ");
-    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f) { fprintf(stderr, *p == '\n' ? "\\n" : "\\x%02x", *p); }
-        else { fputc(*p, stderr); }
-    }
-    fprintf(stderr, "\n");
+    error_line(line, msg);
+    fputs(line, stderr);
     exit(EXIT_FAILURE);
+}
+
+// The story goes to stdout: a write that fails (a full disk, a closed stdout) is an error, so that
+// `./run m.bin > story.txt && next` does not carry on without the story.
+static void flush_stdout(void) {
+    if (fflush(stdout) != 0 || ferror(stdout)) { die("cannot write to stdout: %s", strerror(errno)); }
 }
 
 static void *xmalloc(size_t n) {
@@ -113,6 +131,10 @@ static int open_regular(const char *path, const char *what, size_t *size) {
     if (fd < 0) { die("cannot open %s %s: %s", what, path, strerror(errno)); }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
+    if ((uint64_t)st.st_size > SIZE_MAX / 2) {  // 32-bit builds (WebAssembly's): 4 GB of memory in all
+        die("%s: %llu bytes is more than this %d-bit build can hold in memory (at most %zu)", path,
+            (unsigned long long)st.st_size, (int)(8 * sizeof(size_t)), SIZE_MAX / 2);
+    }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     *size = (size_t)st.st_size;
     return fd;
@@ -196,7 +218,9 @@ typedef struct {
     const char *path;
     unsigned char *data; // the whole file, file_size bytes: mapped, or read onto huge pages (big_alloc)
     int mapped;          // 1: data is a read-only file mapping (munmap), 0: big_alloc (free)
+    int fd;              // mapped: the file, kept open (above stdin, stdout, stderr) to see at the end whether it changed
     size_t file_size;
+    struct timespec mtime;  // the file's modification time when it was opened
     void **owned;        // realigned copies of fp32 arrays the file stores misaligned (v2 only)
     int n_owned;
 } Transformer;
@@ -362,17 +386,71 @@ static void read_header(Transformer *t) {
     c->kv_dim = c->n_kv_heads * c->head_size;
 }
 
+// A mapped model file that shrinks under the mapping (`cp new.bin model.bin` truncates it first) makes
+// every read of its lost pages a SIGBUS, which would kill the run without a word. The handler turns a
+// fault inside the mapping into the one error line. A handler gets no argument of ours, so what it
+// needs is the one global state here: the mapping's range and the line, formatted beforehand because
+// only write() and _exit() may be called inside it.
+static struct {
+    const unsigned char *lo;  // the mapping, n bytes; NULL: none
+    size_t n, len;
+    char line[4 * MSG_BYTES + 16];  // error_line's
+} lost;
+
+static void on_sigbus(int sig, siginfo_t *info, void *context) {
+    (void)context;
+    const unsigned char *a = info->si_addr;
+    if (lost.lo && a >= lost.lo && a < lost.lo + lost.n) {
+        ssize_t w = write(STDERR_FILENO, lost.line, lost.len);
+        (void)w;  // nothing more can be done about a failed write here
+        _exit(EXIT_FAILURE);
+    }
+    signal(sig, SIG_DFL);  // another bus error: the default action when the faulting access repeats
+}
+
+static void catch_lost_pages(const Transformer *t) {
+    char msg[MSG_BYTES];
+    snprintf(msg, sizeof(msg), "%s: the model file shrank while it was being read (overwritten, e.g. by cp?): run "
+             "again once it is whole", t->path);
+    lost.len = error_line(lost.line, msg);
+    lost.n = t->file_size;
+    lost.lo = t->data;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+// dies unless fd, the model file, still has the size and modification time it had when opened: a file
+// rewritten while it was read (copied into huge pages, or mapped for the whole run) gave garbage weights
+static void check_unchanged(const Transformer *t, int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size != t->file_size || st.st_mtim.tv_sec != t->mtime.tv_sec ||
+        st.st_mtim.tv_nsec != t->mtime.tv_nsec) {
+        die("%s: the model file changed while it was being read (overwritten?): what this run wrote may be wrong; run "
+            "again", t->path);
+    }
+}
+
 // Start-up against steady speed: a file mapping costs nothing up front (pages come in from the page
 // cache as the first token touches them, as llama2.c does), but its 4 KB pages stream slower than a
 // copy on huge pages, which costs a pass over the file to make (and, when memory is fragmented, the
 // kernel's compaction of huge pages). So a run that reads the weights few times (-n below
 // HUGE_MIN_STEPS, the logits and tokenize modes) maps the file; a longer one copies it, in parallel
 // with threads. passes: how many tokens the run will generate, 0 for the whole context.
+#ifndef HUGE_MIN_STEPS  // the WebAssembly build sets 0: there a mapping is a copy anyway, so it always copies
 #define HUGE_MIN_STEPS 64
+#endif
 static void build_transformer(Transformer *t, const char *path, int passes) {
     memset(t, 0, sizeof(*t));
     t->path = path;
+    t->fd = -1;
     int fd = open_regular(path, "checkpoint", &t->file_size);
+    struct stat st;
+    if (fstat(fd, &st) != 0) { die("%s: cannot stat: %s", path, strerror(errno)); }
+    t->mtime = st.st_mtim;
     if (t->file_size == 0) { die("%s: empty file, expected a .bin model", path); }
     // the header first, so that a wrong file is refused before anything big is allocated or read
     unsigned char header[HEADER_V1] = {0};
@@ -403,6 +481,9 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
 #ifdef MADV_WILLNEED  // where the system has the hint
         madvise(t->data, t->file_size, MADV_WILLNEED);  // a cold page cache starts reading ahead now
 #endif
+        catch_lost_pages(t);
+        t->fd = fcntl(fd, F_DUPFD, 3);  // not 0..2: with stdin or stdout closed, the model must not stand in for them
+        if (t->fd < 0) { die("%s: %s", path, strerror(errno)); }
     } else {
         t->data = big_alloc(t->file_size, path);
         size_t chunk = (size_t)32 << 20, n_chunks = (t->file_size + chunk - 1) / chunk;
@@ -411,17 +492,26 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
             size_t off = i * chunk, n = t->file_size - off < chunk ? t->file_size - off : chunk;
             read_fully(fd, t->data + off, n, (off_t)off, path);
         }
+        check_unchanged(t, fd);
     }
     close(fd);
     t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
     walk_layout(t, t->data);
 }
 
+// the end of a run that read the model: a mapped file must not have changed under it
 static void free_transformer(Transformer *t) {
     for (int i = 0; i < t->n_owned; i++) { free(t->owned[i]); }
     free(t->owned);
     free(t->w.layers);
-    if (t->mapped) { munmap(t->data, t->file_size); } else { free(t->data); }
+    if (t->mapped) {
+        check_unchanged(t, t->fd);
+        close(t->fd);
+        lost.lo = NULL;
+        munmap(t->data, t->file_size);
+    } else {
+        free(t->data);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -766,8 +856,10 @@ typedef struct {
 static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {
     s->max_pos = max_pos;
     s->cache_len = (max_pos + 15) / 16 * 16;
-    size_t cache = (size_t)mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);
-    if (cache > ((size_t)1 << 40)) { die("KV cache for %d positions is too large: lower -n", max_pos); }
+    uint64_t cache = mul_sat(mul_sat(c->n_layers, s->cache_len), c->kv_dim);  // elements of each cache
+    if (cache > ((uint64_t)1 << 40) || cache > SIZE_MAX / 8) {  // 32-bit builds: two fp32 caches in 4 GB
+        die("KV cache for %d positions is too large: lower -n", max_pos);
+    }
     s->n_threads = omp_get_max_threads();
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
@@ -798,7 +890,7 @@ static void build_run_state(RunState *s, const Config *c, int max_pos, const Cpu
     s->kv_f16 = quantised(c);
     // zeroed now rather than by calloc's lazy pages: the page faults would otherwise come one by one
     // in the middle of generation, as the positions fill the tiles
-    size_t cache_bytes = cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    size_t cache_bytes = (size_t)cache * (s->kv_f16 ? sizeof(uint16_t) : sizeof(float));
     s->key_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     s->value_cache = memset(big_alloc(cache_bytes, "KV cache (lower -n)"), 0, cache_bytes);
     // RoPE angles pos * theta^(-2i/head_size), computed in fp32 like model.py's tables
@@ -1574,6 +1666,7 @@ static int *encode(const Tokenizer *tk, const char *text, int bos, int *n_out) {
         int start = pos, id = -1, slen = 0;
         while (start < n && (id = match_special(tk, norm + start, n - start, &slen)) < 0) { start++; }
         int seglen = start - pos, m = 0;
+        assert(seglen >= 0);  // start begins at pos and only grows (gcc -O1 cannot see it and warns at the memcpy)
         int first_ok = tk->prefix == PREFIX_EVERY || (tk->prefix == PREFIX_FIRST && pos == 0);
         if (seglen > 0 && (tk->prefix == PREFIX_ALWAYS || (first_ok && norm[pos] != ' '))) { seg[m++] = ' '; }
         memcpy(seg + m, norm + pos, seglen);
@@ -1797,7 +1890,7 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
     float *logits = forward_tokens(t, s, prompt_tokens, n_fill, 0, 0);
     double prefill = time_s() - t0;
     for (int i = 1; i < n_fill; i++) { print_piece(tk, prompt_tokens[i - 1], prompt_tokens[i]); }
-    fflush(stdout);
+    flush_stdout();
     int token = prompt_tokens[n_fill - 1], pos = n_fill;
     double start = 0.0;  // the prompt's pass, the first, pays for the page faults: not timed
     while (n_fill == n_prompt) {
@@ -1812,28 +1905,42 @@ static void generate(const Transformer *t, RunState *s, const Tokenizer *tk, Sam
             break;
         }
         print_piece(tk, token, next);
-        fflush(stdout);
+        flush_stdout();
         token = next;
         if (pos >= steps) { break; }
         if (start == 0.0) { start = time_s(); }
         logits = forward(t, s, token, pos++);
     }
     printf("\n");
-    fflush(stdout);  // the story's last line before the stats, when both go to one pipe
+    flush_stdout();  // the story's last line before the stats, when both go to one pipe
     if (n_fill > 1) { fprintf(stderr, "prompt: %d tokens, %f tok/s\n", n_fill, n_fill / prefill); }
     if (start > 0.0) { fprintf(stderr, "achieved tok/s: %f\n", (pos - n_fill) / (time_s() - start)); }
     free(prompt_tokens);
 }
 
-// one line from stdin without its newline, any length; NULL at end of input
-static char *read_line(const char *guide) {
+// One line from stdin without its newline; NULL at end of input. A line of more than max bytes (the
+// tokens left times the longest token's bytes: no tokenization of it fits) is refused while it is
+// read, so that neither memory nor time grows with what stdin sends. Counted as typed: a vocabulary
+// that collapses runs of spaces could have made fewer tokens of it.
+static char *read_line(const char *guide, size_t max, int left) {
     printf("%s", guide);
-    fflush(stdout);
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n = getline(&line, &cap, stdin);
-    if (n < 0) { free(line); return NULL; }
-    if (n > 0 && line[n - 1] == '\n') { line[--n] = '\0'; }
+    flush_stdout();
+    size_t n = 0, cap = 256;
+    char *line = xmalloc(cap);
+    int ch;
+    while ((ch = getchar()) != EOF && ch != '\n') {
+        if (n == max) {
+            die("stdin: a line of more than %zu bytes cannot fit the %d tokens left in the context", max, left);
+        }
+        if (n + 1 == cap) {
+            cap *= 2;
+            line = realloc(line, cap);
+            if (!line) { die("out of memory reading a line of stdin"); }
+        }
+        line[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0) { free(line); return NULL; }
+    line[n] = '\0';
     return line;
 }
 
@@ -1849,14 +1956,18 @@ static char *strdup_or_empty(const char *s) {
 static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler *sp, const char *cli_user,
                  const char *cli_system, int steps) {
     int *prompt_tokens = NULL, n_prompt = 0, user_idx = 0, user_turn = 1, next = 0, token, pos = 0;
+    size_t widest = 1;  // a token's text takes at most this many bytes: the bound of a line that can fit
+    for (int i = 0; i < tk->vocab_size; i++) { widest = (size_t)tk->len[i] > widest ? (size_t)tk->len[i] : widest; }
     while (pos < steps) {
         if (user_turn) {
             char *system = NULL, *user;
+            int left = s->max_pos - pos;
+            size_t max = (size_t)left * widest;
             if (pos == 0) {
-                system = cli_system ? strdup_or_empty(cli_system) : read_line("Enter system prompt (optional): ");
+                system = cli_system ? strdup_or_empty(cli_system) : read_line("Enter system prompt (optional): ", max, left);
                 if (!system) { break; }
             }
-            user = (pos == 0 && cli_user) ? strdup_or_empty(cli_user) : read_line("User: ");
+            user = (pos == 0 && cli_user) ? strdup_or_empty(cli_user) : read_line("User: ", max, left);
             if (!user) { free(system); break; }
             size_t need = strlen(user) + (system ? strlen(system) : 0) + 64;
             char *rendered = xmalloc(need);
@@ -1880,13 +1991,12 @@ static void chat(const Transformer *t, RunState *s, const Tokenizer *tk, Sampler
         float *logits = forward(t, s, token, pos);
         next = sample_or_die(sp, logits, t, pos);
         pos++;
-        if (user_idx >= n_prompt && next != tk->eos) { print_piece(tk, token, next); fflush(stdout); }
+        if (user_idx >= n_prompt && next != tk->eos) { print_piece(tk, token, next); flush_stdout(); }
         if (next == tk->eos) { printf("\n"); }
     }
     printf("\n");
-    if (pos >= steps) {
-        // the user's next line would not be read (it would go to the shell): an error, not an end
-        fflush(stdout);
+    flush_stdout();
+    if (pos >= steps) {  // the user's next line would not be read (it would go to the shell): an error, not an end
         if (steps < t->c.seq_len) {
             die("-n: the conversation reached its %d tokens%s: start again with a larger -n (the context holds %d)",
                 steps, next == tk->eos ? "" : " in the middle of a reply", t->c.seq_len);
@@ -1956,15 +2066,20 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
 }
 
 // A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
-// -n 0 sizes the KV cache by it. A cache over 1 GiB that is also more than 64 times the whole file
-// is taken for a corrupt header (a real model's full-context cache is at most a few times its
-// weights) and refused before it is allocated; -n lower still runs such a file.
+// -n 0 sizes the KV cache by it. model.py's rule, which every Python reader applies to the header
+// (MAX_CACHE_BYTES there), restated for the steps of this run: a cache of fp32 k and v over 1 GiB that
+// is also more than 64 times the model's weights (as fp32) is taken for a corrupt header (a real
+// model's full-context cache is a fraction of its weights) and refused before it is allocated; -n lower
+// still runs such a file. (q8_0 and q4 models keep an fp16 cache: half of what the rule counts.)
 static void check_cache_size(const Transformer *t, int steps) {
     const Config *c = &t->c;
-    double bytes = 2.0 * c->n_layers * ((steps + 15) / 16 * 16) * c->kv_dim * (quantised(c) ? 2 : 4);
-    if (bytes > (double)(1 << 30) && bytes > 64.0 * t->file_size) {
-        die("%s: max_seq_len=%d: a KV cache for %d steps would take %.1f GB, %.0f times the model file: a corrupt "
-            "header? (-n sets fewer steps)", t->path, c->seq_len, steps, bytes / 1e9, bytes / t->file_size);
+    double kv = c->kv_dim, dim = c->dim, hidden = c->hidden_dim;
+    double weights = 4.0 * ((double)c->vocab_size * dim * (c->shared ? 1 : 2) + dim +
+                            c->n_layers * (2 * dim + 2 * dim * dim + 2 * kv * dim + 3 * hidden * dim));
+    double bytes = 2.0 * c->n_layers * steps * kv * 4;
+    if (bytes > (double)(1 << 30) && bytes > 64.0 * weights) {
+        die("%s: max_seq_len=%d: a KV cache for %d steps would take %.1f GB, %.0f times the model's weights: a "
+            "corrupt header? (-n sets fewer steps)", t->path, c->seq_len, steps, bytes / 1e9, bytes / weights);
     }
 }
 
@@ -1976,7 +2091,7 @@ static void usage(void) {
         "Usage:   run <checkpoint> [options]\n"
         "Example: run model.bin -n 256 -i \"Once upon a time\"\n"
         "Options:\n"
-        "  -t <float>  temperature in [0,inf), default 1.0 (0 = greedy)\n"
+        "  -t <float>  temperature in [0, 3.4e38], default 1.0 (0 = greedy)\n"
         "  -p <float>  p value in top-p (nucleus) sampling in [0,1], default 0.9 (0 or 1 = off)\n"
         "  -k <int>    top-k: sample among the k most likely tokens, default 0 (off); -p applies within them\n"
         "  -s <int>    random seed, default time(NULL)\n"
@@ -1997,7 +2112,10 @@ static float parse_float(const char *flag, const char *v, float lo, float hi, co
     char *end;
     errno = 0;
     float f = strtof(v, &end);
-    if (end == v || *end || errno || !isfinite(f) || f < lo || f > hi) { die("%s expects %s, got '%s'", flag, expect, v); }
+    int underflow = errno == ERANGE && fabsf(f) <= FLT_MIN;  // 1e-45: a float as near as any, not an error
+    if (end == v || *end || (errno && !underflow) || !isfinite(f) || f < lo || f > hi) {
+        die("%s expects %s, got '%s'", flag, expect, v);
+    }
     return f;
 }
 
@@ -2055,7 +2173,7 @@ int main(int argc, char *argv[]) {
         if (i + 1 >= argc) { die("option %s needs a value", flag); }
         const char *v = argv[i + 1];
         switch (flag[1]) {
-        case 't': temperature = parse_float("-t", v, 0.0f, INFINITY, "a temperature >= 0"); break;
+        case 't': temperature = parse_float("-t", v, 0.0f, FLT_MAX, "a temperature in [0, 3.4e38]"); break;
         case 'p': topp = parse_float("-p", v, 0.0f, 1.0f, "a top-p value in [0, 1]"); break;
         case 'k': topk = (int)parse_int("-k", v, 0, INT_MAX, "a top-k count >= 0"); break;
         case 's': seed = (unsigned long long)parse_int("-s", v, 0, LLONG_MAX, "a seed >= 0"); break;
@@ -2117,6 +2235,7 @@ int main(int argc, char *argv[]) {
         int *ids = encode(&tk, prompt ? prompt : "", 0, &n);
         for (int i = 0; i < n; i++) { printf(i ? " %d" : "%d", ids[i]); }
         printf("\n");
+        flush_stdout();
         free(ids);
         free_tokenizer(&tk);
         free_transformer(&t);

@@ -3,6 +3,7 @@ tinystories.py: the TinyStories data commands, from the download to the token sh
 
     python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH] [--max_mb N (v2: a slice)]
     python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
+    python tinystories.py download_tokenizer gpt2          # GPT-2's tokenizer as data/gpt2.json (gptneo: GPT-Neo's)
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
 
@@ -12,7 +13,8 @@ Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
     TinyStoriesV2-GPT4-{train,valid}.txt     V2 (GPT-4 only)
     TinyStoriesV2-GPT4-train.head-{N}MiB.txt  a slice of V2 train (see download), read when the whole is not here
     tok{N}.model, tok{N}.vocab               a trained sentencepiece vocabulary
-    tok{N}/ or llama2/                       token shards: {train,val}_0000.bin ..., manifest.json
+    gpt2.json, gptneo.json                   GPT-2's and GPT-Neo's tokenizers (download_tokenizer)
+    tok{N}/, llama2/ or NAME/                token shards: {train,val}_0000.bin ..., manifest.json
 Where a vocabulary's files live, and the shard format, are dataloader.py's (train.py reads the
 shards through it); the HTTP client is download.py's.
 
@@ -45,7 +47,9 @@ from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, defau
                         pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
 from download import MAX_BYTES, fetch
 from fileio import atomic_write, publish, regular_file
+from hf_tokenizer import gpt2_tokenizer_json
 from tokenizer import Tokenizer
+from vocab import BYTE_LEVEL
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
 DATASET_FILES = {
@@ -357,12 +361,80 @@ def download_models(names=None, data_dir=None, source=None, retries=3):
         print(f"try: make && ./run {data_dir / 'models' / 'stories260K.bin'}")
 
 
+# GPT-2's and GPT-Neo's tokenizers from their Hugging Face repositories, saved as data/NAME.json (a
+# tokenizer.json, where vocab_source=NAME finds it). name: (where from, whose, the files fetched): GPT-2's
+# tokenizer.json itself; GPT-Neo publishes its vocabulary (GPT-2's) only as vocab.json and merges.txt,
+# which hf_tokenizer.gpt2_tokenizer_json turns into a tokenizer.json. No sha256 is published for these
+# (plain git files: the server's ETag is a git hash), so the result is checked by what it holds: GPT2_SHAPE.
+TOKENIZER_FILES = {"gpt2": ("https://huggingface.co/openai-community/gpt2/resolve/main/", "GPT-2", ["tokenizer.json"]),
+                   "gptneo": ("https://huggingface.co/EleutherAI/gpt-neo-125m/resolve/main/", "GPT-Neo",
+                              ["vocab.json", "merges.txt"])}
+GPT2_SHAPE = {"tokens": 50257, "merges": 50000, "end_id": 50256}  # 256 bytes + 50,000 merges + <|endoftext|>
+
+
+def download_tokenizer(names, data_dir=None, source=None, retries=3):
+    """Fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json, checked to be a byte-level BPE of GPT2_SHAPE
+    whose BOS and EOS are <|endoftext|>; one that is not is deleted with a one-line error. The files come
+    through NAME.download/ in data/, where an interrupted transfer resumes."""
+    data_dir = default_data_dir(data_dir)
+    unknown = [n for n in names if n not in TOKENIZER_FILES]
+    if unknown:
+        raise DataError(f"download_tokenizer {' '.join(unknown)}: unknown; choose from {', '.join(TOKENIZER_FILES)}")
+    for name in dict.fromkeys(names):
+        base, whose, files = TOKENIZER_FILES[name]
+        dest, tmp = data_dir / f"{name}.json", data_dir / f".{name}.download"
+        if dest.is_file():
+            problem = _gpt2_shape_problem(dest)
+            if problem:
+                raise DataError(f"{dest} exists and is not {whose}'s tokenizer ({problem}): move it away first")
+            print(f"nothing to do: {dest} is {whose}'s tokenizer")
+            continue
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (tmp / f).is_file():
+                fetch(f, tmp, base, source, retries)
+        if files != ["tokenizer.json"]:
+            try:
+                made = gpt2_tokenizer_json(*(tmp / f for f in files))
+            except (OSError, ValueError) as e:
+                shutil.rmtree(tmp)
+                raise DataError(f"{' and '.join(files)} from {source or base}: {e}; deleted them") from None
+            atomic_write(tmp / "tokenizer.json", json.dumps(made, ensure_ascii=False).encode())
+        problem = _gpt2_shape_problem(tmp / "tokenizer.json")
+        if problem:
+            shutil.rmtree(tmp)
+            raise DataError(f"{' and '.join(files)} from {source or base}: not {whose}'s tokenizer ({problem}); "
+                            "deleted it")
+        publish(tmp / "tokenizer.json", dest)
+        shutil.rmtree(tmp)
+        found = tokenizer_path(GPT2_SHAPE["tokens"], name, data_dir)
+        print(f"wrote {dest} ({whose}'s tokenizer, {GPT2_SHAPE['tokens']:,} tokens); next: python tinystories.py "
+              f"pretokenize --vocab_source={name}" + ("" if found == dest else f" (but {found} is found first: move it)"))
+
+
+def _gpt2_shape_problem(path):
+    """What makes the tokenizer file at path not GPT-2's vocabulary (GPT2_SHAPE), or "" when nothing does."""
+    try:
+        tok = Tokenizer(path)
+    except (OSError, ValueError) as e:
+        return str(e).replace(f"{path}: ", "")
+    v, want = tok.vocab, GPT2_SHAPE
+    got = {"tokens": len(v), "merges": len(v.merges), "end_id": v.pieces.index(b"<|endoftext|>")
+           if b"<|endoftext|>" in v.pieces else -1}
+    if got != want or not v.flags & BYTE_LEVEL or tok.bos_id != tok.eos_id or tok.bos_id != want["end_id"]:
+        return (f"{got['tokens']:,} tokens, {got['merges']:,} merges, <|endoftext|> at {got['end_id']}, BOS {tok.bos_id}, "
+                f"EOS {tok.eos_id}{'' if v.flags & BYTE_LEVEL else ', not byte-level'}; expected {want['tokens']:,} "
+                f"byte-level tokens, {want['merges']:,} merges, <|endoftext|> at {want['end_id']} as BOS and EOS")
+    return ""
+
+
 # -----------------------------------------------------------------------------
 # train_vocab
 
-def _check_vocab_size(vocab_size):
+def _check_vocab_size(vocab_size, what=None):
+    """DataError unless the vocabulary fits the shards; what names it (default: the --vocab_size flag)."""
     if vocab_size > MAX_VOCAB:
-        raise DataError(f"--vocab_size={vocab_size}: shards store token ids as uint16, "
+        raise DataError(f"{what or f'--vocab_size={vocab_size}'}: shards store token ids as uint16, "
                         f"so the vocabulary can have at most {MAX_VOCAB} tokens")
 
 
@@ -548,9 +620,10 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     """
     data_dir = default_data_dir(data_dir)
     check_vocab(vocab_size, vocab_source)
-    _check_vocab_size(vocab_size)
     workers = workers or os.cpu_count()
     model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
+    _check_vocab_size(vocab_size, None if vocab_source == "custom" and not tokenizer else
+                      f"tokenizer {model} has {vocab_size:,} tokens")
     tok = _shard_tokenizer(model, vocab_size, vocab_source, data_dir)
     tok_sha = file_sha256(model) if model.is_file() else hashlib.sha256(b"").hexdigest()
     files = [Path(f) for f in files]
@@ -608,11 +681,7 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
 def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
     """The Tokenizer of the file `model` for pretokenize, or DataError saying what to do."""
     if not model.exists():
-        where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
-        hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
-                if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH"
-                if vocab_source == "llama2" else "put the tokenizer file there, or pass --tokenizer PATH")
-        raise DataError(f"tokenizer {model} not found: {hint}")
+        raise _missing_tokenizer(model, vocab_source, vocab_size, data_dir)
     try:
         tok = Tokenizer(model)
     except (OSError, ValueError) as e:
@@ -623,6 +692,18 @@ def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
         raise DataError(f"tokenizer {model} has no {'BOS' if tok.bos_id < 0 else 'EOS'} token: every story in a "
                         "shard is BOS, its tokens, EOS")
     return tok
+
+
+def _missing_tokenizer(model, vocab_source, vocab_size, data_dir):
+    """The DataError for a vocabulary's tokenizer file that is not there (data_dir: resolved), saying
+    what makes it."""
+    where = f" --data_dir={data_dir}" if data_dir != default_data_dir() else ""
+    hint = (f"run `python tinystories.py train_vocab --vocab_size={vocab_size}{where}` first"
+            if vocab_source == "custom" else "put Meta's Llama 2 tokenizer.model there, or pass --tokenizer PATH"
+            if vocab_source == "llama2" else f"run `python tinystories.py download_tokenizer {vocab_source}{where}` "
+            "first, or pass --tokenizer PATH" if vocab_source in TOKENIZER_FILES
+            else "put the tokenizer file there, or pass --tokenizer PATH")
+    return DataError(f"tokenizer {model} not found: {hint}")
 
 
 def _up_to_date(out, signature):
@@ -708,6 +789,14 @@ def make_parser():
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"which (default all): {' '.join(MODEL_SETS)}")
 
+    p = sub.add_parser("download_tokenizer", help="fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json",
+                       description="fetch GPT-2's (gpt2: tokenizer.json) or GPT-Neo's (gptneo: vocab.json and "
+                                   "merges.txt) tokenizer from its Hugging Face repository as the tokenizer.json "
+                                   "data/NAME.json, where --vocab_source=NAME finds it")
+    common(p)
+    fetching(p, "mirror URL (a repository's resolve/main/), local folder holding the files, or gpt2's tokenizer.json")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"which: {' '.join(TOKENIZER_FILES)}")
+
     p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
     inputs(p)
@@ -745,7 +834,7 @@ def _pretokenize_vocab(args):
     if size is None and source != "custom":
         path = Path(args.tokenizer) if args.tokenizer else tokenizer_path(1, source, args.data_dir)
         if not path.exists():
-            raise DataError(f"tokenizer {path} not found: put the tokenizer file there, or pass --tokenizer PATH")
+            raise _missing_tokenizer(path, source, size, default_data_dir(args.data_dir))
         try:
             size = Tokenizer(path).n_words
         except (OSError, ValueError) as e:
@@ -763,6 +852,8 @@ def main(argv=None):
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)
         elif args.command == "download_models":
             download_models(args.models, args.data_dir, args.source, args.retries)
+        elif args.command == "download_tokenizer":
+            download_tokenizer(args.names, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
             files = input_files(args.data_dir, args.dataset, args.input)
             train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)

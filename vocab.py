@@ -20,7 +20,6 @@ the tokenizer file's byte layout; in short:
 Token text is what run.c matches and prints: sentencepiece's whitespace marker U+2581 as a plain
 space, byte-level (GPT-2) tokens as the bytes they stand for, <0xHH> byte pieces as spelled.
 """
-import bisect
 import functools
 import hashlib
 import heapq
@@ -58,6 +57,11 @@ END_PIECES = (b"<|end_story|>", b"<|endoftext|>")  # an end-of-story token besid
 WHITESPACE = frozenset([9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
                         0x202F, 0x205F, 0x3000])
 SPLIT_OTHER, SPLIT_LETTER, SPLIT_NUMBER = 0, 1, 2  # character classes of GPT-2's split (\p{L}, \p{N})
+# The encoder remembers the ids of up to CACHED_WORDS words (of at most CACHED_CHARS characters) per
+# vocabulary that cuts text into words (byte-level, or a word per space): stories repeat a few thousand
+# words (the ~7,000 shared stories: 9,300, 1.6 MB), so BPE runs once per word instead of once per
+# occurrence. Full, it holds at most ~35 MB (65,536 random 64-letter words), and then starts over.
+CACHED_WORDS, CACHED_CHARS = 1 << 16, 64
 
 
 @dataclass
@@ -311,8 +315,8 @@ def _tables(v):
         merges = {}
         for rank, (a, b, c) in enumerate(v.merges):
             merges.setdefault((a, b), (rank, c))
-        starts = [c & 0xFFFFFF for c in v.classes]
-        t = v._tables = (normal, byte_id, specials, pattern, merges, starts)
+        split = (_gpt2_split(v.classes), _gpt2_split(v.classes, 128)) if v.flags & BYTE_LEVEL else None
+        t = v._tables = (normal, byte_id, specials, pattern, merges, split, {})  # {}: the word cache
     return t
 
 
@@ -338,45 +342,37 @@ def _squeeze(v, text):
     return s.rstrip(" ") if collapse else s
 
 
-def _split_class(v, ch):
-    cp = ord(ch)
-    if cp in WHITESPACE:
-        return -1
-    starts = _tables(v)[5]
-    return v.classes[bisect.bisect_right(starts, cp) - 1] >> 24
-
-
-def _gpt2_words(v, s):
-    """GPT-2's pre-tokenizer regex, by hand: 's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"""
-    words, i, n = [], 0, len(s)
-    while i < n:
-        if s[i] == "'":
-            suffix = next((x for x in ("s", "t", "re", "ve", "m", "ll", "d") if s.startswith(x, i + 1)), None)
-            if suffix:
-                words.append(s[i:i + 1 + len(suffix)])
-                i += 1 + len(suffix)
+def _gpt2_split(classes, limit=0x110000):
+    """GPT-2's pre-tokenizer regex 's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+    for Python's re, which has no \\p{..}: letters and numbers are the ranges of the vocabulary's class
+    table (whitespace taken out: it wins), \\s is Unicode White_Space (the \\s of the Oniguruma engine
+    Hugging Face splits with; Python's own \\s differs). run.c's gpt2_word walks the same rule by hand.
+    With limit, only the code points below it: the same words for text of those alone (limit=128: ASCII,
+    most stories), from a regex several times faster than the one with every range."""
+    def ranges(cls):
+        out = []
+        for k, c in enumerate(classes):
+            lo = c & 0xFFFFFF
+            hi = min((classes[k + 1] & 0xFFFFFF) - 1 if k + 1 < len(classes) else 0x10FFFF, limit - 1)
+            if c >> 24 != cls:
                 continue
-        j = i + 1 if s[i] == " " and i + 1 < n else i
-        k = _split_class(v, s[j])
-        if k >= 0:  # an optional space, then a run of letters, of numbers or of other non-space characters
-            e = j + 1
-            while e < n and _split_class(v, s[e]) == k:
-                e += 1
-        else:  # whitespace: all of it at the end of the text, else all but the last character (if 2+)
-            e = i
-            while e < n and ord(s[e]) in WHITESPACE:
-                e += 1
-            if e < n and e - i >= 2:
-                e -= 1
-        words.append(s[i:e])
-        i = e
-    return words
+            for w in sorted(x for x in WHITESPACE if lo <= x <= hi) + [hi + 1]:
+                if lo < w:
+                    out.append(f"\\U{lo:08x}-\\U{w - 1:08x}")
+                lo = w + 1
+        return "".join(out)
+
+    ws = "".join(f"\\U{c:08x}" for c in sorted(WHITESPACE) if c < limit)
+    letters, numbers = ranges(SPLIT_LETTER), ranges(SPLIT_NUMBER)
+    runs = [f" ?[{x}]+" for x in (letters, numbers) if x]  # a table without letters (or numbers) has no such runs
+    return re.compile("|".join(["'(?:s|t|re|ve|m|ll|d)", *runs, f" ?[^{ws}{letters}{numbers}]+", f"[{ws}]+(?![^{ws}])",
+                                f"[{ws}]+"]))
 
 
 def _bpe(v, word, ids):
     """Append the ids of one word (bytes): start from characters (bytes if byte-level), merge the best
     pair again and again (highest-scoring union, or lowest-ranked merge; leftmost on ties)."""
-    normal, byte_id, _, _, merges, _ = _tables(v)
+    normal, byte_id, _, _, merges, _, _ = _tables(v)
     if v.flags & IGNORE_MERGES and v.merges and word in normal:
         ids.append(normal[word])
         return
@@ -454,26 +450,36 @@ def _utf8_len(b, i):
 
 def encode(v, text):
     """Token ids of text (no BOS): whole-text normalisation, special tokens cut out (leftmost, longest
-    first), the dummy prefix per segment, the pre-tokenizer's words, then BPE on each word."""
-    _, _, specials, pattern, _, _ = _tables(v)
+    first), the dummy prefix per segment, the pre-tokenizer's words, then BPE on each word (or the ids
+    the word cache remembers for it)."""
+    _, _, specials, pattern, _, split, cache = _tables(v)
     if not v.flags & BYTE_LEVEL:
         text = _squeeze(v, text)
     data, ids, pos = text.encode("utf-8"), [], 0
     cuts = [(m.start(), m.end()) for m in pattern.finditer(data)] if pattern else []
+    cached = split is not None or v.flags & SPLIT_SPACES  # words, not whole texts: they repeat
     for start, end in cuts + [(len(data), len(data))]:
         seg = data[pos:start].decode("utf-8")
         if v.prefix in (PREFIX_FIRST, PREFIX_EVERY) and seg and seg[0] != " " and (pos == 0 or v.prefix == PREFIX_EVERY):
             seg = " " + seg
         elif v.prefix == PREFIX_ALWAYS and seg:
             seg = " " + seg
-        if v.flags & BYTE_LEVEL:
-            words = _gpt2_words(v, seg)
+        if split is not None:
+            words = split[seg.isascii()].findall(seg)
         elif v.flags & SPLIT_SPACES:
             words = re.findall(r" ?[^ ]+| ", seg)  # a word at every space (HF: MergedWithNext)
         else:
             words = [seg] if seg else []
         for w in words:
-            _bpe(v, w.encode("utf-8"), ids)
+            got = cache.get(w)
+            if got is None:
+                got = []
+                _bpe(v, w.encode("utf-8"), got)
+                if cached and len(w) <= CACHED_CHARS:
+                    if len(cache) >= CACHED_WORDS:
+                        cache.clear()  # bounded memory; on stories the common words come back at once
+                    cache[w] = got
+            ids += got
         if end > start:
             ids.append(specials[data[start:end]])
         pos = end

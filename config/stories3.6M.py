@@ -1,18 +1,18 @@
-# stories3.6M: dim 64, 8 layers, 16 heads (head size 4), a custom 24576-token vocabulary with an
-# untied classifier, 512-token context: the layers of stories1.5M with a larger vocabulary.
-# Parameters: 3,572,800 (FFN hidden 192).
-# Data: python tinystories.py train_vocab --vocab_size=24576; python tinystories.py pretokenize --vocab_size=24576
-_parameters = 3_572_800
+# stories3.6M: dim 64, 8 layers, 16 heads (head size 4), GPT-Neo's 50257-token vocabulary (the tokenizer
+# of the original TinyStories models) with a tied classifier, 512-token context: the layers of stories1.5M.
+# Parameters: 3,643,520 (FFN hidden 192; 3,216,448 of them the embedding).
+# Data: python tinystories.py download_tokenizer gptneo; python tinystories.py pretokenize --vocab_source=gptneo
+_parameters = 3_643_520
 out_dir = "out3.6M"
-vocab_source = "custom"
-vocab_size = 24576
+vocab_source = "gptneo"
+vocab_size = 50257
 dim = 64
 n_layers = 8
 n_heads = 16
 n_kv_heads = None
 multiple_of = 32
 max_seq_len = 512
-tie_embeddings = False
+tie_embeddings = True
 dropout = 0.0
 batch_size = 64
 gradient_accumulation_steps = 2

@@ -152,7 +152,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_help_for_every_command():
-    for cmd in ("download", "train_vocab", "pretokenize"):
+    for cmd in ("download", "download_tokenizer", "train_vocab", "pretokenize"):
         r = subprocess.run([sys.executable, "tinystories.py", cmd, "--help"], cwd=dl.REPO,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "--data_dir" in r.stdout

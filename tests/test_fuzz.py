@@ -4,6 +4,7 @@ The real campaign runs in CI (.ci/run: make fuzz) and on demand (docs/testing.md
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,3 +84,36 @@ def test_fuzzer_reports_every_kind_of_finding(seeds, tmp_path):
     one = next(d for d in out.iterdir() if (d / "why.txt").read_text() == "crash")
     assert {p.name for p in one.iterdir()} == {"model.bin", "tok.bin", "stdin.txt", "why.txt", "stderr.txt", "repro.sh"}
     assert "run_sanitize\" model.bin" in (one / "repro.sh").read_text()
+
+
+def test_python_fuzzer_reports_each_kind_of_finding(shared, tmp_path, monkeypatch):
+    """fuzz/pyfuzz.py on planted bugs: a traceback-worthy exception, a hang and an allocation past the
+    memory bound each become a saved finding that names input and cause; a clean refusal does not."""
+    import pyfuzz
+
+    def reader(path):  # the planted bugs, picked by the mutated file's first byte
+        b = path.read_bytes()[:1] or b"\0"
+        kind = b[0] % 4
+        if kind == 0:
+            raise ValueError("a clean refusal")
+        if kind == 1:
+            raise KeyError("planted")
+        if kind == 2:
+            time.sleep(30)
+        bytearray(4 << 30)  # far past --memory_mb
+
+    monkeypatch.setitem(pyfuzz.FORMATS, "toy", ("tok_bin", {"": lambda rng, d: bytes([rng.randrange(256)]) + d},
+                                                 [reader]))
+    out = tmp_path / "findings"
+    t0 = time.time()
+    code = pyfuzz.main(["--format", "toy", "--runs", "12", "--timeout", "1", "--memory_mb", "256",
+                        "--vocab", str(shared / "models" / "tok512.model"), "--out", str(out)])
+    assert code == 1 and time.time() - t0 < 60
+    whys = {p.name: (p / "why.txt").read_text() for p in out.iterdir()}
+    causes = {w.split(":")[0].split(" ")[0] for w in whys.values()}
+    assert causes == {"KeyError", "over", "MemoryError"}, whys
+    # inputs are a pure function of (seed, format, n): --only n finds the same again
+    n = sorted(int(name.split("-")[1]) for name in whys)[0]
+    assert pyfuzz.main(["--format", "toy", "--only", str(n), "--timeout", "1", "--memory_mb", "256",
+                        "--vocab", str(shared / "models" / "tok512.model"), "--out", str(tmp_path / "again")]) == 1
+    assert (tmp_path / "again" / f"toy-{n}" / "why.txt").read_text().split(":")[0] == whys[f"toy-{n}"].split(":")[0]

@@ -206,7 +206,7 @@ def variant(good_dir, tmp_path, config=None, files=None):
     ({"num_hidden_layers": 100000}, ["num_hidden_layers=100000 needs 900002 weights, the weight files hold 20"]),
     ({"vocab_size": -3}, ["vocab_size=-3"]),
     ({"num_attention_heads": True}, ["num_attention_heads=True"]),
-    ({"num_key_value_heads": 4}, ["n_kv_heads=4 must divide n_heads=6"]),
+    ({"num_key_value_heads": 4}, ["num_key_value_heads=4 must divide num_attention_heads=6"]),
     ({"rope_theta": -1}, ["rope_theta=-1", "positive finite"]),
     ({"rope_theta": 0}, ["rope_theta=0"]),
     ({"rope_theta": float("inf")}, ["rope_theta=inf"]),

@@ -27,14 +27,17 @@ FLAVOURS = ["bytelevel", "bytelevel_prefix", "metaspace_first", "metaspace_alway
 
 
 def trained(shared, flavour):
-    """A tokenizers BPE trained on shared TinyStories text, in the given flavour."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A tokenizers BPE trained on shared TinyStories text, in the given flavour (FLAVOURS[:4], or "gpt2")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     text = (shared / "tinystories" / "TinyStories-train.head-2MiB.txt").read_text()[:400_000]
-    if flavour.startswith("bytelevel"):
+    if flavour.startswith("bytelevel") or flavour == "gpt2":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=flavour.endswith("prefix"))
         tok.decoder = decoders.ByteLevel()
         specials, alphabet, size = ["<unk>", "<|start_story|>", "<|end_story|>"], pre_tokenizers.ByteLevel.alphabet(), 1024
+        if flavour == "gpt2":  # GPT-2's shape: <|endoftext|> its one special token, a ByteLevel post-processor
+            tok.post_processor = processors.ByteLevel(trim_offsets=False)
+            specials = ["<|endoftext|>"]
     else:  # Llama's shape as tokenizers writes it: Metaspace, byte fallback, <0xHH> tokens
         tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=flavour.split("_")[1],

@@ -208,7 +208,7 @@ def test_prompt_longer_than_context(run_bin, files):
 
 
 FLAG_CASES = [
-    (["-t", "-1"], "-t expects a temperature >= 0, got '-1'"),
+    (["-t", "-1"], "-t expects a temperature in [0, 3.4e38], got '-1'"),
     (["-t", "abc"], "-t expects"),
     (["-t", "nan"], "-t expects"),
     (["-t", "inf"], "-t expects"),
@@ -228,7 +228,7 @@ FLAG_CASES = [
     (["t", "1"], "expected an option like -t, got 't'"),
     (["-m", "logits", "-i", "1 2"], "-m logits needs -o"),
     # a quoted value with a newline or a tab stays on the one error line (found by the fuzzer)
-    (["-t", "1\n2"], "-t expects a temperature >= 0, got '1\\n2'"),
+    (["-t", "1\n2"], "-t expects a temperature in [0, 3.4e38], got '1\\n2'"),
     (["-m", "logits", "-o", "x.bin", "-i", "1 </s>\n\t<"], "got '</s>\\n\\x09<'"),
 ]
 
@@ -256,12 +256,15 @@ def test_usage(run_bin):
 
 
 def test_chat_eof_and_huge_lines(run_bin, files):
-    """Chat reads lines of any length without fixed buffers; end of input ends the chat."""
+    """Chat reads lines as long as the context can hold without fixed buffers (a longer one is refused
+    while it is read: tests/test_hostile.py); end of input ends the chat."""
     r = subprocess.run([str(run_bin), files["v32000"], "-z", files["llama_tok"], "-m", "chat", "-n", "16"],
                        input=b"", capture_output=True)
     assert r.returncode == 0
     expect_error(run_bin, [files["v32000"], "-z", files["llama_tok"], "-m", "chat", "-n", 16],
-                 "no longer fits the context of 16 tokens", stdin=b"system\n" + b"y" * 300_000 + b"\n")
+                 "no longer fits the context of 16 tokens", stdin=b"system\n" + b"y" * 200 + b"\n")
+    expect_error(run_bin, [files["v32000"], "-z", files["llama_tok"], "-m", "chat", "-n", 16],
+                 "cannot fit the 16 tokens left in the context", stdin=b"system\n" + b"y" * 300_000 + b"\n")
 
 
 # -----------------------------------------------------------------------------

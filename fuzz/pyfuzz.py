@@ -1,0 +1,358 @@
+"""
+fuzz/pyfuzz.py: a fuzzer for the Python readers (GGUF, Hugging Face directories, tokenizer files,
+checkpoints, run.c model files), beside fuzz/fuzz.c, which fuzzes run.c.
+
+    python fuzz/pyfuzz.py --seconds 60                 # every format, 60 s in all (CI's smoke)
+    python fuzz/pyfuzz.py --runs 100000 --format gguf  # a campaign: this many inputs of one format
+
+Each format starts from seed files made by the project's own writers (a tiny model and its vocabulary)
+and mutates them the way its structure invites: JSON values replaced by extreme numbers, long strings,
+deep nests, huge lists and wrong types; binary files by bit flips, size and count fields set to edge
+values, cuts and splices; checkpoints by edits of their dicts before torch.save. The reader of each
+format then runs on the mutated input in a worker process, where these are findings:
+    - an exception that is not ValueError or OSError (the CLIs print those in one line; anything else
+      is a traceback for the user);
+    - more than --timeout seconds for one input (every reader is linear in the bytes it reads);
+    - an allocation past --memory_mb above the worker's start (a resource limit turns it into an error).
+Findings are saved as fuzz/findings/py/<format>-<n>/ (the input's files, and why.txt). Exit 1 if any.
+Inputs are a pure function of (--seed, format, n): a finding is reproduced with --only n.
+"""
+import argparse
+import io
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import binfile  # noqa: E402
+import checkpoint  # noqa: E402
+import gguf_file  # noqa: E402
+import hf  # noqa: E402
+from model import ModelArgs, Transformer  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+SAMPLE = "Once upon a time, a little girl named Lily saw a big dog. \"Hi!\" she said. 42 café 😀"
+INTERESTING = [0, 1, -1, 2, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**63 - 1,
+               2**64 - 1, 10**9, 10**18, 1e-300, 1e39, 1e308, -1e308, 0.5, float("inf")]
+
+
+class Timeout(BaseException):
+    """Raised by the per-input alarm: not an Exception, so no reader can swallow it."""
+
+
+# -----------------------------------------------------------------------------
+# seeds: a tiny model and its vocabulary, written by our own writers
+
+def make_seeds(folder, vocab_model):
+    """Write every format's seed files into folder; returns {format: path}."""
+    torch.manual_seed(0)
+    tok = Tokenizer(vocab_model)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.n_words, hidden_dim=64,
+                     max_seq_len=32)
+    model = Transformer(args).eval()
+    gguf_file.gguf_export(model, folder / "m.gguf", "q8_0", tok.vocab)
+    hf.hf_export(model, folder / "hf", tok.vocab)
+    binfile.model_export(model, folder / "m.bin", version=3, dtype="q8_0", group_size=8, vocab_id=tok.identity)
+    tok.export(folder / "tok.bin")
+    torch.save({"model": model.state_dict(), "model_args": asdict(args), "iter_num": 3,
+                "config": {"vocab_source": "custom", "vocab_size": tok.n_words, "max_seq_len": 32},
+                "tokenizer": "tok.bin"}, folder / "ckpt.pt")
+    shutil.copy(vocab_model, folder / "tok.model")
+    return {"gguf": folder / "m.gguf", "hf": folder / "hf", "bin": folder / "m.bin", "tok_bin": folder / "tok.bin",
+            "ckpt": folder / "ckpt.pt", "sp_model": folder / "tok.model"}
+
+
+# -----------------------------------------------------------------------------
+# mutations
+
+def mutate_bytes(rng, data):
+    """A few structure-blind edits of a binary file, biased to the little-endian size/count fields."""
+    b = bytearray(data)
+    for _ in range(rng.choice([1, 1, 2, 4])):
+        op = rng.randrange(6)
+        at = rng.randrange(max(len(b), 1))
+        if op == 0 and b:  # bit flip
+            b[at] ^= 1 << rng.randrange(8)
+        elif op == 1 and b:  # an edge value in a 4- or 8-byte field, at an aligned offset near the start
+            width = rng.choice([4, 8])
+            at = rng.randrange(0, min(len(b), 4096)) & ~3
+            v = rng.choice(INTERESTING)
+            v = int(v) if isinstance(v, int) else 0x7F800000
+            b[at:at + width] = (v % (1 << (8 * width))).to_bytes(width, "little")
+        elif op == 2:  # cut
+            del b[at:]
+        elif op == 3:  # splice a chunk of the file elsewhere
+            n = rng.randrange(1, 64)
+            b[at:at] = b[rng.randrange(max(len(b), 1)):][:n]
+        elif op == 4 and b:  # a run of one byte
+            b[at:at + rng.randrange(1, 32)] = bytes([rng.choice([0, 0xFF, 0x7F, 0x80, 0x1B])]) * rng.randrange(1, 32)
+        else:  # bytes appended
+            b += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    return bytes(b)
+
+
+def wild_value(rng):
+    """A JSON value a writer never produces."""
+    kind = rng.randrange(8)
+    if kind == 0:
+        return rng.choice(INTERESTING)
+    if kind == 1:
+        return "x" * rng.choice([0, 1, 1000, 100_000]) + rng.choice(["", "\x1b[2J", "\0", "\n", "<0xZZ>", "<0x41>"])
+    if kind == 2:
+        nest = 0
+        for _ in range(rng.choice([10, 1000, 5000])):
+            nest = [nest]
+        return nest
+    if kind == 3:
+        return [rng.choice(["a", 1, None, "<unk>"])] * rng.choice([0, 10, 100_000])
+    if kind == 4:
+        return {"type": rng.choice(["BPE", "WordPiece", "Sequence", "ByteLevel", None]), "x": 1}
+    return rng.choice([None, True, False, {}, [], "", -0.0])
+
+
+def json_paths(obj, prefix=()):
+    """Every (container, key) in a parsed JSON document."""
+    if isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, list):
+        items = list(enumerate(obj))[:2000]  # big vocab lists: a sample of their entries is enough
+    else:
+        return []
+    out = []
+    for k, v in items:
+        out.append((obj, k))
+        out.extend(json_paths(v))
+    return out
+
+
+def mutate_json(rng, data):
+    """Parsed, a few values replaced (or keys dropped or added), written back; else bytes edits."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return mutate_bytes(rng, data)
+    if rng.random() < 0.15:
+        return mutate_bytes(rng, data)
+    paths = json_paths(obj)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        if not paths:
+            break
+        container, key = rng.choice(paths)
+        if isinstance(container, dict) and rng.random() < 0.2:
+            container.pop(key, None)
+        elif isinstance(container, dict) and rng.random() < 0.1:
+            container["k" * rng.choice([1, 10_000])] = wild_value(rng)
+        else:
+            container[key] = wild_value(rng)
+    try:
+        return json.dumps(obj).encode()
+    except (ValueError, RecursionError):
+        return data
+
+
+def mutate_checkpoint(rng, data):
+    """The checkpoint's dict edited (model_args, config, tensors) and saved again; else bytes edits."""
+    if rng.random() < 0.3:
+        return mutate_bytes(rng, data)
+    ckpt = torch.load(io.BytesIO(data), weights_only=True)
+    part = rng.choice(["model_args", "config", "model", "top"])
+    if part == "model":
+        name = rng.choice(sorted(ckpt["model"]))
+        ckpt["model"][name] = rng.choice([torch.zeros(3), torch.zeros(0), torch.ones(2, 2, 2), "x", None])
+    elif part == "top":
+        ckpt[rng.choice(["model", "model_args", "config", "tokenizer", "iter_num"])] = wild_value(rng)
+    else:
+        d = ckpt[part] if isinstance(ckpt.get(part), dict) else {}
+        key = rng.choice(sorted(d) + ["rope_theta", "norm_eps", "extra"]) if d else "dim"
+        d[key] = wild_value(rng) if rng.random() < 0.5 else rng.choice(INTERESTING)
+    f = io.BytesIO()
+    try:
+        torch.save(ckpt, f)
+    except Exception:  # a value torch cannot save: a bytes edit instead
+        return mutate_bytes(rng, data)
+    return f.getvalue()
+
+
+# -----------------------------------------------------------------------------
+# formats: which files change, how, and the readers that must cope
+
+def read_any_tokenizer(path):
+    tok = Tokenizer(path)
+    tok.decode(tok.encode(SAMPLE, bos=True, eos=True))
+    tok.decode(list(range(min(tok.n_words, 600))))
+
+
+def read_hf(folder):
+    hf.hf_import(folder)
+    read_any_tokenizer(folder)
+
+
+FORMATS = {  # name: (seed key, the files of it to mutate and how, readers)
+    "gguf": ("gguf", {"": mutate_bytes}, [gguf_file.gguf_import, read_any_tokenizer]),
+    "hf": ("hf", {"config.json": mutate_json, "tokenizer.json": mutate_json, "tokenizer_config.json": mutate_json,
+                  "model.safetensors": mutate_bytes}, [read_hf]),
+    "tokenizer_json": ("hf", {"tokenizer.json": mutate_json}, [read_any_tokenizer]),
+    "bin": ("bin", {"": mutate_bytes}, [binfile.load_bin]),
+    "tok_bin": ("tok_bin", {"": mutate_bytes}, [read_any_tokenizer]),
+    "sp_model": ("sp_model", {"": mutate_bytes}, [read_any_tokenizer]),
+    "ckpt": ("ckpt", {"": mutate_checkpoint}, [checkpoint.load_checkpoint]),
+}
+
+
+def make_input(fmt, seeds, seed, n, work):
+    """Write input n of a format under work/ (a copy of the seed with mutated files); returns its path."""
+    rng = random.Random(f"{seed}/{fmt}/{n}")
+    key, files, _ = FORMATS[fmt]
+    src = seeds[key]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    dst = work / src.name
+    if src.is_dir():
+        shutil.copytree(src, dst)
+        names = [rng.choice(sorted(files))] if len(files) > 1 and rng.random() < 0.8 else sorted(files)
+        for name in names:
+            p = dst / name
+            if p.is_file():
+                p.write_bytes(files[name](rng, p.read_bytes()))
+    else:
+        dst.write_bytes(files[""](rng, src.read_bytes()))
+    return dst
+
+
+# -----------------------------------------------------------------------------
+# the worker: inputs one after another under a time and memory limit
+
+def worker(fmt, seeds, seed, first, last, timeout, memory_mb, work, report):
+    """Run inputs first..last-1 (forked child). Writes "n\\n" before each input to report, and on a
+    finding "!n why" and exits 3. A crash or a kill shows as the last "n" without its end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = vm + (memory_mb << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+    def alarm(signum, frame):
+        raise Timeout()
+    signal.signal(signal.SIGALRM, alarm)
+    warnings.simplefilter("ignore")  # numpy's overflow notes on garbage weights: not findings, and not news
+    readers = FORMATS[fmt][2]
+    for n in range(first, last):
+        path = make_input(fmt, seeds, seed, n, work)
+        os.write(report, f"{n}\n".encode())
+        why = None
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            for read in readers:
+                try:
+                    read(path)
+                except (ValueError, OSError):
+                    pass  # a refusal in one line: what hostile input should get
+        except Timeout:
+            why = f"over {timeout} s"
+        except MemoryError:
+            why = f"MemoryError (past {memory_mb} MB)"
+        except BaseException as e:
+            why = f"{type(e).__name__}: {str(e)[:300]}\n" + traceback.format_exc()[-3000:]
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if why:
+            os.write(report, f"!{n} {why}\n".encode())
+            os._exit(3)
+    os._exit(0)
+
+
+def run_worker(fmt, seeds, args, first, last, work, deadline):
+    """Fork a worker for inputs first..last-1; returns (the next input to run, the finding or None)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        worker(fmt, seeds, args.seed, first, last, args.timeout, args.memory_mb, work, w)
+    os.close(w)
+    lines = []
+    with os.fdopen(r, "rb") as f:
+        for line in f:
+            lines.append(line.decode(errors="replace"))
+    _, status = os.waitpid(pid, 0)
+    started = [int(x) for x in lines if x[:1].isdigit()]
+    bad = [x for x in lines if x.startswith("!")]
+    if not bad and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return last, None
+    at = int(bad[0][1:].split()[0]) if bad else started[-1] if started else first
+    why = bad[0].split(" ", 1)[1] if bad else f"the worker died (status {status}): a crash or the memory limit"
+    return at + 1, (at, why + "".join(x for x in lines[lines.index(bad[0]) + 1:] if bad))
+
+
+def campaign(fmt, seeds, args, out):
+    """Run args.runs inputs of one format (or until args.seconds pass) in forked workers, 500 to a worker;
+    returns (inputs run, findings)."""
+    deadline = time.time() + args.seconds if args.seconds else float("inf")
+    work = Path(tempfile.mkdtemp(prefix=f"pyfuzz-{fmt}-"))
+    n, stop, findings = (args.only, args.only + 1, 0) if args.only is not None else (0, args.runs, 0)
+    ran = 0
+    while n < stop and time.time() < deadline:
+        first, last = n, min(n + 500, stop)
+        if args.seconds:  # about a second's worth near the deadline, so a run ends close to it
+            last = min(last, n + 50)
+        n, found = run_worker(fmt, seeds, args, first, last, work / "in", deadline)
+        ran += n - first
+        if found:
+            at, why = found
+            save = out / f"{fmt}-{at}"
+            shutil.rmtree(save, ignore_errors=True)
+            save.mkdir(parents=True)
+            src = make_input(fmt, seeds, args.seed, at, work / "keep")
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, save / src.name)
+            (save / "why.txt").write_text(why)
+            findings += 1
+            print(f"pyfuzz: {fmt} input {at}: {why.splitlines()[0]} (saved in {save})", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    return ran, findings
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--format", nargs="+", default=sorted(FORMATS), choices=sorted(FORMATS))
+    p.add_argument("--seconds", type=float, default=0, help="time for all formats together (0: no limit)")
+    p.add_argument("--runs", type=int, default=10**9, help="inputs per format")
+    p.add_argument("--only", type=int, default=None, help="run input N alone (reproduce a finding)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds one input may take")
+    p.add_argument("--memory_mb", type=int, default=1024, help="memory one input may allocate")
+    p.add_argument("--vocab", default=str(REPO.parent / "shared" / "data" / "models" / "tok512.model"),
+                   help="the sentencepiece vocabulary of the seeds")
+    p.add_argument("--out", default=str(REPO / "fuzz" / "findings" / "py"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    total = findings = 0
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        seeds = make_seeds(Path(d), args.vocab)
+        share = args.seconds / len(args.format) if args.seconds else 0
+        for fmt in args.format:
+            t = time.time()
+            args_fmt = argparse.Namespace(**{**vars(args), "seconds": share})
+            runs, found = campaign(fmt, seeds, args_fmt, out)
+            total, findings = total + runs, findings + found
+            print(f"pyfuzz: {fmt}: {runs:,} inputs in {time.time() - t:.0f} s, {found} findings")
+    print(f"pyfuzz: {total:,} inputs in {time.time() - t0:.0f} s, {findings} findings")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

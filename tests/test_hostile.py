@@ -1,0 +1,394 @@
+"""Hostile inputs, one test per row of issue 22's table (an attacker's hand-made files and streams):
+each is refused in one line naming the file or stream, with a non-zero exit, in seconds and bounded
+memory; or, where the input is legitimate, handled correctly. The classes behind the rows: every
+reader bounds sizes, counts and contexts by model.check_args; export reads back what it writes before
+the rename; run.c survives its model file changing under it and a stdout that cannot be written."""
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import re
+import resource
+import shutil
+import struct
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import export
+import gguf_file as G
+import gguf_meta as GM
+import sample
+import tokenizer as T
+from binfile import model_export, read_header
+from checkpoint import load_checkpoint
+from conftest import REPO, SANITIZED
+from hf import hf_export, hf_import, hf_sources
+from model import ModelArgs, Transformer
+
+SHAPE = dict(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+SECONDS = 30 if SANITIZED else 5  # each refusal, with room for a busy machine
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, shared):
+    """One tiny model in every format our readers take: .bin, HF directory, GGUF, checkpoint."""
+    d = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(**SHAPE))
+    tok = T.Tokenizer(shared / "models" / "tok512.model")
+    model_export(m, d / "m.bin")
+    hf_export(m, d / "hf")
+    planned = G.plan(m, "fp32", tok.vocab)
+    G.write(d / "m.gguf", planned)
+    torch.save({"model": m.state_dict(), "model_args": dataclasses.asdict(m.args)}, d / "ckpt.pt")
+    return SimpleNamespace(dir=d, model=m, planned=planned, tok=shared / "models" / "tok512.bin")
+
+
+def one_line(msg, *words):
+    msg = msg.strip()
+    assert msg and "\n" not in msg and all(w in msg for w in words), (words, msg[:3000])
+    return msg
+
+
+def refusal(fn, *args):
+    """The ValueError message of fn(*args), or None when it returns."""
+    try:
+        fn(*args)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@contextlib.contextmanager
+def bounded(extra=1 << 30, seconds=SECONDS):
+    """Within: at most `extra` more bytes of address space for this process (a reader that allocates by
+    what a file claims fails, MemoryError or RuntimeError, instead of filling the machine), and at most
+    `seconds`."""
+    vm = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) << 10
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, old[1]))
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+    assert time.perf_counter() - t0 < seconds
+
+
+def export_cli(*argv):
+    """export.py's main in this process: (exit status, its error line)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            export.main([str(a) for a in argv])
+        except SystemExit as e:
+            return (1, e.code) if isinstance(e.code, str) else (e.code, "")
+    return 0, ""
+
+
+def hf_variant(tiny, name, config=None, files=None):
+    """A copy of the HF directory with config.json's fields changed and files replaced (bytes, or None:
+    removed)."""
+    d = tiny.dir / name
+    shutil.copytree(tiny.dir / "hf", d)
+    c = json.loads((d / "config.json").read_text())
+    c.update(config or {})
+    (d / "config.json").write_text(json.dumps(c))
+    for f, data in (files or {}).items():
+        (d / f).unlink(missing_ok=True)
+        if data is not None:
+            (d / f).write_bytes(data)
+    return d
+
+
+def bin_variant(tiny, name, off, fmt, value):
+    data = bytearray((tiny.dir / "m.bin").read_bytes())
+    struct.pack_into(fmt, data, off, value)
+    (tiny.dir / name).write_bytes(data)
+    return tiny.dir / name
+
+
+def checkpoint_variant(tiny, name, **model_args):
+    ckpt = {"model": tiny.model.state_dict(), "model_args": {**dataclasses.asdict(tiny.model.args), **model_args}}
+    torch.save(ckpt, tiny.dir / name)
+    return tiny.dir / name
+
+
+def gguf_variant(tiny, name, meta):
+    """The GGUF with metadata values replaced: {key: (value type, value)}."""
+    kvs = [kv for kv in tiny.planned[0] if kv[0] not in meta] + [(k, *v) for k, v in meta.items()]
+    G.write(tiny.dir / name, (kvs, tiny.planned[1], []), verify=False)
+    return tiny.dir / name
+
+
+def run_c(run_bin, tiny, model, *args, **kw):
+    return subprocess.run([str(run_bin), str(model), "-z", str(tiny.tok), *map(str, args)], capture_output=True,
+                          timeout=60, **kw)
+
+
+# -----------------------------------------------------------------------------
+# rows 3, 4, 6, 13: every reader's sizes, contexts and floats bounded by the same rules
+
+
+def test_row3_hf_context_bounded_as_in_every_reader(tiny, run_bin):
+    """max_position_embeddings=16777215 in config.json made hf_import build gigabytes of RoPE tables
+    (a traceback); a smaller one exported a .bin that our own reader refused. Now the HF reader, the
+    .bin reader and run.c (-n 0: the whole context) accept the same contexts: a full-context KV cache up
+    to 1 GiB (this model's: 128 bytes a position) always, a larger one refused in one line."""
+    verdicts = {}
+    for ctx in (1 << 23, (1 << 23) + 1, (1 << 24) - 1):
+        d = hf_variant(tiny, f"hf_ctx{ctx}", config={"max_position_embeddings": ctx})
+        b = bin_variant(tiny, f"ctx{ctx}.bin", 32, "<i", ctx)
+        with bounded():
+            hf_msg = refusal(hf_sources, d)
+        bin_msg = refusal(read_header, b)
+        assert (hf_msg is None) == (bin_msg is None), (ctx, hf_msg, bin_msg)
+        verdicts[ctx] = hf_msg is None
+        if hf_msg is None:
+            assert run_c(run_bin, tiny, b, "-n", 8).returncode == 0
+            continue
+        one_line(hf_msg, f"{d}/config.json: max_position_embeddings={ctx}: its KV cache would take")
+        one_line(bin_msg, f"{b}: header field max_seq_len={ctx}: its KV cache would take")
+        r = run_c(run_bin, tiny, b, "-n", 0)
+        assert r.returncode == 1
+        one_line(r.stderr.decode(), f"max_seq_len={ctx}: a KV cache for {ctx} steps would take")
+        with bounded():
+            status, line = export_cli(tiny.dir / f"out{ctx}.bin", f"--hf={d}")
+        assert status == 1 and not (tiny.dir / f"out{ctx}.bin").exists()
+        one_line(line, "export.py: error:", "max_position_embeddings")
+    assert verdicts == {1 << 23: True, (1 << 23) + 1: False, (1 << 24) - 1: False}
+
+
+def test_row4_checkpoint_context_and_sizes_bounded(tiny, capsys):
+    """A checkpoint whose model_args claim max_seq_len=10**9 made export.py and sample.py allocate 8 GB
+    (a traceback): the .bin and GGUF readers' bounds were not applied to checkpoints. Now check_args
+    applies them: out of range, or a KV cache out of proportion to the weights, in one line."""
+    cases = {"ctx_1e9.pt": (dict(max_seq_len=10 ** 9), "max_seq_len=1000000000 out of range"),
+             "ctx_2e24.pt": (dict(max_seq_len=(1 << 24) - 1), "max_seq_len=16777215: its KV cache would take"),
+             "dim_float.pt": (dict(dim=32.0), "dim=32.0 out of range")}
+    for name, (args, words) in cases.items():
+        path = checkpoint_variant(tiny, name, **args)
+        with bounded():
+            one_line(refusal(load_checkpoint, path), str(path), words)
+            status, line = export_cli(tiny.dir / "out.bin", f"--checkpoint={path}")
+            assert status == 1 and not (tiny.dir / "out.bin").exists()
+            one_line(line, "export.py: error:", words)
+            with pytest.raises(SystemExit) as e:
+                sample.load_model(str(path), "cpu")
+            assert e.value.code == 1
+            one_line(capsys.readouterr().err, "sample.py: error:", words)
+
+
+def test_row6_f32_floats_survive_from_every_source(tiny, run_bin):
+    """norm_eps 1e-300 or rope_theta 1e39 (valid doubles) in a GGUF, config.json or checkpoint exported
+    a .bin whose f32 header held 0 or inf, which run.c and export.py then refused. Now every reader
+    takes a value only if its f32 is in range, and what is accepted exports and runs."""
+    sources = []  # (source flag, the name of the field in that file)
+    for field, v in {"norm_eps": 1e-300, "rope_theta": 1e39}.items():
+        hf_key = {"norm_eps": "rms_norm_eps", "rope_theta": "rope_theta"}[field]
+        extra = {"rope_parameters": {"rope_type": "default", "rope_theta": v}} if field == "rope_theta" else {}
+        sources.append((f"--hf={hf_variant(tiny, f'hf_{field}', config={hf_key: v, **extra})}", f"{hf_key}={v}"))
+        key = {"norm_eps": "llama.attention.layer_norm_rms_epsilon", "rope_theta": "llama.rope.freq_base"}[field]
+        sources.append((f"--gguf={gguf_variant(tiny, f'{field}.gguf', {key: (12, v)})}", f"{key}={v}"))  # an f64
+        sources.append((f"--checkpoint={checkpoint_variant(tiny, f'{field}.pt', **{field: v})}", f"{field}={v}"))
+    for i, (src, words) in enumerate(sources):
+        out = tiny.dir / f"f32_{i}.bin"
+        with bounded():
+            status, line = export_cli(out, src)
+        assert status == 1 and not out.exists(), (src, line)
+        one_line(line, "export.py: error:", src.split("=", 1)[1], words, "out of range")
+    # the edges an f32 holds: a subnormal epsilon and the largest theta; exported, read back, run
+    good = hf_variant(tiny, "hf_edges", config={"rms_norm_eps": 1e-40, "rope_theta": 3e38,
+                                                "rope_parameters": {"rope_type": "default", "rope_theta": 3e38}})
+    assert export_cli(tiny.dir / "edges.bin", f"--hf={good}")[0] == 0
+    h = read_header(tiny.dir / "edges.bin")
+    assert (h["norm_eps"], h["rope_theta"]) == (1e-40, 3e38)
+    assert run_c(run_bin, tiny, tiny.dir / "edges.bin", "-n", 8, "-t", 0).returncode == 0
+
+
+def test_row13_config_json_is_small(tiny):
+    """A 60 MB config.json (within the 64 MiB cap of tokenizer.json) took 1.7 GB and 22 s to parse. A
+    config.json is capped at 1 MiB (real ones: a few KB), an index and a safetensors header by the
+    model's tensor count; the worst JSON within the cap parses in a fraction of a second."""
+    big = hf_variant(tiny, "hf_big_config")
+    with open(big / "config.json", "r+b") as f:
+        f.truncate(60 << 20)  # the size is refused before a byte is parsed
+    with bounded(extra=256 << 20):
+        one_line(refusal(hf_import, big), f"{big}/config.json: 62,914,560 bytes is too big for a config.json")
+    # the costliest JSON per byte (empty objects) just under the cap: parsed, and refused for what it lacks
+    worst = hf_variant(tiny, "hf_worst_config")
+    pairs = (1 << 20) // 13 - 1
+    (worst / "config.json").write_text("{" + ",".join(f'"k{i:06}":{{}}' for i in range(pairs)) + "}")
+    assert (worst / "config.json").stat().st_size < 1 << 20
+    with bounded(extra=256 << 20):
+        one_line(refusal(hf_import, worst), "config.json lacks 'hidden_size'")
+    # a safetensors header of more bytes than the model's tensors can take
+    raw = (tiny.dir / "hf" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = {"pad": "x" * (1 << 20)}
+    hj = json.dumps(header).encode()
+    d = hf_variant(tiny, "hf_big_header", files={"model.safetensors": struct.pack("<Q", len(hj)) + hj + raw[8 + n:]})
+    with bounded(extra=256 << 20):
+        one_line(refusal(hf_import, d), "model.safetensors: a header of", "too big for the model's tensors")
+
+
+# -----------------------------------------------------------------------------
+# the smaller ones: overlapping tensors, a NUL in weight_map, a raw pickle
+
+
+def test_overlapping_tensors_are_refused(tiny):
+    """Tensors at overlapping offsets were accepted: two weights could share bytes. GGUF tensors must lie
+    one after another in the order of their infos (llama.cpp's loader refuses anything else), and a
+    safetensors file's tensors must tile its data (the safetensors library's rule)."""
+    data = bytearray((tiny.dir / "m.gguf").read_bytes())
+    _, tensors, buf = GM.read_gguf(tiny.dir / "m.gguf")
+    q, k = tensors["blk.0.attn_q.weight"][2], tensors["blk.0.attn_k.weight"][2]
+    buf.close()
+    name = b"blk.0.attn_k.weight"
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)  # n_dims, ne, type, then the offset
+    off_at = at + 4 + 8 * 2 + 4
+    struct.pack_into("<Q", data, off_at, struct.unpack_from("<Q", data, off_at)[0] - (k - q))  # onto attn_q's bytes
+    (tiny.dir / "overlap.gguf").write_bytes(data)
+    one_line(refusal(G.gguf_import, tiny.dir / "overlap.gguf"), "overlap.gguf: tensor blk.0.attn_k.weight starts at",
+             "one after another")
+    raw = (tiny.dir / "hf" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + n])
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"
+    header[b]["data_offsets"] = header[a]["data_offsets"]  # the same size: every entry alone is fine
+    hj = json.dumps(header).encode()
+    hj += b" " * (-len(hj) % 8)
+    d = hf_variant(tiny, "hf_overlap", files={"model.safetensors": struct.pack("<Q", len(hj)) + hj + raw[8 + n:]})
+    one_line(refusal(hf_import, d), "model.safetensors: tensor", "they must lie one after another")
+
+
+def test_nul_in_weight_map_names_the_index(tiny):
+    """A file name with an embedded NUL in weight_map gave os.stat's 'embedded null byte', naming no file."""
+    st = (tiny.dir / "hf" / "model.safetensors").read_bytes()
+    index = {"weight_map": {"model.embed_tokens.weight": "a\0b.safetensors"}}
+    d = hf_variant(tiny, "hf_nul", files={"model.safetensors": None, "shard.safetensors": st,
+                                         "model.safetensors.index.json": json.dumps(index).encode()})
+    one_line(refusal(hf_import, d), f"{d}/model.safetensors.index.json: weight_map names 'a\\x00b.safetensors'")
+
+
+def test_raw_pickle_weights_are_one_line(tiny):
+    """A raw pickle as pytorch_model.bin is refused, and torch's 2-line warning about its protocol is
+    not printed before the one line."""
+    import pickle
+    d = hf_variant(tiny, "hf_pickle", files={"model.safetensors": None, "pytorch_model.bin": pickle.dumps({"a": 1})})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        one_line(refusal(hf_import, d), "pytorch_model.bin: not a readable state dict")
+    assert not seen, [str(w.message) for w in seen]
+
+
+def test_export_never_writes_what_its_readers_refuse(tiny):
+    """export reads every file back before its rename: a model whose args were changed after it was
+    built (norm_eps 1e-300: 0 as an f32) is not written at all, in any format, and no temp file stays."""
+    m = Transformer(ModelArgs(**SHAPE))
+    m.load_state_dict(tiny.model.state_dict())
+    m.args.norm_eps = 1e-300
+    d = tiny.dir / "refused"
+    d.mkdir()
+    one_line(refusal(model_export, m, d / "m.bin"), f"{d}/m.bin: not written", "norm_eps")
+    vocab = T.Tokenizer(tiny.tok).vocab
+    one_line(refusal(G.gguf_export, m, d / "m.gguf", "fp32", vocab), f"{d}/m.gguf: not written")
+    one_line(refusal(hf_export, m, d / "hf"), f"{d}/hf: not written", "config.json: rms_norm_eps=1e-300 out of range")
+    assert sorted(p.name for p in d.rglob("*")) == ["hf"], list(d.rglob("*"))
+
+
+# -----------------------------------------------------------------------------
+# run.c: rows 9, 10, 11, -t and encode's memcpy
+
+
+def start_chat(run_bin, tiny, model):
+    """./run in chat mode on model (mapped: -n below 64), stopped at its first prompt (nothing of the
+    model read yet)."""
+    p = subprocess.Popen([str(run_bin), str(model), "-z", str(tiny.tok), "-m", "chat", "-n", "32"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    want, got = b"Enter system prompt (optional): ", b""
+    while not got.endswith(want):
+        c = p.stdout.read(1)
+        assert c, p.stderr.read()
+        got += c
+    return p
+
+
+def test_row9_model_file_changed_under_run(tiny, run_bin):
+    """The model file truncated while ./run has it mapped (`cp new.bin model.bin` over a served model)
+    was a SIGBUS and no message. Now it is one line; and a file rewritten in place while it was read
+    (the same size) is an error at the end, not exit 0."""
+    model = tiny.dir / "served.bin"
+    shutil.copy(tiny.dir / "m.bin", model)
+    p = start_chat(run_bin, tiny, model)
+    os.truncate(model, 0)
+    out, err = p.communicate(b"\nhi\n", timeout=60)
+    assert p.returncode == 1, (p.returncode, err)
+    one_line(err.decode(), f"run: error: {model}: the model file shrank while it was being read")
+    shutil.copy(tiny.dir / "m.bin", model)
+    p = start_chat(run_bin, tiny, model)
+    time.sleep(0.02)  # a modification time the clock can tell apart
+    model.write_bytes((tiny.dir / "m.bin").read_bytes())
+    out, err = p.communicate(b"\n", timeout=60)  # an empty system prompt, then the end of input: a normal end
+    assert p.returncode == 1 and out == b"User: \n", (p.returncode, out, err)
+    one_line(err.decode(), f"run: error: {model}: the model file changed while it was being read")
+
+
+@pytest.mark.parametrize("mode", ["generate", "tokenize", "chat"])
+def test_row10_story_that_cannot_be_written_is_an_error(tiny, run_bin, mode):
+    """./run m.bin > /dev/full, or with stdout closed, exited 0: `./run m.bin > story.txt && next` went
+    on without the story. Now a failed write is one line naming stdout and exit status 1."""
+    args = {"generate": ["-n", 8, "-i", "Once"], "tokenize": ["-m", "tokenize", "-i", "Once upon"],
+            "chat": ["-m", "chat", "-y", "", "-i", "hi", "-n", 32]}[mode]
+    cmd = [str(run_bin), str(tiny.dir / "m.bin"), "-z", str(tiny.tok), *map(str, args)]
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 1
+    one_line(r.stderr.decode(), "run: error: cannot write to stdout: No space left on device")
+    r = subprocess.run(cmd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1
+    one_line(r.stderr.decode(), "run: error: cannot write to stdout: Bad file descriptor")
+
+
+def test_row11_chat_line_longer_than_the_context_is_refused_while_read(tiny, run_bin):
+    """A 20 MB line on chat's stdin took 730 MB and 9 s before 'does not fit the context'. A line longer
+    than the tokens left times the longest token's bytes cannot fit: refused while it is read."""
+    line = tiny.dir / "line.txt"
+    line.write_bytes(b"\n" + b"y" * (20 << 20) + b"\n")  # an empty system prompt, then the line
+    limit = 1 << 30 if SANITIZED else 256 << 20  # address space: ASan reserves much, but never commits it
+    with open(line, "rb") as stdin:
+        t0 = time.perf_counter()
+        r = subprocess.run([str(run_bin), str(tiny.dir / "m.bin"), "-z", str(tiny.tok), "-m", "chat", "-n", "16"],
+                           stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+                           preexec_fn=None if SANITIZED else lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert time.perf_counter() - t0 < SECONDS and r.returncode == 1
+    one_line(r.stderr.decode(), "run: error: stdin: a line of more than", "cannot fit the 16 tokens left in the context")
+
+
+def test_temperature_below_fp32_min_is_a_temperature(tiny, run_bin):
+    """-t 1e-45 was refused by a message naming the wrong bound ('a temperature >= 0'): it is an fp32
+    (subnormal), and as the smallest temperature it samples like -t 0, the most likely token each step.
+    -t 1e39, beyond fp32, is refused naming the bound it broke."""
+    greedy = run_c(run_bin, tiny, tiny.dir / "m.bin", "-n", 12, "-t", 0)
+    tiny_t = run_c(run_bin, tiny, tiny.dir / "m.bin", "-n", 12, "-t", "1e-45", "-s", 7)
+    assert greedy.returncode == tiny_t.returncode == 0 and tiny_t.stdout == greedy.stdout, tiny_t.stderr
+    r = run_c(run_bin, tiny, tiny.dir / "m.bin", "-t", "1e39")
+    assert r.returncode == 1
+    one_line(r.stderr.decode(), "run: error: -t expects a temperature in [0, 3.4e38], got '1e39'")
+
+
+@pytest.mark.slow  # a compile of its own (the sanitizer builds, also -O1, are in the slow tier too)
+def test_run_c_has_nothing_for_gcc_O1_to_warn_about():
+    """gcc -O1 (the sanitizer builds) warned that encode's memcpy size may be negative: it cannot be,
+    and an assert says so to the compiler."""
+    cc = os.environ.get("CC", "cc")
+    r = subprocess.run([cc, "-O1", "-Wall", "-Wextra", "-c", "-o", os.devnull, str(REPO / "run.c")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
