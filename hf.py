@@ -19,11 +19,11 @@ import math
 import os
 import shutil
 import struct
-import warnings
 
 import torch
 
 from binfile import read_back, tensor_order
+from checkpoint import torch_file
 from fileio import atomic_write, publish, regular_file, temp_path
 from hf_tokenizer import MAX_JSON, read_json, read_tokenizer, write_tokenizer
 from model import MAX_FIELD, ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
@@ -270,15 +270,8 @@ def _weight_files(dirpath, cap):
 
 
 def _torch_load(path):
-    """A pytorch_model.bin's state dict: tensors and plain containers only (a crafted pickle cannot run
-    code), torch's warnings about odd pickles silenced (the error, if any, is the one line)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            part = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+    """A pytorch_model.bin's state dict (checkpoint.torch_file: tensors and plain containers only)."""
+    part = torch_file(path, "state dict")
     if not isinstance(part, dict):
         raise ValueError(f"{path}: not a state dict")
     return {k: v for k, v in part.items() if isinstance(v, torch.Tensor)}
