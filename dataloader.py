@@ -12,6 +12,7 @@ The vocabulary rule (the only place it is written; run.c's find_tokenizer restat
                                           tokenizer.json), NAME.gguf, NAME.bin (run.c's file), shards in data/NAME/
 data/ is $STORYLLAMA_DATA or the repo's data/ unless a data_dir is given. A tokenizer file given by
 path (pretokenize --tokenizer) names its shards' folder by vocab_name_of: tok512.model -> tok512/.
+Shards of TinyStoriesInstruct records (dataset="instruct") go beside the stories': data/tok{N}-instruct/.
 
 Shard file (.bin, little-endian): a 256-byte header, then n_tokens uint16 token ids:
     off 0  8 bytes magic b"STORYTOK" | 8 u32 version=1 | 12 u32 vocab_size | 16 u32 bos_id
@@ -22,6 +23,13 @@ Every story is BOS, its tokens, EOS. n_bytes counts the UTF-8 bytes of the story
 bits-per-byte); n_tokens counts BOS and EOS too. The header lets the reader refuse shards made
 with another vocabulary instead of training on garbage: by the identity, which is the same for one
 vocabulary in any file format, else by the tokenizer file's sha256.
+Version 2, a shard of instruct records with a loss mask: every record is BOS, its prompt's tokens,
+its story's tokens, EOS (n_stories counts records, n_bytes their stories' bytes); the header is
+version 1's with version=2, 112 u64 n_targets (tokens whose mask bit is 1) | 120 u32 longest_prompt
+(the most tokens of a record's BOS + prompt) | 124..255 zero; after the tokens, the mask: one bit a
+token (np.packbits: the first token in the high bit of the first byte), 1 on the story's tokens and
+EOS, 0 on BOS and the prompt. Batches makes the targets of mask-0 tokens -1, which the loss ignores.
+Version 1 files are unchanged, and a reader of version 1 alone refuses version 2 by its version.
 
     shards = split_shards("train", 512)            # checked once
     batches = Batches(shards, batch_size, max_seq_len, seed)
@@ -46,7 +54,10 @@ NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a vocabulary name
 HEADER_SIZE = 256
 HEADER_FMT = "<8sIIIIQQQ32s32s"  # magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha256, identity
 MAGIC = b"STORYTOK"
-VERSION = 1
+VERSION = 1  # a shard of stories
+MASKED = 2  # the version of a shard with a loss mask (instruct records)
+MASK_FMT = "<QI"  # at offset 112 of a version-2 header: n_targets, longest_prompt
+DATASETS = ("stories", "instruct")  # what a shard holds: plain stories, or TinyStoriesInstruct records
 
 
 class DataError(ValueError):
@@ -88,9 +99,13 @@ def vocab_name_of(tokenizer):
     return name
 
 
-def shard_dir(vocab_size, vocab_source="custom", data_dir=None):
-    """The folder of a vocabulary's token shards: data/tok{N}/, data/llama2/ or data/NAME/."""
-    return default_data_dir(data_dir) / _vocab_name(vocab_size, vocab_source)
+def shard_dir(vocab_size, vocab_source="custom", data_dir=None, dataset="stories"):
+    """The folder of a vocabulary's token shards: data/tok{N}/, data/llama2/ or data/NAME/, with
+    "-instruct" after the name for the shards of instruct records."""
+    if dataset not in DATASETS:
+        raise DataError(f"dataset={dataset!r}: expected {' or '.join(map(repr, DATASETS))}")
+    suffix = "-instruct" if dataset == "instruct" else ""
+    return default_data_dir(data_dir) / (_vocab_name(vocab_size, vocab_source) + suffix)
 
 
 def tokenizer_path(vocab_size, vocab_source="custom", data_dir=None):
@@ -113,7 +128,7 @@ def smallest_vocab(n_special=0):
     return 3 + 256 + n_special + 1
 
 
-def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
+def prepare_commands(vocab_size, vocab_source="custom", data_dir=None, dataset="stories"):
     """The commands that make a vocabulary's shards, with the user's data_dir kept."""
     check_vocab(vocab_size, vocab_source)
     if vocab_source == "custom" and vocab_size < smallest_vocab():
@@ -121,17 +136,18 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None):
                 "(3 control + 256 byte-fallback + 1), choose a larger vocab_size")
     where = f" --data_dir={data_dir}" if data_dir else ""
     vocab = f"--vocab_size={vocab_size}" if vocab_source == "custom" else f"--vocab_source={vocab_source}"
-    steps = [f"python tinystories.py download{where}"]
+    which = " --dataset=instruct" if dataset == "instruct" else ""
+    steps = [f"python tinystories.py download{which}{where}"]
     if vocab_source == "llama2":
         model = tokenizer_path(vocab_size, vocab_source, data_dir)
         steps.append(f"put Meta's Llama 2 tokenizer.model at {model}")
     elif vocab_source == "custom":
-        steps.append(f"python tinystories.py train_vocab {vocab}{where}")
+        steps.append(f"python tinystories.py train_vocab {vocab}{which}{where}")
     else:
         steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (`python tinystories.py "
                      f"download_tokenizer {vocab_source}{where}` fetches the ones it knows, gpt2 and gptneo among them; or "
                      "pretokenize --tokenizer=PATH, whose shards go to a folder named after the file)")
-    steps.append(f"python tinystories.py pretokenize {vocab}{where}")
+    steps.append(f"python tinystories.py pretokenize {vocab}{which}{where}")
     return "; ".join(steps)
 
 
@@ -146,11 +162,18 @@ def file_sha256(path):
 # -----------------------------------------------------------------------------
 # the shard format
 
-def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokenizer_sha256, identity=None):
-    """The 256-byte header of a shard (tokenizer_sha256 as a hex string, identity as bytes or None)."""
-    raw = struct.pack(HEADER_FMT, MAGIC, VERSION, vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes,
-                      bytes.fromhex(tokenizer_sha256), identity or bytes(32))
-    return raw.ljust(HEADER_SIZE, b"\0")
+def pack_header(vocab_size, bos_id, eos_id, n_tokens, n_stories, n_bytes, tokenizer_sha256, identity=None,
+                mask=None):
+    """The 256-byte header of a shard (tokenizer_sha256 as a hex string, identity as bytes or None);
+    mask=(n_targets, longest_prompt) for a version-2 shard, whose loss mask follows its tokens."""
+    raw = struct.pack(HEADER_FMT, MAGIC, MASKED if mask else VERSION, vocab_size, bos_id, eos_id, n_tokens,
+                      n_stories, n_bytes, bytes.fromhex(tokenizer_sha256), identity or bytes(32))
+    return (raw + (struct.pack(MASK_FMT, *mask) if mask else b"")).ljust(HEADER_SIZE, b"\0")
+
+
+def mask_bytes(n_tokens):
+    """The size of a version-2 shard's loss mask: a bit a token."""
+    return (n_tokens + 7) // 8
 
 
 def read_header(path):
@@ -169,21 +192,28 @@ def read_header(path):
     if len(raw) < HEADER_SIZE or raw[:8] != MAGIC:
         raise DataError(f"{path}: not a storyllama token shard (bad magic); re-run pretokenize")
     magic, version, vocab, bos, eos, n_tokens, n_stories, n_bytes, sha, ident = struct.unpack_from(HEADER_FMT, raw)
-    if version != VERSION:
-        raise DataError(f"{path}: shard format version {version}, this code reads version {VERSION}")
-    if size != HEADER_SIZE + 2 * n_tokens:
-        raise DataError(f"{path}: {size} bytes, the header says {HEADER_SIZE + 2 * n_tokens} "
-                        "(truncated?); re-run pretokenize")
-    # every story is BOS, its tokens, EOS and holds some text: so 2 * n_stories <= n_tokens, n_bytes > 0
+    if version not in (VERSION, MASKED):
+        raise DataError(f"{path}: shard format version {version}, this code reads versions {VERSION} and {MASKED}")
+    masked = version == MASKED
+    n_targets, longest = struct.unpack_from(MASK_FMT, raw, 112) if masked else (n_tokens, 0)
+    want = HEADER_SIZE + 2 * n_tokens + (mask_bytes(n_tokens) if masked else 0)
+    if size != want:
+        raise DataError(f"{path}: {size} bytes, the header says {want} (truncated?); re-run pretokenize")
+    # every story is BOS, its tokens, EOS and holds some text: so 2 * n_stories <= n_tokens, n_bytes > 0;
+    # every record's BOS is no target and its EOS is one, and its story holds a token
     problem = (f"vocab_size={vocab} (ids are uint16)" if not 0 < vocab <= 1 << 16 else
                f"bos_id={bos}, eos_id={eos} for a {vocab}-token vocabulary" if max(bos, eos) >= vocab else
                f"n_stories={n_stories} for {n_tokens} tokens" if 2 * n_stories > n_tokens or (n_tokens and not n_stories)
-               else f"n_bytes=0 for {n_tokens} tokens" if n_tokens and not n_bytes else "")
+               else f"n_bytes=0 for {n_tokens} tokens" if n_tokens and not n_bytes else
+               f"n_targets={n_targets}, longest_prompt={longest} for {n_stories} records of {n_tokens} tokens"
+               if masked and not (2 * n_stories <= n_targets <= n_tokens - n_stories and 0 < longest <= n_tokens)
+               else "")
     if problem:
         raise DataError(f"{path}: damaged or forged header: {problem}; re-run pretokenize")
     return {"vocab_size": vocab, "bos_id": bos, "eos_id": eos, "n_tokens": n_tokens,
             "n_stories": n_stories, "n_bytes": n_bytes, "tokenizer_sha256": sha.hex(),
-            "identity": ident if any(ident) else None}
+            "identity": ident if any(ident) else None, "masked": masked, "n_targets": n_targets,
+            "longest_prompt": longest}
 
 
 def load_shard(path):
@@ -192,18 +222,34 @@ def load_shard(path):
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_SIZE, shape=(n,))
 
 
-def split_shards(split, vocab_size, vocab_source="custom", data_dir=None, tokenizer=None):
+def load_mask(path):
+    """The loss mask of a version-2 shard as a read-only memmap of its packed bits (uint8), or None
+    for a version-1 shard (every token a target)."""
+    h = read_header(path)
+    if not h["masked"]:
+        return None
+    n = h["n_tokens"]
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=HEADER_SIZE + 2 * n, shape=(mask_bytes(n),))
+
+
+def mask_bits(packed, positions):
+    """The mask bits (0 or 1) of the tokens at positions (an int array), from packed bits."""
+    return (packed[positions >> 3] >> (7 - (positions & 7))) & 1
+
+
+def split_shards(split, vocab_size, vocab_source="custom", data_dir=None, tokenizer=None, dataset="stories"):
     """[(path, header)] of a split, after checking every shard matches the vocabulary asked for
     and the tokenizer file that goes with it: `tokenizer` (a run's own copy, or a model's), else the
     data folder's (when that file is there). Shards and tokenizer are compared by vocabulary identity
-    when both carry one (so tok512.model and its run.c tok512.bin both fit), else by the file's sha256."""
+    when both carry one (so tok512.model and its run.c tok512.bin both fit), else by the file's sha256.
+    dataset="instruct": the shards of instruct records (shard_dir)."""
     if split not in ("train", "val"):
         raise DataError(f"split={split!r}: expected 'train' or 'val'")
-    folder = shard_dir(vocab_size, vocab_source, data_dir)
+    folder = shard_dir(vocab_size, vocab_source, data_dir, dataset)
     paths = sorted(folder.glob(f"{split}_*.bin"))
     if not paths:
         raise DataError(f"no {split} shards in {folder} for vocab_source={vocab_source} vocab_size={vocab_size}; "
-                        f"{_no_shards_advice(split, folder, vocab_size, vocab_source, data_dir)}")
+                        f"{_no_shards_advice(split, folder, vocab_size, vocab_source, data_dir, dataset)}")
     model = Path(tokenizer) if tokenizer else tokenizer_path(vocab_size, vocab_source, data_dir)
     want = _fingerprint(model) if model.exists() else None
     out = []
@@ -246,34 +292,43 @@ def _shard_vocab(h):
     return f"vocabulary {h['identity'].hex()[:12]}..." if h["identity"] else f"sha256 {h['tokenizer_sha256'][:12]}..."
 
 
-def _no_shards_advice(split, folder, vocab_size, vocab_source, data_dir):
+def _no_shards_advice(split, folder, vocab_size, vocab_source, data_dir, dataset):
     """What to do about a split without shards: a val split that is missing beside train shards means the
     corpus was too small for the 1-in-VAL_BUCKETS hold-out, not that nothing was prepared."""
     if split == "val" and any(folder.glob("train_*.bin")):
         return ("the stories were too few for a validation split (1 in 100 is held out by hash, unless an input "
                 "file has 'valid' in its name): pretokenize again with more stories, or add a *valid* file to --input")
-    return f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir)}"
+    return f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir, dataset)}"
 
 
 def check_tokens(path, header):
-    """DataError unless every token id in the shard is below its vocab_size: one pass over the
-    memmap at load (about 10 GB/s from the page cache), so a damaged shard is refused before
-    training starts instead of failing an embedding lookup thousands of iterations in."""
+    """DataError unless every token id in the shard is below its vocab_size, and a loss mask has as
+    many 1 bits as the header says and none past the last token: one pass over the memmap at load
+    (about 10 GB/s from the page cache), so a damaged shard is refused before training starts instead
+    of failing an embedding lookup thousands of iterations in."""
     tokens = load_shard(path)
     if len(tokens) and int(tokens.max()) >= header["vocab_size"]:
         at = int(np.argmax(tokens >= header["vocab_size"]))
         raise DataError(f"{path}: token id {int(tokens[at])} at position {at} is outside the "
                         f"{header['vocab_size']}-token vocabulary: a damaged shard; re-run pretokenize")
+    packed = load_mask(path)
+    if packed is not None:
+        ones = sum(int(np.unpackbits(packed[i:i + (1 << 24)]).sum()) for i in range(0, len(packed), 1 << 24))
+        spare = int(packed[-1]) & ((1 << (-len(tokens) % 8)) - 1) if len(packed) else 0  # bits past the end
+        if ones != header["n_targets"] or spare:
+            raise DataError(f"{path}: its loss mask has {ones} targets, the header says {header['n_targets']}"
+                            f"{' (and bits past the last token)' if spare else ''}: a damaged shard; "
+                            "re-run pretokenize")
 
 
 def bytes_per_token(shards):
-    """UTF-8 bytes of story text per token (BOS/EOS included) in shards, for bits per byte:
-    bpb = loss_in_nats / ln(2) / bytes_per_token."""
-    return sum(h["n_bytes"] for _, h in shards) / sum(h["n_tokens"] for _, h in shards)
+    """UTF-8 bytes of story text per token that is a target (BOS/EOS included; in a masked shard the
+    story's tokens and EOS) in shards, for bits per byte: bpb = loss_in_nats / ln(2) / bytes_per_token."""
+    return sum(h["n_bytes"] for _, h in shards) / sum(h["n_targets"] for _, h in shards)
 
 
-def split_bytes_per_token(split, vocab_size, vocab_source="custom", data_dir=None):
-    return bytes_per_token(split_shards(split, vocab_size, vocab_source, data_dir))
+def split_bytes_per_token(split, vocab_size, vocab_source="custom", data_dir=None, dataset="stories"):
+    return bytes_per_token(split_shards(split, vocab_size, vocab_source, data_dir, dataset=dataset))
 
 
 # -----------------------------------------------------------------------------
@@ -291,6 +346,10 @@ class Batches:
     windows; batch g takes positions g * batch_size ... of the endless stream of epochs. Rank r
     of world_size takes the global batches k * world_size + r (k = 0, 1, ...), so within an
     epoch no window is given twice, to any rank or DataLoader worker.
+
+    Shards with a loss mask (version 2, instruct records): the target of a token whose mask bit is 0
+    (BOS, a prompt) is -1, which the loss ignores; the windows are the same. Every window must hold
+    a target, so max_seq_len must exceed the longest prompt.
     """
 
     def __init__(self, shards, batch_size, max_seq_len, seed, bos_aligned=False):
@@ -299,6 +358,10 @@ class Batches:
                             "need batch_size, max_seq_len >= 1 and seed >= 0")
         self.paths = [str(p) for p, _ in shards]
         self.batch_size, self.L = batch_size, max_seq_len + 1
+        longest = max((h["longest_prompt"], str(p)) for p, h in shards) if shards else (0, "")
+        if longest[0] >= max_seq_len:  # a window of BOS and prompt tokens alone would have no target
+            raise DataError(f"max_seq_len={max_seq_len}: {longest[1]} holds a record whose BOS and prompt are "
+                            f"{longest[0]} tokens; windows must be longer, so that each holds a token of a story")
         self.seed = seed
         self.bos_aligned = bos_aligned
         self._mm = None
@@ -330,9 +393,13 @@ class Batches:
         return state
 
     def _tokens(self, i):
+        return self._memmaps()[i][0]
+
+    def _memmaps(self):
+        """[(tokens, packed loss mask or None)] of every shard, opened once per process."""
         if self._mm is None:
-            self._mm = [load_shard(p) for p in self.paths]
-        return self._mm[i]
+            self._mm = [(load_shard(p), load_mask(p)) for p in self.paths]
+        return self._mm
 
     def _epoch(self, e):
         if e not in self._epochs:
@@ -367,12 +434,16 @@ class Batches:
 
         shard, start = self.windows(g)
         rows = np.empty((self.batch_size, self.L), dtype=np.int64)
+        targets = np.ones((self.batch_size, self.L), dtype=bool)  # False: the loss ignores this token
         cols = np.arange(self.L)
         for s in np.unique(shard):
             sel = shard == s
-            rows[sel] = self._tokens(s)[start[sel, None] + cols]
-        rows = torch.from_numpy(rows)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+            tokens, packed = self._memmaps()[s]
+            rows[sel] = tokens[start[sel, None] + cols]
+            if packed is not None:
+                targets[sel] = mask_bits(packed, start[sel, None] + cols).astype(bool)
+        x, y = torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(np.where(targets, rows, -1)[:, 1:].copy())
+        return x, y
 
 
 def stream(batches, device="cpu", rank=0, world_size=1, start=0, num_workers=0):
@@ -411,13 +482,13 @@ def _stream(batches, device, rank, world_size, start, num_workers):
 
 def iter_batches(split, batch_size, max_seq_len, vocab_size, vocab_source="custom", data_dir=None,
                  device="cpu", num_workers=0, seed=1337, rank=0, world_size=1, start=0,
-                 bos_aligned=False):
+                 bos_aligned=False, dataset="stories"):
     """
     Endless (x, y) int64 batches of shape (batch_size, max_seq_len) on device, y = x shifted by
     one token, for one rank; see Batches for the sampling. Batch k (counting from 0) depends only
     on (seed, rank, world_size, split, k, data), so a run resumes exactly by passing
     start=<batches already consumed>.
     """
-    shards = split_shards(split, vocab_size, vocab_source, data_dir)
+    shards = split_shards(split, vocab_size, vocab_source, data_dir, dataset=dataset)
     batches = Batches(shards, batch_size, max_seq_len, seed, bos_aligned)
     return stream(batches, device, rank, world_size, start, num_workers)

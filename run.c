@@ -2105,7 +2105,29 @@ static void usage(void) {
         "              logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
         "              tokenize prints the ids of -i (no BOS) on one line\n"
         "  -y <string> (optional) system prompt in chat mode\n"
-        "  -o <string> output file for -m logits\n");
+        "  -o <string> output file for -m logits\n"
+        "  -w <string> instruct prompt, in place of -i: the words the story should use, e.g. \"dog, run, happy\"\n"
+        "  -f <string> instruct prompt: its features, e.g. \"Dialogue, BadEnding\"\n"
+        "  -a <string> instruct prompt: its summary, what the story is about\n");
+}
+
+// The prompt of a TinyStoriesInstruct record: "Words: w\nFeatures: f\nSummary: s\nStory:" with the
+// fields given (NULL: left out), each text as it is. This restates instruct.py's prompt_text, where the
+// record format is defined once; sample.py's --words, --features and --summary build the same text.
+static char *instruct_prompt(const char *words, const char *features, const char *summary) {
+    const char *flags[3] = {"-w", "-f", "-a"}, *names[3] = {"Words", "Features", "Summary"};
+    const char *texts[3] = {words, features, summary};
+    size_t n = strlen("Story:") + 1;
+    for (int i = 0; i < 3; i++) {
+        if (texts[i] && strpbrk(texts[i], "\r\n")) { die("%s: '%s': a field is one line of text", flags[i], texts[i]); }
+        if (texts[i]) { n += strlen(names[i]) + 2 + strlen(texts[i]) + 1; }
+    }
+    char *prompt = xmalloc(n), *end = prompt;
+    for (int i = 0; i < 3; i++) {
+        if (texts[i]) { end += sprintf(end, "%s: %s\n", names[i], texts[i]); }
+    }
+    strcpy(end, "Story:");
+    return prompt;
 }
 
 static float parse_float(const char *flag, const char *v, float lo, float hi, const char *expect) {
@@ -2159,6 +2181,7 @@ static char *find_tokenizer(const char *checkpoint, int vocab_size) {
 int main(int argc, char *argv[]) {
     const char *checkpoint = NULL, *tokenizer_path = NULL, *prompt = NULL, *system_prompt = NULL;
     const char *mode = "generate", *out_path = NULL, *end_text = NULL;
+    const char *words = NULL, *features = NULL, *summary = NULL;  // an instruct prompt's fields
     float temperature = 1.0f, topp = 0.9f;
     int steps = 256, topk = 0;
     unsigned long long seed = 0;
@@ -2183,6 +2206,9 @@ int main(int argc, char *argv[]) {
         case 'e': end_text = v; break;
         case 'y': system_prompt = v; break;
         case 'o': out_path = v; break;
+        case 'w': words = *v ? v : NULL; break;
+        case 'f': features = *v ? v : NULL; break;
+        case 'a': summary = *v ? v : NULL; break;
         case 'm':
             if (strcmp(v, "generate") && strcmp(v, "chat") && strcmp(v, "logits") && strcmp(v, "tokenize")) {
                 die("-m expects generate, chat, logits or tokenize, got '%s'", v);
@@ -2193,6 +2219,12 @@ int main(int argc, char *argv[]) {
         }
     }
     if (!strcmp(mode, "logits") && !out_path) { die("-m logits needs -o <file> for the logits"); }
+    char *instruct = NULL;  // the instruct prompt, in place of -i
+    if (words || features || summary) {
+        if (prompt) { die("-i and -w/-f/-a: give a prompt or the fields of an instruct prompt, not both"); }
+        if (!strcmp(mode, "logits")) { die("-m logits reads token ids from -i, not an instruct prompt (-w/-f/-a)"); }
+        prompt = instruct = instruct_prompt(words, features, summary);
+    }
     if (seed == 0) { seed = (unsigned int)time(NULL); }
     CpuSample start;
     const CpuSample *since = sample_cpu(&start) ? &start : NULL;
@@ -2240,6 +2272,7 @@ int main(int argc, char *argv[]) {
         free_tokenizer(&tk);
         free_transformer(&t);
         free(found);
+        free(instruct);
         return 0;
     }
 
@@ -2258,5 +2291,6 @@ int main(int argc, char *argv[]) {
     free_tokenizer(&tk);
     free_transformer(&t);
     free(found);
+    free(instruct);
     return 0;
 }

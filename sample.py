@@ -4,6 +4,11 @@
     python sample.py --checkpoint=out/ckpt.pt --start="Once upon a time" --num_samples=3 --temperature=0.8
     python sample.py --checkpoint=out/ckpt.pt --start=FILE:prompt.txt --temperature=0   # greedy
     python sample.py --checkpoint=out/model.bin                                       # a run.c model
+    python sample.py --checkpoint=out/ckpt.pt --words="dog, run, happy" --features=Dialogue   # instruct
+
+--words, --features and --summary build an instruct prompt in place of --start (instruct.prompt_text:
+"Words: dog, run, happy\nFeatures: Dialogue\nStory:", each text as given), for a model trained on
+TinyStoriesInstruct records; the story follows it and ends at EOS, as the records taught.
 
 Every sample begins with BOS (where the vocabulary adds one) and the prompt, and ends at the end of
 the story (EOS, a BOS that starts the next one, or the vocabulary's end-of-story token such as
@@ -24,12 +29,16 @@ from binfile import load_bin, read_header
 from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import configure_or_exit
 from fileio import regular_file
+from instruct import prompt_text
 from machine import use_free_cores
 import tokenizer as T
 
 defaults = dict(
     checkpoint="out/ckpt.pt",  # a train.py checkpoint or a run.c .bin model
     start="",  # prompt text, or FILE:path to read it from a file
+    words="",  # instruct prompt: the words the story should use, e.g. "dog, run, happy" (in place of --start)
+    features="",  # instruct prompt: its features, e.g. "Dialogue, BadEnding"
+    summary="",  # instruct prompt: what the story is about
     num_samples=1,  # stories to write
     max_new_tokens=256,  # tokens per story at most
     temperature=1.0,  # sampling temperature (0: greedy)
@@ -114,7 +123,15 @@ def main():
         die(f"--end_token: {e}" if "end token" in str(e) else str(e))
 
     start = cfg["start"]
-    if start.startswith("FILE:"):
+    fields = {k: cfg[k] for k in ("words", "features", "summary") if cfg[k]}
+    if fields and start:
+        die("--start and --words/--features/--summary: give a prompt or the fields of an instruct prompt, not both")
+    if fields:
+        try:
+            start = prompt_text(**fields)
+        except ValueError as e:
+            die(f"--words/--features/--summary: {e}")
+    elif start.startswith("FILE:"):
         try:
             with open(start[5:], encoding="utf-8") as f:
                 start = f.read()

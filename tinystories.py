@@ -1,20 +1,23 @@
 """
 tinystories.py: the TinyStories data commands, from the download to the token shards.
 
-    python tinystories.py download [--dataset v1|v2|all] [--source URL_OR_PATH] [--max_mb N (v2: a slice)]
+    python tinystories.py download [--dataset v1|v2|all|instruct] [--source URL_OR_PATH] [--max_mb N (a slice)]
     python tinystories.py download_models [--models stories260K stories15M ...]   # llama2.c's models
     python tinystories.py download_tokenizer gpt2          # GPT-2's tokenizer as data/gpt2.json (gptneo: GPT-Neo's)
     python tinystories.py train_vocab --vocab_size=512
     python tinystories.py pretokenize --vocab_size=512      # --vocab_source=llama2: Llama 2's tokenizer
+    python tinystories.py pretokenize --vocab_size=512 --dataset=instruct   # records, a loss mask: tok512-instruct/
 
 Every command shows progress, and a second run with the same inputs does nothing and says so.
 Files live in data/ (env STORYLLAMA_DATA or --data_dir to move it):
     TinyStories_all_data/data00.json...      V1 (GPT-3.5 + GPT-4), from TinyStories_all_data.tar.gz
     TinyStoriesV2-GPT4-{train,valid}.txt     V2 (GPT-4 only)
     TinyStoriesV2-GPT4-train.head-{N}MiB.txt  a slice of V2 train (see download), read when the whole is not here
+    TinyStories-Instruct-{train,valid}.txt   TinyStoriesInstruct: records of fields and a story (instruct.py)
     tok{N}.model, tok{N}.vocab               a trained sentencepiece vocabulary
     gpt2.json, gptneo.json                   GPT-2's and GPT-Neo's tokenizers (download_tokenizer)
     tok{N}/, llama2/ or NAME/                token shards: {train,val}_0000.bin ..., manifest.json
+    tok{N}-instruct/ (NAME-instruct/)        the shards of instruct records (with a loss mask), bad_records.txt
 Where a vocabulary's files live, and the shard format, are dataloader.py's (train.py reads the
 shards through it); the HTTP client is download.py's.
 
@@ -44,20 +47,24 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
-                        pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
+                        mask_bytes, pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
 from download import MAX_BYTES, fetch
 from fileio import atomic_write, publish, regular_file
 from hf_tokenizer import gpt2_tokenizer_json
+import instruct
 from tokenizer import Tokenizer
 from vocab import BYTE_LEVEL
 
 HF_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+INSTRUCT_BASE = "https://huggingface.co/datasets/roneneldan/TinyStoriesInstruct/resolve/main/"
 DATASET_FILES = {
     "v1": ["TinyStories_all_data.tar.gz"],
     "v2": ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"],
+    "instruct": ["TinyStories-Instruct-train.txt", "TinyStories-Instruct-valid.txt"],
 }
 V2_TRAIN = DATASET_FILES["v2"][0]
 V2_SLICES = "TinyStoriesV2-GPT4-train.head-*MiB.txt"  # slices (download --max_mb=N): never the whole's name
+SLICES = {"v2": V2_SLICES, "instruct": "TinyStories-Instruct-train.head-*MiB.txt"}  # of each train file
 V1_DIR = "TinyStories_all_data"  # where the V1 archive is extracted, inside the data dir
 
 SEP = "<|endoftext|>"
@@ -193,9 +200,11 @@ def _hash_is_val(story):
     return int.from_bytes(digest, "little") % VAL_BUCKETS == 0
 
 
-def iter_split(files, bar=None):
+def iter_split(files, bar=None, bad=None):
     """
-    Yield (story, is_val) for every story of files, in order. The validation split:
+    Yield (story, is_val) for every story of files, in order. With a list `bad`, the files hold
+    instruct records (instruct.iter_records): yield ((prompt, story), is_val) for every good one and
+    append "file:line: problem" to bad for every bad one. The validation split:
     - if some input file has "valid" in its name (the V2 download has one), exactly the stories
       of those files are the validation split;
     - otherwise a story is held out when blake2b-64 of its UTF-8 text is 0 mod VAL_BUCKETS (1%).
@@ -208,14 +217,30 @@ def iter_split(files, bar=None):
     for f in files:
         in_valid_file = is_valid_file(f)
         left = f.stat().st_size if bar is not None else 0  # bytes not yet counted on the bar
-        for story in iter_stories(f):
-            yield story, (in_valid_file if by_file else _hash_is_val(story))
+        for item in iter_stories(f) if bad is None else _instruct_records(f, bad):
+            story = item if bad is None else item[1]
+            yield item, (in_valid_file if by_file else _hash_is_val(story))
             if bar is not None:
                 step = min(left, len(story) + len(SEP))  # about the story's bytes in a text file
                 bar.update(step)
                 left -= step
         if bar is not None:
             bar.update(left)
+
+
+def _instruct_records(path, bad):
+    """(prompt, story) of every good record of an instruct file; each bad one named in bad."""
+    try:
+        regular_file(path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if path.suffix != ".txt":
+        raise DataError(f"{path}: instruct records are read from .txt files (<|endoftext|>-separated records)")
+    for r in instruct.iter_records(path):
+        if r.problem:
+            bad.append(f"{path}:{r.line}: {r.problem}")
+        else:
+            yield instruct.prompt_of(r.fields), r.story
 
 
 def input_files(data_dir, dataset="v1", inputs=None):
@@ -238,9 +263,10 @@ def input_files(data_dir, dataset="v1", inputs=None):
     if dataset == "v1":
         files = sorted((data_dir / V1_DIR).glob("*.json"))
     else:  # the whole train file, else the largest slice of it
-        slices = sorted(data_dir.glob(V2_SLICES), key=lambda p: p.stat().st_size)
-        train = data_dir / V2_TRAIN if (data_dir / V2_TRAIN).is_file() else (slices or [None])[-1]
-        files = [f for f in (train, data_dir / DATASET_FILES["v2"][1]) if f and f.is_file()]
+        whole, valid = DATASET_FILES[dataset]
+        slices = sorted(data_dir.glob(SLICES[dataset]), key=lambda p: p.stat().st_size)
+        train = data_dir / whole if (data_dir / whole).is_file() else (slices or [None])[-1]
+        files = [f for f in (train, data_dir / valid) if f and f.is_file()]
     if not files:
         raise DataError(f"no TinyStories {dataset} files in {data_dir}: run "
                         f"`python tinystories.py download --dataset={dataset}` first, or pass --input FILE")
@@ -278,32 +304,34 @@ def extract_v1(archive, data_dir):
 
 
 def download(dataset="v1", data_dir=None, source=None, retries=3, max_mb=None):
-    """max_mb=N (V2 only): just the first N MiB of the train file (a Range request, or a local file's
-    head), cut after its last whole story, saved as V2_SLICES with N, never as the whole file; checked
-    by its size only (the server's sha256 is the whole file's). The valid file comes whole."""
+    """max_mb=N (V2 and instruct): just the first N MiB of the train file (a Range request, or a local
+    file's head), cut after its last whole story, saved as its SLICES name with N, never as the whole
+    file; checked by its size only (the server's sha256 is the whole file's). The valid file comes whole."""
     data_dir = default_data_dir(data_dir)
     cut = None  # (file name, bytes) of the slice: its name fixes its size (N to 6 digits)
     if max_mb is not None:
-        if dataset != "v2" or not 0 < max_mb <= MAX_BYTES >> 20:
+        if dataset not in SLICES or not 0 < max_mb <= MAX_BYTES >> 20:
             raise DataError(f"--max_mb={max_mb}: only with --dataset=v2 (V1 is one .tar.gz archive), "
-                            f"more than 0 and at most {MAX_BYTES >> 20} (MiB)")
-        cut = V2_SLICES.replace("*", f"{max_mb:g}"), max(1, int(float(f"{max_mb:g}") * (1 << 20)))
+                            f"more than 0 and at most {MAX_BYTES >> 20} (MiB); --dataset=instruct takes it too")
+        cut = SLICES[dataset].replace("*", f"{max_mb:g}"), max(1, int(float(f"{max_mb:g}") * (1 << 20)))
     data_dir.mkdir(parents=True, exist_ok=True)
     did = False
     for ds in (["v1", "v2"] if dataset == "all" else [dataset]):
         if ds == "v1" and (data_dir / V1_DIR).is_dir():
             continue  # extracted already; the archive itself is not needed any more
         for name in DATASET_FILES[ds]:
-            save, head = cut if cut and name == V2_TRAIN else (name, None)
+            save, head = cut if cut and name == DATASET_FILES[ds][0] else (name, None)
             if not (data_dir / save).is_file() and not (data_dir / name).is_file():  # the whole does too
-                fetch(name, data_dir, HF_BASE, source, retries, head=head, save_as=save, cut_after=SEP.encode())
+                base = INSTRUCT_BASE if ds == "instruct" else HF_BASE
+                fetch(name, data_dir, base, source, retries, head=head, save_as=save, cut_after=SEP.encode())
                 did = True
         if ds == "v1":
             extract_v1(data_dir / DATASET_FILES["v1"][0], data_dir)
             did = True
-    used = input_files(data_dir, "v2")[0] if dataset != "v1" else None
+    sliced = dataset if dataset in SLICES else "v2" if dataset == "all" else None
+    used = input_files(data_dir, sliced)[0] if sliced else None
     print(f"{'done' if did else 'nothing to do'}: TinyStories {dataset} is in {data_dir}"
-          + (f" (--dataset=v2 reads {used.name})" if used else ""))
+          + (f" (--dataset={sliced} reads {used.name})" if used else ""))
 
 
 # Karpathy's tinyllamas (llama2.c's trained models) and Meta's Llama 2 tokenizer, for ./run.
@@ -455,7 +483,31 @@ def _special_pieces(tok):
     return out
 
 
-def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_tokens=()):
+def _vocab_sample(files, max_stories, vocab_size, records):
+    """The lines train_vocab learns from: those of the first max_stories training-split stories (records:
+    of their prompts and stories; a count of the bad ones, on stderr)."""
+    bad = [] if records else None  # the instruct records left out
+    n = 0
+    with tqdm(total=max_stories, desc="vocab sample", unit="story") as bar:
+        for item, is_val in iter_split(files, bad=bad):
+            if is_val:
+                continue
+            for line in ("\n".join(item) if records else item).split("\n"):
+                if line.strip():
+                    yield line
+            n += 1
+            bar.update()
+            if n == max_stories:
+                break
+        bar.total = n  # fewer stories than the cap: the sample is complete, not cut short
+        bar.refresh()
+    print(f"training a {vocab_size}-token BPE vocabulary on {n} {'records' if records else 'stories'}")
+    if bad:
+        print(f"note: {len(bad):,} bad records left out of the sample, the first: {bad[0]} (pretokenize "
+              "--dataset=instruct names them all)", file=sys.stderr)
+
+
+def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_tokens=(), records=False):
     """
     Train data/tok{vocab_size}.model: sentencepiece BPE with byte fallback, digits split and
     identity normalization (llama2.c's choices), plus keeping runs of spaces (sentencepiece
@@ -463,6 +515,7 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
     symbols go to byte fallback instead of eating a small vocabulary. The sample is the first
     max_stories training-split stories, files in the order given, each story fed as its lines.
     One trainer thread and no shuffling: the same input gives a byte-identical model anywhere.
+    records: the files hold instruct records, each fed as its prompt's lines and its story's.
     """
     import sentencepiece as spm
 
@@ -489,27 +542,11 @@ def train_vocab(vocab_size, files, data_dir=None, max_stories=100_000, special_t
         why = "other special tokens" if done in (None, signature) else "was trained on other text or settings"
         print(f"{model} {'has ' if why.startswith('other') else ''}{why}: training it again")
 
-    def lines():
-        n = 0
-        with tqdm(total=max_stories, desc="vocab sample", unit="story") as bar:
-            for story, is_val in iter_split(files):
-                if is_val:
-                    continue
-                for line in story.split("\n"):
-                    if line.strip():
-                        yield line
-                n += 1
-                bar.update()
-                if n == max_stories:
-                    break
-            bar.total = n  # fewer stories than the cap: the sample is complete, not cut short
-            bar.refresh()
-        print(f"training a {vocab_size}-token BPE vocabulary on {n} stories")
-
     proto = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(), model_writer=proto, model_type="bpe", vocab_size=vocab_size,
+            sentence_iterator=_vocab_sample(files, max_stories, vocab_size, records), model_writer=proto,
+            model_type="bpe", vocab_size=vocab_size,
             character_coverage=0.9999, split_digits=True, byte_fallback=True,
             allow_whitespace_only_pieces=True, normalization_rule_name="identity",
             remove_extra_whitespaces=False, user_defined_symbols=special_tokens,
@@ -538,34 +575,60 @@ def _init_worker(model_path):
     _worker_tok = Tokenizer(model_path)
 
 
-def _encode_chunk(chunk):
-    """[(story, is_val)] -> {"train"/"val": (uint16 tokens, n_stories, n_bytes)}, in input order."""
-    tok = _worker_tok
-    texts = [s for s, _ in chunk]
+def _encode_texts(tok, texts):
     if tok.sp_model:  # one thread: the parallelism is the worker processes (sentencepiece may default to all cores)
-        ids = tok.sp_model.encode(texts, num_threads=1)
+        return tok.sp_model.encode(texts, num_threads=1)
+    return [tok.encode(t, bos=False, eos=False) for t in texts]
+
+
+def _record_tokens(tok, records):
+    """(prompt tokens, story tokens) of each (prompt, story): the prompt's tokens are those it has alone
+    (what sample.py and run.c give it), the story's those that follow them in the tokens of prompt + " " +
+    story, so the space after "Story:" is where any tokenizer puts it (sentencepiece's "▁Once", GPT-2's
+    "ĠOnce"); when the two encodings disagree on the prompt's tokens, the story's alone."""
+    heads = _encode_texts(tok, [p for p, _ in records])
+    whole = _encode_texts(tok, [f"{p} {s}" for p, s in records])
+    return heads, [w[len(h):] if list(w[:len(h)]) == list(h) else _encode_texts(tok, [s])[0]
+                   for h, w, (_, s) in zip(heads, whole, records)]
+
+
+def _encode_chunk(chunk):
+    """[(story, is_val)] -> {"train"/"val": (uint16 tokens, n_stories, n_bytes, None)}, in input order;
+    [((prompt, story), is_val)] (instruct records) -> the same with a loss mask: each record is BOS,
+    its prompt's tokens, its story's tokens (_record_tokens), EOS, the mask True on the story's tokens
+    and EOS, and n_bytes counts the stories' bytes."""
+    tok = _worker_tok
+    records = isinstance(chunk[0][0], tuple)
+    texts = [s[1] if records else s for s, _ in chunk]
+    if records:
+        heads, ids = _record_tokens(tok, [s for s, _ in chunk])
     else:
-        ids = [tok.encode(t, bos=False, eos=False) for t in texts]
+        heads, ids = [[]] * len(chunk), _encode_texts(tok, texts)
     out = {}
     for split, want_val in (("train", False), ("val", True)):
         picked = [i for i, (_, v) in enumerate(chunk) if v == want_val]
-        n_tokens = sum(len(ids[i]) + 2 for i in picked)
+        n_tokens = sum(len(heads[i]) + len(ids[i]) + 2 for i in picked)
         tokens = np.empty(n_tokens, dtype=np.uint16)
+        mask = np.ones(n_tokens, dtype=bool) if records else None
         pos = 0
         for i in picked:
-            n = len(ids[i])
+            h, n = len(heads[i]), len(ids[i])
             tokens[pos] = tok.bos_id
-            tokens[pos + 1:pos + 1 + n] = ids[i]
-            tokens[pos + 1 + n] = tok.eos_id
-            pos += n + 2
+            tokens[pos + 1:pos + 1 + h] = heads[i]
+            tokens[pos + 1 + h:pos + 1 + h + n] = ids[i]
+            tokens[pos + 1 + h + n] = tok.eos_id
+            if records:
+                mask[pos:pos + 1 + h] = False
+            pos += h + n + 2
         n_bytes = sum(len(texts[i].encode("utf-8")) for i in picked)
-        out[split] = (tokens, len(picked), n_bytes)
+        out[split] = (tokens, len(picked), n_bytes, mask)
     return out
 
 
 class ShardWriter:
     """Appends tokens to {split}_0000.bin, {split}_0001.bin ... of about shard_tokens tokens each,
-    each written as name.tmp with its header filled in at the end, then renamed into place."""
+    each written as name.tmp with its header filled in at the end, then renamed into place. Tokens
+    that come with a loss mask make version-2 shards: the mask, kept in memory, follows the tokens."""
 
     def __init__(self, out_dir, split, tok, tok_sha, shard_tokens):
         self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
@@ -574,7 +637,7 @@ class ShardWriter:
         self.shards = {}  # file name -> n_tokens
         self.f = None
 
-    def add(self, tokens, n_stories, n_bytes):
+    def add(self, tokens, n_stories, n_bytes, mask=None):
         if n_stories == 0:
             return
         if self.f is None:
@@ -583,14 +646,21 @@ class ShardWriter:
             self.f = open(self.tmp, "wb")
             self.f.write(bytes(HEADER_SIZE))
             self.counts = [0, 0, 0]  # tokens, stories, bytes
+            self.masks, self.longest = [], 0  # the loss mask's pieces; the longest run of 0s (BOS + prompt)
         self.f.write(tokens.astype("<u2", copy=False).tobytes())
+        if mask is not None:  # a piece starts at a BOS and ends at an EOS: no run of 0s crosses pieces
+            self.masks.append(mask)
+            self.longest = max(self.longest, int(np.diff(np.flatnonzero(np.r_[True, mask, True])).max()) - 1)
         self.counts = [self.counts[0] + len(tokens), self.counts[1] + n_stories, self.counts[2] + n_bytes]
         if self.counts[0] >= self.shard_tokens:
             self._finish()
 
     def _finish(self):
+        mask = (int(sum(m.sum() for m in self.masks)), self.longest) if self.masks else None
+        if mask:
+            self.f.write(np.packbits(np.concatenate(self.masks)).tobytes())
         self.f.seek(0)
-        self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha, self.identity))
+        self.f.write(pack_header(*self.fixed, *self.counts, self.tok_sha, self.identity, mask))
         self.f.close()
         self.f = None
         publish(self.tmp, self.out_dir / self.name)
@@ -609,14 +679,15 @@ def _batched(iterable, n):
 
 
 def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, shard_tokens=1 << 26,
-                chunk_stories=512, vocab_source="custom"):
+                chunk_stories=512, vocab_source="custom", dataset="stories"):
     """
     Encode every story of files as BOS + tokens + EOS into uint16 shards in the vocabulary's folder
     (data/tok{N}/, data/llama2/ or data/NAME/; see dataloader.py). The tokenizer is any file
     tokenizer.Tokenizer reads (default: the vocabulary's own, by dataloader.py's rule). Stories are cut
     into chunks of chunk_stories in input order, encoded by `workers` processes and written in input order,
     so the shards are byte-identical for any worker count. Everything is written to a temp folder that
-    replaces the old one.
+    replaces the old one. dataset="instruct": the files hold instruct records, encoded with a loss mask
+    (_encode_chunk) into data/tok{N}-instruct/, and every bad record is named in its bad_records.txt.
     """
     data_dir = default_data_dir(data_dir)
     check_vocab(vocab_size, vocab_source)
@@ -627,13 +698,13 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     tok = _shard_tokenizer(model, vocab_size, vocab_source, data_dir)
     tok_sha = file_sha256(model) if model.is_file() else hashlib.sha256(b"").hexdigest()
     files = [Path(f) for f in files]
-    out = shard_dir(vocab_size, vocab_source, data_dir)
+    out = shard_dir(vocab_size, vocab_source, data_dir, dataset)
     if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
         raise DataError(f"{out} holds files that are not token shards: pretokenize would replace it; "
                         "use another --vocab_source name (or --data_dir)")
     signature = {
         "tokenizer_sha256": tok_sha, "identity": tok.identity.hex() if tok.identity else None,
-        "vocab_size": tok.n_words, "shard_tokens": shard_tokens,
+        "vocab_size": tok.n_words, "shard_tokens": shard_tokens, "dataset": dataset,
         "val_rule": f"valid files, else blake2b-64 % {VAL_BUCKETS} == 0",
         "inputs": _file_stamps(files),
     }
@@ -648,34 +719,50 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     t0 = time.time()
     stats = {"train": [0, 0, 0], "val": [0, 0, 0]}  # tokens, stories, bytes
 
+    bad = [] if dataset == "instruct" else None  # "file:line: problem" of each bad record
+
     def write(result):
-        for split, (tokens, n_stories, n_bytes) in result.items():
-            writers[split].add(tokens, n_stories, n_bytes)
+        for split, (tokens, n_stories, n_bytes, mask) in result.items():
+            writers[split].add(tokens, n_stories, n_bytes, mask)
             stats[split] = [a + b for a, b in zip(stats[split], (len(tokens), n_stories, n_bytes))]
 
     try:
-        _encode_files(files, model, workers, chunk_stories, write)
+        _encode_files(files, model, workers, chunk_stories, write, bad)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # the previous shards stay as they were
         raise
     shards = {**writers["train"].close(), **writers["val"].close()}
     seconds = time.time() - t0
-    n_stories = stats["train"][1] + stats["val"][1]
-    if n_stories == 0:
+    if stats["train"][1] + stats["val"][1] == 0:
         shutil.rmtree(tmp_dir)
-        raise DataError(f"no stories found in {', '.join(map(str, files))}")
-    manifest = {"signature": signature, "shards": shards, "stats": stats, "seconds": round(seconds, 3)}
+        raise DataError(f"no {'good records' if bad is not None else 'stories'} found in {', '.join(map(str, files))}"
+                        + (f" ({len(bad)} bad, the first {bad[0]})" if bad else ""))
+    if bad:
+        atomic_write(tmp_dir / "bad_records.txt", "".join(b + "\n" for b in bad).encode())
+    manifest = {"signature": signature, "shards": shards, "stats": stats, "seconds": round(seconds, 3),
+                **({"bad_records": len(bad)} if bad is not None else {})}
     atomic_write(tmp_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     _replace_dir(tmp_dir, out)
+    _report(out, stats, len(shards), seconds, workers, bad)
+    return out
+
+
+def _report(out, stats, n_shards, seconds, workers, bad):
+    """What pretokenize did, on stdout; what it left out or could not make, on stderr."""
     for split in ("train", "val"):
         t, s, b = stats[split]
-        print(f"{split}: {s:,} stories, {t:,} tokens, {b / max(t, 1):.2f} bytes/token")
+        print(f"{split}: {s:,} {'stories' if bad is None else 'records'}, {t:,} tokens, {b / max(t, 1):.2f} "
+              f"{'story ' if bad is not None else ''}bytes/token")
+    if bad:
+        print(f"note: {len(bad):,} bad record{'s' if len(bad) > 1 else ''} left out, each named in "
+              f"{out / 'bad_records.txt'}; the first: "
+              + "; ".join(bad[:3]), file=sys.stderr)
     if stats["val"][1] == 0:
         print(f"note: the validation split is empty (too few stories for 1 in {VAL_BUCKETS} to be held out): "
               "train.py needs one; add a file with 'valid' in its name to --input, or more stories", file=sys.stderr)
-    print(f"wrote {len(shards)} shards to {out} in {seconds:.1f}s "
-          f"({n_stories / seconds:,.0f} stories/s, {workers} workers)")
-    return out
+    n_stories = stats["train"][1] + stats["val"][1]
+    print(f"wrote {n_shards} shards to {out} in {seconds:.1f}s "
+          f"({n_stories / seconds:,.0f} {'stories' if bad is None else 'records'}/s, {workers} workers)")
 
 
 def _shard_tokenizer(model, vocab_size, vocab_source, data_dir):
@@ -713,14 +800,16 @@ def _up_to_date(out, signature):
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
+    masked = signature["dataset"] == "instruct"  # the shards end with a loss mask
     return bool(manifest) and manifest.get("signature") == signature and all(
-        (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n
+        (out / name).is_file() and (out / name).stat().st_size == HEADER_SIZE + 2 * n + masked * mask_bytes(n)
         for name, n in manifest["shards"].items())
 
 
-def _encode_files(files, model, workers, chunk_stories, write):
+def _encode_files(files, model, workers, chunk_stories, write, bad=None):
     """Encode the stories of files with the tokenizer file `model`, chunk_stories at a time on `workers`
-    processes, and hand each chunk's result to write in input order."""
+    processes, and hand each chunk's result to write in input order. With a list `bad`, the files hold
+    instruct records (iter_split)."""
     def progress():
         return tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
                     unit_divisor=1024, desc="pretokenize")
@@ -728,7 +817,7 @@ def _encode_files(files, model, workers, chunk_stories, write):
     if workers == 1:
         _init_worker(str(model))
         with progress() as bar:
-            for chunk in _batched(iter_split(files, bar), chunk_stories):
+            for chunk in _batched(iter_split(files, bar, bad), chunk_stories):
                 write(_encode_chunk(chunk))
         return
     # fork: workers start at once and need no importable __main__ (spawn fails for stdin scripts); a
@@ -739,7 +828,7 @@ def _encode_files(files, model, workers, chunk_stories, write):
         pending = deque()  # bounded, in input order: memory stays flat, output stays ordered
         try:
             with progress() as bar:
-                for chunk in _batched(iter_split(files, bar), chunk_stories):
+                for chunk in _batched(iter_split(files, bar, bad), chunk_stories):
                     pending.append(pool.submit(_encode_chunk, chunk))
                     if len(pending) >= 2 * workers:
                         write(pending.popleft().result())
@@ -762,10 +851,10 @@ def make_parser():
         p.add_argument("--data_dir", default=None, help="data folder (default: $STORYLLAMA_DATA or data/)")
 
     def inputs(p):
-        p.add_argument("--dataset", choices=["v1", "v2"], default="v1",
-                       help="which downloaded TinyStories to read (default v1)")
+        p.add_argument("--dataset", choices=["v1", "v2", "instruct"], default="v1", help="which downloaded TinyStories "
+                       "to read (default v1); instruct: its records (or --input's), shards with a loss mask")
         p.add_argument("--input", nargs="+", default=None, metavar="PATH",
-                       help="read these story files or folders instead (.txt/.json, .gz/.xz)")
+                       help="read these story files or folders instead (.txt/.json, .gz/.xz; instruct: .txt)")
 
     def fetching(p, where):
         p.add_argument("--source", default=None, metavar="URL_OR_PATH",
@@ -775,11 +864,12 @@ def make_parser():
     p = sub.add_parser("download", help="fetch TinyStories (resumable, verified, extracted)", description="fetch TinyStories (resumable, verified, extracted)")
     common(p)
     fetching(p, "mirror URL, local folder or local file")
-    p.add_argument("--dataset", choices=["v1", "v2", "all"], default="v1",
-                   help="v1: TinyStories_all_data.tar.gz; v2: the GPT-4 train/valid text files")
-    p.add_argument("--max_mb", type=float, nargs="?", const=100.0, metavar="N", help="v2 only: the train file's first "
-                   "N MiB (100 if N is left out), cut after its last whole story, as "
-                   "TinyStoriesV2-GPT4-train.head-{N}MiB.txt; the valid file comes whole")
+    p.add_argument("--dataset", choices=["v1", "v2", "all", "instruct"], default="v1",
+                   help="v1: TinyStories_all_data.tar.gz; v2: the GPT-4 train/valid text files; all: both; "
+                        "instruct: TinyStories-Instruct-{train,valid}.txt (roneneldan/TinyStoriesInstruct)")
+    p.add_argument("--max_mb", type=float, nargs="?", const=100.0, metavar="N", help="v2 and instruct: the train "
+                   "file's first N MiB (100 if N is left out), cut after its last whole story, as its name with "
+                   ".head-{N}MiB.txt (TinyStoriesV2-GPT4-train.head-100MiB.txt); the valid file comes whole")
 
     p = sub.add_parser("download_models", help="fetch llama2.c's trained models and the Llama 2 tokenizer",
                        description="fetch llama2.c's trained tinyllamas models (with their run.c tokenizers) "
@@ -856,14 +946,15 @@ def main(argv=None):
             download_tokenizer(args.names, args.data_dir, args.source, args.retries)
         elif args.command == "train_vocab":
             files = input_files(args.data_dir, args.dataset, args.input)
-            train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens)
+            train_vocab(args.vocab_size, files, args.data_dir, args.max_stories, args.special_tokens,
+                        records=args.dataset == "instruct")
         else:
             if args.workers is not None and args.workers < 1:
                 raise DataError(f"--workers={args.workers}: must be >= 1")
             vocab_source, vocab_size = _pretokenize_vocab(args)
             files = input_files(args.data_dir, args.dataset, args.input)
             pretokenize(vocab_size, files, args.data_dir, args.tokenizer, args.workers, args.shard_tokens,
-                        vocab_source=vocab_source)
+                        vocab_source=vocab_source, dataset="instruct" if args.dataset == "instruct" else "stories")
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

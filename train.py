@@ -78,6 +78,7 @@ max_seq_len = 256  # context length: tokens per training window
 vocab_source = "custom"  # "custom" (data/tok{vocab_size}.model), "llama2" (Meta's 32000) or NAME (data/NAME.json...)
 vocab_size = 512  # tokens in the vocabulary (custom: data/tok{vocab_size}.model)
 data_dir = None  # where the shards and vocabularies are (None: $STORYLLAMA_DATA or data/)
+dataset = "stories"  # "stories" (data/tok{N}/), or "instruct" (data/tok{N}-instruct/: records, loss on their stories)
 seed = 1337  # model init, dropout and data order
 bos_aligned = False  # start every training window at the start of a story
 # model
@@ -275,7 +276,7 @@ try:
         vocab_model = checkpoint_tokenizer(ckpt_path, ckpt)[0]
         if not vocab_model.is_file():
             raise ValueError(f"{vocab_model}: the run's vocabulary, which {ckpt_path} names, is missing")
-    shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir, vocab_model)
+    shards = {split: dataloader.split_shards(split, vocab_size, vocab_source, data_dir, vocab_model, dataset)
               for split in ("train", "val")}
     bytes_per_token = dataloader.bytes_per_token(shards["val"])
     train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
