@@ -1,7 +1,7 @@
 """Does a model follow TinyStoriesInstruct prompts? instruct.measure on records it never saw: the share of
 the requested words its stories use, and how often it writes dialogue when asked for it and when not.
 
-    python bench/bench_instruct.py make --input ../shared/data/tinystories --out data/instruct
+    python bench/bench_instruct.py make --input ../shared/data/tinystories --out data/instruct --copies 3
     python bench/bench_instruct.py measure --model out/ckpt.pt --records data/instruct/TinyStories-Instruct-valid.txt
 
 make: instruct records in the published format from plain stories (instruct.record_from_story; the
@@ -37,8 +37,10 @@ def held_out(story):
 
 def make(inputs, out, seed, copies=1):
     """Write out/TinyStories-Instruct-{train,valid}.txt from the stories of inputs (each story once):
-    a record of each held-out story, `copies` records of each other one (each asking for other words)."""
+    a record of each held-out story, `copies` records of each other one (each asking for other words);
+    and the same stories as plain text, out/stories-{train,valid}.txt, to train a plain model on."""
     seen, splits, skipped = set(), {"train": [], "valid": []}, 0
+    plain = {"train": [], "valid": []}
     for f in ts.input_files(None, inputs=inputs):
         for story in ts.iter_stories(f):
             if story in seen:
@@ -50,9 +52,11 @@ def make(inputs, out, seed, copies=1):
                 skipped += 1
                 continue
             splits[split] += [instruct.record_text(*r) for r in records]
+            plain[split].append(f"{story}\n{instruct.SEP}\n")
     out.mkdir(parents=True, exist_ok=True)
     for split, texts in splits.items():
         atomic_write(out / f"TinyStories-Instruct-{split}.txt", "".join(texts).encode("utf-8"))
+        atomic_write(out / f"stories-{split}.txt", "".join(plain[split]).encode("utf-8"))
     print(f"{len(splits['train']):,} train and {len(splits['valid']):,} valid records in {out} "
           f"({skipped} stories with fewer than 3 words to ask for left out)")
 
