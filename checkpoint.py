@@ -4,6 +4,7 @@ anything that is not a checkpoint of a model that fits its weights.
 train.py writes ckpt.pt (fileio.atomic_write) and reads it back here to resume; sample.py and
 export.py load models from it with load_checkpoint, and find its vocabulary with checkpoint_tokenizer.
 """
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +14,18 @@ from fileio import regular_file
 from model import ModelArgs, Transformer, check_args
 
 
+def torch_file(path, what, device="cpu"):
+    """What a torch.save file holds, tensors and plain containers only (weights_only: a crafted pickle
+    cannot run code), torch's warnings about odd pickles silenced: the error, if any, is one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {first})") from None
+
+
 def read_checkpoint(path, device="cpu"):
     """The dict in a train.py checkpoint, or ValueError in one line naming the file.
 
@@ -20,11 +33,7 @@ def read_checkpoint(path, device="cpu"):
     ckpt.pt cannot run code. Needs "model" (a state dict) and "model_args" (ModelArgs fields).
     """
     regular_file(path, "checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path}: not a readable train.py checkpoint ({type(e).__name__}: {first})") from None
+    ckpt = torch_file(path, "train.py checkpoint", device)
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("model_args"), dict)):
         raise ValueError(f"{path}: not a train.py checkpoint (needs 'model' and 'model_args')")
     return ckpt
@@ -51,6 +60,10 @@ def check_shapes(args, ckpt, path):
             want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
     except RuntimeError as e:
         raise ValueError(f"{path}: model_args make no model that fits in memory ({str(e).splitlines()[0]})") from None
+    missing = sorted(set(want) - {k.removeprefix("_orig_mod.") for k in ckpt["model"]})
+    if missing:  # before the model is built for real: its size is the model_args', not the file's
+        raise ValueError(f"{path}: weights do not match its model_args: {missing[0]} is missing "
+                         f"({len(missing)} in all)")
     for k, v in ckpt["model"].items():
         k = k.removeprefix("_orig_mod.")
         shape = tuple(getattr(v, "shape", ()))

@@ -137,16 +137,17 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None, dataset="
     where = f" --data_dir={data_dir}" if data_dir else ""
     vocab = f"--vocab_size={vocab_size}" if vocab_source == "custom" else f"--vocab_source={vocab_source}"
     which = " --dataset=instruct" if dataset == "instruct" else ""
+    if vocab_source not in ("custom", "llama2"):  # a named vocabulary: the user's stories and its tokenizer
+        return (f"python tinystories.py pretokenize{which} --tokenizer=TOKENIZER_FILE --input YOUR_STORIES{where} "
+                f"(the shards go to a folder named after the file: {vocab_source}/ for {vocab_source}.model, .json or "
+                f".bin; for GPT-2's or GPT-Neo's tokenizer, python tinystories.py download_tokenizer gpt2{where} "
+                "first), or pass --data_dir=FOLDER where they already are")
     steps = [f"python tinystories.py download{which}{where}"]
     if vocab_source == "llama2":
         model = tokenizer_path(vocab_size, vocab_source, data_dir)
         steps.append(f"put Meta's Llama 2 tokenizer.model at {model}")
-    elif vocab_source == "custom":
-        steps.append(f"python tinystories.py train_vocab {vocab}{which}{where}")
     else:
-        steps.append(f"put the tokenizer at {tokenizer_path(vocab_size, vocab_source, data_dir)} (`python tinystories.py "
-                     f"download_tokenizer {vocab_source}{where}` fetches the ones it knows, gpt2 and gptneo among them; or "
-                     "pretokenize --tokenizer=PATH, whose shards go to a folder named after the file)")
+        steps.append(f"python tinystories.py train_vocab {vocab}{which}{where}")
     steps.append(f"python tinystories.py pretokenize {vocab}{which}{where}")
     return "; ".join(steps)
 

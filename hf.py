@@ -19,11 +19,11 @@ import math
 import os
 import shutil
 import struct
-import warnings
 
 import torch
 
 from binfile import read_back, tensor_order
+from checkpoint import torch_file
 from fileio import atomic_write, publish, regular_file, temp_path
 from hf_tokenizer import MAX_JSON, read_json, read_tokenizer, write_tokenizer
 from model import MAX_FIELD, ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
@@ -186,14 +186,6 @@ def hf_export(model, dirpath, vocab=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _small_json(path, what, cap):
-    """read_json of a file of at most cap bytes (its own cap, MAX_JSON, is tokenizer.json's)."""
-    size = regular_file(path, what)
-    if size > cap:
-        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {cap:,})")
-    return read_json(path, what)
-
-
 def _short(v):
     """v's repr, cut to 100 characters: a hostile value quoted in a message stays a short line."""
     r = repr(v)
@@ -264,7 +256,7 @@ def _weight_files(dirpath, cap):
                                 ("pytorch_model.bin.index.json", "pytorch_model.bin", "pt")):
         ipath = os.path.join(dirpath, index)
         if os.path.exists(ipath):
-            wm = _small_json(ipath, "weight index", cap).get("weight_map")
+            wm = read_json(ipath, "weight index", cap).get("weight_map")
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
             files = sorted(set(wm.values()))
@@ -278,15 +270,8 @@ def _weight_files(dirpath, cap):
 
 
 def _torch_load(path):
-    """A pytorch_model.bin's state dict: tensors and plain containers only (a crafted pickle cannot run
-    code), torch's warnings about odd pickles silenced (the error, if any, is the one line)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            part = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+    """A pytorch_model.bin's state dict (checkpoint.torch_file: tensors and plain containers only)."""
+    part = torch_file(path, "state dict")
     if not isinstance(part, dict):
         raise ValueError(f"{path}: not a state dict")
     return {k: v for k, v in part.items() if isinstance(v, torch.Tensor)}
@@ -314,7 +299,7 @@ def hf_sources(dirpath):
     if not os.path.isdir(dirpath):
         raise ValueError(f"{dirpath}: not a directory")
     cpath = os.path.join(dirpath, "config.json")
-    a = _config_args(_small_json(cpath, "config.json", MAX_CONFIG), cpath)
+    a = _config_args(read_json(cpath, "config.json", MAX_CONFIG), cpath)
     cap = _index_cap(a)
     files = _weight_files(dirpath, cap)
     # the files must be able to hold what config.json claims before any list or tensor of that size exists

@@ -14,11 +14,11 @@ MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safete
 MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
-def read_json(path, what="file"):
-    """A JSON object from a file of at most MAX_JSON bytes, or ValueError in one line."""
+def read_json(path, what="file", cap=MAX_JSON):
+    """A JSON object from a file of at most cap bytes, or ValueError in one line."""
     size = regular_file(path, what)
-    if size > MAX_JSON:
-        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {MAX_JSON:,})")
+    if size > cap:
+        raise ValueError(f"{path}: {size:,} bytes is too big for a {what} (at most {cap:,})")
     try:
         with open(path, "rb") as f:
             obj = json.loads(f.read())

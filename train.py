@@ -3,11 +3,18 @@
     python train.py --dim=64 --n_layers=5 --n_kv_heads=4      # a stories260K-shaped model
     python train.py config/stories15M.py --batch_size=16       # a preset, with one setting changed
     python train.py --init_from=resume                         # continue out/ckpt.pt exactly
+    python train.py config/finetune.py --init_from=stories260K.bin --tokenizer=tok512.model   # fine-tune
     torchrun --standalone --nproc_per_node=4 train.py config/stories42M.py
 
 Needs pretokenized data (tinystories.py): download, train_vocab --vocab_size=N, pretokenize
 --vocab_size=N. Every setting below can be changed by a config file or --key=value
 (configurator.py); `python train.py --help` lists them.
+
+Fine-tuning (--init_from=PATH: a ckpt.pt, a run.c .bin, a GGUF or a Hugging Face directory) starts
+from the file's weights with a fresh optimizer and schedule at iteration 0. The model's shape and
+vocabulary are the file's (a setting given that would change them is refused); its tokenizer is
+--tokenizer, else the one in or beside the file (pretrained.py), and the shards must be made with it:
+by default they are read from data/NAME/, NAME being the one pretokenize --tokenizer=THAT gives.
 
 What a run writes to out_dir: ckpt.pt (model, optimizer, iteration, RNG and data position, written
 to a temp file and renamed), metrics.jsonl (one JSON object per log line and per evaluation).
@@ -36,11 +43,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from checkpoint import check_shapes, checkpoint_tokenizer, load_weights, read_checkpoint
-from configurator import configure_or_exit
+from configurator import configure_or_exit, load_config_file
 import dataloader
 from fileio import atomic_write, temp_path
 from machine import cpu_reading, others_busy, peak_flops, use_free_cores
-from model import ModelArgs, Transformer, check_args
+from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
+from pretrained import load_pretrained, pick_tokenizer
 from tokenizer import Tokenizer
 
 try:
@@ -57,8 +65,9 @@ log_interval = 10  # print a log line every this many iterations
 eval_iters = 20  # batches per split in an evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = False  # checkpoint at every evaluation, not only when val loss improves
-init_from = "scratch"  # "scratch" or "resume" (from out_dir/ckpt.pt)
-overwrite = False  # init_from=scratch into an out_dir that holds a ckpt.pt: replace it (else refused)
+init_from = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or a model to fine-tune: ckpt.pt, .bin, .gguf, HF dir
+overwrite = False  # init_from=scratch or PATH into an out_dir that holds a ckpt.pt: replace it (else refused)
+tokenizer = ""  # init_from=PATH: the model's tokenizer file ("": the one in or beside the model's file)
 # wandb logging (needs `pip install wandb`; imported only when enabled)
 wandb_log = False  # log to Weights & Biases too
 wandb_project = "storyllama"  # its project
@@ -80,6 +89,7 @@ n_kv_heads = None  # key/value heads, grouped-query attention (None: n_heads, no
 multiple_of = 32  # the feed-forward width is rounded up to a multiple of this
 dropout = 0.0  # dropout probability in attention and feed-forward
 tie_embeddings = True  # the classifier shares the token embedding's weights
+freeze_embeddings = False  # do not train the token embedding (nor the classifier when it is tied to it)
 # optimizer: "adamw" (AdamW for every weight) or "muon" (Muon for the matrices inside the blocks,
 # AdamW for the embedding, the classifier and the norm gains)
 optimizer = "adamw"  # adamw, or muon (Muon for the blocks' matrices, AdamW for the rest)
@@ -121,6 +131,50 @@ def die(msg, code=1):
     sys.exit(code)
 
 
+def given_settings(argv):
+    """The settings the command line sets itself, by --key=value or in a config file (not by default)."""
+    keys = set()
+    for arg in argv:
+        keys.update([arg[2:].partition("=")[0]] if arg.startswith("--") else load_config_file(arg))
+    return keys
+
+
+def start_fine_tune(path, given, notes):
+    """The Pretrained model of init_from=PATH and the Tokenizer to train it with; config takes the model's
+    shape and vocabulary. A setting given that would change them is a one-line error naming it."""
+    if not os.path.exists(path):
+        die(f"--init_from={path}: no such file or directory (expected 'scratch', 'resume' or a model to fine-tune: "
+            "a ckpt.pt, a .bin, a .gguf or a Hugging Face directory)", 2)
+    try:
+        found = load_pretrained(path)
+    except (ValueError, OSError) as e:
+        die(str(e))
+    a, hidden = found.model.args, ffn_hidden_dim(found.model.args)
+    shape = dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads or a.n_heads,
+                 vocab_size=a.vocab_size, tie_embeddings=a.tie_embeddings)
+    for k, v in shape.items():
+        mine = config[k] if k != "n_kv_heads" else config[k] or config["n_heads"]
+        if k in given and mine != v:
+            die(f"--{k}={config[k]} but {path} has {k}={v}: a fine-tune keeps the model's shape", 2)
+    if "multiple_of" in given and ffn_hidden_dim(ModelArgs(dim=a.dim, multiple_of=config["multiple_of"])) != hidden:
+        die(f"--multiple_of={config['multiple_of']} makes another hidden_dim than {path}'s {hidden}: a fine-tune "
+            "keeps the model's shape", 2)
+    try:
+        tok = pick_tokenizer(found, config["tokenizer"], path, notes.append)
+    except ValueError as e:
+        die(str(e))
+    if "max_seq_len" not in given:
+        config["max_seq_len"] = a.max_seq_len
+    elif config["max_seq_len"] > a.max_seq_len:
+        notes.append(f"note: --max_seq_len={config['max_seq_len']} is longer than {path}'s context of "
+                     f"{a.max_seq_len}: its positions past {a.max_seq_len} start untrained")
+    config.update(shape, multiple_of=a.multiple_of)
+    if "vocab_source" not in given:  # the shards pretokenize --tokenizer=THAT writes
+        config["vocab_source"] = dataloader.vocab_name_of(tok.path)
+    notes += [f"note: {n}" for n in found.notes]
+    return found, tok
+
+
 config = configure_or_exit(defaults, prog="train.py", none_types=none_types, script=__file__)
 ckpt, ckpt_path = None, os.path.join(config["out_dir"], "ckpt.pt")
 if config["init_from"] == "resume":
@@ -136,6 +190,19 @@ if config["init_from"] == "resume":
     # what this run does differently from the checkpoint's (printed once the checkpoint has loaded)
     changed = [f"{k} {ckpt['config'][k]!r} -> {v!r}" for k, v in config.items()
                if k in ckpt["config"] and ckpt["config"][k] != v and k not in ("init_from", "wandb_run_name")]
+given = given_settings(sys.argv[1:])
+# a fine-tune: found is the model it starts from (init_from=PATH), run_tok its tokenizer; started_from is
+# that file's path, which every checkpoint of the run records (a resumed fine-tune: its checkpoint's)
+found, run_tok, started_from = None, None, ckpt and ckpt.get("init_from")
+if config["init_from"] not in ("scratch", "resume"):
+    start_notes = []
+    found, run_tok = start_fine_tune(config["init_from"], given, start_notes)
+    started_from = config["init_from"]
+    for msg in start_notes if os.environ.get("RANK", "0") == "0" else ():  # torchrun's rank 0 (or no torchrun)
+        print(msg)  # now: they say what a shard check further down may refuse
+elif "tokenizer" in given:
+    die(f"--tokenizer is for fine-tuning (--init_from=PATH); a run from scratch uses its vocab_source's, a "
+        "resumed one its checkpoint's", 2)
 globals().update(config)
 lr_decay_iters = max_iters if lr_decay_iters is None else lr_decay_iters
 min_lr = learning_rate / 10 if min_lr is None else min_lr
@@ -144,8 +211,6 @@ for name, lo in (("batch_size", 1), ("max_seq_len", 1), ("gradient_accumulation_
                  ("eval_interval", 1), ("log_interval", 1), ("eval_iters", 1), ("warmup_iters", 0)):
     if config[name] < lo:
         die(f"--{name}={config[name]}: must be >= {lo}", 2)
-if init_from not in ("scratch", "resume"):
-    die(f"--init_from={init_from!r}: expected 'scratch' or 'resume'", 2)
 try:
     dataloader.check_vocab(vocab_size, vocab_source)
 except dataloader.DataError as e:
@@ -204,8 +269,9 @@ tokens_per_iter = gradient_accumulation_steps * batch_size * max_seq_len
 try:
     # The run's vocabulary travels with it: out_dir keeps a copy (written below) that every checkpoint
     # names, so export.py, sample.py and a resumed run need nothing from the data folder. A run starts
-    # from the data folder's file; a resumed one keeps its own (an older checkpoint: the data folder's).
-    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir)
+    # from the data folder's file; a resumed one keeps its own (an older checkpoint: the data folder's);
+    # a fine-tune takes the model's (start_fine_tune).
+    vocab_model = dataloader.tokenizer_path(vocab_size, vocab_source, data_dir) if run_tok is None else run_tok.path
     if ckpt is not None and ckpt.get("tokenizer") is not None:
         vocab_model = checkpoint_tokenizer(ckpt_path, ckpt)[0]
         if not vocab_model.is_file():
@@ -215,7 +281,8 @@ try:
     bytes_per_token = dataloader.bytes_per_token(shards["val"])
     train_batches = dataloader.Batches(shards["train"], batch_size, max_seq_len, seed, bos_aligned)
     # the vocabulary's identity goes into every checkpoint: sample.py, export.py and run.c check tokenizers by it
-    vocab_identity = Tokenizer(vocab_model).identity.hex() if vocab_model.is_file() else None
+    run_tok = run_tok or (Tokenizer(vocab_model) if vocab_model.exists() else None)
+    vocab_identity = run_tok.identity.hex() if run_tok is not None and run_tok.identity else None
     eval_batches = {split: dataloader.Batches(shards[split], batch_size, max_seq_len, seed + 1, bos_aligned)
                     for split in ("train", "val")}
 except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer model
@@ -223,8 +290,10 @@ except ValueError as e:  # dataloader.DataError, or an unreadable tokenizer mode
 
 
 def recipe_of(cfg):
-    """The settings that make a run what it is (not where or how it runs)."""
-    return {k: v for k, v in cfg.items() if k not in SYSTEM_KEYS}
+    """The settings that make a run what it is (not where or how it runs), and the model a fine-tune
+    started from."""
+    recipe = {k: v for k, v in cfg.items() if k not in SYSTEM_KEYS}
+    return recipe | {"init_from": started_from} if started_from else recipe
 
 
 def finished_run():
@@ -240,10 +309,14 @@ def finished_run():
 
 def keep_vocabulary():
     """Copy the run's tokenizer file into out_dir (unless it is there already); its name there, or
-    None when the data folder has none (shards made elsewhere: the checkpoint then names none)."""
-    if not vocab_model.is_file():
+    None when the data folder has none (shards made elsewhere: the checkpoint then names none). A
+    GGUF's or a Hugging Face tokenizer (whose tokenizer.json needs the configs beside it) is kept as
+    its vocabulary in run.c's tokenizer file, tok{N}.bin, where run.c looks beside an exported model."""
+    if run_tok is None:
         print(f"note: no tokenizer at {vocab_model}: the checkpoints will not carry their vocabulary")
         return None
+    if run_tok.kind not in ("sentencepiece", "bin"):
+        return run_tok.export(Path(out_dir) / f"tok{run_tok.n_words}.bin").name
     dest, data = Path(out_dir) / vocab_model.name, vocab_model.read_bytes()
     if not (dest.is_file() and dest.read_bytes() == data):
         atomic_write(dest, data)
@@ -274,13 +347,13 @@ if master:
     out_dir_lock = lock_out_dir()
     for stale in glob.glob(glob.escape(ckpt_path) + ".tmp*"):  # a write cut short (SIGKILL): ours to clear now
         os.remove(stale)
-    if init_from == "scratch" and os.path.exists(ckpt_path) and not overwrite:
+    if init_from != "resume" and os.path.exists(ckpt_path) and not overwrite:
         if finished_run() == recipe_of(config):  # the same command again, like the data steps: nothing to do
             print(f"nothing to do: {out_dir} holds this run, finished (python train.py --init_from=resume "
                   "--max_iters=N or --max_minutes=M trains it on; --overwrite=True trains it anew)")
             sys.exit(0)
         die(f"{ckpt_path} holds the checkpoint of an earlier run: continue it with --init_from=resume, or pass "
-            "--overwrite=True to train from scratch and replace it", 2)
+            f"--overwrite=True to train {'from scratch' if found is None else 'from ' + init_from} and replace it", 2)
     vocab_name = keep_vocabulary()
     print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} micro-batches "
           f"({world_size} processes x {micro_steps}) x {batch_size} x {max_seq_len}; device {device}, {dtype}")
@@ -293,6 +366,11 @@ iter_num, best_val_loss = 0, float("inf")
 if ckpt is not None:
     model_args = {**ckpt["model_args"], **model_args}  # fields train.py has no setting for stay as saved
     iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+if found is not None:  # the file's model (its hidden_dim, norm_eps, rope_theta ...) with this run's dropout
+    model_args = {**asdict(found.model.args), "hidden_dim": ffn_hidden_dim(found.model.args), "dropout": dropout}
+# training on shorter windows than the model had keeps its context (a fine-tune's, a resumed run's)
+had = found.model.args.max_seq_len if found is not None else ckpt["model_args"].get("max_seq_len", 0) if ckpt else 0
+model_args["max_seq_len"] = max(max_seq_len, had)
 try:
     margs = ModelArgs(**model_args)
     check_args(margs)
@@ -309,6 +387,15 @@ if ckpt is not None:
         load_weights(raw_model, ckpt, ckpt_path)
     except ValueError as e:
         die(f"{e} (the model now: {asdict(margs)})")
+if found is not None:
+    raw_model.load_state_dict(found.model.state_dict())
+    found.model = None  # free the memory
+if freeze_embeddings:  # its gradient is never computed and the optimizers never see it
+    raw_model.tok_embeddings.weight.requires_grad_(False)
+    if master:
+        print("freeze_embeddings: the token embedding is not trained" + (
+            ", nor the classifier, which shares its weights (tie_embeddings)" if margs.tie_embeddings else
+            "; the classifier (not tied to it) is"))
 raw_model.to(device)
 optimizers = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, optimizer,
                                             muon_lr, muon_momentum)
@@ -335,6 +422,9 @@ if master:
     if ckpt is not None:
         print(f"resumed from iteration {iter_num} of {ckpt_path}; "
               + (f"settings changed: {', '.join(changed)}" if changed else "the same settings"))
+    if found is not None:
+        print(f"fine-tuning {init_from} ({found.kind}) with the tokenizer {run_tok.path}: iteration 0, a fresh "
+              "optimizer and learning rate schedule")
 saved_iter = iter_num if ckpt is not None else None  # the iteration the checkpoint on disk holds
 
 
@@ -395,7 +485,7 @@ def save_checkpoint():
             "model_args": asdict(margs), "iter_num": iter_num, "train_seconds": train_seconds,
             "best_val_loss": best_val_loss, "config": config, "rng": rngs,
             "data_state": data_state(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "vocab_identity": vocab_identity, "tokenizer": vocab_name}
+            "vocab_identity": vocab_identity, "tokenizer": vocab_name, "init_from": started_from}
     write_checkpoint(ckpt)
     saved_iter = iter_num
 
@@ -544,8 +634,11 @@ def evaluate_and_save(lr):
                    f"val {bpb:.4f} bits/byte")
         record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_s": train_seconds,
                 "train_loss": losses["train"], "val_loss": losses["val"], "val_bpb": bpb, "lr": lr})
-        improved = losses["val"] < best_val_loss
-        best_val_loss = min(best_val_loss, losses["val"])
+        # the weights of iteration 0 are not the run's to keep (a fine-tune's are its file's): the first
+        # evaluation after training always saves, however it compares with them
+        if iter_num > 0:
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
     if everyone((improved or always_save_checkpoint) and iter_num > 0 and not eval_only):
         if master:
             tqdm.write(f"saving checkpoint to {ckpt_path}")

@@ -12,8 +12,9 @@ records measured. measure: each record's Words and Features as a prompt (its sto
 story generated from it (greedy by default; prompts of one length go through the model as a batch),
 and the counts of instruct.measure; how much the model reads its prompt: the held-out stories' loss
 after their own prompts and after the next record's; for scale, chance: each record's words against
-the story of the next record (a story written to other words); --json writes them too. Last logged run: dev/LOG.md, "instruct
-tuning: the words used, before and after".
+the story of the next record (a story written to other words); --json writes them too.
+
+Last logged runs: dev/LOG.md, "instruct tuning, continued" (and "instruct tuning of stories260K").
 """
 import argparse
 import hashlib

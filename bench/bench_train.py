@@ -73,7 +73,8 @@ def sdpa_repeat_kv(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
 def preset(name):
     path = os.path.join(ROOT, "config", f"{name}.py")
     if not os.path.isfile(path):
-        names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py"))
+        names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "config"))
+                   if f.endswith(".py") and "\ndim = " in open(os.path.join(ROOT, "config", f)).read())  # not finetune
         sys.exit(f"bench_train.py: no preset {name!r}; config/ has {', '.join(names)}")
     return load_config_file(path)
 
@@ -167,7 +168,8 @@ def wait_for_quiet(limit, max_wait=300):
 
 
 def default_variants(llama2c):
-    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".py"))
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "config"))
+                   if f.endswith(".py") and "\ndim = " in open(os.path.join(ROOT, "config", f)).read())  # not finetune
     kinds = ("ours", "llama2c") if llama2c else ("ours",)
     return ",".join(f"{n}:{k}" for n in names for k in kinds)
 

@@ -183,6 +183,12 @@ def test_row4_checkpoint_context_and_sizes_bounded(tiny, capsys):
                 sample.load_model(str(path), "cpu")
             assert e.value.code == 1
             one_line(capsys.readouterr().err, "sample.py: error:", words)
+    # model_args of a big model (within every bound) beside no weights: refused before the model is built
+    big = tiny.dir / "no_weights.pt"
+    torch.save({"model": {}, "model_args": {**dataclasses.asdict(tiny.model.args), "dim": 4096, "n_layers": 64,
+                                            "n_heads": 32, "n_kv_heads": 32, "hidden_dim": 11008}}, big)
+    with bounded():
+        one_line(refusal(load_checkpoint, big), str(big), "weights do not match its model_args: ", "is missing")
 
 
 def test_row6_f32_floats_survive_from_every_source(tiny, run_bin):

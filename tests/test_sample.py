@@ -90,7 +90,7 @@ def test_strict_loading(tmp_path):
     load_checkpoint(str(tmp_path / "compiled.pt"))
     cases = {
         "missing": ({**good, "model": {k: v for k, v in m.state_dict().items() if "layers.1.ffn_norm" not in k}},
-                    "Missing key"),
+                    "layers.1.ffn_norm.weight is missing"),
         "extra": ({**good, "model": {**m.state_dict(), "layers.9.attention.wq.weight": torch.zeros(1)}}, "Unexpected"),
         "shape": ({**good, "model_args": {**asdict(m.args), "n_kv_heads": 4}}, "do not match its model_args"),
         "args": ({**good, "model_args": {**asdict(m.args), "n_experts": 8}}, "model_args do not make a model"),
