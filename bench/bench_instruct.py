@@ -10,9 +10,11 @@ TinyStories-Instruct-valid.txt, the rest to TinyStories-Instruct-train.txt. pret
 takes the valid file as the validation split, so a model trained on the shards never trains on the
 records measured. measure: each record's Words and Features as a prompt (its story is not shown), a
 story generated from it (greedy by default; prompts of one length go through the model as a batch),
-and the counts of instruct.measure; for scale, chance: each record's words against the story of the
-next record (a story written to other words); --json writes them too. Last logged run: dev/LOG.md, "instruct
-tuning: the words used, before and after".
+and the counts of instruct.measure; how much the model reads its prompt: the held-out stories' loss
+after their own prompts and after the next record's; for scale, chance: each record's words against
+the story of the next record (a story written to other words); --json writes them too.
+
+Last logged runs: dev/LOG.md, "instruct tuning, continued" (and "instruct tuning of stories260K").
 """
 import argparse
 import hashlib
@@ -88,6 +90,26 @@ def generator(model, tok, temperature, seed, batch_size):
     return generate
 
 
+def prompt_gain(model, tok, records):
+    """Mean loss (nats per story token, EOS included) of each held-out story after its own prompt
+    (Words and Features, as measured), and after the next record's: how much the model reads the
+    prompt, even where greedy stories do not show it."""
+    import torch
+
+    out = []
+    for shift in (0, 1):
+        total = 0.0
+        for i, (_, story) in enumerate(records):
+            fields = records[(i + shift) % len(records)][0]
+            p = tok.prompt(instruct.prompt_text(words=fields.get("Words"), features=fields.get("Features")))
+            ids = (p + tok.encode(story, bos=False, eos=True))[:model.args.max_seq_len + 1]
+            x, y = torch.tensor([ids[:-1]]), torch.tensor([[-1] * (len(p) - 1) + ids[len(p):]])
+            with torch.no_grad():
+                total += model(x, y)[1].item()
+        out.append(total / len(records))
+    return out
+
+
 def measure(args):
     import torch
 
@@ -106,6 +128,8 @@ def measure(args):
           f"{share('dialogue_when_asked', 'asked_dialogue')}, when not "
           f"{share('dialogue_when_not_asked', 'not_asked')}; stories that ended by themselves "
           f"{share('ended', 'records')} ({seconds:.0f} s)")
+    own, other = prompt_gain(model, tok, records)
+    print(f"held-out story loss after its own prompt {own:.4f}, after another record's {other:.4f} nats/token")
     # chance: the held-out stories themselves, each scored against the next record's words
     others = [s for _, s in records[1:] + records[:1]]
     chance = instruct.measure(records, lambda prompts: [(s, True) for s in others])
@@ -114,7 +138,8 @@ def measure(args):
     if args.json:
         atomic_write(Path(args.json), (json.dumps({**n, "model": str(args.model), "seconds": round(seconds, 1),
                                                    "temperature": args.temperature, "chance_words_used":
-                                                   chance["words_used"]}, indent=1) + "\n").encode())
+                                                   chance["words_used"], "loss_own_prompt": own,
+                                                   "loss_other_prompt": other}, indent=1) + "\n").encode())
 
 
 def main():
