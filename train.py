@@ -201,7 +201,7 @@ if config["init_from"] not in ("scratch", "resume"):
     for msg in start_notes if os.environ.get("RANK", "0") == "0" else ():  # torchrun's rank 0 (or no torchrun)
         print(msg)  # now: they say what a shard check further down may refuse
 elif "tokenizer" in given:
-    die(f"--tokenizer is for fine-tuning (--init_from=PATH); a run from scratch uses its vocab_source's, a "
+    die("--tokenizer is for fine-tuning (--init_from=PATH); a run from scratch uses its vocab_source's, a "
         "resumed one its checkpoint's", 2)
 globals().update(config)
 lr_decay_iters = max_iters if lr_decay_iters is None else lr_decay_iters

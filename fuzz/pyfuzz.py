@@ -274,7 +274,7 @@ def worker(fmt, seeds, seed, first, last, timeout, memory_mb, work, report):
     os._exit(0)
 
 
-def run_worker(fmt, seeds, args, first, last, work, deadline):
+def run_worker(fmt, seeds, args, first, last, work):
     """Fork a worker for inputs first..last-1; returns (the next input to run, the finding or None)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -293,7 +293,8 @@ def run_worker(fmt, seeds, args, first, last, work, deadline):
         return last, None
     at = int(bad[0][1:].split()[0]) if bad else started[-1] if started else first
     why = bad[0].split(" ", 1)[1] if bad else f"the worker died (status {status}): a crash or the memory limit"
-    return at + 1, (at, why + "".join(x for x in lines[lines.index(bad[0]) + 1:] if bad))
+    traceback_lines = lines[lines.index(bad[0]) + 1:] if bad else []
+    return at + 1, (at, why + "".join(traceback_lines))
 
 
 def campaign(fmt, seeds, args, out):
@@ -307,7 +308,7 @@ def campaign(fmt, seeds, args, out):
         first, last = n, min(n + 500, stop)
         if args.seconds:  # about a second's worth near the deadline, so a run ends close to it
             last = min(last, n + 50)
-        n, found = run_worker(fmt, seeds, args, first, last, work / "in", deadline)
+        n, found = run_worker(fmt, seeds, args, first, last, work / "in")
         ran += n - first
         if found:
             at, why = found
