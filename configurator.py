@@ -14,6 +14,7 @@ Settings whose default is None declare their type in `none_types` and also accep
 Any mistake is a ConfigError whose message names the argument and, for unknown names, the closest
 known ones; `configure_or_exit` prints it on one line and exits with status 2.
 """
+import argparse
 import ast
 import difflib
 import os
@@ -136,3 +137,24 @@ def configure_or_exit(defaults, argv=None, none_types=None, prog=None, script=No
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line_errors(parser):
+    """Make an argparse parser, and its subcommands' parsers, report a mistake in one line (naming the
+    closest flag to a misspelt one) and exit with status 2, instead of printing the usage first."""
+    commands = {name: p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                for name, p in a.choices.items()}
+    subparsers = list(commands.values())
+    flags = {o[2:] for p in [parser, *subparsers] for a in p._actions for o in a.option_strings if o.startswith("--")}
+
+    def error(msg):
+        unknown = [w.split("=")[0][2:] for w in msg.split() if w.startswith("--")] if "unrecognized" in msg else []
+        hint = closest(unknown[0], sorted(flags)) if unknown else ""
+        if subparsers and "required" in msg:
+            hint = f" (one of: {', '.join(commands)})"
+        print(f"{parser.prog}: error: {msg}{hint}", file=sys.stderr)
+        sys.exit(2)
+    parser.error = error
+    for p in subparsers:
+        one_line_errors(p)
+    return parser

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from configurator import one_line_errors
 from fileio import atomic_write
 
 
@@ -104,7 +105,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Plot train.py runs (metrics.jsonl): loss and bits per byte.")
     p.add_argument("runs", nargs="+", metavar="OUT_DIR", help="train.py out_dir folders")
     p.add_argument("-o", "--output", default=None, help="PNG file (default: OUT_DIR/plot.png of the first run)")
-    a = p.parse_args(argv)
+    a = one_line_errors(p).parse_args(argv)
     out = a.output or os.path.join(a.runs[0], "plot.png")
     try:
         runs = [(os.path.basename(os.path.normpath(r)) or r, load_run(r)) for r in a.runs]

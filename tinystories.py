@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from configurator import one_line_errors
 from dataloader import (HEADER_SIZE, LLAMA2_VOCAB, DataError, check_vocab, default_data_dir, file_sha256,
                         mask_bytes, pack_header, shard_dir, smallest_vocab, tokenizer_path, vocab_name_of)
 from download import MAX_BYTES, fetch
@@ -936,7 +937,7 @@ def _pretokenize_vocab(args):
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
+    args = one_line_errors(make_parser()).parse_args(argv)
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)

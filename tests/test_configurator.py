@@ -103,3 +103,18 @@ def test_train_cli_errors_and_presets(tmp_path):
         c = configure(defaults, [str(preset)], {"n_kv_heads": int, "lr_decay_iters": int, "min_lr": float,
                                                 "data_dir": str})
         assert c["dim"] % c["n_heads"] == 0, preset.name
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["pretokenize", "--vocab_sise=512"], ["unrecognized arguments: --vocab_sise=512", "closest: --vocab_size"]),
+    ([], ["required: command", "one of: download,", "pretokenize"]),
+    (["pretokenize", "--dataset=v3"], ["tinystories.py pretokenize: error:", "invalid choice: 'v3'"]),
+    (["train_vocab"], ["tinystories.py train_vocab: error:", "required: --vocab_size"]),
+])
+def test_argparse_commands_answer_in_one_line(argv, words):
+    """tinystories.py (argparse with subcommands, through configurator.one_line_errors): a mistake is one
+    line on stderr, status 2, naming the closest flag to a misspelt one; no usage dump."""
+    r = subprocess.run([sys.executable, str(REPO / "tinystories.py"), *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
