@@ -745,7 +745,34 @@ def pretokenize(vocab_size, files, data_dir=None, tokenizer=None, workers=None, 
     atomic_write(tmp_dir / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     _replace_dir(tmp_dir, out)
     _report(out, stats, len(shards), seconds, workers, bad)
+    if tokenizer:
+        _keep_tokenizer(tok, vocab_size, vocab_source, data_dir)
     return out
+
+
+def _keep_tokenizer(tok, vocab_size, vocab_source, data_dir):
+    """After pretokenize --tokenizer=PATH: put the tokenizer where train.py looks for the vocabulary's
+    (dataloader.tokenizer_path) when none is there, so that a run on these shards keeps its vocabulary
+    in its checkpoints. A sentencepiece or run.c file is copied as it is; any other (a GGUF's vocabulary,
+    a tokenizer.json, which may need the configs beside it) is written as run.c's tokenizer file."""
+    home = tokenizer_path(vocab_size, vocab_source, data_dir)
+    if vocab_source == "llama2" or home.is_file():
+        return
+    suffix = {"sentencepiece": ".model", "bin": ".bin"}.get(tok.kind, ".bin")
+    if vocab_source == "custom" and suffix != ".model":
+        print(f"note: train.py reads this vocabulary's tokenizer from {home}, a sentencepiece model; "
+              f"{tok.path} is not one", file=sys.stderr)
+        return
+    dest = home.with_suffix(suffix)
+    try:
+        if tok.kind in ("sentencepiece", "bin"):
+            atomic_write(dest, tok.path.read_bytes())
+        else:
+            tok.export(dest)
+    except (OSError, ValueError) as e:
+        print(f"note: the tokenizer was not kept as {dest} ({e}): train.py will name none", file=sys.stderr)
+        return
+    print(f"kept the tokenizer as {dest}, where train.py finds this vocabulary's")
 
 
 def _report(out, stats, n_shards, seconds, workers, bad):

@@ -194,6 +194,10 @@ def test_pretokenize_frames_the_reference_ids_quick(hf, shared, tmp_path, capsys
                     "--workers=1"]) == 0
     shards = dl.split_shards("train", T.Tokenizer(hf["gpt2"]).n_words, "gpt2", tmp_path, tokenizer=hf["gpt2"])
     assert dl.load_shard(shards[0][0]).tolist() == reference_shard(files, hf["gpt2"], tmp_path, model_type="gpt2")["train"]
+    # the tokenizer is kept where a run on these shards looks for the vocabulary's (as run.c's file: a
+    # tokenizer.json may need configs beside it), so that its checkpoints carry it
+    kept = dl.tokenizer_path(T.Tokenizer(hf["gpt2"]).n_words, "gpt2", tmp_path)
+    assert kept == tmp_path / "gpt2.bin" and T.Tokenizer(kept).identity == T.Tokenizer(hf["gpt2"]).identity
 
 
 @pytest.mark.slow  # every story of two files, with worker processes, twice
