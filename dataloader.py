@@ -38,6 +38,7 @@ Version 1 files are unchanged, and a reader of version 1 alone refuses version 2
 """
 import hashlib
 import itertools
+import json
 import os
 import re
 import struct
@@ -262,7 +263,7 @@ def split_shards(split, vocab_size, vocab_source="custom", data_dir=None, tokeni
         if want and not _same_vocabulary(h, *want):
             mine = f"vocabulary {want[1].hex()[:12]}..." if want[1] and h["identity"] else f"sha256 {want[0][:12]}..."
             raise DataError(f"{p}: made with another tokenizer ({_shard_vocab(h)}) than {model} ({mine}); "
-                            "re-run pretokenize")
+                            f"{_repretokenize(folder, model, data_dir, dataset)}")
         if out and not _same_vocabulary(h, out[0][1]["tokenizer_sha256"], out[0][1]["identity"]):
             raise DataError(f"{p}: made with another tokenizer than {out[0][0]}; re-run pretokenize")
         check_tokens(p, h)
@@ -300,6 +301,20 @@ def _no_shards_advice(split, folder, vocab_size, vocab_source, data_dir, dataset
         return ("the stories were too few for a validation split (1 in 100 is held out by hash, unless an input "
                 "file has 'valid' in its name): pretokenize again with more stories, or add a *valid* file to --input")
     return f"prepare them with: {prepare_commands(vocab_size, vocab_source, data_dir, dataset)}"
+
+
+def _repretokenize(folder, model, data_dir, dataset):
+    """The pretokenize command that remakes the shards in folder with the tokenizer file model, naming
+    the story files its manifest records (or YOUR_STORIES)."""
+    try:
+        with open(folder / "manifest.json") as f:
+            inputs = [str(i[0]) for i in json.load(f)["signature"]["inputs"]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        inputs = []
+    shown = " ".join(inputs[:3]) + (f" ... ({len(inputs)} files)" if len(inputs) > 3 else "") or "YOUR_STORIES"
+    return (f"give the tokenizer they were made with, or make shards with this one: python tinystories.py pretokenize"
+            f"{' --dataset=instruct' * (dataset == 'instruct')} --tokenizer={model}"
+            f"{f' --data_dir={data_dir}' if data_dir else ''} --input {shown}")
 
 
 def check_tokens(path, header):

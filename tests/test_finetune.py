@@ -236,7 +236,10 @@ def test_wrong_vocabulary_is_refused(sources, data, shared, tmp_path):
     hf_export(model, tmp_path / "swapped", other)
     r = train(*RUN, f"--init_from={tmp_path / 'swapped'}", "--vocab_source=tok512", f"--data_dir={data}",
               f"--out_dir={tmp_path / 'out'}", ok=False)
-    assert "made with another tokenizer" in one_error_line(r, 1) and "re-run pretokenize" in r.stderr
+    assert "made with another tokenizer" in one_error_line(r, 1), r.stderr
+    # the command that makes shards with the model's tokenizer, naming the story files the shards came from
+    inputs = json.loads((data / "tok512" / "manifest.json").read_text())["signature"]["inputs"]
+    assert f"pretokenize --tokenizer={tmp_path / 'swapped'} --data_dir={data} --input {inputs[0][0]}" in r.stderr
     r = train(*RUN, f"--init_from={tmp_path / 'swapped'}", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}",
               ok=False)
     assert f"no train shards in {data / 'swapped'}" in one_error_line(r, 1), r.stderr
