@@ -19,7 +19,8 @@
 #                   (run_sanitize_plain: the plain kernels, one thread); make sanitize: the C tests on
 #                   these two in place of runplain and run, clean or failing
 #   make test       the C tests (pytest); make test-quick: the quick tier of the whole suite (pytest -m
-#                   "not slow", under a minute); make bench: bench/bench_run.py; make clean
+#                   "not slow", under a minute); make test-ci: the CI tier (pytest -m ci: llama.cpp, qemu,
+#                   browser and sanitizer checks, every-story sweeps); make bench: bench/bench_run.py; make clean
 #   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
 #                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
 CC ?= cc
@@ -37,7 +38,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
 C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py
 
-.PHONY: all runomp runarm wasm test test-quick bench clean sanitize fuzz
+.PHONY: all runomp runarm wasm test test-quick test-ci bench clean sanitize fuzz
 all: run
 
 run: run.c kernels.h
@@ -108,6 +109,9 @@ test:
 
 test-quick: run runplain
 	$(PYTHON) -m pytest -q -m "not slow" tests
+
+test-ci: run runplain runarm wasm runwasm
+	$(PYTHON) -m pytest -q -m ci tests
 
 bench:
 	$(PYTHON) bench/bench_run.py

@@ -1,8 +1,11 @@
 """Shared pytest fixtures: where the repo and the shared TinyStories/model files are, and run.c built.
 
 Tiers: `python -m pytest -q -m "not slow" tests` (make test-quick) runs in under a minute and touches
-every module; tests marked `slow` spawn training runs, build and run sanitizer or qemu builds, compile,
-or load llama.cpp. The whole suite is the README's test command."""
+every module; tests marked `slow` spawn training runs, compile, or build run.c's other kernel families.
+The README's test command (-m "not ci") is everything but the CI tier, `ci`: the checks that need tools
+the README's set-up does not install (llama.cpp, qemu, a browser, sanitizers) and sweeps over every
+shared story whose few-story versions run in the other tiers. .ci/run runs both; make test-ci the CI
+tier alone."""
 import os
 import subprocess
 import sys
@@ -26,6 +29,8 @@ torch.set_num_threads(1)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the slow tier (training runs, sanitizer/qemu builds, compile, "
                             "llama.cpp); make test-quick leaves these out")
+    config.addinivalue_line("markers", "ci: the CI tier (llama.cpp, qemu, browser, sanitizer checks and sweeps "
+                            "over every story), left out of the README's test command; .ci/run runs it")
 
 
 BUILT = {}  # make target -> its path, so that each run.c build is made (or found up to date) once a session

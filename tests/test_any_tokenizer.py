@@ -133,6 +133,7 @@ def test_a_few_stories_quick(hf, shared, monkeypatch):
 
 
 @pytest.mark.slow  # ~7,500 texts through our encoder and run.c, twice
+@pytest.mark.ci  # a sweep: test_a_few_stories_quick checks the same on a few
 @pytest.mark.parametrize("name", ["gpt2", "fallback"])
 def test_every_story_every_file_gives_the_tokenizers_ids(hf, stories, run_bin, tmp_path, name):
     ref, tok = tokenizers.Tokenizer.from_file(str(hf[name])), T.Tokenizer(hf[name])

@@ -374,10 +374,10 @@ except ImportError:
 
 
 def needs_llama_cpp(test):
-    """Skipped without llama-cpp-python (its own install: it compiles llama.cpp); in the slow tier."""
-    return pytest.mark.slow(pytest.mark.skipif(
+    """Skipped without llama-cpp-python (its own install: it compiles llama.cpp); in the CI tier."""
+    return pytest.mark.ci(pytest.mark.slow(pytest.mark.skipif(
         llama_cpp is None, reason="llama-cpp-python is not installed (pip install -r requirements-llama.txt): "
-        "the GGUF files are not checked against llama.cpp")(test))
+        "the GGUF files are not checked against llama.cpp")(test)))
 
 
 try:  # the TinyStories-656K twin (a byte-level BPE with <|start_story|>/<|end_story|>), made once here too

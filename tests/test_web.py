@@ -270,6 +270,7 @@ def assert_told(got, want):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("cfg,fmt", OTHER_CASES + [("mqa_untied_v131", "v0"), ("mqa_untied_v131", "v2"),
                                                     ("mha_gs32_theta", "v3_q8_0"), ("gs16", "v3_bf16")])
 def test_wasm_kernels_as_every_family(runwasm, cfg, fmt, tmp_path):
@@ -285,6 +286,7 @@ def test_wasm_kernels_as_every_family(runwasm, cfg, fmt, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_wasm_stories260K_as_native(runwasm, shared, tmp_path):
     """The documented samples and a prompt: ./runwasm prints what the plain build prints, and a bad file
     gets the same one-line error."""
@@ -303,6 +305,7 @@ def test_wasm_stories260K_as_native(runwasm, shared, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_greedy_stories260K_is_native(page, shared):
     browser, _ = page
     model, tok = shared / "models" / "stories260K.bin", shared / "models" / "tok512.bin"
@@ -314,6 +317,7 @@ def test_page_greedy_stories260K_is_native(page, shared):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_seeded_samples_by_url_are_native(page, shared):
     """Files given by URL on the page's origin; the seed, temperature, top-p and prompt reach run."""
     browser, site = page
@@ -328,6 +332,7 @@ def test_page_seeded_samples_by_url_are_native(page, shared):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_every_format_is_native(page, runwasm, stories, shared, tmp_path):
     """stories260K as v0 (llama2.c's file), v1, v2 q8_0 and v3 fp32, bf16, q8_0 and q4, sampled with a seed:
     the page prints what the module prints on the command line, and the fp32 and bf16 files what native
@@ -350,6 +355,7 @@ def test_page_every_format_is_native(page, runwasm, stories, shared, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("dtype", ["q8_0", "q4"])
 def test_page_15M_shaped_model_is_native(page, shaped15M, shared, dtype):
     browser, _ = page
@@ -359,6 +365,7 @@ def test_page_15M_shaped_model_is_native(page, shaped15M, shared, dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_special_tokens_and_end_of_story(page, files):
     """Our tokenizer format with <|start_story|>/<|end_story|>: special tokens in a prompt, and the story
     ending at <|end_story|>, as native run does (test_run_tokenizer's planted model)."""
@@ -371,6 +378,7 @@ def test_page_special_tokens_and_end_of_story(page, files):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_bad_files_show_runs_error(page, shared, tmp_path):
     """A truncated model, a tokenizer of another vocabulary, a bad flag value: the page shows run's
     one-line error, word for word, and no story."""
@@ -389,6 +397,7 @@ def test_page_bad_files_show_runs_error(page, shared, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_file_too_big_for_wasm32_says_so(page, runwasm, shared, tmp_path):
     """A 3 GB model (sparse: it takes no disk) is more than a 32-bit build can hold: run's one line, in the
     page as under Node, before anything is read or allocated."""
@@ -404,6 +413,7 @@ def test_page_file_too_big_for_wasm32_says_so(page, runwasm, shared, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_page_stop_stops(page, shaped15M, shared):
     """Stop ends a run in the middle: the story stops growing, and the next story runs."""
     browser, _ = page
