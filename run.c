@@ -2123,7 +2123,7 @@ static void score_file(const Transformer *t, RunState *s, const Tokenizer *tk, c
     text[size] = '\0';
     if (strlen(text) != size) { die("%s: holds a NUL byte, expected UTF-8 text", path); }
     if (s->max_pos < 2) { die("%s: a context of %d tokens cannot score text (at least 2)", t->path, s->max_pos); }
-    long long tokens = 0, bytes = 0, targets = 0;
+    long long bytes = 0, targets = 0;
     int stories = 0;
     double nats = 0.0, t0 = time_s(), shown = t0;
     for (char *p = text; *p;) {
@@ -2139,11 +2139,11 @@ static void score_file(const Transformer *t, RunState *s, const Tokenizer *tk, c
             *end = saved;
             nats += story_nats(t, s, ids, n);
             free(ids);
-            stories++, bytes += end - p, targets += n - 1, tokens += n;
+            stories++, bytes += end - p, targets += n - 1;
             if (time_s() - shown >= 5.0) {
                 shown = time_s();
                 fprintf(stderr, "score: %d stories, %.0f%% of %s, %.0f tok/s\n", stories, 100.0 * (next - text) / size,
-                        path, tokens / (shown - t0));
+                        path, targets / (shown - t0));
             }
         }
         p = next;
@@ -2151,7 +2151,7 @@ static void score_file(const Transformer *t, RunState *s, const Tokenizer *tk, c
     double secs = time_s() - t0;
     if (targets == 0) { die("%s: no text to score (expected stories separated by %s)", path, STORY_SEP); }
     printf("%.6f bits per byte, %.6f nats per token: %d stories, %lld bytes, %lld tokens scored, %.1f tok/s\n",
-           nats / log(2.0) / bytes, nats / targets, stories, bytes, targets, tokens / secs);
+           nats / log(2.0) / bytes, nats / targets, stories, bytes, targets, targets / secs);
     flush_stdout();
     free(text);
 }
