@@ -4,7 +4,7 @@ AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI), ARM NEON (+ dot product)
 SIMD128 (make wasm).
 
 run.c includes this file once, after its plain C kernels, and calls what it defines: prepare_input,
-matmul_rows, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
+matmul_rows, matmul_tokens, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
 with _plain added, and computes what the twin computes, in another order (the tests compare every
 build with the plain one); where this build has no vector code for it, or under -DPLAIN, it calls the
 twin. Needs only what run.c defines before the include: Config, Mat and the weight types W_*, Input,
