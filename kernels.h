@@ -107,7 +107,7 @@ static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *w
 // out[t * os + q], ... for input x[t]. Each load of the weights serves the T tokens, and each (row,
 // token) sum is accumulated in the same lanes, in the same order, as with T = 1, which is how one
 // decoded token is computed: a prompt's logits are the bits its tokens get one at a time.
-#ifndef TILE_T
+#ifndef TILE_T  // -DTILE_T=2 (or 3, 6) to time others
 #define TILE_T 4
 #endif
 #define TILE_INLINE static inline __attribute__((always_inline))
