@@ -2071,12 +2071,6 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
     return ids;
 }
 
-// A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
-// -n 0 sizes the KV cache by it. model.py's rule, which every Python reader applies to the header
-// (MAX_CACHE_BYTES there), restated for the steps of this run: a cache of fp32 k and v over 1 GiB that
-// is also more than 64 times the model's weights (as fp32) is taken for a corrupt header (a real
-// model's full-context cache is a fraction of its weights) and refused before it is allocated; -n lower
-// still runs such a file. (q8_0 and q4 models keep an fp16 cache: half of what the rule counts.)
 // -m score: how well the model predicts a text file, in bits per byte. The file holds stories with
 // "<|endoftext|>" between them (TinyStories' text files; a file without one is one story); each is
 // stripped of the whitespace around it, encoded with BOS, and run from position 0, every token after
@@ -2156,6 +2150,12 @@ static void score_file(const Transformer *t, RunState *s, const Tokenizer *tk, c
     free(text);
 }
 
+// A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
+// -n 0 sizes the KV cache by it. model.py's rule, which every Python reader applies to the header
+// (MAX_CACHE_BYTES there), restated for the steps of this run: a cache of fp32 k and v over 1 GiB that
+// is also more than 64 times the model's weights (as fp32) is taken for a corrupt header (a real
+// model's full-context cache is a fraction of its weights) and refused before it is allocated; -n lower
+// still runs such a file. (q8_0 and q4 models keep an fp16 cache: half of what the rule counts.)
 static void check_cache_size(const Transformer *t, int steps) {
     const Config *c = &t->c;
     double kv = c->kv_dim, dim = c->dim, hidden = c->hidden_dim;
@@ -2365,6 +2365,7 @@ int main(int argc, char *argv[]) {
 
     if (!strcmp(mode, "score")) {
         RunState s;
+        check_cache_size(&t, c->seq_len);
         build_run_state(&s, c, c->seq_len, since);
         score_file(&t, &s, &tk, prompt);
         free_run_state(&s);
