@@ -2305,13 +2305,14 @@ int main(int argc, char *argv[]) {
         }
     }
     if (!strcmp(mode, "logits") && !out_path) { die("-m logits needs -o <file> for the logits"); }
-    if (!strcmp(mode, "score") && !prompt) { die("-m score needs -i <text file> to score"); }
     char *instruct = NULL;  // the instruct prompt, in place of -i
     if (words || features || summary) {
         if (prompt) { die("-i and -w/-f/-a: give a prompt or the fields of an instruct prompt, not both"); }
-        if (!strcmp(mode, "logits") || !strcmp(mode, "score")) { die("-m %s reads -i, not an instruct prompt (-w/-f/-a)", mode); }
+        if (!strcmp(mode, "logits")) { die("-m logits reads token ids from -i, not an instruct prompt (-w/-f/-a)"); }
+        if (!strcmp(mode, "score")) { die("-m score reads a text file named by -i, not an instruct prompt (-w/-f/-a)"); }
         prompt = instruct = instruct_prompt(words, features, summary);
     }
+    if (!strcmp(mode, "score") && !prompt) { die("-m score needs -i <text file> to score"); }
     if (seed == 0) { seed = (unsigned int)time(NULL); }
     CpuSample start;
     const CpuSample *since = sample_cpu(&start) ? &start : NULL;

@@ -99,6 +99,7 @@ def test_score_windows_match_pytorch(builds, tmp_path, fmt):
 
 @pytest.mark.parametrize("text,error", [
     (None, rb"-m score needs -i <text file>"),
+    ("-w", rb"-m score reads a text file named by -i, not an instruct prompt"),
     ("", rb"no text to score"),
     (f" \n{SEP}\n{SEP}  ", rb"no text to score"),
     ("a\0b", rb"holds a NUL byte"),
@@ -106,7 +107,9 @@ def test_score_windows_match_pytorch(builds, tmp_path, fmt):
 def test_score_bad_input(builds, shared, tmp_path, text, error):
     """A clear one-line error and a non-zero exit; a missing file is named."""
     args = ["-m", "score"]
-    if text is not None:
+    if text == "-w":
+        args += ["-w", "dog"]
+    elif text is not None:
         (tmp_path / "t.txt").write_bytes(text.encode())
         args += ["-i", tmp_path / "t.txt"]
     r = run_c(VECTOR_BUILD, shared / "models" / "stories260K.bin", "-z", shared / "models" / "tok512.bin", *args,
