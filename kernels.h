@@ -4,7 +4,7 @@ AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI), ARM NEON (+ dot product)
 SIMD128 (make wasm).
 
 run.c includes this file once, after its plain C kernels, and calls what it defines: prepare_input,
-matmul_rows, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
+matmul_rows, matmul_tokens, attention_scores, attention_values and argmax. Each has a plain twin in run.c, its name
 with _plain added, and computes what the twin computes, in another order (the tests compare every
 build with the plain one); where this build has no vector code for it, or under -DPLAIN, it calls the
 twin. Needs only what run.c defines before the include: Config, Mat and the weight types W_*, Input,
@@ -102,168 +102,327 @@ static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *w
 }
 #endif
 
+// Tiles: every x86 kernel computes its four rows for T tokens at once (T <= TILE_T, a constant
+// wherever it is called, so that the compiler keeps the T x 4 sums in registers): out[t * os],
+// out[t * os + q], ... for input x[t]. Each load of the weights serves the T tokens, and each (row,
+// token) sum is accumulated in the same lanes, in the same order, as with T = 1, which is how one
+// decoded token is computed: a prompt's logits are the bits its tokens get one at a time.
+#ifndef TILE_T  // -DTILE_T=2 (or 3, 6) to time others
+#define TILE_T 4
+#endif
+#define TILE_INLINE static inline __attribute__((always_inline))
+
 #ifdef HAVE_AVX512
 static inline __m256 lo_plus_hi(__m512 a) {  // 16 lanes -> 8
     return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
 }
 
-static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
-    const float *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+TILE_INLINE void matmul4_f32(float *out, size_t os, const float *w, const Input *x, int T, int n, size_t q) {
+    const float *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    __m512 s[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { s[t][r] = _mm512_setzero_ps(); } }
     for (int j = 0; j < n; j += 16) {
         __mmask16 m = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, s0);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, s1);
-        s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, s2);
-        s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, s3);
+        __m512 wv[4];
+        for (int r = 0; r < 4; r++) { wv[r] = _mm512_maskz_loadu_ps(m, wr[r] + j); }
+        for (int t = 0; t < T; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x[t].f + j);
+            for (int r = 0; r < 4; r++) { s[t][r] = _mm512_fmadd_ps(wv[r], xv, s[t][r]); }
+        }
     }
-    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+    for (int t = 0; t < T; t++) {
+        store_sum4(out + t * os, q, lo_plus_hi(s[t][0]), lo_plus_hi(s[t][1]), lo_plus_hi(s[t][2]), lo_plus_hi(s[t][3]));
+    }
 }
 #elif defined(HAVE_AVX2)
-static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
-    const float *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+TILE_INLINE void matmul4_f32(float *out, size_t os, const float *w, const Input *x, int T, int n, size_t q) {
+    const float *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    __m256 s[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { s[t][r] = _mm256_setzero_ps(); } }
     int j = 0;
     for (; j + 8 <= n; j += 8) {
-        __m256 xv = _mm256_loadu_ps(x + j);
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + j), xv, s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + j), xv, s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + j), xv, s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + j), xv, s3);
+        __m256 wv[4];
+        for (int r = 0; r < 4; r++) { wv[r] = _mm256_loadu_ps(wr[r] + j); }
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_loadu_ps(x[t].f + j);
+            for (int r = 0; r < 4; r++) { s[t][r] = _mm256_fmadd_ps(wv[r], xv, s[t][r]); }
+        }
     }
     if (j < n) {  // the last n % 8 columns: lanes past n load as zero
-        float xt[8] = {0}, t[4][8] = {{0}};
-        for (int k = j; k < n; k++) { xt[k - j] = x[k]; t[0][k - j] = w0[k], t[1][k - j] = w1[k], t[2][k - j] = w2[k], t[3][k - j] = w3[k]; }
-        __m256 xv = _mm256_loadu_ps(xt);
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(t[0]), xv, s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(t[1]), xv, s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(t[2]), xv, s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(t[3]), xv, s3);
+        float wt[4][8] = {{0}};
+        for (int r = 0; r < 4; r++) { for (int k = j; k < n; k++) { wt[r][k - j] = wr[r][k]; } }
+        for (int t = 0; t < T; t++) {
+            float xt[8] = {0};
+            for (int k = j; k < n; k++) { xt[k - j] = x[t].f[k]; }
+            __m256 xv = _mm256_loadu_ps(xt);
+            for (int r = 0; r < 4; r++) { s[t][r] = _mm256_fmadd_ps(_mm256_loadu_ps(wt[r]), xv, s[t][r]); }
+        }
     }
-    store_sum4(out, q, s0, s1, s2, s3);
+    for (int t = 0; t < T; t++) { store_sum4(out + t * os, q, s[t][0], s[t][1], s[t][2], s[t][3]); }
 }
 #endif
 
 #ifdef HAVE_BF16
 // vdpbf16ps multiplies bf16 pairs exactly and adds them in fp32; x = hi + lo (see prepare_input)
 // keeps the activations at 16 significant bits, so only the weights are rounded
-static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
-    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+TILE_INLINE void matmul4_bf16(float *out, size_t os, const uint16_t *w, const Input *x, int T, int n, size_t q) {
+    const uint16_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    __m512 s[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { s[t][r] = _mm512_setzero_ps(); } }
     for (int j = 0; j < n; j += 32) {
         __mmask32 m = n - j >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (n - j)) - 1);
-        __m512bh hi = (__m512bh)_mm512_maskz_loadu_epi16(m, x->hi + j);
-        __m512bh lo = (__m512bh)_mm512_maskz_loadu_epi16(m, x->lo + j);
-        __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + j), v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, w1 + j);
-        __m512bh v2 = (__m512bh)_mm512_maskz_loadu_epi16(m, w2 + j), v3 = (__m512bh)_mm512_maskz_loadu_epi16(m, w3 + j);
-        s0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s0, v0, hi), v0, lo);
-        s1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s1, v1, hi), v1, lo);
-        s2 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s2, v2, hi), v2, lo);
-        s3 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s3, v3, hi), v3, lo);
+        __m512bh wv[4];
+        for (int r = 0; r < 4; r++) { wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, wr[r] + j); }
+        for (int t = 0; t < T; t++) {
+            __m512bh hi = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t].hi + j);
+            __m512bh lo = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t].lo + j);
+            for (int r = 0; r < 4; r++) { s[t][r] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(s[t][r], wv[r], hi), wv[r], lo); }
+        }
     }
-    store_sum4(out, q, lo_plus_hi(s0), lo_plus_hi(s1), lo_plus_hi(s2), lo_plus_hi(s3));
+    for (int t = 0; t < T; t++) {
+        store_sum4(out + t * os, q, lo_plus_hi(s[t][0]), lo_plus_hi(s[t][1]), lo_plus_hi(s[t][2]), lo_plus_hi(s[t][3]));
+    }
 }
 #elif defined(HAVE_AVX2)
 static inline __m256 bf16x8_load(const uint16_t *p) {  // 8 bf16 -> fp32: the bits moved up 16
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-static void matmul4_bf16(float *out, const uint16_t *w, const Input *x, int n, size_t q) {
+TILE_INLINE void matmul4_bf16(float *out, size_t os, const uint16_t *w, const Input *x, int T, int n, size_t q) {
     // the weights widened to fp32 (exact), times x in fp32: the plain twin's products
-    const uint16_t *w0 = w, *w1 = w + q * n, *w2 = w + 2 * q * n, *w3 = w + 3 * q * n;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    const uint16_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
+    __m256 s[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { s[t][r] = _mm256_setzero_ps(); } }
     int j = 0;
     for (; j + 8 <= n; j += 8) {
-        __m256 xv = _mm256_loadu_ps(x->f + j);
-        s0 = _mm256_fmadd_ps(bf16x8_load(w0 + j), xv, s0);
-        s1 = _mm256_fmadd_ps(bf16x8_load(w1 + j), xv, s1);
-        s2 = _mm256_fmadd_ps(bf16x8_load(w2 + j), xv, s2);
-        s3 = _mm256_fmadd_ps(bf16x8_load(w3 + j), xv, s3);
+        __m256 wv[4];
+        for (int r = 0; r < 4; r++) { wv[r] = bf16x8_load(wr[r] + j); }
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_loadu_ps(x[t].f + j);
+            for (int r = 0; r < 4; r++) { s[t][r] = _mm256_fmadd_ps(wv[r], xv, s[t][r]); }
+        }
     }
-    float t[4] = {0};  // the last n % 8 columns, added to lane 0
-    for (; j < n; j++) {
-        t[0] += bf16_to_f32(w0[j]) * x->f[j], t[1] += bf16_to_f32(w1[j]) * x->f[j];
-        t[2] += bf16_to_f32(w2[j]) * x->f[j], t[3] += bf16_to_f32(w3[j]) * x->f[j];
+    for (int t = 0; t < T; t++) {
+        float rest[4] = {0};  // the last n % 8 columns, added to lane 0
+        for (int k = j; k < n; k++) {
+            for (int r = 0; r < 4; r++) { rest[r] += bf16_to_f32(wr[r][k]) * x[t].f[k]; }
+        }
+        for (int r = 0; r < 4; r++) { s[t][r] = _mm256_add_ps(s[t][r], _mm256_setr_ps(rest[r], 0, 0, 0, 0, 0, 0, 0)); }
+        store_sum4(out + t * os, q, s[t][0], s[t][1], s[t][2], s[t][3]);
     }
-    s0 = _mm256_add_ps(s0, _mm256_setr_ps(t[0], 0, 0, 0, 0, 0, 0, 0));
-    s1 = _mm256_add_ps(s1, _mm256_setr_ps(t[1], 0, 0, 0, 0, 0, 0, 0));
-    s2 = _mm256_add_ps(s2, _mm256_setr_ps(t[2], 0, 0, 0, 0, 0, 0, 0));
-    s3 = _mm256_add_ps(s3, _mm256_setr_ps(t[3], 0, 0, 0, 0, 0, 0, 0));
-    store_sum4(out, q, s0, s1, s2, s3);
 }
 #endif
 
 #ifdef HAVE_AVX2
+// the four rows of a quantised kernel (rows w, w + q rows, ...: row_bytes each) and their scales
+static inline void quarter_rows(const uint8_t **wr, const float **wsr, const void *w, const float *ws, size_t q,
+                                size_t row_bytes, int ng) {
+    for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
+}
+
 // q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
 // With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
 // the extra 128 * sum(x) per lane comes off through x->corr (see prepare_input); otherwise the
 // unsigned operand is |w|, times x with w's sign.
-static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int T, int n,
+                            int gs, size_t q) {
     int ng = n / gs;
-    const int8_t *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};
-    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    quarter_rows(wr, wsr, w, ws, q, n, ng);
+    __m256 a[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { a[t][r] = _mm256_setzero_ps(); } }
     for (int g = 0; g < ng; g++) {
-        __m256i i[4];
+        __m256i i[TILE_T][4];
+        for (int t = 0; t < T; t++) {
 #ifdef HAVE_VNNI
-        const __m256i flip = _mm256_set1_epi8((char)0x80);
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_loadu_si256((const __m256i *)(x->corr + g * 8)); }
+            __m256i corr = _mm256_loadu_si256((const __m256i *)(x[t].corr + g * 8));
 #else
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_setzero_si256(); }
+            __m256i corr = _mm256_setzero_si256();
 #endif
+            for (int r = 0; r < 4; r++) { i[t][r] = corr; }
+        }
         for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-            __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + j));
-            for (int r = 0; r < 4; r++) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + j));
+            __m256i wv[4];
+            for (int r = 0; r < 4; r++) { wv[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + j)); }
 #ifdef HAVE_VNNI
-                i[r] = _mm256_dpbusd_epi32(i[r], _mm256_xor_si256(wv, flip), xq);
-#else
-                i[r] = dot_u8s8(i[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xq, wv));
+            for (int r = 0; r < 4; r++) { wv[r] = _mm256_xor_si256(wv[r], _mm256_set1_epi8((char)0x80)); }
 #endif
+            for (int t = 0; t < T; t++) {
+                __m256i xq = _mm256_loadu_si256((const __m256i *)(x[t].q + j));
+                for (int r = 0; r < 4; r++) {
+#ifdef HAVE_VNNI
+                    i[t][r] = _mm256_dpbusd_epi32(i[t][r], wv[r], xq);
+#else
+                    i[t][r] = dot_u8s8(i[t][r], _mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(xq, wv[r]));
+#endif
+                }
             }
         }
-        scale_add4(a, i, wsr, g, x->s[g]);
+        for (int t = 0; t < T; t++) { scale_add4(a[t], i[t], wsr, g, x[t].s[g]); }
     }
-    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+    for (int t = 0; t < T; t++) { store_sum4(out + t * os, q, a[t][0], a[t][1], a[t][2], a[t][3]); }
 }
 
 // q4 with gs % 32 == 0: the nibbles are the unsigned operand as they are (0..15); the 8 they are
 // stored above their value comes off as 8 * x->sum[g], put in lane 0 of the group's int sums.
 // gs >= 64: 32 bytes hold weights b..b+31 (low nibbles) and half+b..half+b+31 (high ones);
 // gs == 32: 16 bytes hold the whole group, widened to weights 0..15 | 16..31.
-static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
+TILE_INLINE void matmul4_q4(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n,
+                            int gs, size_t q) {
     int ng = n / gs, half = gs / 2;
-    const uint8_t *wr[4] = {w, w + q * n / 2, w + q * n, w + 3 * q * n / 2};
-    const float *wsr[4] = {ws, ws + q * ng, ws + 2 * q * ng, ws + 3 * q * ng};
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    quarter_rows(wr, wsr, w, ws, q, n / 2, ng);
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 a[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { a[t][r] = _mm256_setzero_ps(); } }
     for (int g = 0; g < ng; g++) {
-        __m256i i[4];
-        for (int r = 0; r < 4; r++) { i[r] = _mm256_setr_epi32(-8 * x->sum[g], 0, 0, 0, 0, 0, 0, 0); }
-        const int8_t *xg = x->q + (size_t)g * gs;
+        __m256i i[TILE_T][4];
+        for (int t = 0; t < T; t++) {
+            for (int r = 0; r < 4; r++) { i[t][r] = _mm256_setr_epi32(-8 * x[t].sum[g], 0, 0, 0, 0, 0, 0, 0); }
+        }
         size_t o = (size_t)g * half;
         if (gs == 32) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)xg);
+            __m256i wv[4];
             for (int r = 0; r < 4; r++) {
-                __m128i wv = _mm_loadu_si128((const __m128i *)(wr[r] + o));
-                i[r] = dot_u8s8(i[r], _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wv, 4), wv), m4), xv);
+                __m128i b = _mm_loadu_si128((const __m128i *)(wr[r] + o));
+                wv[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), m4);
+            }
+            for (int t = 0; t < T; t++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x[t].q + (size_t)g * gs));
+                for (int r = 0; r < 4; r++) { i[t][r] = dot_u8s8(i[t][r], wv[r], xv); }
             }
         } else {
             for (int b = 0; b < half; b += 32) {
-                __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
+                __m256i lo[4], hi[4];
                 for (int r = 0; r < 4; r++) {
                     __m256i wv = _mm256_loadu_si256((const __m256i *)(wr[r] + o + b));
-                    i[r] = dot2_u4s8(i[r], _mm256_and_si256(wv, m4), xlo, _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4), xhi);
+                    lo[r] = _mm256_and_si256(wv, m4), hi[r] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+                }
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xg = x[t].q + (size_t)g * gs;
+                    __m256i xlo = _mm256_loadu_si256((const __m256i *)(xg + b)), xhi = _mm256_loadu_si256((const __m256i *)(xg + half + b));
+                    for (int r = 0; r < 4; r++) { i[t][r] = dot2_u4s8(i[t][r], lo[r], xlo, hi[r], xhi); }
                 }
             }
         }
-        scale_add4(a, i, wsr, g, x->s[g]);
+        for (int t = 0; t < T; t++) { scale_add4(a[t], i[t], wsr, g, x[t].s[g]); }
     }
-    store_sum4(out, q, a[0], a[1], a[2], a[3]);
+    for (int t = 0; t < T; t++) { store_sum4(out + t * os, q, a[t][0], a[t][1], a[t][2], a[t][3]); }
 }
 #define VEC_Q8(gs) ((gs) % 32 == 0)  // the group sizes the four-row q8_0 and q4 kernels take
 #define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
+
+#ifdef HAVE_VNNI
+// AVX-512 VNNI: q8_0 and q4 for an even number of tokens, two tokens side by side in each 512-bit
+// register: lanes 0..7 hold what matmul4_q8/q4's 8 lanes hold for token 2p, lanes 8..15 for token
+// 2p + 1, and every lane does the same operations in the same order (the scale w_s * x_s is the
+// same product whether formed in a scalar or a vector), so each token gets its bits from T = 1
+// while the conversions, scales and fmas, which outweigh the int8 dot products at these group
+// sizes, run once per two tokens.
+static inline __m512i pair_i(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+static inline __m256i load_i(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m512 pair_set1(float a, float b) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
+}
+static inline __m256 high8(__m512 a) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)); }
+
+// the pairs' fp32 sums a[p][r] += (int sums i[p][r]) * (row r's group scale ws[r][g]) * x's scales xs[p]
+static inline void scale_add_pairs(__m512 (*a)[4], __m512i (*i)[4], int P, const float *const *ws, int g, const __m512 *xs) {
+    for (int r = 0; r < 4; r++) {
+        __m512 w = _mm512_set1_ps(ws[r][g]);
+        for (int p = 0; p < P; p++) { a[p][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i[p][r]), _mm512_mul_ps(w, xs[p]), a[p][r]); }
+    }
+}
+
+static inline void store_pairs(float *out, size_t os, size_t q, __m512 (*a)[4], int P) {
+    for (int p = 0; p < P; p++) {
+        store_sum4(out + 2 * p * os, q, _mm512_castps512_ps256(a[p][0]), _mm512_castps512_ps256(a[p][1]),
+                   _mm512_castps512_ps256(a[p][2]), _mm512_castps512_ps256(a[p][3]));
+        store_sum4(out + (2 * p + 1) * os, q, high8(a[p][0]), high8(a[p][1]), high8(a[p][2]), high8(a[p][3]));
+    }
+}
+
+#define TILE_P (TILE_T / 2)  // token pairs per call
+
+TILE_INLINE void matmul4_q8_pairs(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int P, int n,
+                                  int gs, size_t q) {
+    int ng = n / gs;
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    quarter_rows(wr, wsr, w, ws, q, n, ng);
+    __m512 a[TILE_P][4];
+    for (int p = 0; p < P; p++) { for (int r = 0; r < 4; r++) { a[p][r] = _mm512_setzero_ps(); } }
+    for (int g = 0; g < ng; g++) {
+        __m512i i[TILE_P][4];
+        __m512 xs[TILE_P];
+        for (int p = 0; p < P; p++) {
+            __m512i corr = pair_i(load_i(x[2 * p].corr + g * 8), load_i(x[2 * p + 1].corr + g * 8));
+            for (int r = 0; r < 4; r++) { i[p][r] = corr; }
+            xs[p] = pair_set1(x[2 * p].s[g], x[2 * p + 1].s[g]);
+        }
+        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
+            __m512i wv[4];
+            for (int r = 0; r < 4; r++) { wv[r] = _mm512_xor_si512(_mm512_broadcast_i64x4(load_i(wr[r] + j)), _mm512_set1_epi8((char)0x80)); }
+            for (int p = 0; p < P; p++) {
+                __m512i xq = pair_i(load_i(x[2 * p].q + j), load_i(x[2 * p + 1].q + j));
+                for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(i[p][r], wv[r], xq); }
+            }
+        }
+        scale_add_pairs(a, i, P, wsr, g, xs);
+    }
+    store_pairs(out, os, q, a, P);
+}
+
+TILE_INLINE void matmul4_q4_pairs(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int P, int n,
+                                  int gs, size_t q) {
+    int ng = n / gs, half = gs / 2;
+    const uint8_t *wr[4];
+    const float *wsr[4];
+    quarter_rows(wr, wsr, w, ws, q, n / 2, ng);
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512 a[TILE_P][4];
+    for (int p = 0; p < P; p++) { for (int r = 0; r < 4; r++) { a[p][r] = _mm512_setzero_ps(); } }
+    for (int g = 0; g < ng; g++) {
+        __m512i i[TILE_P][4];
+        __m512 xs[TILE_P];
+        for (int p = 0; p < P; p++) {
+            __m512i init = pair_i(_mm256_setr_epi32(-8 * x[2 * p].sum[g], 0, 0, 0, 0, 0, 0, 0),
+                                  _mm256_setr_epi32(-8 * x[2 * p + 1].sum[g], 0, 0, 0, 0, 0, 0, 0));
+            for (int r = 0; r < 4; r++) { i[p][r] = init; }
+            xs[p] = pair_set1(x[2 * p].s[g], x[2 * p + 1].s[g]);
+        }
+        size_t o = (size_t)g * half, xo = (size_t)g * gs;
+        if (gs == 32) {
+            __m512i wv[4];
+            for (int r = 0; r < 4; r++) {
+                __m128i b = _mm_loadu_si128((const __m128i *)(wr[r] + o));
+                wv[r] = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_set_m128i(_mm_srli_epi16(b, 4), b)), m4);
+            }
+            for (int p = 0; p < P; p++) {
+                __m512i xv = pair_i(load_i(x[2 * p].q + xo), load_i(x[2 * p + 1].q + xo));
+                for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(i[p][r], wv[r], xv); }
+            }
+        } else {
+            for (int b = 0; b < half; b += 32) {
+                __m512i lo[4], hi[4];
+                for (int r = 0; r < 4; r++) {
+                    __m512i wv = _mm512_broadcast_i64x4(load_i(wr[r] + o + b));
+                    lo[r] = _mm512_and_si512(wv, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
+                }
+                for (int p = 0; p < P; p++) {
+                    const int8_t *x0 = x[2 * p].q + xo, *x1 = x[2 * p + 1].q + xo;
+                    __m512i xlo = pair_i(load_i(x0 + b), load_i(x1 + b)), xhi = pair_i(load_i(x0 + half + b), load_i(x1 + half + b));
+                    for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(i[p][r], lo[r], xlo), hi[r], xhi); }
+                }
+            }
+        }
+        scale_add_pairs(a, i, P, wsr, g, xs);
+    }
+    store_pairs(out, os, q, a, P);
+}
+#endif
 
 // Group sizes 4, 8 and 16 (stories260K's 4: no larger one divides its hidden_dim 172) go one row at
 // a time: a 32-weight chunk holds 32/gs groups of gs/4 int32 lanes each, so each lane is scaled by
@@ -577,10 +736,10 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
 }
 
 // ----------------------------------------------------------------------------
-// the matmul dispatcher: the four-row kernel of the weight type where this build has one for its
-// group size, else the small-group kernels or the plain twin, row by row
+// the matmul dispatchers: the four-row kernel of the weight type where this build has one for its
+// group size, else the small-group kernels or the plain twin, row by row. matmul_rows: one input
+// (a decoded token); matmul_tokens: nt inputs (a prompt's tokens), outputs os floats apart.
 
-#if defined(HAVE_AVX2) || defined(HAVE_NEON) || defined(HAVE_WASM)
 // Four-row kernels take rows r, r+q, r+2q, r+3q for r in the first quarter; the rows past 4q (at
 // most 3) go through them with q = 0. FOUR_ROWS makes those calls from one call site, so that the
 // compiler inlines the kernel.
@@ -590,6 +749,48 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
         size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
         CALL;                                                                                         \
     }
+#if defined(HAVE_AVX2)
+// T tokens (a constant where it is inlined) through the x86 tile kernels
+TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T, int n, int r0, int r1, int gs) {
+    if (m.type == W_F32) {
+        const float *w = m.w;
+        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, os, w + (size_t)i * n, x, T, n, q))
+    } else if (m.type == W_BF16) {
+        const uint16_t *w = m.w;
+        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, os, w + (size_t)i * n, x, T, n, q))
+    } else if (m.type == W_Q8 && VEC_Q8(gs)) {
+        const int8_t *w = m.w;
+        size_t ng = n / gs;
+#ifdef HAVE_VNNI
+        if (T > 1) { FOUR_ROWS(r0, r1, i, q, matmul4_q8_pairs(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T / 2, n, gs, q)) return; }
+#endif
+        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T, n, gs, q))
+    } else if (m.type == W_Q4 && VEC_Q4(gs)) {
+        const uint8_t *w = m.w;
+        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
+#ifdef HAVE_VNNI
+        if (T > 1) { FOUR_ROWS(r0, r1, i, q, matmul4_q4_pairs(out + i, os, w + i * rb, m.s + i * ng, x, T / 2, n, gs, q)) return; }
+#endif
+        FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, os, w + i * rb, m.s + i * ng, x, T, n, gs, q))
+    } else {
+        for (int t = 0; t < T; t++) {
+            if (SMALL_GROUPS(gs)) { matmul_rows_small(out + t * os, m, &x[t], n, r0, r1, gs); }
+            else { matmul_rows_plain(out + t * os, m, &x[t], n, r0, r1, gs); }
+        }
+    }
+}
+
+static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+    matmul_tile(out, 0, m, x, 1, n, r0, r1, gs);
+}
+
+static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    (void)matmul_tokens_plain;  // the twin, which this build does not call
+    int t = 0;
+    for (; t + TILE_T <= nt; t += TILE_T) { matmul_tile(out + t * os, os, m, x + t, TILE_T, n, r0, r1, gs); }
+    for (; t < nt; t++) { matmul_tile(out + t * os, os, m, x + t, 1, n, r0, r1, gs); }
+}
+#elif defined(HAVE_NEON) || defined(HAVE_WASM)
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
     if (m.type == W_F32) {
         const float *w = m.w;
@@ -605,20 +806,25 @@ static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1
         const uint8_t *w = m.w;
         size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
         FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, m.s + i * ng, x, n, gs, q))
-#ifdef SMALL_GROUPS
-    } else if (SMALL_GROUPS(gs)) {
-        matmul_rows_small(out, m, x, n, r0, r1, gs);
-#endif
     } else {
         matmul_rows_plain(out, m, x, n, r0, r1, gs);
     }
 }
-#undef FOUR_ROWS
+
+static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    (void)matmul_tokens_plain;  // the twin, which this build does not call
+    for (int t = 0; t < nt; t++) { matmul_rows(out + t * os, m, &x[t], n, r0, r1, gs); }
+}
 #else
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
     matmul_rows_plain(out, m, x, n, r0, r1, gs);
 }
+
+static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    matmul_tokens_plain(out, os, m, x, nt, n, r0, r1, gs);
+}
 #endif
+#undef FOUR_ROWS
 
 // ----------------------------------------------------------------------------
 // attention over the KV cache tiles (twins: attention_scores_plain, attention_values_plain)

@@ -745,6 +745,12 @@ static void matmul_rows_plain(float *out, Mat m, const Input *x, int n, int r0, 
     }
 }
 
+// rows [r0, r1) of W @ x[t] for nt inputs, into out + t * os: kernels.h's twin takes the tokens in
+// tiles, each load of the weights serving several of them
+static void matmul_tokens_plain(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    for (int t = 0; t < nt; t++) { matmul_rows_plain(out + t * os, m, &x[t], n, r0, r1, gs); }
+}
+
 // ----------------------------------------------------------------------------
 // attention over the KV caches
 //
@@ -988,7 +994,7 @@ static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int ro
     tile = tile < 4 ? 4 : tile;
     for (int r = *lo; r < *hi; r += tile) {
         int r1 = r + tile < *hi ? r + tile : *hi;
-        for (int b = 0; b < nb; b++) { matmul_rows(out + (size_t)b * rows, m, &x[b], n, r, r1, c->group_size); }
+        matmul_tokens(out, rows, m, x, nb, n, r, r1, c->group_size);
     }
 }
 
@@ -2065,6 +2071,85 @@ static int *parse_ids(const char *text, int vocab_size, int *n_out) {
     return ids;
 }
 
+// -m score: how well the model predicts a text file, in bits per byte. The file holds stories with
+// "<|endoftext|>" between them (TinyStories' text files; a file without one is one story); each is
+// stripped of the whitespace around it, encoded with BOS, and run from position 0, every token after
+// BOS a target. A story longer than the context runs as windows of seq_len tokens, each from position
+// 0 and starting with the last token of the window before (a stride of seq_len - 1), so every token is
+// predicted once. Bits per byte: the targets' summed -log2 p over the stories' UTF-8 bytes.
+#define STORY_SEP "<|endoftext|>"
+
+// -ln p(target) from logits (n): the log of the softmax, with exp_fast in 16 lanes
+static double neg_log_prob(const float *logits, int n, int target) {
+    float lane[LANES], mx = logits[0], sum = 0.0f;
+    for (int j = 0; j < n; j++) { mx = logits[j] > mx ? logits[j] : mx; }
+    for (int k = 0; k < LANES; k++) { lane[k] = 0.0f; }
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int k = 0; k < LANES; k++) { lane[k] += exp_fast(logits[j + k] - mx); }
+    }
+    for (; j < n; j++) { sum += exp_fast(logits[j] - mx); }
+    for (int k = 0; k < LANES; k++) { sum += lane[k]; }
+    return log((double)sum) - (double)(logits[target] - mx);
+}
+
+// the summed -ln p of ids[1..n) after what precedes each, in windows of the context (see above)
+static double story_nats(const Transformer *t, RunState *s, const int *ids, int n) {
+    int L = s->max_pos, V = t->c.vocab_size;
+    double nats = 0.0;
+    for (int w0 = 0; w0 + 1 < n; w0 += L - 1) {
+        int inputs = (n - w0 < L ? n - w0 : L) - 1;  // the window's tokens that have a target after them
+        for (int pos = 0; pos < inputs; pos += s->batch) {
+            int nb = inputs - pos < s->batch ? inputs - pos : s->batch;
+            const float *logits = forward_tokens(t, s, ids + w0 + pos, nb, pos, 1);
+            for (int b = 0; b < nb; b++) { nats += neg_log_prob(logits + (size_t)b * V, V, ids[w0 + pos + b + 1]); }
+        }
+    }
+    return nats;
+}
+
+static void score_file(const Transformer *t, RunState *s, const Tokenizer *tk, const char *path) {
+    size_t size;
+    int fd = open_regular(path, "text file to score", &size);
+    char *text = xmalloc(size + 1);
+    read_fully(fd, (unsigned char *)text, size, 0, path);
+    close(fd);
+    text[size] = '\0';
+    if (strlen(text) != size) { die("%s: holds a NUL byte, expected UTF-8 text", path); }
+    if (s->max_pos < 2) { die("%s: a context of %d tokens cannot score text (at least 2)", t->path, s->max_pos); }
+    long long bytes = 0, targets = 0;
+    int stories = 0;
+    double nats = 0.0, t0 = time_s(), shown = t0;
+    for (char *p = text; *p;) {
+        char *end = strstr(p, STORY_SEP), *next = end ? end + strlen(STORY_SEP) : p + strlen(p);
+        if (!end) { end = next; }
+        while (p < end && isspace((unsigned char)*p)) { p++; }
+        while (end > p && isspace((unsigned char)end[-1])) { end--; }
+        if (end > p) {
+            char saved = *end;
+            *end = '\0';
+            int n;
+            int *ids = encode(tk, p, 1, &n);
+            *end = saved;
+            nats += story_nats(t, s, ids, n);
+            free(ids);
+            stories++, bytes += end - p, targets += n - 1;
+            if (time_s() - shown >= 5.0) {
+                shown = time_s();
+                fprintf(stderr, "score: %d stories, %.0f%% of %s, %.0f tok/s\n", stories, 100.0 * (next - text) / size,
+                        path, targets / (shown - t0));
+            }
+        }
+        p = next;
+    }
+    double secs = time_s() - t0;
+    if (targets == 0) { die("%s: no text to score (expected stories separated by %s)", path, STORY_SEP); }
+    printf("%.6f bits per byte, %.6f nats per token: %d stories, %lld bytes, %lld tokens scored, %.1f tok/s\n",
+           nats / log(2.0) / bytes, nats / targets, stories, bytes, targets, targets / secs);
+    flush_stdout();
+    free(text);
+}
+
 // A header can claim a context (max_seq_len < 2^24) that no model of its size was trained for, and
 // -n 0 sizes the KV cache by it. model.py's rule, which every Python reader applies to the header
 // (MAX_CACHE_BYTES there), restated for the steps of this run: a cache of fp32 k and v over 1 GiB that
@@ -2101,8 +2186,9 @@ static void usage(void) {
         "              looked for next to the checkpoint, then in the current directory\n"
         "  -e <string> the end-of-story token besides BOS and EOS, by its text; default: the\n"
         "              tokenizer's (e.g. <|end_story|>); \"\" for none\n"
-        "  -m <string> mode: generate|chat (default generate); logits|tokenize for tests and tools:\n"
-        "              logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
+        "  -m <string> mode: generate|chat (default generate); score: bits per byte of the text\n"
+        "              file -i (stories separated by <|endoftext|>); logits|tokenize for tests and\n"
+        "              tools: logits writes fp32 logits (n_tokens, vocab_size) of the ids in -i to -o,\n"
         "              tokenize prints the ids of -i (no BOS) on one line\n"
         "  -y <string> (optional) system prompt in chat mode\n"
         "  -o <string> output file for -m logits\n"
@@ -2210,8 +2296,8 @@ int main(int argc, char *argv[]) {
         case 'f': features = *v ? v : NULL; break;
         case 'a': summary = *v ? v : NULL; break;
         case 'm':
-            if (strcmp(v, "generate") && strcmp(v, "chat") && strcmp(v, "logits") && strcmp(v, "tokenize")) {
-                die("-m expects generate, chat, logits or tokenize, got '%s'", v);
+            if (strcmp(v, "generate") && strcmp(v, "chat") && strcmp(v, "logits") && strcmp(v, "tokenize") && strcmp(v, "score")) {
+                die("-m expects generate, chat, logits, tokenize or score, got '%s'", v);
             }
             mode = v;
             break;
@@ -2223,8 +2309,10 @@ int main(int argc, char *argv[]) {
     if (words || features || summary) {
         if (prompt) { die("-i and -w/-f/-a: give a prompt or the fields of an instruct prompt, not both"); }
         if (!strcmp(mode, "logits")) { die("-m logits reads token ids from -i, not an instruct prompt (-w/-f/-a)"); }
+        if (!strcmp(mode, "score")) { die("-m score reads a text file named by -i, not an instruct prompt (-w/-f/-a)"); }
         prompt = instruct = instruct_prompt(words, features, summary);
     }
+    if (!strcmp(mode, "score") && !prompt) { die("-m score needs -i <text file> to score"); }
     if (seed == 0) { seed = (unsigned int)time(NULL); }
     CpuSample start;
     const CpuSample *since = sample_cpu(&start) ? &start : NULL;
@@ -2276,6 +2364,17 @@ int main(int argc, char *argv[]) {
         return 0;
     }
 
+    if (!strcmp(mode, "score")) {
+        RunState s;
+        check_cache_size(&t, c->seq_len);
+        build_run_state(&s, c, c->seq_len, since);
+        score_file(&t, &s, &tk, prompt);
+        free_run_state(&s);
+        free_tokenizer(&tk);
+        free_transformer(&t);
+        free(found);
+        return 0;
+    }
     RunState s;
     check_cache_size(&t, steps);
     build_run_state(&s, c, steps, since);

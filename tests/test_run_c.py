@@ -296,8 +296,9 @@ def check_logits(binaries, model, path, fmt, tmp_path):
 
 
 def check_prompt_batches(binaries, model, path, tmp_path):
-    """-m logits runs the ids as batches of up to 64 tokens; each position's logits are the same bits
-    as when that position is the last of a shorter run (other batches, another split over threads)."""
+    """-m logits runs the ids as batches of up to 64 tokens, through the tile kernels (4 tokens at a time,
+    the rest one by one); each position's logits are the same bits as when that position is the last
+    of a shorter run (other batches, other tiles, another split over threads)."""
     T = model.args.max_seq_len
     ids = torch.randint(0, model.args.vocab_size, (T,), generator=torch.Generator().manual_seed(3)).tolist()
     for b in binaries:
@@ -335,8 +336,8 @@ def test_logits_match_pytorch(builds, tiny, cfg, fmt, tmp_path):
     check_logits(builds, model, paths[fmt], fmt, tmp_path)
 
 
-@pytest.mark.parametrize("fmt", ["v1", "v3_bf16", "v3_q8_0", "v3_q4"])
-@pytest.mark.parametrize("cfg", slow_if_wide(["gqa_tied_v97", "wide_threads"]))
+@pytest.mark.parametrize("fmt", ["v3_fp32", "v3_bf16", "v3_q8_0", "v3_q4"])
+@pytest.mark.parametrize("cfg", slow_if_wide(["gqa_tied_v97", "mha_gs32_theta", "wide_threads"]))
 def test_prompt_batches_give_the_same_bits(builds, tiny, cfg, fmt, tmp_path):
     model, paths = tiny[cfg]
     check_prompt_batches(builds, model, paths[fmt], tmp_path)
