@@ -36,7 +36,8 @@ OPENMP := $(call accepts,-fopenmp)
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?= 0
-C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py
+C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py \
+          tests/test_prefill.py
 
 .PHONY: all runomp runarm wasm test test-quick test-ci bench clean sanitize fuzz
 all: run

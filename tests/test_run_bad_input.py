@@ -221,7 +221,7 @@ FLAG_CASES = [
     (["-s", "-3"], "-s expects a seed >= 0"),
     (["-s", "seed"], "-s expects"),
     (["-k", "-2"], "-k expects a top-k count >= 0"),
-    (["-m", "poetry"], "-m expects generate, chat, logits or tokenize, got 'poetry'"),
+    (["-m", "poetry"], "-m expects generate, chat, logits, tokenize or score, got 'poetry'"),
     (["-q", "1"], "unknown option -q"),
     (["-t"], "option -t needs a value"),
     (["--temperature", "1"], "expected an option like -t, got '--temperature'"),

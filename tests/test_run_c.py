@@ -51,6 +51,12 @@ OTHER_BUILDS = [] if SANITIZED else ((["runavx2"] if {"avx2", "fma", "f16c"} <= 
                                      + (["runarm_neon", "runarm_dot"] if ARM else []))
 BUILDS = HOST_BUILDS + OTHER_BUILDS
 
+
+def other_builds(*marks):
+    """OTHER_BUILDS as parameters, the ones run under qemu in the CI tier."""
+    return [pytest.param(b, marks=[*marks, *([pytest.mark.ci] if b.startswith("runarm") else [])])
+            for b in OTHER_BUILDS]
+
 # GQA, MQA and MHA; tied and untied; odd vocab sizes; q8_0 group sizes 64 (vnni), 32 (vnni) and
 # 4 (plain fallback); fp32 tails (dim 48, hidden 100, head size 12); rope_theta/norm_eps only in
 # v3; "wide" is big enough that every matmul and the attention of late positions run threaded.
@@ -352,7 +358,7 @@ def test_greedy_generation_matches_python(builds, tiny, cfg, fmt, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg,fmt", OTHER_CASES)
-@pytest.mark.parametrize("binary", OTHER_BUILDS or [pytest.param(None, marks=pytest.mark.skip(
+@pytest.mark.parametrize("binary", other_builds() or [pytest.param(None, marks=pytest.mark.skip(
     reason="this machine runs no other kernel family (AVX2, AVX-VNNI, or NEON under qemu)"))])
 def test_other_kernel_families(builds, tiny, binary, cfg, fmt, tmp_path):
     """The AVX2, AVX-VNNI and NEON builds (those this machine can run) on one case per weight format:
@@ -425,7 +431,7 @@ def test_stories260K_greedy_python_equals_c(builds, stories, shared):
         assert run_c(b, stories["v0"], "-z", shared / "models" / "tok512.bin", "-t", 0, "-n", 256).stdout == text
 
 
-@pytest.mark.parametrize("binary", HOST_BUILDS + [pytest.param(b, marks=pytest.mark.slow) for b in OTHER_BUILDS])
+@pytest.mark.parametrize("binary", HOST_BUILDS + other_builds(pytest.mark.slow))
 def test_stories260K_documented_samples(builds, stories, binary):
     build(binary)
     # no -z: tok512.bin is found beside the checkpoint
@@ -606,6 +612,7 @@ def test_chat_mode(builds, shared, llama_vocab_model):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_sanitizer_build_runs_clean(stories, shared, tiny, llama_vocab_model, tmp_path):
     san = build("run_sanitize")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")

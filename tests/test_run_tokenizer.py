@@ -260,6 +260,7 @@ def test_bad_tokenizer_file_is_one_line(run_bin, files, name):
 
 
 @pytest.mark.slow  # processes of their own
+@pytest.mark.ci
 def test_sanitizers_on_the_new_tokenizer(run_bin, files, tmp_path):
     san = build("run_sanitize")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
