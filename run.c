@@ -306,11 +306,28 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
 }
 
 // Parse and check the header (c->version and the shape fields); dies naming the file.
+// A model file run.c does not read but export.py does, known by its first bytes (a PyTorch checkpoint
+// is a zip archive; a safetensors file starts with its JSON header's 64-bit size): the command that
+// makes a .bin of it. No .bin starts so: as a v0 header, each would have a field out of range.
+static void refuse_export_sources(const unsigned char *h, size_t size, const char *path) {
+    if (size >= 4 && !memcmp(h, "PK\3\4", 4)) {
+        die("%s is a PyTorch checkpoint: python export.py model.bin --checkpoint=%s, then ./run model.bin", path, path);
+    }
+    if (size >= 4 && !memcmp(h, "GGUF", 4)) {
+        die("%s is a GGUF file: python export.py model.bin --gguf=%s, then ./run model.bin", path, path);
+    }
+    if (size >= 9 && h[8] == '{' && rd_u32(h + 4) == 0) {
+        die("%s is a safetensors file: python export.py model.bin --hf=FOLDER (the Hugging Face folder holding it), "
+            "then ./run model.bin", path);
+    }
+}
+
 static void read_header(Transformer *t) {
     Config *c = &t->c;
     const unsigned char *h = t->data;
     size_t size = t->file_size;
     const char *path = t->path;
+    refuse_export_sources(h, size, path);
     if (size < 28) { die("%s: truncated: %zu bytes is too short for any .bin header", path, size); }
     int32_t p[7];
     uint32_t magic = rd_u32(h);

@@ -1,5 +1,6 @@
 """run.c on bad input: every broken checkpoint, tokenizer, prompt or flag gets one clear error line
 naming the file or flag, and exit status 1; never a crash, a hang or a silently wrong answer."""
+import json
 import os
 import re
 import resource
@@ -79,7 +80,7 @@ CHECKPOINT_CASES = {
     "extra_bytes_v1": ("v1", dict(append=b"\0" * 4), "does not match"),
     "extra_bytes_v3": ("v3", dict(append=b"\0"), "does not match"),
     "extra_bytes_v0": ("v0", dict(append=b"\0" * 8), "does not match"),
-    "bad_magic": ("v1", dict(patch={0: b"GGUF"}), "bad magic"),
+    "bad_magic": ("v1", dict(patch={0: b"GGUX"}), "bad magic"),
     "unknown_version_4": ("v3", dict(patch={4: i32(4)}), "unknown version 4"),
     "unknown_version_0": ("v1", dict(patch={4: i32(0)}), "unknown version 0"),
     "unknown_version_neg": ("v1", dict(patch={4: i32(-1)}), "unknown version -1"),
@@ -153,6 +154,19 @@ def test_random_bytes_are_not_a_model(run_bin, files):
         path = files["dir"] / f"noise{i}.bin"
         path.write_bytes(torch.randint(0, 256, (1000 + 777 * i,), generator=rnd, dtype=torch.uint8).numpy().tobytes())
         expect_error(run_bin, [path], "bad magic")
+
+
+def test_files_export_reads_say_how_to_export_them(run_bin, files):
+    """A PyTorch checkpoint, a GGUF or a safetensors file given to run: the export.py command for it."""
+    d = files["dir"]
+    torch.save({"model": {"w": torch.zeros(2)}, "model_args": {}}, d / "ckpt.pt")
+    (d / "m.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    for name, command in (("ckpt.pt", f"python export.py model.bin --checkpoint={d / 'ckpt.pt'}, then ./run"),
+                          ("m.gguf", f"python export.py model.bin --gguf={d / 'm.gguf'}, then ./run"),
+                          ("model.safetensors", "python export.py model.bin --hf=FOLDER")):
+        expect_error(run_bin, [d / name], command)
 
 
 def test_good_files_still_run(run_bin, files):
