@@ -1,10 +1,19 @@
-"""Benchmark run.c against llama2.c: tokens/s, start-up, prompt speed, threads beside a busy core.
+"""Benchmark run.c against llama.cpp and llama2.c: tokens/s, prefill, start-up, threads beside a busy core.
 
-    make bench                                    (= python bench/bench_run.py)
+    make bench                                    (= python bench/bench_run.py: every part below)
+    python bench/bench_run.py --tables llamacpp   (run.c against llama.cpp only; make llama-cpp first)
+    python bench/bench_run.py --tables llamacpp --models 15M,110M --threads 1 --runs 2   (a quick look)
     python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0,q4 --builds native,avx2 --runs 5
     python bench/bench_run.py --llama2c ~/llama2.c   (a checkout of karpathy/llama2.c; never committed)
 
-What it does, all in one run so the numbers compare:
+Against llama.cpp (--tables llamacpp; its tools from bench/llama_tools.py's build of the pinned source, or
+--llama-cpp DIR): per model, our fp32/q8_0/q4 and llama.cpp's F32/Q8_0/Q4_0+Q4_K_M of the same weights
+(export.py --to_gguf, then llama-quantize), 1 and all threads, interleaved round by round: decode tok/s
+(-n 256 from BOS against llama-bench tg256), prefill tok/s of the ~210-token PROMPT (against llama-bench
+pp of as many tokens), the whole process at -n 64 and at -n 1 (start-up; against llama-completion), %
+roofline of both, and whether the greedy texts are equal; the table goes to bench/out/llama_cpp_table.md.
+
+Against llama2.c (--tables llama2c,busy,quality), all in one run so the numbers compare:
   1. builds run.c for each --builds: native (`make run`: -O3 -march=native -fopenmp) and avx2 (`make
      runavx2`: -O3 -march=haswell -fopenmp, what an AVX2 laptop runs); and llama2.c's run.c and runq.c
      from --llama2c with llama2.c's own runomp flags (-Ofast -fopenmp) and the same -march, under
