@@ -230,7 +230,8 @@ def weight_bytes_per_token(path):
 
 
 def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynamic=True):
-    """One run at -t 0: (generation tok/s, prompt tok/s or None), as the program reports them."""
+    """One run at -t 0: (generation tok/s, prompt tok/s), as the program reports them (None where it
+    reports none)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("OMP_DYNAMIC", None)
     if bind:
@@ -239,9 +240,9 @@ def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynam
         env["OMP_DYNAMIC"] = "false"
     r = sh([str(binary), str(path), "-t", "0", "-n", str(n), "-z", str(tokenizer), *(["-i", prompt] if prompt else [])],
            env=env)
-    gen = float(re.search(r"achieved tok/s: ([0-9.]+)", r.stderr).group(1))
+    g = re.search(r"achieved tok/s: ([0-9.]+)", r.stderr)  # absent when -n ends with the prompt
     m = re.search(r"prompt: \d+ tokens, ([0-9.]+) tok/s", r.stderr)
-    return gen, float(m.group(1)) if m else None
+    return float(g.group(1)) if g else None, float(m.group(1)) if m else None
 
 
 def prompt_speed(binary, path, tokenizer, threads, ours):
@@ -376,7 +377,8 @@ def speed_table(a, bins, threads, tok_for):
 
 
 LLAMA_TYPES = {"fp32": ("F32",), "q8_0": ("Q8_0",), "q4": ("Q4_0", "Q4_K_M")}  # ours -> llama.cpp's, compared
-N_DECODE, N_PROCESS = 256, 64  # tokens decoded from BOS; tokens of the whole-process run
+N_DECODE, N_PROCESS = 256, 64  # tokens decoded from BOS; tokens the whole-process run writes after SHORT_PROMPT
+SHORT_PROMPT = "Once upon a time"
 
 
 def markdown_table(head, rows):
@@ -414,11 +416,13 @@ def llama_files(tools, name, dtypes):
     return ours, theirs
 
 
-def greedy_check(tools, ours, theirs, tok, ctx):
-    """'equal' when run.c's greedy text from BOS is llama.cpp's, else where they part (one run each)."""
+def greedy_check(tools, ours, theirs, tok, ctx, n_short):
+    """'equal' when run.c's greedy text after SHORT_PROMPT is llama.cpp's, else where they part (one run
+    each; n_short: the prompt's tokens, BOS included: run.c's -n counts them, and writes -n - n_short + 1)."""
     import llama_tools
-    mine = sh([str(REPO / "run"), str(ours), "-t", "0", "-n", str(N_PROCESS), "-z", str(tok)]).stdout.strip()
-    other = llama_tools.completion(tools, theirs, N_PROCESS - 1, 1, ctx)[1].strip()
+    mine = sh([str(REPO / "run"), str(ours), "-t", "0", "-n", str(n_short - 1 + N_PROCESS), "-z", str(tok),
+               "-i", SHORT_PROMPT]).stdout.strip()
+    other = llama_tools.completion(tools, theirs, SHORT_PROMPT, N_PROCESS, 1, ctx)[1].strip()
     if mine == other:
         return "equal"
     k = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
@@ -431,7 +435,7 @@ def process_seconds(cmd, env):
     return time.perf_counter() - t0
 
 
-def llama_round(tools, files, tok, n_prompt, ctx, threads, r, samples):
+def llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples):
     """One round of every measurement of one model, in a rotated order, appended to samples[(what, type, T)]."""
     import llama_tools
     ours, theirs = files
@@ -440,13 +444,13 @@ def llama_round(tools, files, tok, n_prompt, ctx, threads, r, samples):
     for what, d, t in rotated(jobs, r):
         env = dict(os.environ, OMP_NUM_THREADS=str(t), OMP_PROC_BIND="true")
         env.pop("OMP_DYNAMIC", None)
-        run = [str(REPO / "run"), str(ours.get(d)), "-t", "0", "-z", str(tok)]
+        run = [str(REPO / "run"), str(ours.get(d)), "-t", "0", "-z", str(tok), "-i", SHORT_PROMPT]
         if what == "decode":
             v = [speed(REPO / "run", ours[d], tok, t, n=N_DECODE)[0]]
         elif what == "prefill":
             v = [speed(REPO / "run", ours[d], tok, t, n=n_prompt, prompt=PROMPT)[1]]
         elif what in ("process", "start"):
-            v = [process_seconds(run + ["-n", str(N_PROCESS if what == "process" else 1)], env)]
+            v = [process_seconds(run + ["-n", str(n_short - 1 + (N_PROCESS if what == "process" else 1))], env)]
         elif what == "bw":
             v = [bandwidth(t, huge=True, mb=256, reps=2)]
         elif what == "llama":
@@ -454,7 +458,8 @@ def llama_round(tools, files, tok, n_prompt, ctx, threads, r, samples):
             samples.setdefault(("llama prefill", d, t), []).append(pp)
             v = [tg]
         else:
-            v = [llama_tools.completion(tools, theirs[d], N_PROCESS if what == "llama process" else 1, t, ctx, env)[0]]
+            v = [llama_tools.completion(tools, theirs[d], SHORT_PROMPT, N_PROCESS if what == "llama process" else 1, t,
+                                        ctx, env)[0]]
         samples.setdefault((what, d, t), []).extend(v)
 
 
@@ -493,15 +498,16 @@ def llama_table(a, tools, threads):
         dtypes = [d for d in a.dtypes.split(",") if d in LLAMA_TYPES]
         files = llama_files(tools, name, dtypes)
         ctx = read_header(files[0][dtypes[0]])["max_seq_len"]
-        n_prompt = len(sh([str(REPO / "run"), str(files[0][dtypes[0]]), "-z", str(tok), "-m", "tokenize", "-i",
-                           PROMPT]).stdout.split()) + 1
-        greedy = {d: greedy_check(tools, files[0][d], files[1][LLAMA_TYPES[d][0]], tok, ctx)
+        n_prompt, n_short = (len(sh([str(REPO / "run"), str(files[0][dtypes[0]]), "-z", str(tok), "-m", "tokenize",
+                                     "-i", p]).stdout.split()) + 1 for p in (PROMPT, SHORT_PROMPT))
+        greedy = {d: greedy_check(tools, files[0][d], files[1][LLAMA_TYPES[d][0]], tok, ctx, n_short)
                   for d in ("fp32", "q8_0") if d in dtypes}
         samples = {}
         for r in range(a.runs):
-            llama_round(tools, files, tok, n_prompt, ctx, threads, r, samples)
-        rows += llama_rows(name, files, samples, threads, greedy)
-        print(markdown_table(head, rows[-1:]).split("\n", 2)[2], flush=True)
+            llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples)
+        new = llama_rows(name, files, samples, threads, greedy)
+        print(markdown_table(head, new).split("\n", 2)[2], flush=True)
+        rows += new
     table = markdown_table(head, rows)
     print("\n" + table)
     return table
@@ -583,10 +589,10 @@ def run_llama_cpp_table(a, threads):
              f"ours: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./run MODEL.bin -t 0 (make run): decode = its tok/s at -n "
              f"{N_DECODE} from BOS, prefill = its prompt tok/s over a ~210-token prompt; llama.cpp: llama-bench -p "
              f"(the same count) -n {N_DECODE} -t T -r 1 in the same environment; process: seconds for the whole "
-             f"process, greedy from BOS, -n {N_PROCESS} (llama-completion -p '' -no-cnv, its defaults otherwise), "
-             f"start: the same at -n 1; x: ours' speed-up, the median over rounds of the ratio within a round; "
+             f"process, greedy, {N_PROCESS} tokens after '{SHORT_PROMPT}' (llama-completion -no-cnv, its defaults "
+             f"otherwise), start: the same for 1 token; x: ours' speed-up, the median over rounds of the ratio within a round; "
              f"% roofline: tok/s x MB/token / the read bandwidth of bench/out/bandwidth.c at T threads, measured "
-             f"in each round; greedy text: ours at -n {N_PROCESS} against llama-completion's, one thread\n")
+             f"in each round; greedy text: ours against llama-completion's, {N_PROCESS} tokens, one thread\n")
     print("\n" + intro)
     table = llama_table(a, tools, threads)
     from fileio import atomic_write

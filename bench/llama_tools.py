@@ -131,11 +131,13 @@ def quantize(tools, f32_gguf, out, qtype):
     return out
 
 
-def completion(tools, gguf, n, threads, ctx, env=None):
-    """A whole llama-completion process, as a user runs it: greedy from BOS (empty prompt) for n tokens, its
-    default warm-up included. Returns (seconds, the text it printed)."""
-    cmd = [str(tools["llama-completion"]), "-m", str(gguf), "-p", "", "-n", str(n), "--temp", "0", "-t", str(threads),
-           "-c", str(ctx), "-no-cnv", "--no-display-prompt", "--simple-io"]
+def completion(tools, gguf, prompt, n, threads, ctx, env=None):
+    """A whole llama-completion process, as a user runs it: greedy after prompt for n tokens, its default
+    warm-up included. Returns (seconds, the text it printed: the prompt and what follows). (A prompt,
+    because an empty one is BOS alone, which ends the story at once where BOS is also the end-of-story
+    token, as in stories260K's vocabulary.)"""
+    cmd = [str(tools["llama-completion"]), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0", "-t",
+           str(threads), "-c", str(ctx), "-no-cnv", "--simple-io"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
