@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: bench_run, llama_tools
 import llama_tools  # noqa: E402
@@ -87,7 +88,6 @@ def stories260k_files():
     import copy
 
     import sentencepiece as spm
-    import torch
     from binfile import gptq_model, load_bin, model_export, pick_group_size
     from model import ffn_hidden_dim
     tok = SHARED / "models" / "tok512.bin"
@@ -147,6 +147,65 @@ def quant_rows(name, paths, tok, tools, n_texts):
              f"{100 * (bpb - ref) / ref:+.2f}%"] for m, eng, fmt, cls, size, bpb in rows]
 
 
+def q6_round(w, group_size):
+    """w rounded to 6-bit levels -31..31 times one fp32 scale per group (max|w| / 31): what a q6-like
+    classifier format would hold (6 + 32 / group_size bits a weight)."""
+    g = w.detach().float().reshape(-1, group_size)
+    s = g.abs().amax(1, keepdim=True) / 31
+    return (torch.round(g / torch.where(s > 0, s, 1)).clamp(-31, 31) * s).reshape(w.shape)
+
+
+def classifier_variants(fp32_bin, name):
+    """One model as fp32 .bin files that hold its weights already rounded: every layer matrix as our q4
+    (round to nearest) and the classifier (tied: the embedding too) as fp32, q8_0, q6-like or q4. Run
+    through the same fp32 path, their losses differ by the classifier's format alone.
+    Returns {format: (path, bits per weight of the whole model)}."""
+    import copy
+
+    from binfile import (CLASSIFIER, dequantize_q4, dequantize_q80, load_bin, model_export, pick_group_size,
+                         quantize_q4, quantize_q80)
+    from model import ffn_hidden_dim
+    model = load_bin(fp32_bin)
+    gs = pick_group_size(64, model.args.dim, ffn_hidden_dim(model.args))
+    cls_gs = pick_group_size(64, model.args.dim, model.args.dim)  # a classifier row is dim long
+    rounds = {"q8_0": lambda w: dequantize_q80(*quantize_q80(w, cls_gs), w.shape),
+              "q4": lambda w: dequantize_q4(*quantize_q4(w, cls_gs), w.shape),
+              "q6": lambda w: q6_round(w, cls_gs), "fp32": lambda w: w}
+    bits = {"fp32": 32.0, "q8_0": 8 + 32 / cls_gs, "q6": 6 + 32 / cls_gs, "q4": 4 + 32 / cls_gs}
+    out = {}
+    for fmt, rnd in rounds.items():
+        m = copy.deepcopy(model)
+        total_bits, n = 0.0, 0
+        with torch.no_grad():
+            for pname, p in m.named_parameters():
+                if pname in CLASSIFIER:
+                    p.copy_(rnd(p))
+                    total_bits += bits[fmt] * p.numel()
+                elif p.dim() == 2:
+                    p.copy_(dequantize_q4(*quantize_q4(p, gs), p.shape))
+                    total_bits += (4 + 32 / gs) * p.numel()
+                else:
+                    total_bits += 32 * p.numel()
+                n += p.numel()
+        path = OUT / f"{Path(name).parent.name or name}_q4_cls_{fmt}.bin"
+        model_export(m, path, version=3, dtype="fp32")
+        out[fmt] = (path, total_bits / n)
+    return out
+
+
+def classifier_rows(name, paths, tok, n_texts):
+    """The q6-like classifier question: q4 layers with each classifier format, through run.c's fp32 path."""
+    from binfile import read_header
+    texts = held_out_texts(n_texts)
+    ctx = read_header(paths["fp32"])["max_seq_len"]
+    seqs = token_ids(paths["fp32"], tok, texts)
+    rows = []
+    for fmt, (path, bpw) in classifier_variants(paths["fp32"], name).items():
+        rows.append([name, f"q4 layers, {fmt} classifier", f"{bpw:.2f}", f"{bpb_ours(path, tok, texts, seqs, ctx):.4f}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
 def llama_tools_f32(fp32_bin, tok, name):
     from bench_run import f32_gguf
     return f32_gguf(fp32_bin, tok.with_suffix(".model"), name)
@@ -159,6 +218,8 @@ def main():
     p.add_argument("--texts", type=int, default=300, help="how many held-out stories (the last of the 3000)")
     p.add_argument("--llama-cpp", default=None, metavar="DIR", help="a llama.cpp build's folder of tools")
     p.add_argument("--out", default=str(OUT / "quant_table.md"), help="where the table goes")
+    p.add_argument("--classifier", action="store_true",
+                   help="also: q4 layers with an fp32/q8_0/q6-like/q4 classifier (rounded weights, run.c's fp32 path)")
     a = p.parse_args()
     for c in a.checkpoint:
         if not Path(c).is_file():
@@ -178,6 +239,9 @@ def main():
             "held-out bits/byte", "vs fp32"]
     rows = [r for name, paths, tok in models for r in quant_rows(name, paths, tok, tools, a.texts)]
     table = markdown_table(head, rows)
+    if a.classifier:
+        crows = [r for name, paths, tok in models for r in classifier_rows(name, paths, tok, a.texts)]
+        table += "\n\n" + markdown_table(["model", "weights", "bits/weight", "held-out bits/byte"], crows)
     print("\n" + table)
     from fileio import atomic_write
     atomic_write(a.out, lambda f: f.write((table + "\n").encode()))

@@ -115,3 +115,12 @@ def test_gguf_bytes_per_token_counts_the_classifier_whole_and_one_embedding_row(
     assert os.path.getsize(path) > sum(sizes.values())
     embd = 0 if tied else sizes["token_embd.weight"] * (1 - 1 / 512)
     assert llama_tools.gguf_bytes_per_token(path) == (pytest.approx(sum(sizes.values()) - embd), "q8_0")
+
+
+def test_q6_round_puts_every_weight_on_its_groups_63_levels_within_half_a_step():
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    r = bench_quant.q6_round(w, 32)
+    s = w.reshape(-1, 32).abs().amax(1, keepdim=True) / 31
+    levels = r.reshape(-1, 32) / s
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= 31 + 1e-4
+    assert ((r - w).reshape(-1, 32).abs() <= s / 2 + 1e-6).all()
