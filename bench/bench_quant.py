@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: bench_run, llama_tools
 import llama_tools  # noqa: E402
-from bench_run import OUT, REPO, SHARED, held_out_texts, markdown_table, sh, stories_model  # noqa: E402
+from bench_run import OUT, REPO, SHARED, f32_gguf, held_out_texts, markdown_table, sh, stories_model  # noqa: E402
 
 LLAMA_QUANTS = ("Q8_0", "Q6_K", "Q5_0", "Q4_K_M", "Q4_0")  # and F32, export.py's own
 
@@ -70,8 +70,9 @@ def bpb_ours(model, tokenizer, texts, seqs, ctx):
 def bpb_llama(gguf, texts, seqs, ctx):
     """llama.cpp's held-out bits per byte of texts, on the same token ids, through llama-cpp-python."""
     from llama_cpp import Llama
+    # one thread for the batch too: its default, every core, spins at barriers beside a busy core
     llm = Llama(model_path=str(gguf), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, n_threads=1,
-                verbose=False)
+                n_threads_batch=1, verbose=False)
     bits = 0.0
     for ids in seqs:
         for w in windows(ids, ctx):
@@ -84,7 +85,7 @@ def bpb_llama(gguf, texts, seqs, ctx):
 
 def stories260k_files():
     """stories260K as v3 fp32, q8_0, q4 and q4 GPTQ (calibrated on 128 windows of the shared training
-    text's head), and its tokenizers (.bin for run.c, .model for the GGUF)."""
+    text's head), and its tokenizer (run.c's .bin, sentencepiece's .model for the GGUF)."""
     import copy
 
     import sentencepiece as spm
@@ -106,20 +107,27 @@ def stories260k_files():
         gs = pick_group_size(64, model.args.dim, ffn_hidden_dim(model.args))
         gptq_model(rounded, torch.tensor([ids[s:s + n] for s in starts]), gs)
         model_export(rounded, paths["q4 gptq"], version=3, dtype="q4", group_size=gs)
-    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, tok
+    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, (tok, tok.with_suffix(".model"))
 
 
 def checkpoint_files(ckpt):
     """A train.py checkpoint's v3 files (bench_run.checkpoint_models: its GPTQ calibrates on its own
-    training shards) and its run.c tokenizer."""
+    training shards) and its tokenizer (run.c's .bin, sentencepiece's .model)."""
+    import vocab
     from bench_run import checkpoint_models
+    from tokenizer import Tokenizer
     paths, tok_model = checkpoint_models(ckpt)
-    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, tok_model.with_suffix(".bin")
+    tok = tok_model.with_suffix(".bin")
+    if not tok.exists():  # train_vocab writes the .model; run.c reads the .bin export.py writes of it
+        tok = OUT / f"{Path(ckpt).parent.name}_{tok.name}"
+        vocab.write_bin(Tokenizer(tok_model).vocab, tok)
+    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, (tok, tok_model)
 
 
-def quant_rows(name, paths, tok, tools, n_texts):
+def quant_rows(name, paths, toks, tools, n_texts):
     """The rows of one model: each of our files and each llama.cpp file of the same weights."""
     from binfile import HEADER_BYTES, load_bin, read_header
+    tok, tok_model = toks
     texts = held_out_texts(n_texts)
     ctx = read_header(paths["fp32"])["max_seq_len"]
     seqs = token_ids(paths["fp32"], tok, texts)
@@ -133,9 +141,9 @@ def quant_rows(name, paths, tok, tools, n_texts):
         rows.append([name, "run.c", d, cls, size, bpb_ours(path, tok, texts, seqs, ctx)])
         print(rows[-1], flush=True)
     if tools:
-        f32 = llama_tools_f32(paths["fp32"], tok, name)
+        f32 = f32_gguf(paths["fp32"], tok_model, file_label(name))
         for q in ("F32",) + LLAMA_QUANTS:
-            gguf = f32 if q == "F32" else llama_tools.quantize(tools, f32, OUT / f"{name}_{q}.gguf", q)
+            gguf = f32 if q == "F32" else llama_tools.quantize(tools, f32, OUT / f"{file_label(name)}_{q}.gguf", q)
             tensors = llama_tools.gguf_tensors(gguf)
             kinds = sorted({t for t, ne, _ in tensors.values() if len(ne) > 1})
             cls = tensors.get("output.weight", tensors["token_embd.weight"])[0]
@@ -187,15 +195,16 @@ def classifier_variants(fp32_bin, name):
                 else:
                     total_bits += 32 * p.numel()
                 n += p.numel()
-        path = OUT / f"{Path(name).parent.name or name}_q4_cls_{fmt}.bin"
+        path = OUT / f"{file_label(name)}_q4_cls_{fmt}.bin"
         model_export(m, path, version=3, dtype="fp32")
         out[fmt] = (path, total_bits / n)
     return out
 
 
-def classifier_rows(name, paths, tok, n_texts):
+def classifier_rows(name, paths, toks, n_texts):
     """The q6-like classifier question: q4 layers with each classifier format, through run.c's fp32 path."""
     from binfile import read_header
+    tok = toks[0]
     texts = held_out_texts(n_texts)
     ctx = read_header(paths["fp32"])["max_seq_len"]
     seqs = token_ids(paths["fp32"], tok, texts)
@@ -206,9 +215,9 @@ def classifier_rows(name, paths, tok, n_texts):
     return rows
 
 
-def llama_tools_f32(fp32_bin, tok, name):
-    from bench_run import f32_gguf
-    return f32_gguf(fp32_bin, tok.with_suffix(".model"), name)
+def file_label(name):
+    """A model's name in bench/out/ file names: stories260K, or a checkpoint's folder (as checkpoint_models)."""
+    return name if name == "stories260K" else Path(name).parent.name
 
 
 def main():
@@ -237,10 +246,10 @@ def main():
     models += [(c, *checkpoint_files(c)) for c in a.checkpoint]
     head = ["model", "engine", "format (tensor types)", "classifier", "bits/weight", "weight MB",
             "held-out bits/byte", "vs fp32"]
-    rows = [r for name, paths, tok in models for r in quant_rows(name, paths, tok, tools, a.texts)]
+    rows = [r for name, paths, toks in models for r in quant_rows(name, paths, toks, tools, a.texts)]
     table = markdown_table(head, rows)
     if a.classifier:
-        crows = [r for name, paths, tok in models for r in classifier_rows(name, paths, tok, a.texts)]
+        crows = [r for name, paths, toks in models for r in classifier_rows(name, paths, toks, a.texts)]
         table += "\n\n" + markdown_table(["model", "weights", "bits/weight", "held-out bits/byte"], crows)
     print("\n" + table)
     from fileio import atomic_write
