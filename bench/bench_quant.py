@@ -210,7 +210,8 @@ def classifier_rows(name, paths, toks, n_texts):
     seqs = token_ids(paths["fp32"], tok, texts)
     rows = []
     for fmt, (path, bpw) in classifier_variants(paths["fp32"], name).items():
-        rows.append([name, f"q4 layers, {fmt} classifier", f"{bpw:.2f}", f"{bpb_ours(path, tok, texts, seqs, ctx):.4f}"])
+        bpb = bpb_ours(path, tok, texts, seqs, ctx)
+        rows.append([name, f"q4 layers, {fmt} classifier", f"{bpw:.2f}", f"{bpb:.4f}"])
         print(rows[-1], flush=True)
     return rows
 

@@ -590,7 +590,8 @@ def run_llama_cpp_table(a, threads):
              f"{N_DECODE} from BOS, prefill = its prompt tok/s over a ~210-token prompt; llama.cpp: llama-bench -p "
              f"(the same count) -n {N_DECODE} -t T -r 1 in the same environment; process: seconds for the whole "
              f"process, greedy, {N_PROCESS} tokens after '{SHORT_PROMPT}' (llama-completion -no-cnv, its defaults "
-             f"otherwise), start: the same for 1 token; x: ours' speed-up, the median over rounds of the ratio within a round; "
+             f"otherwise), start: the same for 1 token; x: ours' speed-up, the median over rounds of the ratio "
+             f"within a round; "
              f"% roofline: tok/s x MB/token / the read bandwidth of bench/out/bandwidth.c at T threads, measured "
              f"in each round; greedy text: ours against llama-completion's, {N_PROCESS} tokens, one thread\n")
     print("\n" + intro)
