@@ -416,13 +416,36 @@ def llama_files(tools, name, dtypes):
     return ours, theirs
 
 
-def greedy_check(tools, ours, theirs, tok, ctx, n_short):
-    """'equal' when run.c's greedy text after SHORT_PROMPT is llama.cpp's, else where they part (one run
-    each; n_short: the prompt's tokens, BOS included: run.c's -n counts them, and writes -n - n_short + 1)."""
-    import llama_tools
-    mine = sh([str(REPO / "run"), str(ours), "-t", "0", "-n", str(n_short - 1 + N_PROCESS), "-z", str(tok),
-               "-i", SHORT_PROMPT]).stdout.strip()
-    other = llama_tools.completion(tools, theirs, SHORT_PROMPT, N_PROCESS, 1, ctx)[1].strip()
+def llama_greedy(gguf, ids, n):
+    """llama.cpp's greedy continuation of token ids, n tokens at most, ending at BOS or EOS, as text
+    (through llama-cpp-python: llama-completion prints asynchronously, and a pipe may lose the end)."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(gguf), n_ctx=len(ids) + n + 1, n_threads=1, n_threads_batch=1, logits_all=True,
+                verbose=False)
+    out, ends = list(ids), {llm.token_bos(), llm.token_eos()}
+    llm.eval(out)
+    for _ in range(n):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if nxt in ends:
+            break
+        out.append(nxt)
+        llm.eval([nxt])
+    return llm.detokenize(out[1:]).decode("utf-8", "replace")
+
+
+def greedy_check(ours, theirs, tok):
+    """'equal' when run.c's greedy text after SHORT_PROMPT is llama.cpp's (N_PROCESS tokens, one thread
+    each, the same prompt tokens), else where they part; '-' without llama-cpp-python."""
+    import importlib.util
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "- (no llama-cpp-python)"
+    ids = [1] + [int(t) for t in sh([str(REPO / "run"), str(ours), "-z", str(tok), "-m", "tokenize", "-i",
+                                     SHORT_PROMPT]).stdout.split()]
+    one = dict(os.environ, OMP_NUM_THREADS="1")  # as llama.cpp's: another sum order may flip a near tie
+    # run.c's -n counts the prompt's tokens and writes -n - len(ids) + 1 after it
+    mine = sh([str(REPO / "run"), str(ours), "-t", "0", "-n", str(len(ids) - 1 + N_PROCESS), "-z", str(tok),
+               "-i", SHORT_PROMPT], env=one).stdout.strip()
+    other = llama_greedy(theirs, ids, N_PROCESS).strip()
     if mine == other:
         return "equal"
     k = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
@@ -500,8 +523,7 @@ def llama_table(a, tools, threads):
         ctx = read_header(files[0][dtypes[0]])["max_seq_len"]
         n_prompt, n_short = (len(sh([str(REPO / "run"), str(files[0][dtypes[0]]), "-z", str(tok), "-m", "tokenize",
                                      "-i", p]).stdout.split()) + 1 for p in (PROMPT, SHORT_PROMPT))
-        greedy = {d: greedy_check(tools, files[0][d], files[1][LLAMA_TYPES[d][0]], tok, ctx, n_short)
-                  for d in ("fp32", "q8_0") if d in dtypes}
+        greedy = {d: greedy_check(files[0][d], files[1][LLAMA_TYPES[d][0]], tok) for d in ("fp32", "q8_0") if d in dtypes}
         samples = {}
         for r in range(a.runs):
             llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples)
@@ -593,7 +615,8 @@ def run_llama_cpp_table(a, threads):
              f"otherwise), start: the same for 1 token; x: ours' speed-up, the median over rounds of the ratio "
              f"within a round; "
              f"% roofline: tok/s x MB/token / the read bandwidth of bench/out/bandwidth.c at T threads, measured "
-             f"in each round; greedy text: ours against llama-completion's, {N_PROCESS} tokens, one thread\n")
+             f"in each round; greedy text: ours against llama.cpp's (llama-cpp-python), {N_PROCESS} tokens after the "
+             f"same prompt tokens, one thread\n")
     print("\n" + intro)
     table = llama_table(a, tools, threads)
     from fileio import atomic_write
