@@ -16,6 +16,11 @@ and llama-quantize (bench/llama_tools.py) makes of it. Bits per weight: tensor b
 of 256: llama-quantize gives smaller rows another type, which the table names.
 stories260K has no training shards for GPTQ to calibrate on: its q4 GPTQ is calibrated on 128 windows of
 the shared TinyStories-train.head-2MiB.txt instead (not the held-out stories).
+--classifier adds a second table: q4 layers with the classifier in fp32, q8_0, a q6-like format or q4
+(weights rounded in Python, scored through run.c's fp32 path), whether a smaller classifier pays.
+
+Last logged run: dev/LOG.md, "## 2026-12-07: run.c against llama.cpp (...) and quality per bit against Q4_0 / Q4_K_M
+(bench_quant)".
 """
 import argparse
 import importlib.util

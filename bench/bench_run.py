@@ -38,7 +38,8 @@ Against llama2.c (--tables llama2c,busy,quality), all in one run so the numbers 
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 
-Last logged run: dev/LOG.md, "## 2026-12-02: run.c against llama2.c, every model and dtype, quiet Intel Xeon (make bench)".
+Last logged runs: dev/LOG.md, "## 2026-12-07: run.c against llama.cpp (bench_run --tables llamacpp; busy machine:
+preliminary) ..." and "## 2026-12-02: run.c against llama2.c, every model and dtype, quiet Intel Xeon (make bench)".
 """
 import argparse
 import json
