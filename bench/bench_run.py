@@ -524,7 +524,8 @@ def llama_table(a, tools, threads):
         ctx = read_header(files[0][dtypes[0]])["max_seq_len"]
         n_prompt, n_short = (len(sh([str(REPO / "run"), str(files[0][dtypes[0]]), "-z", str(tok), "-m", "tokenize",
                                      "-i", p]).stdout.split()) + 1 for p in (PROMPT, SHORT_PROMPT))
-        greedy = {d: greedy_check(files[0][d], files[1][LLAMA_TYPES[d][0]], tok) for d in ("fp32", "q8_0") if d in dtypes}
+        greedy = {d: greedy_check(files[0][d], files[1][LLAMA_TYPES[d][0]], tok)
+                  for d in ("fp32", "q8_0") if d in dtypes}
         samples = {}
         for r in range(a.runs):
             llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples)
@@ -661,6 +662,10 @@ def main():
     a.tables = a.tables.split(",")
     if set(a.tables) - set(TABLES) or a.runs < 1:
         p.error(f"--tables takes some of {','.join(TABLES)}; --runs at least 1")
+    bad = set(a.models.split(",")) - {"stories260K", *SHAPES} or set(a.dtypes.split(",")) - set(QUALITY_DTYPES)
+    if bad:
+        p.error(f"{','.join(sorted(bad))}: --models takes stories260K,{','.join(SHAPES)}; "
+                f"--dtypes {','.join(QUALITY_DTYPES)}")
     threads = [int(t) for t in a.threads.split(",")] if a.threads else sorted({1, os.cpu_count()})
     OUT.mkdir(parents=True, exist_ok=True)
     if "llamacpp" in a.tables:
