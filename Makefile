@@ -20,7 +20,10 @@
 #                   these two in place of runplain and run, clean or failing
 #   make test       the C tests (pytest); make test-quick: the quick tier of the whole suite (pytest -m
 #                   "not slow", under a minute); make test-ci: the CI tier (pytest -m ci: llama.cpp, qemu,
-#                   browser and sanitizer checks, every-story sweeps); make bench: bench/bench_run.py; make clean
+#                   browser and sanitizer checks, every-story sweeps); make bench: bench/bench_run.py (flags
+#                   in BENCH_ARGS, e.g. make bench BENCH_ARGS="--tables llamacpp"); make llama-cpp:
+#                   llama.cpp's tools for bench, built once in ~/.cache/storyllama (bench/llama_tools.py);
+#                   make clean
 #   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
 #                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
 CC ?= cc
@@ -39,7 +42,7 @@ FUZZ_RUNS ?= 0
 C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py \
           tests/test_prefill.py
 
-.PHONY: all runomp runarm wasm test test-quick test-ci bench clean sanitize fuzz
+.PHONY: all runomp runarm wasm test test-quick test-ci bench llama-cpp clean sanitize fuzz
 all: run
 
 run: run.c kernels.h
@@ -115,7 +118,10 @@ test-ci: run runplain runarm wasm runwasm
 	$(PYTHON) -m pytest -q -m ci tests
 
 bench:
-	$(PYTHON) bench/bench_run.py
+	$(PYTHON) bench/bench_run.py $(BENCH_ARGS)
+
+llama-cpp:
+	$(PYTHON) bench/llama_tools.py
 
 clean:
 	rm -f run runplain runfast runomp runavx2 runavxvnni runarm_neon runarm_dot rundebug run_sanitize run_sanitize_plain \

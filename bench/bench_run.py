@@ -1,10 +1,19 @@
-"""Benchmark run.c against llama2.c: tokens/s, start-up, prompt speed, threads beside a busy core.
+"""Benchmark run.c against llama.cpp and llama2.c: tokens/s, prefill, start-up, threads beside a busy core.
 
-    make bench                                    (= python bench/bench_run.py)
+    make bench                                    (= python bench/bench_run.py: every part below)
+    python bench/bench_run.py --tables llamacpp   (run.c against llama.cpp only; make llama-cpp first)
+    python bench/bench_run.py --tables llamacpp --models 15M,110M --threads 1 --runs 2   (a quick look)
     python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0,q4 --builds native,avx2 --runs 5
     python bench/bench_run.py --llama2c ~/llama2.c   (a checkout of karpathy/llama2.c; never committed)
 
-What it does, all in one run so the numbers compare:
+Against llama.cpp (--tables llamacpp; its tools from bench/llama_tools.py's build of the pinned source, or
+--llama-cpp DIR): per model, our fp32/q8_0/q4 and llama.cpp's F32/Q8_0/Q4_0+Q4_K_M of the same weights
+(export.py --to_gguf, then llama-quantize), 1 and all threads, interleaved round by round: decode tok/s
+(-n 256 from BOS against llama-bench tg256), prefill tok/s of the ~210-token PROMPT (against llama-bench
+pp of as many tokens), the whole process at -n 64 and at -n 1 (start-up; against llama-completion), %
+roofline of both, and whether the greedy texts are equal; the table goes to bench/out/llama_cpp_table.md.
+
+Against llama2.c (--tables llama2c,busy,quality), all in one run so the numbers compare:
   1. builds run.c for each --builds: native (`make run`: -O3 -march=native -fopenmp) and avx2 (`make
      runavx2`: -O3 -march=haswell -fopenmp, what an AVX2 laptop runs); and llama2.c's run.c and runq.c
      from --llama2c with llama2.c's own runomp flags (-Ofast -fopenmp) and the same -march, under
@@ -29,7 +38,8 @@ What it does, all in one run so the numbers compare:
 The random models have the rows of BOS and EOS in the (tied) classifier zeroed so greedy decoding never
 stops early: every run times 255 tokens.
 
-Last logged run: dev/LOG.md, "## 2026-12-02: run.c against llama2.c, every model and dtype, quiet Intel Xeon (make bench)".
+Last logged runs: dev/LOG.md, "## 2026-12-07: run.c against llama.cpp (bench_run --tables llamacpp; busy machine:
+preliminary) ..." and "## 2026-12-02: run.c against llama2.c, every model and dtype, quiet Intel Xeon (make bench)".
 """
 import argparse
 import json
@@ -221,7 +231,8 @@ def weight_bytes_per_token(path):
 
 
 def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynamic=True):
-    """One run at -t 0: (generation tok/s, prompt tok/s or None), as the program reports them."""
+    """One run at -t 0: (generation tok/s, prompt tok/s), as the program reports them (None where it
+    reports none)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("OMP_DYNAMIC", None)
     if bind:
@@ -230,9 +241,9 @@ def speed(binary, path, tokenizer, threads, n=256, prompt=None, bind=True, dynam
         env["OMP_DYNAMIC"] = "false"
     r = sh([str(binary), str(path), "-t", "0", "-n", str(n), "-z", str(tokenizer), *(["-i", prompt] if prompt else [])],
            env=env)
-    gen = float(re.search(r"achieved tok/s: ([0-9.]+)", r.stderr).group(1))
+    g = re.search(r"achieved tok/s: ([0-9.]+)", r.stderr)  # absent when -n ends with the prompt
     m = re.search(r"prompt: \d+ tokens, ([0-9.]+) tok/s", r.stderr)
-    return gen, float(m.group(1)) if m else None
+    return float(g.group(1)) if g else None, float(m.group(1)) if m else None
 
 
 def prompt_speed(binary, path, tokenizer, threads, ours):
@@ -275,13 +286,17 @@ def checkpoint_models(ckpt_path):
     return paths, Path(tok).with_suffix(".model")
 
 
+def held_out_texts(n=300):
+    """The last n stories of the shared 3000 (held out from the shared training text)."""
+    return json.loads((SHARED / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"][-n:]
+
+
 def quality(paths, tokenizer_model, n_windows=300):
     """Top-1 agreement and mean next-token loss of a model's bf16/q8_0/q4 files against its fp32 one (C
     logits) on the last n_windows stories of the shared 3000 (held out from the shared training text)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
-    texts = json.loads((SHARED / "tinystories" / "tinystories-3000-stories.json").read_text())["texts"]
-    windows = [[1] + sp.encode(t)[:255] for t in texts[-n_windows:]]
+    windows = [[1] + sp.encode(t)[:255] for t in held_out_texts(n_windows)]
     out = {}
     for dtype, path in paths.items():
         top1, nll = [], []
@@ -362,6 +377,166 @@ def speed_table(a, bins, threads, tok_for):
                 print("| " + " | ".join(row) + " |", flush=True)
 
 
+LLAMA_TYPES = {"fp32": ("F32",), "q8_0": ("Q8_0",), "q4": ("Q4_0", "Q4_K_M")}  # ours -> llama.cpp's, compared
+N_DECODE, N_PROCESS = 256, 64  # tokens decoded from BOS; tokens the whole-process run writes after SHORT_PROMPT
+SHORT_PROMPT = "Once upon a time"
+
+
+def markdown_table(head, rows):
+    """A markdown table (one string) of a header and rows of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def compare(ours, theirs, faster=max):
+    """(median of ours, median of theirs, median over rounds of ours' speed-up within the round): the
+    drift between rounds cancels. faster=max for tok/s (ours / theirs), min for seconds (theirs / ours)."""
+    ratios = [x / y if faster is max else y / x for x, y in zip(ours, theirs)]
+    return statistics.median(ours), statistics.median(theirs), statistics.median(ratios)
+
+
+def f32_gguf(src, tokenizer, name):
+    """bench/out/<name>_F32.gguf: the weights of src (a .bin) written by export.py --to_gguf with their
+    tokenizer (a .model); kept while newer than src."""
+    import export
+    f32 = OUT / f"{name}_F32.gguf"
+    if not f32.exists() or f32.stat().st_mtime < Path(src).stat().st_mtime:
+        export.main([f"--to_gguf={f32}", f"--bin={src}", f"--tokenizer={tokenizer}", "--dtype=fp32"])
+    return f32
+
+
+def llama_files(tools, name, dtypes):
+    """Ours {dtype: .bin} and llama.cpp's {type: .gguf} of one model: the fp32 weights exported by export.py
+    --to_gguf (with the model's tokenizer) and quantised by llama-quantize, under bench/out/."""
+    import llama_tools
+    ours = {d: stories_model(d) if name == "stories260K" else random_model(name, d) for d in dtypes}
+    src = stories_model("fp32") if name == "stories260K" else random_model(name, "fp32")
+    f32 = f32_gguf(src, SHARED / "models" / ("tok512.model" if name == "stories260K" else "tokenizer.model"), name)
+    theirs = {q: f32 if q == "F32" else llama_tools.quantize(tools, f32, OUT / f"{name}_{q}.gguf", q)
+              for d in dtypes for q in LLAMA_TYPES.get(d, ())}
+    return ours, theirs
+
+
+def llama_greedy(gguf, ids, n):
+    """llama.cpp's greedy continuation of token ids, n tokens at most, ending at BOS or EOS, as text
+    (through llama-cpp-python: llama-completion prints asynchronously, and a pipe may lose the end)."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(gguf), n_ctx=len(ids) + n + 1, n_threads=1, n_threads_batch=1, logits_all=True,
+                verbose=False)
+    out, ends = list(ids), {llm.token_bos(), llm.token_eos()}
+    llm.eval(out)
+    for _ in range(n):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        if nxt in ends:
+            break
+        out.append(nxt)
+        llm.eval([nxt])
+    return llm.detokenize(out[1:]).decode("utf-8", "replace")
+
+
+def greedy_check(ours, theirs, tok):
+    """'equal' when run.c's greedy text after SHORT_PROMPT is llama.cpp's (N_PROCESS tokens, one thread
+    each, the same prompt tokens), else where they part; '-' without llama-cpp-python."""
+    import importlib.util
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "- (no llama-cpp-python)"
+    ids = [1] + [int(t) for t in sh([str(REPO / "run"), str(ours), "-z", str(tok), "-m", "tokenize", "-i",
+                                     SHORT_PROMPT]).stdout.split()]
+    one = dict(os.environ, OMP_NUM_THREADS="1")  # as llama.cpp's: another sum order may flip a near tie
+    # run.c's -n counts the prompt's tokens and writes -n - len(ids) + 1 after it
+    mine = sh([str(REPO / "run"), str(ours), "-t", "0", "-n", str(len(ids) - 1 + N_PROCESS), "-z", str(tok),
+               "-i", SHORT_PROMPT], env=one).stdout.strip()
+    other = llama_greedy(theirs, ids, N_PROCESS).strip()
+    if mine == other:
+        return "equal"
+    k = next((i for i, (x, y) in enumerate(zip(mine, other)) if x != y), min(len(mine), len(other)))
+    return f"differ at character {k}: {mine[k:k + 30]!r} / {other[k:k + 30]!r}"
+
+
+def process_seconds(cmd, env):
+    t0 = time.perf_counter()
+    sh(cmd, env=env)
+    return time.perf_counter() - t0
+
+
+def llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples):
+    """One round of every measurement of one model, in a rotated order, appended to samples[(what, type, T)]."""
+    import llama_tools
+    ours, theirs = files
+    jobs = [(w, d, t) for t in threads for d in ours for w in ("decode", "prefill", "process", "start", "bw")]
+    jobs += [(w, q, t) for t in threads for q in theirs for w in ("llama", "llama process", "llama start")]
+    for what, d, t in rotated(jobs, r):
+        env = dict(os.environ, OMP_NUM_THREADS=str(t), OMP_PROC_BIND="true")
+        env.pop("OMP_DYNAMIC", None)
+        run = [str(REPO / "run"), str(ours.get(d)), "-t", "0", "-z", str(tok), "-i", SHORT_PROMPT]
+        if what == "decode":
+            v = [speed(REPO / "run", ours[d], tok, t, n=N_DECODE)[0]]
+        elif what == "prefill":
+            v = [speed(REPO / "run", ours[d], tok, t, n=n_prompt, prompt=PROMPT)[1]]
+        elif what in ("process", "start"):
+            v = [process_seconds(run + ["-n", str(n_short - 1 + (N_PROCESS if what == "process" else 1))], env)]
+        elif what == "bw":
+            v = [bandwidth(t, huge=True, mb=256, reps=2)]
+        elif what == "llama":
+            pp, tg = llama_tools.bench(tools, theirs[d], n_prompt, N_DECODE, t, env=env)
+            samples.setdefault(("llama prefill", d, t), []).append(pp)
+            v = [tg]
+        else:
+            v = [llama_tools.completion(tools, theirs[d], SHORT_PROMPT, N_PROCESS if what == "llama process" else 1, t,
+                                        ctx, env)[0]]
+        samples.setdefault((what, d, t), []).extend(v)
+
+
+def llama_rows(name, files, samples, threads, greedy):
+    """The table's rows of one model: each of our types against each llama.cpp type it is compared with."""
+    import llama_tools
+    ours, theirs = files
+    rows = []
+    for t in threads:
+        for d in ours:
+            for q in LLAMA_TYPES.get(d, ()):
+                if q not in theirs:
+                    continue
+                wb, (wq, cls) = weight_bytes_per_token(ours[d]), llama_tools.gguf_bytes_per_token(theirs[q])
+                bw = statistics.median(samples[("bw", d, t)])
+                row = [name, f"{d} / {q} ({cls} classifier)", t, f"{wb / 1e6:.1f} / {wq / 1e6:.1f}"]
+                for what, faster in (("decode", max), ("prefill", max), ("process", min), ("start", min)):
+                    key = "llama" if what == "decode" else f"llama {what}"
+                    mo, mt, x = compare(samples[(what, d, t)], samples[(key, q, t)], faster)
+                    row += [f"{mo:,.0f} / {mt:,.0f}" if faster is max else f"{mo:.3f} / {mt:.3f}", f"{x:.2f}x"]
+                    if what == "decode":
+                        row.append(f"{100 * mo * wb / (bw * 1e9):.0f}% / {100 * mt * wq / (bw * 1e9):.0f}%")
+                row.append(greedy.get(d, "-"))
+                rows.append(row)
+    return rows
+
+
+def llama_table(a, tools, threads):
+    """run.c against llama.cpp (llama-bench, llama-completion) on the same weights: every model, type and
+    thread count, interleaved round by round; prints the markdown table and writes it to a.llama_out."""
+    head = ["model", "ours / llama.cpp", "T", "MB/token", "decode tok/s", "x", "% roofline", "prefill tok/s", "x",
+            f"-n {N_PROCESS} process s", "x", "start s", "x", "greedy text"]
+    rows = []
+    for name in a.models.split(","):
+        tok = SHARED / "models" / ("tok512.bin" if name == "stories260K" else "tokenizer.bin")
+        dtypes = [d for d in a.dtypes.split(",") if d in LLAMA_TYPES]
+        files = llama_files(tools, name, dtypes)
+        ctx = read_header(files[0][dtypes[0]])["max_seq_len"]
+        n_prompt, n_short = (len(sh([str(REPO / "run"), str(files[0][dtypes[0]]), "-z", str(tok), "-m", "tokenize",
+                                     "-i", p]).stdout.split()) + 1 for p in (PROMPT, SHORT_PROMPT))
+        greedy = {d: greedy_check(files[0][d], files[1][LLAMA_TYPES[d][0]], tok)
+                  for d in ("fp32", "q8_0") if d in dtypes}
+        samples = {}
+        for r in range(a.runs):
+            llama_round(tools, files, tok, n_prompt, n_short, ctx, threads, r, samples)
+        new = llama_rows(name, files, samples, threads, greedy)
+        print(markdown_table(head, new).split("\n", 2)[2], flush=True)
+        rows += new
+    table = markdown_table(head, rows)
+    print("\n" + table)
+    return table
+
+
 def busy_table(a, bins, tokenizer):
     """Threads under load: 2 threads against 1 with a busy-looping process beside them, and without."""
     print("\nthreads under load (native build, -t 0 -n 256 from BOS, no OMP_PROC_BIND; 'busy' = a Python "
@@ -395,46 +570,65 @@ def busy_table(a, bins, tokenizer):
                   + " | ".join(f"{med[c]:,.0f}" for c in cols) + f" | {ratio:.2f}x |", flush=True)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="stories260K,15M,42M,110M")
-    p.add_argument("--dtypes", default="fp32,bf16,q8_0,q4")
-    p.add_argument("--builds", default="native,avx2", help="native, avx2 (-march=haswell)")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", default=None, help="thread counts, default 1 and all cores")
-    p.add_argument("--llama2c", default=os.environ.get("LLAMA2C", "/tmp/llama2c"),
-                   help="a checkout of karpathy/llama2.c (run.c, runq.c); default $LLAMA2C or /tmp/llama2c")
-    p.add_argument("--no-busy", action="store_true", help="skip the threads-under-load table")
-    p.add_argument("--no-quality", action="store_true")
-    p.add_argument("--quality-checkpoint", action="append", default=[], metavar="CKPT",
-                   help="also measure quantisation quality on this train.py checkpoint (repeatable)")
-    a = p.parse_args()
-    cores = os.cpu_count()
-    threads = [int(t) for t in a.threads.split(",")] if a.threads else sorted({1, cores})
+def header_lines(a):
+    """The machine, the load and what each table's columns mean: printed, and written above the table."""
+    load = os.getloadavg()[0]
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return (f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; load average at start "
+            f"{load:.2f}; median of {a.runs} rounds, every cell of a model interleaved (rotated order each round)")
+
+
+def run_llama2c_tables(a, threads):
+    """The llama2.c comparison: builds, speeds (table llama2c), threads under load (table busy)."""
     llama2c = Path(a.llama2c)
     if not (llama2c / "run.c").exists() or not (llama2c / "runq.c").exists():
         print(f"note: no llama2.c checkout at {llama2c} (--llama2c): its columns stay empty", file=sys.stderr)
         llama2c = None
     bins = build(a.builds.split(","), llama2c)
     tok32000, tok512 = SHARED / "models" / "tokenizer.bin", SHARED / "models" / "tok512.bin"
-    load = os.getloadavg()[0]
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"\nmachine: {cpu}, {cores} cores, {platform.system()} {platform.release()}; load average at start {load:.2f}")
+    print(f"\nrun.c against llama2.c; {header_lines(a)}")
     print(f"command: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./run MODEL.bin -t 0 -n 256 (native: make run; avx2: make "
-          f"runavx2), median of {a.runs} rounds, every column of a model interleaved; llama2.c: its run (fp32, v0 file) "
+          f"runavx2); llama2.c: its run (fp32, v0 file) "
           f"or runq (q8_0, v2 file) built -Ofast -fopenmp with the build's -march, on as many threads; vs: "
           f"median over rounds of the ratio within a round; start: seconds for the "
           f"whole process at -n 16; prompt: tok/s over a {len(PROMPT)}-character prompt (~210 tokens)")
     print("roofline: read bandwidth of bench/out/bandwidth.c on transparent huge pages with as many threads, "
           "measured just before and after each run; % roofline = tok/s x MB/token / that bandwidth\n")
-    speed_table(a, bins, threads, lambda name: tok512 if name == "stories260K" else tok32000)
-    if not a.no_busy and "native" in bins:
+    if "llama2c" in a.tables:
+        speed_table(a, bins, threads, lambda name: tok512 if name == "stories260K" else tok32000)
+    if "busy" in a.tables and "native" in bins:
         busy_table(a, bins, tok32000)
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
-    if a.no_quality:
+
+
+def run_llama_cpp_table(a, threads):
+    """run.c against llama.cpp, when its tools are built (or given); else one line saying how to get them."""
+    import llama_tools
+    tools = llama_tools.find(a.llama_cpp)
+    if not tools:
+        print(f"note: {llama_tools.missing_message(a.llama_cpp)}", file=sys.stderr)
         return
-    models = [("stories260K", {d: stories_model(d) for d in QUALITY_DTYPES}, tok512.with_suffix(".model"))]
+    build(["native"], None)  # ./run and the bandwidth kernel
+    intro = (f"run.c against llama.cpp ({tools['llama-bench'].parent}); {header_lines(a)}\n"
+             f"ours: OMP_NUM_THREADS=T OMP_PROC_BIND=true ./run MODEL.bin -t 0 (make run): decode = its tok/s at -n "
+             f"{N_DECODE} from BOS, prefill = its prompt tok/s over a ~210-token prompt; llama.cpp: llama-bench -p "
+             f"(the same count) -n {N_DECODE} -t T -r 1 in the same environment; process: seconds for the whole "
+             f"process, greedy, {N_PROCESS} tokens after '{SHORT_PROMPT}' (llama-completion -no-cnv, its defaults "
+             f"otherwise), start: the same for 1 token; x: ours' speed-up, the median over rounds of the ratio "
+             f"within a round; "
+             f"% roofline: tok/s x MB/token / the read bandwidth of bench/out/bandwidth.c at T threads, measured "
+             f"in each round; greedy text: ours against llama.cpp's (llama-cpp-python), {N_PROCESS} tokens after the "
+             f"same prompt tokens, one thread\n")
+    print("\n" + intro)
+    table = llama_table(a, tools, threads)
+    from fileio import atomic_write
+    text = intro + "\n" + table + f"\n\nload average at end {os.getloadavg()[0]:.2f}\n"
+    atomic_write(a.llama_out, lambda f: f.write(text.encode()))
+    print(f"\nwrote {a.llama_out}")
+
+
+def run_quality(a):
+    models = [("stories260K", {d: stories_model(d) for d in QUALITY_DTYPES}, SHARED / "models" / "tok512.model")]
     models += [(c, *checkpoint_models(c)) for c in a.quality_checkpoint]
     for name, paths, tok in models:
         q = quality(paths, tok)
@@ -444,6 +638,43 @@ def main():
         for dtype, (top1, loss, _) in q.items():
             print(f"  {dtype:7s} top-1 agreement with fp32 {100 * (top1 == ref_top1).mean():.1f}%, "
                   f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")
+
+
+TABLES = ("llamacpp", "llama2c", "busy", "quality")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tables", default=",".join(TABLES), help=f"which parts to run, of {','.join(TABLES)}")
+    p.add_argument("--models", default="stories260K,15M,42M,110M")
+    p.add_argument("--dtypes", default="fp32,bf16,q8_0,q4", help="(llama.cpp's table: fp32, q8_0 and q4 of these)")
+    p.add_argument("--builds", default="native,avx2", help="native, avx2 (-march=haswell)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", default=None, help="thread counts, default 1 and all cores")
+    p.add_argument("--llama-cpp", default=None, metavar="DIR",
+                   help="a llama.cpp build's folder of tools (default: bench/llama_tools.py's build)")
+    p.add_argument("--llama-out", default=str(OUT / "llama_cpp_table.md"), help="where the llama.cpp table goes")
+    p.add_argument("--llama2c", default=os.environ.get("LLAMA2C", "/tmp/llama2c"),
+                   help="a checkout of karpathy/llama2.c (run.c, runq.c); default $LLAMA2C or /tmp/llama2c")
+    p.add_argument("--quality-checkpoint", action="append", default=[], metavar="CKPT",
+                   help="also measure quantisation quality on this train.py checkpoint (repeatable)")
+    a = p.parse_args()
+    a.tables = a.tables.split(",")
+    if set(a.tables) - set(TABLES) or a.runs < 1:
+        p.error(f"--tables takes some of {','.join(TABLES)}; --runs at least 1")
+    bad = set(a.models.split(",")) - {"stories260K", *SHAPES} or set(a.dtypes.split(",")) - set(QUALITY_DTYPES)
+    if bad:
+        p.error(f"{','.join(sorted(bad))}: --models takes stories260K,{','.join(SHAPES)}; "
+                f"--dtypes {','.join(QUALITY_DTYPES)}")
+    threads = [int(t) for t in a.threads.split(",")] if a.threads else sorted({1, os.cpu_count()})
+    OUT.mkdir(parents=True, exist_ok=True)
+    if "llamacpp" in a.tables:
+        run_llama_cpp_table(a, threads)
+    if "llama2c" in a.tables or "busy" in a.tables:
+        run_llama2c_tables(a, threads)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+    if "quality" in a.tables:
+        run_quality(a)
 
 
 if __name__ == "__main__":
