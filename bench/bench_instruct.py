@@ -1,11 +1,12 @@
 """Does a model follow TinyStoriesInstruct prompts? instruct.measure on records it never saw: the share of
 the requested words its stories use, and how often it writes dialogue when asked for it and when not.
 
-    python bench/bench_instruct.py make --input ../shared/data/tinystories --out data/instruct --copies 3
+    python bench/bench_instruct.py make --input ../shared/data/tinystories --out data/instruct --copies 1 --dense 4
     python bench/bench_instruct.py measure --model out/ckpt.pt --records data/instruct/TinyStories-Instruct-valid.txt
 
 make: instruct records in the published format from plain stories (instruct.record_from_story; the
-real records cannot be downloaded offline), one story in HOLD_OUT (by a hash of its text) to
+real records cannot be downloaded offline), with --dense denser ones for training (more of each story's
+words asked for), one story in HOLD_OUT (by a hash of its text) to
 TinyStories-Instruct-valid.txt, the rest to TinyStories-Instruct-train.txt. pretokenize --dataset=instruct
 takes the valid file as the validation split, so a model trained on the shards never trains on the
 records measured. measure: each record's Words and Features as a prompt (its story is not shown), a
@@ -17,7 +18,8 @@ against the next held-out story itself; --json writes them too. Greedy by defaul
 (with --top_p 0.9, as sample.py and run.c) shows more of what was learned: a requested word made ten
 times likelier is seldom the likeliest token, but over a story's 200 sampled tokens it often comes.
 
-Last logged runs: dev/LOG.md, "instruct tuning, continued" (and "instruct tuning of stories260K").
+Last logged runs: dev/LOG.md, "instruct tuning with denser records" (make --dense, greedy and sampled);
+before it "instruct tuning, continued" and "instruct tuning of stories260K".
 """
 import argparse
 import hashlib
