@@ -198,25 +198,29 @@ def _rng(story, seed):
     return random.Random(int.from_bytes(hashlib.blake2b(f"{seed}:{story}".encode(), digest_size=8).digest(), "little"))
 
 
-def record_from_story(story, seed=0):
+def record_from_story(story, seed=0, most=3):
     """(fields, story): a record in the published format made from a plain story, or None when the
     story has fewer than 3 words to ask for. Words: 3 words of the story, picked at random (seeded by
     the story) among those it writes in lower case (so no names), of 3 letters or more, not in
     STOPWORDS and without an apostrophe (didn't), in story order. Features: Dialogue when the story
     has quoted speech (has_dialogue); no other feature can be told from the text. Random sentence: in
     about half the records, a sentence of the story, as in the published records. Summary: never (a
-    summary cannot be derived honestly)."""
+    summary cannot be derived honestly).
+    most > 3 makes a denser training record instead: k such words, k drawn from 3 to min(most, all
+    there are), so that more of the story can be told from its prompt (three words are few story
+    tokens to learn copying from), and no Random sentence (the context is better spent on the story)."""
     rng = _rng(story, seed)
     lower = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+(?:'[A-Za-z]+)*", story))
              if w.isalpha() and w == w.lower() and len(w) >= 3 and w not in STOPWORDS]
     if len(lower) < 3:
         return None
-    picked = sorted(rng.sample(range(len(lower)), 3))
+    k = rng.randint(3, min(most, len(lower))) if most > 3 else 3
+    picked = sorted(rng.sample(range(len(lower)), k))
     fields = {"Words": ", ".join(lower[i] for i in picked)}
     if has_dialogue(story):
         fields["Features"] = "Dialogue"
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", story) if len(s.split()) >= 4 and "\n" not in s]
-    if sentences and rng.random() < 0.5:
+    if sentences and most <= 3 and rng.random() < 0.5:
         fields["Random sentence"] = rng.choice(sentences)
     return fields, story.strip()
 

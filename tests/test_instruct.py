@@ -7,6 +7,7 @@ The records here are written out in the layout the published files use (TinyStor
 fields, "Story: ", a blank line, the story, a line "<|endoftext|>"), not made by the code under test;
 the expected tokens come from sentencepiece itself."""
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from model import ModelArgs, Transformer
 from test_model import tiny
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))  # the benchmark's make and measure are tested in process
+import bench_instruct  # noqa: E402
 SEP = "<|endoftext|>"
 
 # Good records as the published files hold them, and (the prompt each is trained with, its story).
@@ -402,6 +405,103 @@ def test_measure_counts(shared):
                  "not_asked": 60 - asked, "dialogue_when_not_asked": 0, "ended": 60}
     n = instruct.measure(records, lambda prompts: [('"Hi," "Yo."', False)] * len(prompts))
     assert n["words_used"] == 0 and n["dialogue_when_not_asked"] == 60 - asked and n["ended"] == 0
+
+
+def test_dense_records_ask_for_more_of_the_story(shared):
+    stories = list(ts.iter_stories(shared / "tinystories" / "tinystories-3000-stories.json"))[:300]
+    counts = []
+    for story in stories:
+        fields, text = instruct.record_from_story(story, seed=5, most=30)
+        words = instruct.split_list(fields["Words"])
+        every = [w for w in dict.fromkeys(re.findall(r"[A-Za-z]+(?:'[A-Za-z]+)*", story))  # the words it may ask for
+                 if w.isalpha() and w.islower() and len(w) >= 3 and w not in instruct.STOPWORDS]
+        counts.append((len(words), len(every)))
+        assert text == story.strip() and "Random sentence" not in fields and 3 <= len(words) <= 30
+        assert set(words) <= set(every) and len(set(words)) == len(words)
+        assert words == sorted(words, key=every.index)  # in story order
+        assert all(instruct.words_used(story, words))
+        assert ("Features" in fields) == instruct.has_dialogue(story)
+    # k is drawn over the whole range: 3 words, the most allowed, and every word of a short story
+    assert {3, 30} <= {k for k, _ in counts} and any(k == n < 30 for k, n in counts)
+    assert any(n > 30 for _, n in counts) and 10 < sum(k for k, _ in counts) / len(counts) < 20
+    # most=3 is the published format, the records of old
+    assert all(instruct.record_from_story(s, 1, most=3) == instruct.record_from_story(s, 1) for s in stories)
+
+
+def test_bench_make_adds_dense_records_to_training_only(shared, tmp_path, capsys):
+    src = tmp_path / "stories.txt"
+    stories = list(ts.iter_stories(shared / "tinystories" / "tinystories-3000-stories.json"))[:120]
+    src.write_text("".join(f"{s}\n{SEP}\n" for s in stories))
+    args = ["make", "--input", str(src), "--seed", "3"]
+    assert bench_instruct.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert bench_instruct.main([*args, "--out", str(tmp_path / "b"), "--copies", "2", "--dense", "3",
+                                "--dense_words", "8"]) == 0
+    a, b = ([r for r in instruct.iter_records(tmp_path / d / "TinyStories-Instruct-train.txt")] for d in "ab")
+    valid = [(tmp_path / d / "TinyStories-Instruct-valid.txt").read_bytes() for d in "ab"]
+    assert valid[0] == valid[1] and valid[0].count(SEP.encode()) == len(stories) - len(a)  # the same held-out
+    assert len(b) == 5 * len(a) and not any(r.problem for r in b)
+    for k, r in enumerate(b):
+        words = instruct.split_list(r.fields["Words"])
+        assert r.story == b[k - k % 5].story and all(instruct.words_used(r.story, words))
+        assert len(words) == 3 if k % 5 < 2 else 3 <= len(words) <= 8 and "Random sentence" not in r.fields
+    assert [r[:2] for r in b[::5]] == [r[:2] for r in a]  # the first copy is the one of a plain make
+    capsys.readouterr()
+    for bad in (["--copies", "0"], ["--dense", "-1"], ["--dense_words", "2"]):
+        assert bench_instruct.main([*args, "--out", str(tmp_path / "c"), *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expected --copies >= 1, --dense >= 0 and --dense_words >= 3" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_chance_pairs_each_record_with_the_next_story():
+    records = [({"Words": "dog, sun, hat"}, "s0"), ({"Words": "cup, bed, red"}, "s1"),
+               ({"Words": "cat, box, hop"}, "s2")]
+    # record 0's words in story 1: dog, hat; record 1's in story 2: cup; record 2's in story 0: cat, box, hop
+    stories = [("A cat hopped in a box in the sun.", True), ("The dog wore a hat.", True), ("Cups.", False)]
+    assert bench_instruct.chance_words(records, stories) == 6
+    assert instruct.measure(records, lambda prompts: stories)["words_used"] == 1  # each its own: sun
+
+
+def test_bench_measure_writes_what_it_counts(shared, sp, tmp_path, capsys):
+    # every story is "Once upon", then EOS: greedy and sampled (a peaked model) alike
+    once, upon = sp.piece_to_id("\u2581Once"), sp.piece_to_id("\u2581upon")
+    chain = {sp.encode("Story:")[-1]: once, once: upon, upon: 2}
+    model = successor_model(lambda t: chain.get(t, 2))
+    with torch.no_grad():
+        model.output.weight.mul_(50.0)
+    model_export(model, tmp_path / "m.bin", version=1)
+    (tmp_path / "tok512.bin").write_bytes((shared / "models" / "tok512.bin").read_bytes())  # see load_model
+    records = tmp_path / "r.txt"
+    write_records(records, ["Words: once, dog, upon\nFeatures: Dialogue\nStory: \n\nThe dog ran.\n",
+                            "Words: sun, upon, cat\nStory: \n\nOnce the sun was up.\n",
+                            "Words: run, hat, sky\nStory: \n\nA red hat.\n"])
+    args = ["measure", "--model", str(tmp_path / "m.bin"), "--tokenizer", str(shared / "models" / "tok512.model"),
+            "--records", str(records)]
+    for how in ([], ["--temperature", "1.0", "--top_p", "0.9"]):
+        assert bench_instruct.main([*args, *how, "--json", str(tmp_path / "n.json")]) == 0
+        n = json.loads((tmp_path / "n.json").read_text())
+        # words used: once, upon; upon; none. Chance: the same story for every record, so the same 3;
+        # against the next held-out story: record 0's words in "Once the sun...": once; record 1's in
+        # "A red hat.": none; record 2's in "The dog ran.": run? no (ran is irregular): none
+        assert {k: n[k] for k in ("records", "words", "words_used", "asked_dialogue", "dialogue_when_asked",
+                                  "ended", "chance_words_used", "chance_held_out_stories")} == \
+            {"records": 3, "words": 9, "words_used": 3, "asked_dialogue": 1, "dialogue_when_asked": 0, "ended": 3,
+             "chance_words_used": 3, "chance_held_out_stories": 1}
+        assert n["temperature"] == float(how[1] if how else 0) and n["loss_own_prompt"] > 0
+        assert "words used 3/9 (33.3%)" in capsys.readouterr().out
+    # top-p is applied: a second story start 1 logit below the first (27% likely) is cut by top-p 0.5
+    # (the logits are the output weights times sqrt(512): the final norm of a one-hot input)
+    import tokenizer as T
+    tok = T.Tokenizer(str(shared / "models" / "tok512.model"))
+    with torch.no_grad():
+        model.output.weight[sp.piece_to_id("\u2581the"), sp.encode("Story:")[-1]] = 50.0 - 512 ** -0.5
+    for top_p, starts in ((0.5, {"Once upon"}), (1.0, {"Once upon", "the"})):
+        stories = bench_instruct.generator(model, tok, 1.0, top_p, 0, 16)(["Words: dog\nStory:"] * 40)
+        assert {s for s, _ in stories} == starts
+    for bad in (["--top_p", "0"], ["--temperature", "-1"], ["--n", "1"]):
+        assert bench_instruct.main([*args, *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expected --temperature >= 0, 0 < --top_p <= 1 and --n >= 2" in err
 
 
 # ---------------------------------------------------------------------------- download
