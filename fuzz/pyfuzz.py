@@ -46,6 +46,9 @@ from model import ModelArgs, Transformer  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 SAMPLE = "Once upon a time, a little girl named Lily saw a big dog. \"Hi!\" she said. 42 café 😀"
+# inputs are written to memory where there is a tmpfs: a disk's file and directory operations cost more
+# than most readers' work (ten times the execs/s on the machine of docs/testing.md's numbers)
+SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 INTERESTING = [0, 1, -1, 2, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**63 - 1,
                2**64 - 1, 10**9, 10**18, 1e-300, 1e39, 1e308, -1e308, 0.5, float("inf")]
 
@@ -214,23 +217,34 @@ FORMATS = {  # name: (seed key, the files of it to mutate and how, readers)
 
 
 def make_input(fmt, seeds, seed, n, work):
-    """Write input n of a format under work/ (a copy of the seed with mutated files); returns its path."""
+    """Write input n of a format under work/ (the seed's files, the chosen ones mutated); returns its path.
+    A folder's files are rewritten in place, every one of them (mutated or the seed's), never the folder
+    removed and copied again: directory operations are most of an input's cost on a slow disk."""
     rng = random.Random(f"{seed}/{fmt}/{n}")
     key, files, _ = FORMATS[fmt]
     src = seeds[key]
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     dst = work / src.name
+    work.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
-        shutil.copytree(src, dst)
+        if not dst.is_dir():
+            shutil.copytree(src, dst)
         names = [rng.choice(sorted(files))] if len(files) > 1 and rng.random() < 0.8 else sorted(files)
-        for name in names:
-            p = dst / name
-            if p.is_file():
-                p.write_bytes(files[name](rng, p.read_bytes()))
+        for name in sorted(files):
+            data = (src / name).read_bytes()
+            (dst / name).write_bytes(files[name](rng, data) if name in names else data)
     else:
         dst.write_bytes(files[""](rng, src.read_bytes()))
     return dst
+
+
+def read_all(readers, path):
+    """Run each reader on path; a ValueError or OSError is a refusal in one line, what hostile input
+    should get. Anything else propagates (a finding)."""
+    for read in readers:
+        try:
+            read(path)
+        except (ValueError, OSError):
+            pass
 
 
 # -----------------------------------------------------------------------------
@@ -255,11 +269,7 @@ def worker(fmt, seeds, seed, first, last, timeout, memory_mb, work, report):
         why = None
         signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            for read in readers:
-                try:
-                    read(path)
-                except (ValueError, OSError):
-                    pass  # a refusal in one line: what hostile input should get
+            read_all(readers, path)
         except Timeout:
             why = f"over {timeout} s"
         except MemoryError:
@@ -301,7 +311,12 @@ def campaign(fmt, seeds, args, out):
     """Run args.runs inputs of one format (or until args.seconds pass) in forked workers, 500 to a worker;
     returns (inputs run, findings)."""
     deadline = time.time() + args.seconds if args.seconds else float("inf")
-    work = Path(tempfile.mkdtemp(prefix=f"pyfuzz-{fmt}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"pyfuzz-{fmt}-", dir=SCRATCH))
+    # the readers run once on the seed here, before the workers fork: a reader's first call pays for
+    # torch's lazy imports and first-use setup (~3 s for a checkpoint), which is no finding of the input's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_all(FORMATS[fmt][2], seeds[FORMATS[fmt][0]])
     n, stop, findings = (args.only, args.only + 1, 0) if args.only is not None else (0, args.runs, 0)
     ran = 0
     while n < stop and time.time() < deadline:
@@ -342,7 +357,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     total = findings = 0
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(prefix="pyfuzz-seeds-", dir=SCRATCH) as d:
         seeds = make_seeds(Path(d), args.vocab)
         share = args.seconds / len(args.format) if args.seconds else 0
         for fmt in args.format:
