@@ -12,7 +12,9 @@ values, cuts and splices; checkpoints by edits of their dicts before torch.save.
 format then runs on the mutated input in a worker process, where these are findings:
     - an exception that is not ValueError or OSError (the CLIs print those in one line; anything else
       is a traceback for the user);
-    - more than --timeout seconds for one input (every reader is linear in the bytes it reads);
+    - more than --timeout CPU seconds for one input (every reader is linear in the bytes it reads), or
+      ten times that on the clock (a read that blocks); CPU time, so that a machine shared with other
+      jobs does not turn a starved worker into a finding;
     - an allocation past --memory_mb above the worker's start (a resource limit turns it into an error).
 Findings are saved as fuzz/findings/py/<format>-<n>/ (the input's files, and why.txt). Exit 1 if any.
 Inputs are a pure function of (--seed, format, n): a finding is reproduced with --only n.
@@ -250,34 +252,54 @@ def read_all(readers, path):
 # -----------------------------------------------------------------------------
 # the worker: inputs one after another under a time and memory limit
 
-def worker(fmt, seeds, seed, first, last, timeout, memory_mb, work, report):
-    """Run inputs first..last-1 (forked child). Writes "n\\n" before each input to report, and on a
-    finding "!n why" and exits 3. A crash or a kill shows as the last "n" without its end."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+def limit_memory(memory_mb):
+    """Let this process allocate at most memory_mb more (an allocation past it is a MemoryError);
+    returns the limits before, for setrlimit to restore."""
+    old = soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     limit = vm + (memory_mb << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    return old
 
-    def alarm(signum, frame):
-        raise Timeout()
+
+def alarm(signum, frame):
+    raise Timeout()
+
+
+def timers(seconds):
+    """Timeout after seconds of CPU time, or ten times that on the clock (0: both off)."""
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_REAL, 10 * seconds)
+
+
+def guarded(readers, path, timeout, memory_mb):
+    """Why the readers are a finding on path (None when they refuse it cleanly or read it)."""
+    timers(timeout)
+    try:
+        read_all(readers, path)
+    except Timeout:
+        return f"over {timeout} CPU s (or {10 * timeout} s on the clock)"
+    except MemoryError:
+        return f"MemoryError (past {memory_mb} MB)"
+    except BaseException as e:
+        return f"{type(e).__name__}: {str(e)[:300]}\n" + traceback.format_exc()[-3000:]
+    finally:
+        timers(0)
+    return None
+
+
+def worker(fmt, seeds, seed, first, last, timeout, memory_mb, work, report):
+    """Run inputs first..last-1 (forked child). Writes "n\\n" before each input to report, and on a
+    finding "!n why" and exits 3. A crash or a kill shows as the last "n" without its end."""
+    limit_memory(memory_mb)
     signal.signal(signal.SIGALRM, alarm)
+    signal.signal(signal.SIGPROF, alarm)
     warnings.simplefilter("ignore")  # numpy's overflow notes on garbage weights: not findings, and not news
     readers = FORMATS[fmt][2]
     for n in range(first, last):
         path = make_input(fmt, seeds, seed, n, work)
         os.write(report, f"{n}\n".encode())
-        why = None
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            read_all(readers, path)
-        except Timeout:
-            why = f"over {timeout} s"
-        except MemoryError:
-            why = f"MemoryError (past {memory_mb} MB)"
-        except BaseException as e:
-            why = f"{type(e).__name__}: {str(e)[:300]}\n" + traceback.format_exc()[-3000:]
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        why = guarded(readers, path, timeout, memory_mb)
         if why:
             os.write(report, f"!{n} {why}\n".encode())
             os._exit(3)
@@ -314,9 +336,14 @@ def campaign(fmt, seeds, args, out):
     work = Path(tempfile.mkdtemp(prefix=f"pyfuzz-{fmt}-", dir=SCRATCH))
     # the readers run once on the seed here, before the workers fork: a reader's first call pays for
     # torch's lazy imports and first-use setup (~3 s for a checkpoint), which is no finding of the input's
+    # (under the workers' limits, the seed unmutated, whatever happens: what it does, the inputs will show)
+    old = limit_memory(args.memory_mb), signal.signal(signal.SIGALRM, alarm), signal.signal(signal.SIGPROF, alarm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        read_all(FORMATS[fmt][2], seeds[FORMATS[fmt][0]])
+        guarded(FORMATS[fmt][2], seeds[FORMATS[fmt][0]], max(args.timeout, 10), args.memory_mb)
+    resource.setrlimit(resource.RLIMIT_AS, old[0])
+    signal.signal(signal.SIGALRM, old[1])
+    signal.signal(signal.SIGPROF, old[2])
     n, stop, findings = (args.only, args.only + 1, 0) if args.only is not None else (0, args.runs, 0)
     ran = 0
     while n < stop and time.time() < deadline:
@@ -346,7 +373,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=10**9, help="inputs per format")
     p.add_argument("--only", type=int, default=None, help="run input N alone (reproduce a finding)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds one input may take")
+    p.add_argument("--timeout", type=float, default=3.0, help="CPU seconds one input may take")
     p.add_argument("--memory_mb", type=int, default=1024, help="memory one input may allocate")
     p.add_argument("--vocab", default=str(REPO.parent / "shared" / "data" / "models" / "tok512.model"),
                    help="the sentencepiece vocabulary of the seeds")

@@ -246,6 +246,82 @@ def test_row13_config_json_is_small(tiny):
 
 
 # -----------------------------------------------------------------------------
+# rows 1, 2: GGUF metadata nobody reads is stepped over, not built; a count past the bounds is refused
+
+
+def gguf_with_first_kv(tiny, name, kv_head, hole=0, tail=b""):
+    """The tiny GGUF with one more metadata entry in front: kv_head (its key, type and array head), then
+    hole bytes of zeros left unwritten (a sparse file: gigabytes that take no disk) and tail. kv_head
+    plus hole plus tail is made a multiple of 32, so the tensor data stays where the offsets say."""
+    data = (tiny.dir / "m.gguf").read_bytes()
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    assert (len(kv_head) + hole + len(tail)) % 32 == 0
+    with open(tiny.dir / name, "wb") as f:
+        f.write(data[:16] + struct.pack("<Q", n_kv + 1) + kv_head)
+        f.seek(hole, os.SEEK_CUR)
+        f.write(tail + data[24:])
+    return tiny.dir / name
+
+
+def string_array_kv(key, n):
+    return struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", GM.ARRAY, GM.STRING, n)
+
+
+def test_row1_long_key_over_a_string_array_is_linear(tiny):
+    """A metadata key as long as the file holding an array of strings took O(key length x elements)
+    in export.py --gguf and tokenizer.py -t (an error label was built for every element: 74-120 s for 8
+    MB). Now a key nobody reads is stepped over, its strings' lengths walked, nothing built: the model
+    and its vocabulary load as without it, in well under a second. Cut short, the file is refused in one
+    line that quotes the key's first characters, escaped."""
+    n = 400_000  # 9 bytes each: 3.6 MB, a multiple of 32, as is the entry's head with this key
+    key = b"\x1b[2J" + b"k" * ((4 << 20) + 4)
+    strings = b"".join(struct.pack("<Q", 1) + b"s" for _ in range(n))
+    path = gguf_with_first_kv(tiny, "longkey.gguf", string_array_kv(key, n), tail=strings)
+    with bounded(extra=256 << 20):
+        status, line = export_cli(tiny.dir / "longkey.bin", f"--gguf={path}")
+        tok = T.Tokenizer(path)
+    assert status == 0, line
+    assert export_cli(tiny.dir / "plain.bin", f"--gguf={tiny.dir / 'm.gguf'}")[0] == 0
+    assert (tiny.dir / "longkey.bin").read_bytes() == (tiny.dir / "plain.bin").read_bytes()
+    assert tok.vocab == T.Tokenizer(tiny.dir / "m.gguf").vocab
+    cut = tiny.dir / "longkey_cut.gguf"
+    cut.write_bytes(path.read_bytes()[:len(key) + 24 + 3_300_000])  # room for the count, not the strings
+    for read in (G.gguf_import, T.Tokenizer):
+        with bounded(extra=256 << 20):
+            msg = one_line(refusal(read, cut), f"{cut}: truncated: \\x1b[2Jkkk", "runs past the end of the file")
+        assert len(msg) < 300 and "\x1b" not in msg
+
+
+def test_row2_sparse_gguf_with_a_huge_array(tiny):
+    """A sparse GGUF (a few KB on disk, 2 GB apparent) with one big metadata array: every array was
+    materialised whatever its key (4 GB peak; 250M empty strings still running after 90 s). Now an
+    array under a key nobody reads is skipped by its length (the model loads, in bounded memory), and
+    any array of MAX_FIELD elements or more is refused at once, in one line, whatever its key.""" 
+    n = (1 << 24) - 1  # u64 x MAX_FIELD - 1: 128 MiB of zeros, under a key nobody reads
+    head = struct.pack("<Q", 16) + b"x" * 16 + struct.pack("<IIQ", GM.ARRAY, 10, n)  # 40 + 8n: a multiple of 32
+    path = gguf_with_first_kv(tiny, "sparse_u64.gguf", head, hole=8 * n)
+    assert path.stat().st_blocks * 512 < 16 << 20
+    with bounded(extra=(128 << 20) + (96 << 20)):  # the mmap of the file's 128 MiB, and 96 MB: no copy of it
+        model = G.gguf_import(path)
+    assert torch.equal(model.tok_embeddings.weight, tiny.model.tok_embeddings.weight)
+    head = struct.pack("<Q", 1) + b"x" + struct.pack("<IIQ", GM.ARRAY, 0, (1 << 31) + 7)  # u8 x 2 GiB
+    path = gguf_with_first_kv(tiny, "sparse_u8.gguf", head, hole=(1 << 31) + 7)
+    with bounded(extra=(2 << 30) + (96 << 20)):
+        one_line(refusal(G.gguf_import, path), f"{path}: x claims 2147483655 elements (at most 16777215)")
+    n = 250_000_000
+    for key in (b"x", b"tokenizer.ggml.tokens"):
+        head = string_array_kv(key, n)
+        hole = 8 * n + (-(len(head) + 8 * n) % 32)
+        path = gguf_with_first_kv(tiny, "sparse_strings.gguf", head, hole=hole)
+        for read in (G.gguf_import, T.Tokenizer):
+            with bounded(extra=(2 << 30) + (512 << 20)):
+                one_line(refusal(read, path), f"{path}: {key.decode()} claims {n} elements (at most 16777215)")
+        status, line = export_cli(tiny.dir / "sparse.bin", f"--gguf={path}")
+        assert status == 1
+        one_line(line, "export.py: error:", "claims 250000000 elements")
+
+
+# -----------------------------------------------------------------------------
 # the smaller ones: overlapping tensors, a NUL in weight_map, a raw pickle
 
 
@@ -398,3 +474,16 @@ def test_run_c_has_nothing_for_gcc_O1_to_warn_about():
     r = subprocess.run([cc, "-O1", "-Wall", "-Wextra", "-c", "-o", os.devnull, str(REPO / "run.c")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+# -----------------------------------------------------------------------------
+# what the Python fuzzer (fuzz/pyfuzz.py) found, each fixed
+
+
+def test_sentencepiece_field_of_the_wrong_wire_type(tmp_path, shared):
+    """pyfuzz sp_model input 89703: a .model with a varint where a piece (a message) belongs, which
+    sentencepiece skips, made our protobuf reader raise TypeError (a traceback). Every field is now
+    taken as the wire type it must have."""
+    path = tmp_path / "tok.model"
+    path.write_bytes((shared / "models" / "tok512.model").read_bytes() + b"\x08\x05")  # field 1 as a varint
+    one_line(refusal(T.Tokenizer, path), f"{path}: not a sentencepiece model (a piece is not a message)")
