@@ -24,9 +24,9 @@ import torch
 
 from binfile import read_back, tensor_order
 from checkpoint import torch_file
-from fileio import atomic_write, publish, regular_file, temp_path
+from fileio import MAX_FIELD, atomic_write, publish, regular_file, temp_path
 from hf_tokenizer import MAX_JSON, read_json, read_tokenizer, write_tokenizer
-from model import MAX_FIELD, ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
+from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
              "F64": (torch.float64, 8)}

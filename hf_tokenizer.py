@@ -7,11 +7,10 @@ JSON file of an HF directory safely (size-capped, one-line errors).
 import json
 import os
 
-from fileio import atomic_write, regular_file
+from fileio import MAX_FIELD, atomic_write, regular_file
 import vocab as V
 
 MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safetensors header are small
-MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
 def read_json(path, what="file", cap=MAX_JSON):
@@ -119,14 +118,14 @@ def _bpe_model(t):
     if model.get("dropout") not in (None, 0, 0.0):
         raise ValueError(f"BPE dropout={model['dropout']!r} is not supported (encoding must be deterministic)")
     vocab, merges = model.get("vocab"), model.get("merges", [])
-    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(i) is int and 0 <= i < MAX_ID
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(i) is int and 0 <= i < MAX_FIELD
                                               for k, i in vocab.items()):
         raise ValueError("model.vocab must map token strings to ids")
     if not isinstance(merges, list):
         raise ValueError("model.merges must be a list")
     added = t.get("added_tokens") or []
     if not isinstance(added, list) or not all(isinstance(a, dict) and isinstance(a.get("content"), str) and
-                                              type(a.get("id")) is int and 0 <= a["id"] < MAX_ID for a in added):
+                                              type(a.get("id")) is int and 0 <= a["id"] < MAX_FIELD for a in added):
         raise ValueError("added_tokens must be a list of {id, content, ...}")
     return model, vocab, merges, added
 
@@ -171,7 +170,11 @@ def _flavour(t, model):
 def _tokens(vocab, added, flags, prefix):
     """(pieces, types, in_text) of every id: the model's vocabulary, then the added tokens over it
     (special ones control, the others user-defined); ids neither names are unused."""
-    n = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
+    ids = {*vocab.values(), *(a["id"] for a in added)}
+    n = max(ids, default=-1) + 1
+    if n > 2 * len(ids):  # the lists below are sized by the largest id: it must be the vocabulary's size
+        raise ValueError(f"token id {n - 1} in a vocabulary of {len(ids)} ids: more than half of the ids below it "
+                         "name no token (the ids must count the tokens, not be sized by one large id)")
     pieces, types, in_text = [b""] * n, [V.UNUSED] * n, [False] * n
     byte_level = bool(flags & V.BYTE_LEVEL)
     alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}

@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fileio import atomic_write
+from fileio import MAX_FIELD, atomic_write
 
 # token types: sentencepiece's numbering, which GGUF uses too
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -206,9 +206,9 @@ def read_bin(path):
         version, n, bos, eos, unk, end, n_merges, n_classes, prefix, flags = struct.unpack_from("<8iBB", data, 4)
         if version != VERSION:
             raise bad(f"tokenizer file version {version}, this code reads version {VERSION}")
-        if not 0 < n < 1 << 24 or not all(-1 <= i < n for i in (bos, eos, unk, end)):
+        if not 0 < n < MAX_FIELD or not all(-1 <= i < n for i in (bos, eos, unk, end)):
             raise bad(f"vocab_size={n} or a special id (bos {bos}, eos {eos}, unk {unk}, end {end}) out of range")
-        if prefix > PREFIX_ALWAYS or flags & ~ALL_FLAGS or not 0 <= n_merges < 1 << 24 or not 0 <= n_classes <= 0x110000:
+        if prefix > PREFIX_ALWAYS or flags & ~ALL_FLAGS or not 0 <= n_merges < MAX_FIELD or not 0 <= n_classes <= 0x110000:
             raise bad(f"prefix={prefix}, flags={flags}, n_merges={n_merges} or n_classes={n_classes} out of range")
         if data[38:64] != bytes(26) or data[96:128] != bytes(32):
             raise bad("header bytes 38..63 and 96..127 must be zero")
@@ -501,14 +501,16 @@ def encode(v, text):
 
 def decode(v, ids):
     """Text of ids: control tokens are dropped, <0xHH> pieces become their byte, and the dummy prefix's
-    space comes off the first piece."""
+    space comes off the first piece. A byte-typed token not spelled <0xHH> (a GGUF may say so) is its
+    text, as run.c prints it."""
     out, first = bytearray(), True
     for i in ids:
         t = v.types[i]
         if t == CONTROL:
             continue
-        p = bytes([byte_value(v.pieces[i])]) if t == BYTE else v.pieces[i]
-        if first and v.prefix and not v.flags & BYTE_LEVEL and t != BYTE and p.startswith(b" "):
+        b = byte_value(v.pieces[i]) if t == BYTE else -1
+        p = bytes([b]) if b >= 0 else v.pieces[i]
+        if first and v.prefix and not v.flags & BYTE_LEVEL and b < 0 and p.startswith(b" "):
             p = p[1:]
         out += p
         first = False

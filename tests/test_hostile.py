@@ -13,6 +13,7 @@ import resource
 import shutil
 import struct
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -319,6 +320,69 @@ def test_row2_sparse_gguf_with_a_huge_array(tiny):
         status, line = export_cli(tiny.dir / "sparse.bin", f"--gguf={path}")
         assert status == 1
         one_line(line, "export.py: error:", "claims 250000000 elements")
+
+
+def test_row7_sparse_token_id_is_refused(tmp_path, capsys):
+    """A 179-byte tokenizer.json with one id 16777215: the lists were sized by the largest id (2.9 GB
+    peak, a 168 MB tokenizer file written, rc 0). Ids must now count the tokens (at most half of the ids
+    below the largest unused): refused in one line naming the file and the id, nothing written."""
+    t = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 16777215}, "merges": []},
+         "pre_tokenizer": {"type": "ByteLevel"}, "added_tokens": []}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(t))
+    assert path.stat().st_size < 200
+    with bounded(extra=256 << 20):
+        assert T.main(["-t", str(path), "-o", str(tmp_path / "tok.bin")]) == 1
+    one_line(capsys.readouterr().err, f"error: {path}: token id 16777215 in a vocabulary of 2 ids")
+    assert not (tmp_path / "tok.bin").exists()
+    # a few unused ids (as real vocabularies have) are fine: ids 0, 1, 3 of 4
+    t["model"]["vocab"] = {"a": 0, "b": 1, "ab": 3}
+    path.write_text(json.dumps(t))
+    assert T.Tokenizer(path).vocab.pieces[:4] == [b"a", b"b", b"", b"ab"]
+
+
+def byte_typed_gguf(tiny, shared):
+    """A GGUF of tok512's vocabulary with one normal token (" the"-like: a leading space) typed byte;
+    returns (path, its id, tok512)."""
+    tok = T.Tokenizer(shared / "models" / "tok512.model")
+    k = next(i for i, p in enumerate(tok.vocab.pieces) if p.startswith(b" ") and len(p) > 3)
+    hacked = dataclasses.replace(tok.vocab, types=[GM.V.BYTE if i == k else t for i, t in enumerate(tok.vocab.types)])
+    kvs, _ = GM.tokenizer_kvs(hacked)
+    G.write(tiny.dir / "byte.gguf", (kvs, [], []), verify=False)
+    return tiny.dir / "byte.gguf", k, tok
+
+
+def test_row12_byte_token_not_spelled_0xHH_decodes_as_its_text(tiny, shared):
+    """A GGUF vocabulary with a byte-typed token that is not <0xHH>: sample.py died with a traceback in
+    decode (bytes([-1])). It is now its text, as run.c prints it (the next test runs both)."""
+    path, k, tok = byte_typed_gguf(tiny, shared)
+    v = T.Tokenizer(path)
+    assert v.vocab.types[k] == GM.V.BYTE and v.decode([k, k]) == (tok.vocab.pieces[k] * 2).decode()[1:]
+
+
+@pytest.mark.slow  # a sample.py process of its own
+def test_row12_byte_token_not_spelled_0xHH_decodes_as_run_c(tiny, run_bin, shared):
+    """run.c and sample.py print a byte-typed token that is not <0xHH> the same: a model that always
+    picks that token (its residual stream constant, the output row of that token the only one not zero)
+    generates through both, which must print the same story."""
+    path, k, tok = byte_typed_gguf(tiny, shared)
+    args = ModelArgs(**{**SHAPE, "tie_embeddings": False})
+    m = Transformer(args)
+    with torch.no_grad():
+        for name, w in m.named_parameters():
+            w.copy_(torch.ones_like(w) if name.startswith(("tok_embeddings", "norm", "layers.0.attention_norm",
+                                                               "layers.0.ffn_norm")) else torch.zeros_like(w))
+        m.output.weight[k] = 1.0
+    model_export(m, tiny.dir / "byte.bin")
+    T.Tokenizer(path).export(tiny.dir / "byte_tok.bin")
+    r = run_c(run_bin, SimpleNamespace(tok=tiny.dir / "byte_tok.bin"), tiny.dir / "byte.bin", "-t", "0", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    r2 = subprocess.run([sys.executable, str(REPO / "sample.py"), f"--checkpoint={tiny.dir / 'byte.bin'}",
+                         f"--tokenizer={tiny.dir / 'byte.gguf'}", "--temperature=0", "--max_new_tokens=8",
+                         "--device=cpu", "--end_token="], capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0, r2.stderr
+    text = r.stdout.decode().splitlines()[0]
+    assert text == (tok.vocab.pieces[k] * 8).decode()[1:] and r2.stdout.splitlines()[0] == text, (r.stdout, r2.stdout)
 
 
 # -----------------------------------------------------------------------------
