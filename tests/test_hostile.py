@@ -385,6 +385,43 @@ def test_row12_byte_token_not_spelled_0xHH_decodes_as_run_c(tiny, run_bin, share
     assert text == (tok.vocab.pieces[k] * 8).decode()[1:] and r2.stdout.splitlines()[0] == text, (r.stdout, r2.stdout)
 
 
+def resume(tmp_path, name, **ckpt):
+    """train.py --init_from=resume on a checkpoint of the tiny model holding ckpt's parts: (status, stderr)."""
+    out = tmp_path / name
+    out.mkdir()
+    torch.save(ckpt, out / "ckpt.pt")
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--init_from=resume", f"--out_dir={out}",
+                        "--device=cpu", "--max_iters=1", "--compile=False"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    return r.returncode, r.stderr, out / "ckpt.pt"
+
+
+def test_row5_resume_without_config_is_one_line(tiny, tmp_path):
+    """train.py --init_from=resume on a checkpoint with model and model_args but no `config` was a
+    traceback (KeyError). Now one line naming the file and what is missing."""
+    status, err, path = resume(tmp_path, "no_config", model=tiny.model.state_dict(),
+                               model_args=dataclasses.asdict(tiny.model.args))
+    assert status == 1
+    one_line(err, f"train.py: error: {path}: not a checkpoint train.py can resume: it holds no 'config'")
+
+
+@pytest.mark.slow  # a train.py process for each
+def test_row5_resume_with_a_malformed_checkpoint_is_one_line(tiny, tmp_path):
+    """A malformed `config` (not a dict, a setting of the wrong type), a missing optimizer state or a
+    malformed iteration was an AttributeError or a TypeError deep in the run: each is one line naming
+    the file, before any data is looked at."""
+    base = {"model": tiny.model.state_dict(), "model_args": dataclasses.asdict(tiny.model.args),
+            "config": {"batch_size": 2}, "optimizer": {}, "iter_num": 1, "best_val_loss": 9.0}
+    cases = [({"config": [1]}, "its 'config' is not a dict"),
+             ({"config": {"batch_size": "x\x1b[2J"}}, "config batch_size='x\\x1b[2J' is not a int"),
+             ({"optimizer": None}, "it holds no optimizer state"),
+             ({"iter_num": "7"}, "its 'iter_num' is not an iteration number")]
+    for i, (part, words) in enumerate(cases):
+        status, err, path = resume(tmp_path, f"bad{i}", **{**base, **part})
+        assert status == 1, err
+        one_line(err, f"train.py: error: {path}:", words)
+
+
 # -----------------------------------------------------------------------------
 # the smaller ones: overlapping tensors, a NUL in weight_map, a raw pickle
 
