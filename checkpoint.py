@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import dataloader
-from fileio import regular_file
+from fileio import printable, regular_file
 from model import ModelArgs, Transformer, check_args
 
 
@@ -22,7 +22,7 @@ def torch_file(path, what, device="cpu"):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        first = printable(str(e).strip().splitlines()[0], 200) if str(e).strip() else ""
         raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {first})") from None
 
 
@@ -46,7 +46,7 @@ def checkpoint_args(ckpt, path):
         args = ModelArgs(**ckpt["model_args"])
         check_args(args)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+        raise ValueError(f"{path}: model_args do not make a model: {printable(str(e), 300)}") from None
     check_shapes(args, ckpt, path)
     return args
 
@@ -68,7 +68,7 @@ def check_shapes(args, ckpt, path):
         k = k.removeprefix("_orig_mod.")
         shape = tuple(getattr(v, "shape", ()))
         if k in want and shape != want[k]:
-            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
+            raise ValueError(f"{path}: weights do not match its model_args: {printable(k)} is {shape}, model_args make it "
                              f"{want[k]}")
 
 
@@ -80,7 +80,7 @@ def load_weights(model, ckpt, path):
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as e:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
-        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
+        raise ValueError(f"{path}: weights do not match its model_args: {printable(detail, 300)}") from None
 
 
 def load_checkpoint(path, device="cpu"):

@@ -82,3 +82,8 @@ def printable(s, limit=QUOTE_CHARS):
         s = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
                     for c in s)
     return s + "..." if cut else s
+
+
+def quoted(v, limit=QUOTE_CHARS):
+    """v's repr made printable and cut (a string from a file, quoted in a message)."""
+    return printable(repr(v), limit)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from binfile import read_back, tensor_order
-from fileio import atomic_write, printable
+from fileio import atomic_write, printable, quoted
 from gguf_meta import (ALIGN, F32, F32_T, F16_T, Q8_0_T, QK, STRING, TYPE_NAMES, U32, header, meta_value, nbytes, pad,
                        read_gguf, read_vocab, tokenizer_kvs)
 from model import ModelArgs, build, check_args, ffn_hidden_dim, unwrap
@@ -150,7 +150,7 @@ def gguf_layout(path):
     meta, tensors, buf = read_gguf(path, ["general.architecture"] + [f"llama.{k}" for k in LLAMA_KEYS])
     arch = meta_value(meta, path, "general.architecture", "str")
     if arch != "llama":
-        raise ValueError(f"{path}: architecture {printable(arch)!r} is not supported (llama only)")
+        raise ValueError(f"{path}: architecture {quoted(arch)} is not supported (llama only)")
     num = lambda key, default=None: meta_value(meta, path, f"llama.{key}", "int", default)  # noqa: E731
     dim, n_layers, n_heads = num("embedding_length"), num("block_count"), num("attention.head_count")
     n_kv, hidden, ctx = num("attention.head_count_kv", n_heads), num("feed_forward_length"), num("context_length")

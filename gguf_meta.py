@@ -23,7 +23,7 @@ import struct
 
 import numpy as np
 
-from fileio import MAX_FIELD, printable, regular_file
+from fileio import MAX_FIELD, printable, quoted, regular_file
 import vocab as V
 
 MAGIC = b"GGUF"
@@ -39,7 +39,6 @@ TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8:
               19: "iq1_s", 20: "iq4_nl", 21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
               27: "i64", 28: "f64", 29: "iq1_m", 30: "bf16", 34: "tq1_0", 35: "tq2_0", 39: "mxfp4"}
 QK = 32  # values per q8_0 block
-MAX_FIELD = 1 << 24  # every shape field is below this, as in the .bin readers
 
 
 def nbytes(ttype, ne):
@@ -215,7 +214,7 @@ def read_gguf(path, keys=()):
     for i in range(n_kv):
         key = r.string(lambda: f"metadata key {i}")
         if not key or key in seen:
-            raise r.bad(f"metadata key {i} is {'empty' if not key else f'{printable(key)!r} again'}")
+            raise r.bad(f"metadata key {i} is {'empty' if not key else f'{quoted(key)} again'}")
         seen.add(key)
         vtype = r.unpack("<I", lambda: f"the type of {printable(key)}")
         if key in keys:
@@ -340,12 +339,12 @@ def read_vocab(path):
     meta = read_gguf(path, VOCAB_KEYS)[0]
     model = meta_value(meta, path, "tokenizer.ggml.model", "str")
     if model not in ("llama", "gpt2"):
-        raise ValueError(f"{path}: tokenizer model {printable(model)!r} is not supported (llama: sentencepiece-style BPE, "
+        raise ValueError(f"{path}: tokenizer model {quoted(model)} is not supported (llama: sentencepiece-style BPE, "
                          "gpt2: byte-level BPE)")
     llama = model == "llama"
     pre = meta_value(meta, path, "tokenizer.ggml.pre", "str", "default")  # llama.cpp's default when absent
     if not llama and pre != GPT2_SPLIT:
-        raise ValueError(f"{path}: tokenizer.ggml.pre {printable(pre)!r} is not supported (byte-level BPE with GPT-2's split "
+        raise ValueError(f"{path}: tokenizer.ggml.pre {quoted(pre)} is not supported (byte-level BPE with GPT-2's split "
                          f"only: {GPT2_SPLIT!r})")
     tokens, pieces, types, scores = _token_table(meta, path, llama)
     n = len(tokens)
@@ -412,7 +411,7 @@ def _token_table(meta, path, llama):
             pieces.append(s.replace("\u2581", " ").encode("utf-8"))
         elif t == V.NORMAL:
             if not all(c in alphabet for c in s):
-                raise ValueError(f"{path}: token {i} ({printable(s)!r}) is a normal byte-level token not spelled in GPT-2's alphabet")
+                raise ValueError(f"{path}: token {i} ({quoted(s)}) is a normal byte-level token not spelled in GPT-2's alphabet")
             pieces.append(bytes(alphabet[c] for c in s))
         else:
             pieces.append(s.encode("utf-8"))
@@ -429,6 +428,6 @@ def _merges(meta, path, tokens):
         cut = m.find(" ", 1)
         a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
         if a not in ids or b not in ids or a + b not in ids:
-            raise ValueError(f"{path}: merge {r} ({printable(m)!r}) names a token the vocabulary lacks")
+            raise ValueError(f"{path}: merge {r} ({quoted(m)}) names a token the vocabulary lacks")
         merges.append((ids[a], ids[b], ids[a + b]))
     return merges

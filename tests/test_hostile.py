@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import re
 import resource
 import shutil
@@ -422,6 +423,53 @@ def test_row5_resume_with_a_malformed_checkpoint_is_one_line(tiny, tmp_path):
         one_line(err, f"train.py: error: {path}:", words)
 
 
+def safe_line(msg, *words):
+    """One line holding words and no control character (C0, DEL, C1: ESC, CR, NUL, newline among them)."""
+    one_line(msg, *words)
+    assert not re.search("[\x00-\x1f\x7f-\x9f]", msg.strip()), msg
+
+
+FORGED = "\x1b[2J\x1b[32mdownload complete\x1b[0m\rnote: fine\x00"  # clears the screen, forges a line
+FORGED_SHOWN = "\\x1b[2J\\x1b[32mdownload complete"
+
+
+def test_row8_untrusted_text_is_escaped_before_the_terminal(tiny):
+    """An HTTP reason phrase, a GGUF architecture or tensor name and a checkpoint's weight name holding
+    ESC/CR/NUL reached the terminal raw: a hostile mirror or model file could clear the screen and forge
+    a green "download complete" or a second note line. Every message quoting them now escapes them
+    (fileio.printable), and cuts them short."""
+    import socketserver
+    import threading
+    import download
+
+    class Hostile(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            self.wfile.write(f"HTTP/1.1 404 {FORGED}\r\nContent-Length: 0\r\n\r\n".encode("latin-1"))
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Hostile) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/x.txt"
+        with pytest.raises(download.DataError) as e:
+            download.http_download(url, tiny.dir / "dl.txt", retries=1, timeout=10)
+        srv.shutdown()
+    safe_line(str(e.value), f"download of {url} failed: HTTP 404 {FORGED_SHOWN}")
+    # a GGUF's architecture, and a tensor name
+    path = gguf_variant(tiny, "arch.gguf", {"general.architecture": (GM.STRING, FORGED)})
+    safe_line(refusal(G.gguf_import, path), f"{path}: architecture '{FORGED_SHOWN}")
+    status, line = export_cli(tiny.dir / "o.bin", f"--gguf={path}")
+    assert status == 1
+    safe_line(line, FORGED_SHOWN)
+    kvs, infos, _ = tiny.planned
+    G.write(tiny.dir / "name.gguf", (kvs, [(FORGED if i == len(infos) - 1 else n, *rest) for i, (n, *rest) in enumerate(infos)], []),
+            verify=False)
+    safe_line(refusal(G.gguf_import, tiny.dir / "name.gguf"), f"tensor {FORGED_SHOWN}")
+    # a checkpoint's weight name
+    ckpt = {"model": {**tiny.model.state_dict(), FORGED: torch.zeros(1)}, "model_args": dataclasses.asdict(tiny.model.args)}
+    torch.save(ckpt, tiny.dir / "name.pt")
+    safe_line(refusal(load_checkpoint, tiny.dir / "name.pt"), "weights do not match", FORGED_SHOWN)
+
+
 # -----------------------------------------------------------------------------
 # the smaller ones: overlapping tensors, a NUL in weight_map, a raw pickle
 
@@ -464,11 +512,28 @@ def test_nul_in_weight_map_names_the_index(tiny):
 def test_raw_pickle_weights_are_one_line(tiny):
     """A raw pickle as pytorch_model.bin is refused, and torch's 2-line warning about its protocol is
     not printed before the one line."""
-    import pickle
     d = hf_variant(tiny, "hf_pickle", files={"model.safetensors": None, "pytorch_model.bin": pickle.dumps({"a": 1})})
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         one_line(refusal(hf_import, d), "pytorch_model.bin: not a readable state dict")
+    assert not seen, [str(w.message) for w in seen]
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_raw_pickle_checkpoint_is_one_line(tiny, capsys, protocol):
+    """A raw pickle as ckpt.pt (not torch.save's zip) is refused by export.py and sample.py in one line,
+    with no warning of torch's printed before it."""
+    path = tiny.dir / f"raw{protocol}.pt"
+    path.write_bytes(pickle.dumps({"model": {}, "model_args": {}}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        one_line(refusal(load_checkpoint, path), f"{path}: not a readable train.py checkpoint")
+        status, line = export_cli(tiny.dir / "raw.bin", f"--checkpoint={path}")
+        assert status == 1
+        one_line(line, f"export.py: error: {path}: not a readable train.py checkpoint")
+        with pytest.raises(SystemExit):
+            sample.load_model(str(path), "cpu")
+        one_line(capsys.readouterr().err, f"sample.py: error: {path}")  # protocol 0 is no pickle to it: read as .bin
     assert not seen, [str(w.message) for w in seen]
 
 
