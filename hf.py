@@ -254,6 +254,8 @@ def _weight_files(dirpath, cap):
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
             files = sorted(set(wm.values()))
+            if not files:
+                raise ValueError(f"{ipath}: weight_map is empty")
             for name in files:  # shards live in the directory itself: no paths out of it
                 if os.path.basename(name) != name or name in ("", ".", "..") or "\0" in name:
                     raise ValueError(f"{ipath}: weight_map names {quoted(name)}, expected a file name in {dirpath}")

@@ -7,8 +7,10 @@ checkpoints, run.c model files), beside fuzz/fuzz.c, which fuzzes run.c.
 
 Each format starts from seed files made by the project's own writers (a tiny model and its vocabulary)
 and mutates them the way its structure invites: JSON values replaced by extreme numbers, long strings,
-deep nests, huge lists and wrong types; binary files by bit flips, size and count fields set to edge
-values, cuts and splices; checkpoints by edits of their dicts before torch.save. The reader of each
+deep nests, huge lists and wrong types (config.json, tokenizer.json, a weight index, which may also be
+removed, and a safetensors file's JSON header); a GGUF's size, count and type fields set to edge values,
+metadata entries added in front (long keys, huge or lying arrays, control characters); binary files by
+bit flips, edge values, cuts and splices; checkpoints by edits of their dicts before torch.save. The reader of each
 format then runs on the mutated input in a worker process, where these are findings:
     - an exception that is not ValueError or OSError (the CLIs print those in one line; anything else
       is a traceback for the user);
@@ -27,6 +29,7 @@ import random
 import resource
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
@@ -71,6 +74,11 @@ def make_seeds(folder, vocab_model):
     model = Transformer(args).eval()
     gguf_file.gguf_export(model, folder / "m.gguf", "q8_0", tok.vocab)
     hf.hf_export(model, folder / "hf", tok.vocab)
+    # and its weight index (one shard): a sharded model's file, which the mutations also remove (mutate_index)
+    raw = (folder / "hf" / "model.safetensors").read_bytes()
+    names = [k for k in json.loads(raw[8:8 + struct.unpack_from("<Q", raw)[0]]) if k != "__metadata__"]
+    (folder / "hf" / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": len(raw)}, "weight_map": {k: "model.safetensors" for k in names}}))
     binfile.model_export(model, folder / "m.bin", version=3, dtype="q8_0", group_size=8, vocab_id=tok.identity)
     tok.export(folder / "tok.bin")
     torch.save({"model": model.state_dict(), "model_args": asdict(args), "iter_num": 3,
@@ -169,6 +177,117 @@ def mutate_json(rng, data):
         return data
 
 
+def gguf_fields(data):
+    """[(offset, width, what)] of a GGUF's header fields that size or type what follows: the counts, every
+    key's and string's length, value and element types, array counts, and each tensor info's n_dims, ne,
+    type and offset. A walk of the writer's own (well-formed) seed; stops quietly where it cannot go on."""
+    out, pos = [(8, 8, "n_tensors"), (16, 8, "n_kv")], 24
+    u32 = lambda at: struct.unpack_from("<I", data, at)[0]  # noqa: E731
+    u64 = lambda at: struct.unpack_from("<Q", data, at)[0]  # noqa: E731
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    try:
+        n_tensors, n_kv = u64(8), u64(16)
+        for _ in range(n_kv):
+            out.append((pos, 8, "key length"))
+            pos += 8 + u64(pos)
+            out.append((pos, 4, "value type"))
+            vtype, pos = u32(pos), pos + 4
+            if vtype == 8:
+                out.append((pos, 8, "string length"))
+                pos += 8 + u64(pos)
+            elif vtype == 9:
+                out += [(pos, 4, "element type"), (pos + 4, 8, "array count")]
+                elem, n, pos = u32(pos), u64(pos + 4), pos + 12
+                for i in range(n):
+                    if elem != 8:
+                        pos += n * sizes[elem]
+                        break
+                    if i < 64:  # the first strings' lengths: enough to aim at
+                        out.append((pos, 8, "string length"))
+                    pos += 8 + u64(pos)
+            else:
+                pos += sizes[vtype]
+        for _ in range(n_tensors):
+            out.append((pos, 8, "name length"))
+            pos += 8 + u64(pos)
+            n_dims = u32(pos)
+            out += [(pos, 4, "n_dims")] + [(pos + 4 + 8 * d, 8, "ne") for d in range(n_dims)]
+            pos += 4 + 8 * n_dims
+            out += [(pos, 4, "tensor type"), (pos + 4, 8, "tensor offset")]
+            pos += 12
+    except (struct.error, KeyError):
+        pass
+    return out
+
+
+def new_kv(rng):
+    """A metadata entry a writer never makes: a long key, a huge or deep array, a key with control
+    characters, a type out of range."""
+    key = rng.choice([b"x", b"tokenizer.ggml.tokens", b"general.alignment", b"llama.context_length", b"\x1b[2J\n",
+                      b"k" * rng.choice([1000, 100_000])])
+    kind = rng.randrange(5)
+    if kind == 0:  # strings, counted right or claiming more
+        n = rng.choice([0, 1, 1000, 20_000])
+        body = struct.pack("<IIQ", 9, 8, n + rng.choice([0, 0, 1, 1 << 24, 1 << 40])) + struct.pack("<Q", 1) * n
+    elif kind == 1:  # a fixed-size array, its count at an edge
+        body = struct.pack("<IIQ", 9, rng.choice([0, 4, 6, 10, 13, 9]), rng.choice([0, 1, (1 << 24) - 1, 1 << 24, 2**63]))
+    elif kind == 2:  # a scalar of each type
+        vtype = rng.choice([0, 4, 5, 6, 7, 10, 12, 13, 2**32 - 1])
+        body = struct.pack("<I", vtype) + struct.pack("<Q", rng.choice(INTERESTING[:16]) % 2**64)
+    elif kind == 3:  # a string value with control characters
+        v = rng.choice([b"\x1b[2J", b"\0", b"\xff\xfe", b"a" * 70_000])
+        body = struct.pack("<IQ", 8, len(v)) + v
+    else:
+        body = struct.pack("<I", 8) + struct.pack("<Q", rng.choice([2**63, 2**64 - 1, 1 << 31]))
+    return struct.pack("<Q", len(key)) + key + body
+
+
+def mutate_gguf(rng, data):
+    """Structure-aware GGUF edits: a size, count or type field set to an edge value, a metadata entry
+    added in front (n_kv counted up), a tensor or key name given control characters; else bytes edits."""
+    if rng.random() < 0.25:
+        return mutate_bytes(rng, data)
+    b = bytearray(data)
+    fields = gguf_fields(data)
+    for _ in range(rng.choice([1, 1, 2])):
+        op = rng.randrange(3)
+        if op == 0 and fields:
+            at, width, _ = rng.choice(fields)
+            v = int(rng.choice([x for x in INTERESTING if isinstance(x, int)] + [3, 4, 5, 9, 12, 13, 2**24 - 1]))
+            b[at:at + width] = (v % (1 << (8 * width))).to_bytes(width, "little")
+        elif op == 1:
+            entry = new_kv(rng)
+            n_kv = struct.unpack_from("<Q", b, 16)[0]
+            b[16:24] = struct.pack("<Q", (n_kv + 1) % 2**64)
+            b[24:24] = entry
+            fields = []  # offsets moved
+        else:
+            names = [(at, w) for at, w, what in fields if what in ("key length", "name length")]
+            if names:
+                at, _ = rng.choice(names)
+                n = struct.unpack_from("<Q", b, at)[0]
+                if n:
+                    b[at + 8] = rng.choice([0x1B, 0x0A, 0x0D, 0x00, 0x7F, 0x9B])
+    return bytes(b)
+
+
+def mutate_safetensors(rng, data):
+    """A safetensors file's JSON header edited as JSON (dtypes, shapes, offsets, names) and its length
+    written again; else bytes edits."""
+    if rng.random() < 0.25 or len(data) < 8:
+        return mutate_bytes(rng, data)
+    n = struct.unpack_from("<Q", data)[0]
+    head = mutate_json(rng, data[8:8 + n])
+    if rng.random() < 0.1:
+        return struct.pack("<Q", rng.choice([0, 2, n + 1, 2**63])) + head + data[8 + n:]
+    return struct.pack("<Q", len(head)) + head + data[8 + n:]
+
+
+def mutate_index(rng, data):
+    """A weight index edited as JSON, or removed (None: the single-file path is fuzzed too)."""
+    return None if rng.random() < 0.3 else mutate_json(rng, data)
+
+
 def mutate_checkpoint(rng, data):
     """The checkpoint's dict edited (model_args, config, tensors) and saved again; else bytes edits."""
     if rng.random() < 0.3:
@@ -207,9 +326,9 @@ def read_hf(folder):
 
 
 FORMATS = {  # name: (seed key, the files of it to mutate and how, readers)
-    "gguf": ("gguf", {"": mutate_bytes}, [gguf_file.gguf_import, read_any_tokenizer]),
+    "gguf": ("gguf", {"": mutate_gguf}, [gguf_file.gguf_import, read_any_tokenizer]),
     "hf": ("hf", {"config.json": mutate_json, "tokenizer.json": mutate_json, "tokenizer_config.json": mutate_json,
-                  "model.safetensors": mutate_bytes}, [read_hf]),
+                  "model.safetensors": mutate_safetensors, "model.safetensors.index.json": mutate_index}, [read_hf]),
     "tokenizer_json": ("hf", {"tokenizer.json": mutate_json}, [read_any_tokenizer]),
     "bin": ("bin", {"": mutate_bytes}, [binfile.load_bin]),
     "tok_bin": ("tok_bin", {"": mutate_bytes}, [read_any_tokenizer]),
@@ -233,7 +352,11 @@ def make_input(fmt, seeds, seed, n, work):
         names = [rng.choice(sorted(files))] if len(files) > 1 and rng.random() < 0.8 else sorted(files)
         for name in sorted(files):
             data = (src / name).read_bytes()
-            (dst / name).write_bytes(files[name](rng, data) if name in names else data)
+            data = files[name](rng, data) if name in names else data
+            if data is None:  # the mutation removes the file
+                (dst / name).unlink(missing_ok=True)
+            else:
+                (dst / name).write_bytes(data)
     else:
         dst.write_bytes(files[""](rng, src.read_bytes()))
     return dst

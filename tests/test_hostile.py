@@ -653,3 +653,9 @@ def test_sentencepiece_field_of_the_wrong_wire_type(tmp_path, shared):
     path = tmp_path / "tok.model"
     path.write_bytes((shared / "models" / "tok512.model").read_bytes() + b"\x08\x05")  # field 1 as a varint
     one_line(refusal(T.Tokenizer, path), f"{path}: not a sentencepiece model (a piece is not a message)")
+
+
+def test_empty_weight_map_is_one_line(tiny):
+    """pyfuzz hf input 887: an index whose weight_map is {} was an IndexError (a traceback)."""
+    d = hf_variant(tiny, "hf_empty_index", files={"model.safetensors.index.json": b'{"weight_map": {}}'})
+    one_line(refusal(hf_import, d), f"{d}/model.safetensors.index.json: weight_map is empty")
