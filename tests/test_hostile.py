@@ -397,6 +397,7 @@ def resume(tmp_path, name, **ckpt):
     return r.returncode, r.stderr, out / "ckpt.pt"
 
 
+@pytest.mark.slow  # a train.py process (torch's import: 4-8 s on a busy machine)
 def test_row5_resume_without_config_is_one_line(tiny, tmp_path):
     """train.py --init_from=resume on a checkpoint with model and model_args but no `config` was a
     traceback (KeyError). Now one line naming the file and what is missing."""
