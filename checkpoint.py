@@ -68,8 +68,8 @@ def check_shapes(args, ckpt, path):
         k = k.removeprefix("_orig_mod.")
         shape = tuple(getattr(v, "shape", ()))
         if k in want and shape != want[k]:
-            raise ValueError(f"{path}: weights do not match its model_args: {printable(k)} is {shape}, model_args make it "
-                             f"{want[k]}")
+            raise ValueError(f"{path}: weights do not match its model_args: {printable(k)} is {shape}, model_args "
+                             f"make it {want[k]}")
 
 
 def load_weights(model, ckpt, path):

@@ -123,7 +123,8 @@ class _Reader:
             raise self.bad(lambda: f"{_say(what)} is not UTF-8") from None
 
     def array_head(self, what):
-        """(element type, count) of an array, the count checked against the bytes left and MAX_FIELD."""
+        """(element type, count, bytes an element takes at least) of an array, the count checked against
+        the bytes left and MAX_FIELD."""
         elem, n = self.unpack("<IQ", what)
         if elem == ARRAY:
             raise self.bad(lambda: f"{_say(what)} is an array of arrays (not supported)")
@@ -131,8 +132,8 @@ class _Reader:
             raise self.bad(lambda: f"{_say(what)} is an array of unknown value type {elem}")
         size = 8 if elem == STRING else np.dtype(SCALARS[elem]).itemsize  # a string takes 8 bytes at least
         if n > (len(self.buf) - self.pos) // size:
-            raise self.bad(lambda: f"truncated: {_say(what)} claims {n} elements, more than the {len(self.buf) - self.pos} "
-                           "bytes left can hold")
+            raise self.bad(lambda: f"truncated: {_say(what)} claims {n} elements, more than the "
+                           f"{len(self.buf) - self.pos} bytes left can hold")
         if n >= MAX_FIELD:  # no reader uses an array this long (a vocabulary is below MAX_FIELD tokens)
             raise self.bad(lambda: f"{_say(what)} claims {n} elements (at most {MAX_FIELD - 1})")
         return elem, n, size
@@ -244,15 +245,15 @@ def read_gguf(path, keys=()):
         if ttype not in TYPE_NAMES:
             raise r.bad(f"tensor {printable(name)} has unknown type {ttype}")
         if any(n < 1 for n in ne) or offset % align:
-            raise r.bad(f"tensor {printable(name)} has shape {list(ne)} or offset {offset} out of range (offsets are multiples "
-                        f"of {align})")
+            raise r.bad(f"tensor {printable(name)} has shape {list(ne)} or offset {offset} out of range (offsets are "
+                        f"multiples of {align})")
         if ttype in (F32_T, F16_T, Q8_0_T):
             if ttype == Q8_0_T and ne[0] % QK:
                 raise r.bad(f"tensor {printable(name)} is q8_0 with rows of {ne[0]} values, not a multiple of {QK}")
             end = data + offset + nbytes(ttype, ne)
             if end > size:
-                raise r.bad(f"tensor {printable(name)} ({TYPE_NAMES[ttype]} {list(ne)}) ends at byte {end}, past the end of the "
-                            f"file ({size} bytes)")
+                raise r.bad(f"tensor {printable(name)} ({TYPE_NAMES[ttype]} {list(ne)}) ends at byte {end}, past the "
+                            f"end of the file ({size} bytes)")
         tensors[name] = (ttype, ne, data + offset)
     return meta, tensors, buf
 
@@ -411,7 +412,8 @@ def _token_table(meta, path, llama):
             pieces.append(s.replace("\u2581", " ").encode("utf-8"))
         elif t == V.NORMAL:
             if not all(c in alphabet for c in s):
-                raise ValueError(f"{path}: token {i} ({quoted(s)}) is a normal byte-level token not spelled in GPT-2's alphabet")
+                raise ValueError(f"{path}: token {i} ({quoted(s)}) is a normal byte-level token not spelled in "
+                                 "GPT-2's alphabet")
             pieces.append(bytes(alphabet[c] for c in s))
         else:
             pieces.append(s.encode("utf-8"))

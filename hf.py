@@ -279,8 +279,8 @@ def _contiguous(path, entries, data):
     at = data[0]
     for name, (_, _, a, b) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
         if a != at:
-            raise ValueError(f"{path}: tensor {quoted(name)} starts at data byte {a - data[0]}, where the tensors before "
-                             f"it end at {at - data[0]}: they must lie one after another")
+            raise ValueError(f"{path}: tensor {quoted(name)} starts at data byte {a - data[0]}, where the tensors "
+                             f"before it end at {at - data[0]}: they must lie one after another")
         at = b
     if at != data[1]:
         raise ValueError(f"{path}: the tensors end at data byte {at - data[0]}, the data has {data[1] - data[0]}")

@@ -230,7 +230,8 @@ def new_kv(rng):
         n = rng.choice([0, 1, 1000, 20_000])
         body = struct.pack("<IIQ", 9, 8, n + rng.choice([0, 0, 1, 1 << 24, 1 << 40])) + struct.pack("<Q", 1) * n
     elif kind == 1:  # a fixed-size array, its count at an edge
-        body = struct.pack("<IIQ", 9, rng.choice([0, 4, 6, 10, 13, 9]), rng.choice([0, 1, (1 << 24) - 1, 1 << 24, 2**63]))
+        body = struct.pack("<IIQ", 9, rng.choice([0, 4, 6, 10, 13, 9]),
+                           rng.choice([0, 1, (1 << 24) - 1, 1 << 24, 2**63]))
     elif kind == 2:  # a scalar of each type
         vtype = rng.choice([0, 4, 5, 6, 7, 10, 12, 13, 2**32 - 1])
         body = struct.pack("<I", vtype) + struct.pack("<Q", rng.choice(INTERESTING[:16]) % 2**64)

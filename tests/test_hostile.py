@@ -466,7 +466,8 @@ def test_row8_untrusted_text_is_escaped_before_the_terminal(tiny):
             verify=False)
     safe_line(refusal(G.gguf_import, tiny.dir / "name.gguf"), f"tensor {FORGED_SHOWN}")
     # a checkpoint's weight name
-    ckpt = {"model": {**tiny.model.state_dict(), FORGED: torch.zeros(1)}, "model_args": dataclasses.asdict(tiny.model.args)}
+    ckpt = {"model": {**tiny.model.state_dict(), FORGED: torch.zeros(1)},
+            "model_args": dataclasses.asdict(tiny.model.args)}
     torch.save(ckpt, tiny.dir / "name.pt")
     safe_line(refusal(load_checkpoint, tiny.dir / "name.pt"), "weights do not match", FORGED_SHOWN)
 
