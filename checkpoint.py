@@ -55,6 +55,13 @@ def check_shapes(args, ckpt, path):
     """ValueError unless every weight in the checkpoint has the shape args give it. The model is
     built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
     instead of allocating terabytes before the weights are looked at."""
+    # the meta model costs time per layer: a checkpoint must hold a weight for each tensor first (its
+    # 2 + 9 per layer, and the classifier unless tied), so n_layers=65535 beside 20 weights is refused
+    # in O(1), not after a minute of building layers (pyfuzz ckpt 920)
+    n_tensors = 2 + 9 * args.n_layers + (not args.tie_embeddings)
+    if len(ckpt["model"]) < n_tensors:
+        raise ValueError(f"{path}: weights do not match its model_args: n_layers={args.n_layers} needs {n_tensors} "
+                         f"weights, the checkpoint holds {len(ckpt['model'])}")
     try:
         with torch.device("meta"):
             want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}

@@ -190,7 +190,8 @@ def test_row4_checkpoint_context_and_sizes_bounded(tiny, capsys):
     torch.save({"model": {}, "model_args": {**dataclasses.asdict(tiny.model.args), "dim": 4096, "n_layers": 64,
                                             "n_heads": 32, "n_kv_heads": 32, "hidden_dim": 11008}}, big)
     with bounded():
-        one_line(refusal(load_checkpoint, big), str(big), "weights do not match its model_args: ", "is missing")
+        one_line(refusal(load_checkpoint, big), str(big), "weights do not match its model_args: n_layers=64 needs 578 "
+                 "weights, the checkpoint holds 0")
 
 
 def test_row6_f32_floats_survive_from_every_source(tiny, run_bin):
@@ -661,3 +662,13 @@ def test_empty_weight_map_is_one_line(tiny):
     """pyfuzz hf input 887: an index whose weight_map is {} was an IndexError (a traceback)."""
     d = hf_variant(tiny, "hf_empty_index", files={"model.safetensors.index.json": b'{"weight_map": {}}'})
     one_line(refusal(hf_import, d), f"{d}/model.safetensors.index.json: weight_map is empty")
+
+
+def test_checkpoint_with_many_layers_and_few_weights_is_quick(tiny):
+    """pyfuzz ckpt input 920 (and 8 more): model_args with n_layers=65535 beside the tiny model's weights
+    built 65535 layers on the meta device before any weight was compared (over a minute). The weight
+    count comes first now: refused at once."""
+    path = checkpoint_variant(tiny, "many_layers.pt", n_layers=65535)
+    with bounded(seconds=3):
+        one_line(refusal(load_checkpoint, path), f"{path}: weights do not match its model_args: n_layers=65535 "
+                 "needs 589817 weights, the checkpoint holds 12")
