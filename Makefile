@@ -26,6 +26,9 @@
 #                   make clean
 #   make fuzz       fuzz/fuzz.c on run.c under ASan + UBSan for FUZZ_SECONDS (60) or FUZZ_RUNS executions
 #                   (0: no limit), whichever ends first; exit 1 on any finding (saved in fuzz/findings/)
+#   make pyfuzz     fuzz/pyfuzz.py on the Python readers (GGUF, HF, tokenizers, checkpoints, .bin), every
+#                   format for FUZZ_SECONDS (60) in all, or PYFUZZ_RUNS inputs of each; exit 1 on any
+#                   finding (saved in fuzz/findings/py/)
 CC ?= cc
 ARMCC ?= aarch64-linux-gnu-gcc
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -42,7 +45,7 @@ FUZZ_RUNS ?= 0
 C_TESTS = tests/test_run_c.py tests/test_run_bad_input.py tests/test_run_tokenizer.py tests/test_hostile.py \
           tests/test_prefill.py
 
-.PHONY: all runomp runarm wasm test test-quick test-ci bench llama-cpp clean sanitize fuzz
+.PHONY: all runomp runarm wasm test test-quick test-ci bench llama-cpp clean sanitize fuzz pyfuzz
 all: run
 
 run: run.c kernels.h
@@ -107,6 +110,9 @@ fuzz/seeds/made: fuzz/make_seeds.py binfile.py vocab.py tokenizer.py tinystories
 
 fuzz: fuzz/run_fuzz fuzz/seeds/made
 	fuzz/run_fuzz fuzz/seeds $(FUZZ_SECONDS) $(FUZZ_RUNS)
+
+pyfuzz:
+	$(PYTHON) fuzz/pyfuzz.py $(if $(PYFUZZ_RUNS),--runs $(PYFUZZ_RUNS),--seconds $(or $(FUZZ_SECONDS),60))
 
 test:
 	$(PYTHON) -m pytest -q $(C_TESTS)

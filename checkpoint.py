@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import dataloader
-from fileio import regular_file
+from fileio import printable, regular_file
 from model import ModelArgs, Transformer, check_args
 
 
@@ -22,7 +22,7 @@ def torch_file(path, what, device="cpu"):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch.load raises many types (pickle, zip, refused globals, ...)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        first = printable(str(e).strip().splitlines()[0], 200) if str(e).strip() else ""
         raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {first})") from None
 
 
@@ -46,7 +46,7 @@ def checkpoint_args(ckpt, path):
         args = ModelArgs(**ckpt["model_args"])
         check_args(args)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: model_args do not make a model: {e}") from None
+        raise ValueError(f"{path}: model_args do not make a model: {printable(str(e), 300)}") from None
     check_shapes(args, ckpt, path)
     return args
 
@@ -55,6 +55,13 @@ def check_shapes(args, ckpt, path):
     """ValueError unless every weight in the checkpoint has the shape args give it. The model is
     built on the meta device (no memory), so model_args asking for dim=10**9 fail here, in one line,
     instead of allocating terabytes before the weights are looked at."""
+    # the meta model costs time per layer: a checkpoint must hold a weight for each tensor first (its
+    # 2 + 9 per layer, and the classifier unless tied), so n_layers=65535 beside 20 weights is refused
+    # in O(1), not after a minute of building layers (pyfuzz ckpt 920)
+    n_tensors = 2 + 9 * args.n_layers + (not args.tie_embeddings)
+    if len(ckpt["model"]) < n_tensors:
+        raise ValueError(f"{path}: weights do not match its model_args: n_layers={args.n_layers} needs {n_tensors} "
+                         f"weights, the checkpoint holds {len(ckpt['model'])}")
     try:
         with torch.device("meta"):
             want = {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
@@ -68,8 +75,8 @@ def check_shapes(args, ckpt, path):
         k = k.removeprefix("_orig_mod.")
         shape = tuple(getattr(v, "shape", ()))
         if k in want and shape != want[k]:
-            raise ValueError(f"{path}: weights do not match its model_args: {k} is {shape}, model_args make it "
-                             f"{want[k]}")
+            raise ValueError(f"{path}: weights do not match its model_args: {printable(k)} is {shape}, model_args "
+                             f"make it {want[k]}")
 
 
 def load_weights(model, ckpt, path):
@@ -80,7 +87,7 @@ def load_weights(model, ckpt, path):
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as e:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
-        raise ValueError(f"{path}: weights do not match its model_args: {detail}") from None
+        raise ValueError(f"{path}: weights do not match its model_args: {printable(detail, 300)}") from None
 
 
 def load_checkpoint(path, device="cpu"):

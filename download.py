@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataloader import DataError, file_sha256
-from fileio import publish
+from fileio import printable, publish, quoted
 
 SOURCE_HINT = ("Offline? Put the files in a folder and pass --source FOLDER "
                "(or set STORYLLAMA_SOURCE), or point --source at a mirror URL.")
@@ -81,13 +81,13 @@ def http_download(url, dest, retries=3, timeout=60, sha256=None, max_bytes=MAX_B
     whole_file = head is None or (total is not None and total <= head)  # else a head: no hash can check it
     if total is not None and got != (total if whole_file else head):
         part.unlink()
-        raise DataError(f"download of {url} is corrupt: {got} bytes, the server said {total}; "
+        raise DataError(f"download of {printable(url, 300)} is corrupt: {got} bytes, the server said {total}; "
                         "deleted it, run again")
     if sha is not None and whole_file:
         actual = file_sha256(part)
         if actual != sha:
             part.unlink()
-            raise DataError(f"download of {url} is corrupt: sha256 {actual}, {said} {sha}; "
+            raise DataError(f"download of {printable(url, 300)} is corrupt: sha256 {actual}, {said} {sha}; "
                             "deleted it, run again")
     if cut_after and head is not None:
         _cut_after(part, cut_after, url)
@@ -120,17 +120,19 @@ def _fill_part(url, part, retries, timeout, sha256, max_bytes, t_end, head):
                     return total, _server_sha256(redirects.headers + [e.headers])
                 part.unlink()
                 continue
-            raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}. {SOURCE_HINT}") from None
+            raise DataError(f"download of {printable(url, 300)} failed: HTTP {e.code} {printable(e.reason)}. "
+                            f"{SOURCE_HINT}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise DataError(f"could not download {url}: {reason}. {SOURCE_HINT}") from None
+            raise DataError(f"could not download {printable(url, 300)}: {printable(reason, 300)}. "
+                            f"{SOURCE_HINT}") from None
         with resp:
             sha = _server_sha256(redirects.headers + [resp.headers])
             total = _response_total(resp, url, have, head)
             have = have if resp.status == 206 else 0  # 200: the whole file (no Range support restarts from zero)
             want = total if head is None or total is None else min(head, total)  # bytes to end with
             if want is not None and want > max_bytes:
-                raise DataError(f"download of {url}: the server says {want} bytes, more than the {max_bytes} "
+                raise DataError(f"download of {printable(url, 300)}: the server says {want} bytes, more than the {max_bytes} "
                                 "allowed for one file")
             whole = _receive(resp, part, have, want, max_bytes, t_end, url, part.name[:-5], stop=head)
         got = part.stat().st_size
@@ -140,13 +142,13 @@ def _fill_part(url, part, retries, timeout, sha256, max_bytes, t_end, head):
             total = got  # no length given: the last chunk (or the hash, checked by the caller) proves it whole
         elif total is None and whole:
             part.unlink()
-            raise DataError(f"download of {url}: the server gave no Content-Length, no chunked framing and no "
+            raise DataError(f"download of {printable(url, 300)}: the server gave no Content-Length, no chunked framing and no "
                             f"sha256, so a cut-off transfer cannot be told from a whole one. {SOURCE_HINT}")
         if total is not None and got >= total:
             return total, sha
         failures += 1
         if failures > retries:
-            raise DataError(f"download of {url} stopped at {got} of {total if total is not None else 'unknown'} "
+            raise DataError(f"download of {printable(url, 300)} stopped at {got} of {total if total is not None else 'unknown'} "
                             "bytes; run the same command again to resume it")
         time.sleep(min(0.5 * failures, 5, _left(t_end, url, part)))
 
@@ -159,11 +161,12 @@ def _response_total(resp, url, have, head):
     content_range = resp.headers.get("Content-Range")
     start, end, total = _range_start(content_range), _range_end(content_range), _range_total(content_range)
     if start is None:
-        raise DataError(f"download of {url}: the server sent a malformed Content-Range {content_range!r}")
+        raise DataError(f"download of {printable(url, 300)}: the server sent a malformed Content-Range "
+                        f"{quoted(content_range)}")
     if start != have:
-        raise DataError(f"download of {url}: server resumed at byte {start}, asked for {have}")
+        raise DataError(f"download of {printable(url, 300)}: server resumed at byte {start}, asked for {have}")
     if head is not None and end != min(head, total or head) - 1:
-        raise DataError(f"download of {url}: asked for bytes {have}-{head - 1}, the server sent "
+        raise DataError(f"download of {printable(url, 300)}: asked for bytes {have}-{head - 1}, the server sent "
                         f"Content-Range {content_range!r}")
     return total
 
@@ -193,7 +196,7 @@ def _left(t_end, url, part):
     left = t_end - time.monotonic()
     if left <= 0:
         have = part.stat().st_size if part.exists() else 0
-        raise DataError(f"download of {url} did not finish in time ({have} bytes so far, kept in {part.name}); "
+        raise DataError(f"download of {printable(url, 300)} did not finish in time ({have} bytes so far, kept in {part.name}); "
                         "run the same command again to resume it")
     return left
 
@@ -215,7 +218,7 @@ def _receive(resp, part, have, total, max_bytes, t_end, url, name, stop=None):
                 if have > max_bytes:
                     f.close()
                     part.unlink()
-                    raise DataError(f"download of {url}: more than the {max_bytes} bytes allowed for one file; "
+                    raise DataError(f"download of {printable(url, 300)}: more than the {max_bytes} bytes allowed for one file; "
                                     "deleted it")
                 _left(t_end, url, part)
                 window_bytes += len(chunk)
@@ -233,7 +236,7 @@ def _content_length(value, url):
     if value is None:
         return None
     if not re.fullmatch(r"\s*\d+\s*", value):
-        raise DataError(f"download of {url}: the server sent a malformed Content-Length {value!r}")
+        raise DataError(f"download of {printable(url, 300)}: the server sent a malformed Content-Length {quoted(value)}")
     return int(value)
 
 
@@ -281,7 +284,7 @@ def fetch(name, dest_dir, base_url, source=None, retries=3, sha256=None, head=No
     if source is None or "://" in source:
         base = source or base_url
         url = base if base.endswith(name) else base.rstrip("/") + "/" + name
-        print(f"downloading {url}" + ("" if head is None else f" (its first {head:,} bytes)"))
+        print(f"downloading {printable(url, 300)}" + ("" if head is None else f" (its first {head:,} bytes)"))
         return http_download(url, dest, retries=retries, sha256=sha256, head=head, cut_after=cut_after)
     src = Path(source)
     if src.is_dir():

@@ -5,12 +5,18 @@ so the rename cannot cross file systems), flushed to disk and then renamed over 
 or a full disk at any point leaves the old file (or none) and never a torn one next to a model.
 Reading: a path is checked to be a regular file before it is opened, so that a FIFO or a device
 cannot block or never end a read and a directory is refused, in one line naming the path.
+Bounds: every size, count, id and context a reader takes from a file is below MAX_FIELD (model.check_args
+applies it to a model's shape; every tokenizer reader to its ids and counts; gguf_meta to metadata).
+Quoting: text from a file or a server is passed through printable before it reaches the terminal.
 
 Imports nothing of this project: every other file may use it.
 """
 import errno
 import os
 import stat
+
+MAX_FIELD = 1 << 24  # every shape field, count and id read from a file is below this (docs/formats.md, "Bounds")
+QUOTE_CHARS = 100  # characters of untrusted text a message quotes at most
 
 
 def temp_path(path):
@@ -60,3 +66,24 @@ def regular_file(path, what=None):
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{path}: the {what} is not a regular file" if what else f"{path}: not a regular file")
     return st.st_size
+
+
+def printable(s, limit=QUOTE_CHARS):
+    """Untrusted text (from a file, a server, a name inside a file) made safe to print in a message:
+    C0 controls, DEL and C1 controls (ESC, CR, NUL and newline among them) become \\xHH escapes, so no file
+    can move the cursor, clear the screen or forge a second line; other Unicode is kept. Cut to limit
+    characters with "..." (a key as long as the file stays a short line); bytes are read as UTF-8."""
+    if isinstance(s, (bytes, bytearray)):
+        s = bytes(s[:4 * limit + 4]).decode("utf-8", "replace")
+    s = str(s)
+    cut = len(s) > limit
+    s = s[:limit]
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                    for c in s)
+    return s + "..." if cut else s
+
+
+def quoted(v, limit=QUOTE_CHARS):
+    """v's repr made printable and cut (a string from a file, quoted in a message)."""
+    return printable(repr(v), limit)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from binfile import read_back, tensor_order
-from fileio import atomic_write
+from fileio import atomic_write, printable, quoted
 from gguf_meta import (ALIGN, F32, F32_T, F16_T, Q8_0_T, QK, STRING, TYPE_NAMES, U32, header, meta_value, nbytes, pad,
                        read_gguf, read_vocab, tokenizer_kvs)
 from model import ModelArgs, build, check_args, ffn_hidden_dim, unwrap
@@ -136,15 +136,21 @@ def gguf_export(model, path, dtype="fp32", vocab=None):
 # -----------------------------------------------------------------------------
 # reading
 
+LLAMA_KEYS = ("embedding_length", "block_count", "attention.head_count", "attention.head_count_kv", "feed_forward_length",
+              "context_length", "attention.layer_norm_rms_epsilon", "rope.freq_base", "rope.dimension_count",
+              "attention.key_length", "attention.value_length", "expert_count", "rope.scaling.type",
+              "rope.scale_linear")  # the llama.* metadata gguf_layout reads: read_gguf builds no other
+
+
 def gguf_layout(path):
     """(ModelArgs, {our weight name: (tensor type, ne, file offset)}, the file memory-mapped) of a Llama GGUF
     of f32, f16 or q8_0 tensors, every check of gguf_import done and no weight read. Refused in one line:
     another architecture or tensor type, a missing, extra, misshapen or misplaced tensor, a shape or
     context out of model.check_args' bounds."""
-    meta, tensors, buf = read_gguf(path)
+    meta, tensors, buf = read_gguf(path, ["general.architecture"] + [f"llama.{k}" for k in LLAMA_KEYS])
     arch = meta_value(meta, path, "general.architecture", "str")
     if arch != "llama":
-        raise ValueError(f"{path}: architecture {arch!r} is not supported (llama only)")
+        raise ValueError(f"{path}: architecture {quoted(arch)} is not supported (llama only)")
     num = lambda key, default=None: meta_value(meta, path, f"llama.{key}", "int", default)  # noqa: E731
     dim, n_layers, n_heads = num("embedding_length"), num("block_count"), num("attention.head_count")
     n_kv, hidden, ctx = num("attention.head_count_kv", n_heads), num("feed_forward_length"), num("context_length")
@@ -174,7 +180,7 @@ def gguf_layout(path):
     names = tensor_names(n_layers, tied)
     extra = sorted(set(tensors) - set(names.values()))
     if extra:
-        raise ValueError(f"{path}: tensor {extra[0]} is not part of a plain Llama (not supported)")
+        raise ValueError(f"{path}: tensor {printable(extra[0])} is not part of a plain Llama (not supported)")
     h = dict(version=1, dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
              vocab_size=vocab_size, max_seq_len=ctx, shared=tied)
     shapes = dict(tensor_order(h))

@@ -23,7 +23,7 @@ import struct
 
 import numpy as np
 
-from fileio import regular_file
+from fileio import MAX_FIELD, printable, quoted, regular_file
 import vocab as V
 
 MAGIC = b"GGUF"
@@ -39,7 +39,6 @@ TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8:
               19: "iq1_s", 20: "iq4_nl", 21: "iq3_s", 22: "iq2_s", 23: "iq4_xs", 24: "i8", 25: "i16", 26: "i32",
               27: "i64", 28: "f64", 29: "iq1_m", 30: "bf16", 34: "tq1_0", 35: "tq2_0", 39: "mxfp4"}
 QK = 32  # values per q8_0 block
-MAX_DIM = 1 << 24  # every shape field is below this, as in the .bin readers
 
 
 def nbytes(ttype, ne):
@@ -85,18 +84,27 @@ def header(meta, tensors):
 # -----------------------------------------------------------------------------
 # reading
 
+def _say(what):
+    """A message's label: what, or what() when it is a function (see _Reader)."""
+    return what() if callable(what) else what
+
+
 class _Reader:
-    """A cursor over a file's bytes; every read is checked against the end first."""
+    """A cursor over a file's bytes; every read is checked against the end first. Labels for messages
+    ("what") are a string or a function making one: a function is called only when an error is raised,
+    so that no label is built per element of an array (a key as long as the file, times every element,
+    was quadratic)."""
 
     def __init__(self, buf, path):
         self.buf, self.pos, self.path = buf, 0, path
 
     def bad(self, what):
-        return ValueError(f"{self.path}: {what}")
+        return ValueError(f"{self.path}: {_say(what)}")
 
     def need(self, n, what):
         if n > len(self.buf) - self.pos:
-            raise self.bad(f"truncated: {what} at byte {self.pos} needs {n} bytes, the file has {len(self.buf) - self.pos} left")
+            raise self.bad(lambda: f"truncated: {_say(what)} at byte {self.pos} needs {n} "
+                           f"bytes, the file has {len(self.buf) - self.pos} left")
 
     def unpack(self, fmt, what):
         self.need(struct.calcsize(fmt), what)
@@ -112,43 +120,80 @@ class _Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise self.bad(f"{what} is not UTF-8") from None
+            raise self.bad(lambda: f"{_say(what)} is not UTF-8") from None
+
+    def array_head(self, what):
+        """(element type, count, bytes an element takes at least) of an array, the count checked against
+        the bytes left and MAX_FIELD."""
+        elem, n = self.unpack("<IQ", what)
+        if elem == ARRAY:
+            raise self.bad(lambda: f"{_say(what)} is an array of arrays (not supported)")
+        if elem != STRING and elem not in SCALARS:
+            raise self.bad(lambda: f"{_say(what)} is an array of unknown value type {elem}")
+        size = 8 if elem == STRING else np.dtype(SCALARS[elem]).itemsize  # a string takes 8 bytes at least
+        if n > (len(self.buf) - self.pos) // size:
+            raise self.bad(lambda: f"truncated: {_say(what)} claims {n} elements, more than the "
+                           f"{len(self.buf) - self.pos} bytes left can hold")
+        if n >= MAX_FIELD:  # no reader uses an array this long (a vocabulary is below MAX_FIELD tokens)
+            raise self.bad(lambda: f"{_say(what)} claims {n} elements (at most {MAX_FIELD - 1})")
+        return elem, n, size
 
     def value(self, vtype, what):
         """(value, element type): a str, a number, a bool, a list of str or a numpy array."""
         if vtype == STRING:
             return self.string(what), None
         if vtype == ARRAY:
-            elem, n = self.unpack("<IQ", what)
-            if elem == ARRAY:
-                raise self.bad(f"{what} is an array of arrays (not supported)")
-            if elem != STRING and elem not in SCALARS:
-                raise self.bad(f"{what} is an array of unknown value type {elem}")
-            size = 8 if elem == STRING else np.dtype(SCALARS[elem]).itemsize  # a string takes 8 bytes at least
-            if n > (len(self.buf) - self.pos) // size:
-                raise self.bad(f"truncated: {what} claims {n} elements, more than the {len(self.buf) - self.pos} bytes "
-                               "left can hold")
+            elem, n, size = self.array_head(what)
             if elem == STRING:
-                return [self.string(f"{what}[{i}]") for i in range(n)], elem
+                return [self.string(lambda: f"{_say(what)}[{i}]") for i in range(n)], elem
             arr = np.frombuffer(self.buf, SCALARS[elem], n, self.pos).copy()
             self.pos += n * size
             if elem == BOOL and arr.size and arr.max() > 1:
-                raise self.bad(f"{what} holds a bool that is neither 0 nor 1")
+                raise self.bad(lambda: f"{_say(what)} holds a bool that is neither 0 nor 1")
             return arr, elem
         if vtype not in SCALARS:
-            raise self.bad(f"{what} has unknown value type {vtype}")
+            raise self.bad(lambda: f"{_say(what)} has unknown value type {vtype}")
         v = self.unpack(SCALARS[vtype], what)
         if vtype == BOOL:
             if v > 1:
-                raise self.bad(f"{what} is a bool of value {v}, not 0 or 1")
+                raise self.bad(lambda: f"{_say(what)} is a bool of value {v}, not 0 or 1")
             v = bool(v)
         return v, None
 
+    def skip(self, vtype, what):
+        """Step over a value nobody asked for, building nothing: a string or a fixed-size array by its
+        length, an array of strings by walking the lengths alone (one 8-byte read each), so the time is
+        linear in the bytes and no object is made per element."""
+        if vtype == STRING:
+            n = self.unpack("<Q", what)
+            self.need(n, what)
+            self.pos += n
+        elif vtype == ARRAY:
+            elem, n, size = self.array_head(what)
+            if elem != STRING:
+                self.pos += n * size
+                return
+            buf, pos, end, length = self.buf, self.pos, len(self.buf), struct.Struct("<Q").unpack_from
+            for i in range(n):
+                if pos + 8 > end:
+                    break
+                pos += 8 + length(buf, pos)[0]
+                if pos > end:
+                    break
+            else:
+                self.pos = pos
+                return
+            raise self.bad(lambda: f"truncated: {_say(what)}[{i}] runs past the end of the file ({end} bytes)")
+        else:
+            self.value(vtype, what)
 
-def read_gguf(path):
+
+def read_gguf(path, keys=()):
     """(metadata {key: (value type, value, element type)}, tensors {name: (type, ne, file offset)}, buffer):
     the header, metadata and tensor infos of a GGUF, each checked against the file; the buffer is the file,
-    memory-mapped. ValueError in one line naming the file when anything is wrong."""
+    memory-mapped. Only the metadata keys named in keys (and general.alignment) are read into values: the
+    others are stepped over unbuilt (_Reader.skip), so a huge array under a key nobody reads costs a walk
+    over its bytes, not memory. ValueError in one line naming the file when anything is wrong."""
     path = os.fspath(path)
     size = regular_file(path)
     if size < 24:
@@ -165,51 +210,57 @@ def read_gguf(path):
     # a key-value pair takes 13 bytes at least (a 1-byte key, a type, a u8), a tensor info 33 (a 1-byte name, 1 dim)
     if n_kv > (size - 24) // 13 or n_tensors > (size - 24) // 33:
         raise r.bad(f"{n_kv} metadata entries and {n_tensors} tensors cannot fit in a file of {size} bytes")
-    meta = {}
+    keys = set(keys) | {"general.alignment"}
+    meta, seen = {}, set()
     for i in range(n_kv):
-        key = r.string(f"metadata key {i}")
-        if not key or key in meta:
-            raise r.bad(f"metadata key {i} is {'empty' if not key else f'{key!r} again'}")
-        vtype = r.unpack("<I", f"the type of {key}")
-        meta[key] = (vtype, *r.value(vtype, key))
+        key = r.string(lambda: f"metadata key {i}")
+        if not key or key in seen:
+            raise r.bad(f"metadata key {i} is {'empty' if not key else f'{quoted(key)} again'}")
+        seen.add(key)
+        vtype = r.unpack("<I", lambda: f"the type of {printable(key)}")
+        if key in keys:
+            meta[key] = (vtype, *r.value(vtype, lambda: printable(key)))
+        else:
+            r.skip(vtype, lambda: printable(key))
     align = meta.get("general.alignment", (U32, ALIGN, None))
     if align[0] != U32 or not 0 < align[1] <= 1 << 16 or align[1] & (align[1] - 1):
         raise r.bad(f"general.alignment must be a u32 power of two, got {align[1]!r}")
     align = align[1]
     infos = []
     for i in range(n_tensors):
-        name = r.string(f"tensor name {i}")
-        n_dims = r.unpack("<I", f"tensor {name}")
+        name = r.string(lambda: f"tensor name {i}")
+        label = lambda: f"tensor {printable(name)}"  # noqa: E731
+        n_dims = r.unpack("<I", label)
         if not 1 <= n_dims <= 4:
-            raise r.bad(f"tensor {name} has {n_dims} dimensions (1 to 4)")
-        ne = r.unpack(f"<{n_dims}Q", f"tensor {name}")
+            raise r.bad(f"{label()} has {n_dims} dimensions (1 to 4)")
+        ne = r.unpack(f"<{n_dims}Q", label)
         ne = (ne,) if n_dims == 1 else tuple(ne)
-        ttype, offset = r.unpack("<IQ", f"tensor {name}")
+        ttype, offset = r.unpack("<IQ", label)
         infos.append((name, ne, ttype, offset))
     data = pad(r.pos, align)
     tensors = {}
     for name, ne, ttype, offset in infos:
         if name in tensors:
-            raise r.bad(f"tensor {name} appears twice")
+            raise r.bad(f"tensor {printable(name)} appears twice")
         if ttype not in TYPE_NAMES:
-            raise r.bad(f"tensor {name} has unknown type {ttype}")
+            raise r.bad(f"tensor {printable(name)} has unknown type {ttype}")
         if any(n < 1 for n in ne) or offset % align:
-            raise r.bad(f"tensor {name} has shape {list(ne)} or offset {offset} out of range (offsets are multiples "
-                        f"of {align})")
+            raise r.bad(f"tensor {printable(name)} has shape {list(ne)} or offset {offset} out of range (offsets are "
+                        f"multiples of {align})")
         if ttype in (F32_T, F16_T, Q8_0_T):
             if ttype == Q8_0_T and ne[0] % QK:
-                raise r.bad(f"tensor {name} is q8_0 with rows of {ne[0]} values, not a multiple of {QK}")
+                raise r.bad(f"tensor {printable(name)} is q8_0 with rows of {ne[0]} values, not a multiple of {QK}")
             end = data + offset + nbytes(ttype, ne)
             if end > size:
-                raise r.bad(f"tensor {name} ({TYPE_NAMES[ttype]} {list(ne)}) ends at byte {end}, past the end of the "
-                            f"file ({size} bytes)")
+                raise r.bad(f"tensor {printable(name)} ({TYPE_NAMES[ttype]} {list(ne)}) ends at byte {end}, past the "
+                            f"end of the file ({size} bytes)")
         tensors[name] = (ttype, ne, data + offset)
     return meta, tensors, buf
 
 
 def meta_value(meta, path, key, kind, default=None):
     """The value of key as kind ("int", "float", "str", "bool"), default when absent; ValueError when it has
-    another type or, for ints, lies outside 0 .. MAX_DIM."""
+    another type or, for ints, lies outside 0 .. MAX_FIELD."""
     if key not in meta:
         if default is None:
             raise ValueError(f"{path}: metadata key {key} missing")
@@ -219,7 +270,7 @@ def meta_value(meta, path, key, kind, default=None):
     if not ok:
         raise ValueError(f"{path}: metadata key {key} is {'an array' if vtype == ARRAY else f'of type {vtype}'}, "
                          f"expected a single {kind}")
-    if kind == "int" and not 0 <= value < MAX_DIM:
+    if kind == "int" and not 0 <= value < MAX_FIELD:
         raise ValueError(f"{path}: {key}={value} out of range")
     if kind == "float" and not np.isfinite(value):
         raise ValueError(f"{path}: {key}={value} is not finite")
@@ -276,6 +327,9 @@ def tokenizer_kvs(v):
 # GGUF's tokenizer models: llama (sentencepiece-style BPE merging by score) and gpt2 (byte-level BPE,
 # ranked merges); for gpt2 only GPT-2's own split ("gpt-2" in llama.cpp) is what our encoder does
 GPT2_SPLIT = "gpt-2"
+VOCAB_KEYS = [f"tokenizer.ggml.{k}" for k in ("model", "pre", "tokens", "token_type", "scores", "merges", "bos_token_id",
+                                              "eos_token_id", "unknown_token_id", "add_bos_token", "add_space_prefix",
+                                              "remove_extra_whitespaces")]  # what read_vocab reads
 
 
 def read_vocab(path):
@@ -283,15 +337,15 @@ def read_vocab(path):
     collapse where tokenizer.ggml.remove_extra_whitespaces says so, which llama.cpp's llama tokenizer
     ignores). Absent keys take llama.cpp's defaults (llama: BOS 1, EOS 2, unknown 0, add BOS, add a space
     prefix; gpt2: none of these)."""
-    meta = read_gguf(path)[0]
+    meta = read_gguf(path, VOCAB_KEYS)[0]
     model = meta_value(meta, path, "tokenizer.ggml.model", "str")
     if model not in ("llama", "gpt2"):
-        raise ValueError(f"{path}: tokenizer model {model!r} is not supported (llama: sentencepiece-style BPE, "
+        raise ValueError(f"{path}: tokenizer model {quoted(model)} is not supported (llama: sentencepiece-style BPE, "
                          "gpt2: byte-level BPE)")
     llama = model == "llama"
     pre = meta_value(meta, path, "tokenizer.ggml.pre", "str", "default")  # llama.cpp's default when absent
     if not llama and pre != GPT2_SPLIT:
-        raise ValueError(f"{path}: tokenizer.ggml.pre {pre!r} is not supported (byte-level BPE with GPT-2's split "
+        raise ValueError(f"{path}: tokenizer.ggml.pre {quoted(pre)} is not supported (byte-level BPE with GPT-2's split "
                          f"only: {GPT2_SPLIT!r})")
     tokens, pieces, types, scores = _token_table(meta, path, llama)
     n = len(tokens)
@@ -339,7 +393,7 @@ def _token_table(meta, path, llama):
     or GPT-2's alphabet for gpt2's normal tokens) and as vocab.Vocab holds them."""
     tokens = _array(meta, path, "tokenizer.ggml.tokens", (STRING,), True)
     n = len(tokens)
-    if not 0 < n < MAX_DIM:
+    if not 0 < n < MAX_FIELD:
         raise ValueError(f"{path}: {n} tokens")
     types = _array(meta, path, "tokenizer.ggml.token_type", (I32,))
     scores = _array(meta, path, "tokenizer.ggml.scores", (F32, I32))
@@ -358,7 +412,8 @@ def _token_table(meta, path, llama):
             pieces.append(s.replace("\u2581", " ").encode("utf-8"))
         elif t == V.NORMAL:
             if not all(c in alphabet for c in s):
-                raise ValueError(f"{path}: token {i} ({s!r}) is a normal byte-level token not spelled in GPT-2's alphabet")
+                raise ValueError(f"{path}: token {i} ({quoted(s)}) is a normal byte-level token not spelled in "
+                                 "GPT-2's alphabet")
             pieces.append(bytes(alphabet[c] for c in s))
         else:
             pieces.append(s.encode("utf-8"))
@@ -375,6 +430,6 @@ def _merges(meta, path, tokens):
         cut = m.find(" ", 1)
         a, b = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
         if a not in ids or b not in ids or a + b not in ids:
-            raise ValueError(f"{path}: merge {r} ({m!r}) names a token the vocabulary lacks")
+            raise ValueError(f"{path}: merge {r} ({quoted(m)}) names a token the vocabulary lacks")
         merges.append((ids[a], ids[b], ids[a + b]))
     return merges

@@ -24,9 +24,9 @@ import torch
 
 from binfile import read_back, tensor_order
 from checkpoint import torch_file
-from fileio import atomic_write, publish, regular_file, temp_path
+from fileio import MAX_FIELD, atomic_write, publish, quoted, regular_file, temp_path
 from hf_tokenizer import MAX_JSON, read_json, read_tokenizer, write_tokenizer
-from model import MAX_FIELD, ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
+from model import ModelArgs, Transformer, build, check_args, ffn_hidden_dim, unwrap, weight_count
 
 ST_DTYPES = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
              "F64": (torch.float64, 8)}
@@ -186,21 +186,15 @@ def hf_export(model, dirpath, vocab=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _short(v):
-    """v's repr, cut to 100 characters: a hostile value quoted in a message stays a short line."""
-    r = repr(v)
-    return r if len(r) <= 100 else r[:100] + "..."
-
-
 def _config_args(c, path):
     """ModelArgs from a config.json object; ValueError naming the field when one is missing or bad (the
     bounds are model.check_args', as in every reader)."""
     def get(key, default=None, kind=int):
         v = c.get(key, default)
         if kind is int and not (type(v) is int and 0 < v < MAX_FIELD):
-            raise ValueError(f"{path}: {key}={_short(v)}: expected an integer in 1 .. {MAX_FIELD - 1}")
+            raise ValueError(f"{path}: {key}={quoted(v)}: expected an integer in 1 .. {MAX_FIELD - 1}")
         if kind is float and not (type(v) in (int, float) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{path}: {key}={_short(v)}: expected a positive finite number")
+            raise ValueError(f"{path}: {key}={quoted(v)}: expected a positive finite number")
         return v
 
     rope = c.get("rope_parameters") or {}
@@ -209,11 +203,11 @@ def _config_args(c, path):
         raise ValueError(f"{path}: rope_parameters / rope_scaling must be objects")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ValueError(f"{path}: rope scaling {_short(rope or scaling)} is not supported (plain RoPE only)")
+        raise ValueError(f"{path}: rope scaling {quoted(rope or scaling)} is not supported (plain RoPE only)")
     if c.get("attention_bias") or c.get("mlp_bias") or c.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path}: biases or an activation other than silu are not supported")
     if c.get("model_type", "llama") != "llama":
-        raise ValueError(f"{path}: model_type {_short(c.get('model_type'))} is not supported (Llama only)")
+        raise ValueError(f"{path}: model_type {quoted(c.get('model_type'))} is not supported (Llama only)")
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size"):
         if key not in c:
             raise ValueError(f"{path}: config.json lacks {key!r}")
@@ -222,7 +216,7 @@ def _config_args(c, path):
     thetas = [v for v in (c.get("rope_theta"), rope.get("rope_theta")) if v is not None] or [10000.0]
     for theta in thetas:  # transformers 4 reads rope_theta, 5 rope_parameters: each must be good
         if not (type(theta) in (int, float) and math.isfinite(theta) and theta > 0):
-            raise ValueError(f"{path}: rope_theta={_short(theta)}: expected a positive finite number")
+            raise ValueError(f"{path}: rope_theta={quoted(theta)}: expected a positive finite number")
     if len(set(thetas)) > 1:
         raise ValueError(f"{path}: rope_theta={thetas[0]} and rope_parameters' rope_theta={thetas[1]} disagree")
     theta = thetas[0]
@@ -230,13 +224,13 @@ def _config_args(c, path):
         raise ValueError(f"{path}: rms_norm_eps={eps}: expected a number in (0, 1)")
     tied = c.get("tie_word_embeddings", False)
     if type(tied) is not bool:
-        raise ValueError(f"{path}: tie_word_embeddings={_short(tied)}: expected true or false")
+        raise ValueError(f"{path}: tie_word_embeddings={quoted(tied)}: expected true or false")
     args = ModelArgs(dim=dim, n_layers=get("num_hidden_layers"), n_heads=n_heads,
                      n_kv_heads=get("num_key_value_heads", n_heads), vocab_size=get("vocab_size"),
                      hidden_dim=get("intermediate_size"), max_seq_len=get("max_position_embeddings", 2048),
                      norm_eps=float(eps), rope_theta=float(theta), tie_embeddings=tied)
     if c.get("head_dim") not in (None, dim // n_heads):
-        raise ValueError(f"{path}: head_dim={_short(c['head_dim'])} != hidden_size/num_attention_heads: not supported")
+        raise ValueError(f"{path}: head_dim={quoted(c['head_dim'])} != hidden_size/num_attention_heads: not supported")
     try:
         check_args(args, CONFIG_NAMES)
     except ValueError as e:
@@ -260,9 +254,11 @@ def _weight_files(dirpath, cap):
             if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
                 raise ValueError(f"{ipath}: weight_map must map tensor names to file names")
             files = sorted(set(wm.values()))
+            if not files:
+                raise ValueError(f"{ipath}: weight_map is empty")
             for name in files:  # shards live in the directory itself: no paths out of it
                 if os.path.basename(name) != name or name in ("", ".", "..") or "\0" in name:
-                    raise ValueError(f"{ipath}: weight_map names {_short(name)}, expected a file name in {dirpath}")
+                    raise ValueError(f"{ipath}: weight_map names {quoted(name)}, expected a file name in {dirpath}")
             return [(os.path.join(dirpath, name), kind) for name in files]
         if os.path.exists(os.path.join(dirpath, single)):
             return [(os.path.join(dirpath, single), kind)]
@@ -283,8 +279,8 @@ def _contiguous(path, entries, data):
     at = data[0]
     for name, (_, _, a, b) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
         if a != at:
-            raise ValueError(f"{path}: tensor {_short(name)} starts at data byte {a - data[0]}, where the tensors before "
-                             f"it end at {at - data[0]}: they must lie one after another")
+            raise ValueError(f"{path}: tensor {quoted(name)} starts at data byte {a - data[0]}, where the tensors "
+                             f"before it end at {at - data[0]}: they must lie one after another")
         at = b
     if at != data[1]:
         raise ValueError(f"{path}: the tensors end at data byte {at - data[0]}, the data has {data[1] - data[0]}")

@@ -7,11 +7,10 @@ JSON file of an HF directory safely (size-capped, one-line errors).
 import json
 import os
 
-from fileio import atomic_write, regular_file
+from fileio import MAX_FIELD, atomic_write, quoted, regular_file
 import vocab as V
 
 MAX_JSON = 64 << 20  # bytes: config.json, an index, tokenizer.json and a safetensors header are small
-MAX_ID = 1 << 24     # token ids are below this, as vocab_size in every reader
 
 
 def read_json(path, what="file", cap=MAX_JSON):
@@ -111,22 +110,22 @@ def _bpe_model(t):
     model = t.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else model
-        raise ValueError(f"model type {kind!r} is not supported (BPE only: with byte fallback like Llama's, "
+        raise ValueError(f"model type {quoted(kind)} is not supported (BPE only: with byte fallback like Llama's, "
                          "or byte-level like GPT-2's)")
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
-            raise ValueError(f"BPE {key}={model[key]!r} is not supported")
+            raise ValueError(f"BPE {key}={quoted(model[key])} is not supported")
     if model.get("dropout") not in (None, 0, 0.0):
-        raise ValueError(f"BPE dropout={model['dropout']!r} is not supported (encoding must be deterministic)")
+        raise ValueError(f"BPE dropout={quoted(model['dropout'])} is not supported (encoding must be deterministic)")
     vocab, merges = model.get("vocab"), model.get("merges", [])
-    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(i) is int and 0 <= i < MAX_ID
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(i) is int and 0 <= i < MAX_FIELD
                                               for k, i in vocab.items()):
         raise ValueError("model.vocab must map token strings to ids")
     if not isinstance(merges, list):
         raise ValueError("model.merges must be a list")
     added = t.get("added_tokens") or []
     if not isinstance(added, list) or not all(isinstance(a, dict) and isinstance(a.get("content"), str) and
-                                              type(a.get("id")) is int and 0 <= a["id"] < MAX_ID for a in added):
+                                              type(a.get("id")) is int and 0 <= a["id"] < MAX_FIELD for a in added):
         raise ValueError("added_tokens must be a list of {id, content, ...}")
     return model, vocab, merges, added
 
@@ -143,11 +142,11 @@ def _flavour(t, model):
     elif len(pre) == 1 and pre[0].get("type") == "Metaspace" and not norm:
         m = pre[0]
         if m.get("replacement", "\u2581") != "\u2581":
-            raise ValueError(f"Metaspace replacement {m.get('replacement')!r} is not supported (U+2581 only)")
+            raise ValueError(f"Metaspace replacement {quoted(m.get('replacement'))} is not supported (U+2581 only)")
         scheme = m.get("prepend_scheme", "always" if m.get("add_prefix_space", True) else "never")
         prefix = {"first": V.PREFIX_FIRST, "always": V.PREFIX_EVERY, "never": V.PREFIX_NONE}.get(scheme)
         if prefix is None:
-            raise ValueError(f"Metaspace prepend_scheme {scheme!r} is not supported")
+            raise ValueError(f"Metaspace prepend_scheme {quoted(scheme)} is not supported")
         flags |= V.SPLIT_SPACES if m.get("split", True) else 0
     elif not pre and norm and norm[-1] == SPACE_TO_MARK:
         rest = norm[:-1]
@@ -156,9 +155,10 @@ def _flavour(t, model):
         if rest == [PREPEND_MARK]:
             prefix = V.PREFIX_ALWAYS
         elif rest:
-            raise ValueError(f"normalizer steps {[s.get('type') for s in rest]} are not supported")
+            raise ValueError(f"normalizer steps {quoted([s.get('type') for s in rest])} are not supported")
     else:
-        raise ValueError(f"normalizer {[s.get('type') for s in norm]} with pre_tokenizer {[s.get('type') for s in pre]} "
+        raise ValueError(f"normalizer {quoted([s.get('type') for s in norm])} with pre_tokenizer "
+                         f"{quoted([s.get('type') for s in pre])} "
                          "is not supported (Llama's: a U+2581 Metaspace or Prepend/Replace normalizer; GPT-2's: ByteLevel)")
     if model.get("byte_fallback"):
         if flags & V.BYTE_LEVEL:
@@ -171,7 +171,11 @@ def _flavour(t, model):
 def _tokens(vocab, added, flags, prefix):
     """(pieces, types, in_text) of every id: the model's vocabulary, then the added tokens over it
     (special ones control, the others user-defined); ids neither names are unused."""
-    n = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
+    ids = {*vocab.values(), *(a["id"] for a in added)}
+    n = max(ids, default=-1) + 1
+    if n > 2 * len(ids):  # the lists below are sized by the largest id: it must be the vocabulary's size
+        raise ValueError(f"token id {n - 1} in a vocabulary of {len(ids)} ids: more than half of the ids below it "
+                         "name no token (the ids must count the tokens, not be sized by one large id)")
     pieces, types, in_text = [b""] * n, [V.UNUSED] * n, [False] * n
     byte_level = bool(flags & V.BYTE_LEVEL)
     alphabet = {c: b for b, c in enumerate(V.byte_alphabet())}
@@ -186,9 +190,9 @@ def _tokens(vocab, added, flags, prefix):
     for a in added:
         for key in ("lstrip", "rstrip", "single_word"):
             if a.get(key):
-                raise ValueError(f"added token {a['content']!r} has {key}=true, which run.c does not implement")
+                raise ValueError(f"added token {quoted(a['content'])} has {key}=true, which run.c does not implement")
         if a.get("normalized", not a.get("special")) and prefix == V.PREFIX_ALWAYS:
-            raise ValueError(f"added token {a['content']!r} is normalized under a Prepend normalizer (not supported)")
+            raise ValueError(f"added token {quoted(a['content'])} is normalized under a Prepend normalizer (not supported)")
         i, text = a["id"], a["content"].encode("utf-8")
         kind = V.BYTE if flags & V.BYTE_FALLBACK and V.byte_value(text) >= 0 else V.CONTROL if a.get("special") else V.USER_DEFINED
         pieces[i], types[i], in_text[i] = text, kind, True  # HF reads every added token out of the text
@@ -202,10 +206,10 @@ def _ranked_merges(merges, vocab, scores):
     for r, m in enumerate(merges):
         pair = m.split(" ") if isinstance(m, str) else m
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise ValueError(f"merge {r} ({m!r}) is not a pair of tokens")
+            raise ValueError(f"merge {r} ({quoted(m)}) is not a pair of tokens")
         a, b = pair
         if a not in vocab or b not in vocab or a + b not in vocab:
-            raise ValueError(f"merge {r} ({a!r} {b!r}) names a token the vocabulary lacks")
+            raise ValueError(f"merge {r} ({quoted(a)} {quoted(b)}) names a token the vocabulary lacks")
         ranked.append((vocab[a], vocab[b], vocab[a + b]))
         if scores[vocab[a + b]] == 0.0:
             scores[vocab[a + b]] = -1.0 - r
@@ -228,7 +232,7 @@ def _specials(model, folder, ids, n, byte_level):
         name = _token_name(cfg.get(f"{key}_token"))
         if isinstance(name, str):
             if name not in ids:
-                raise ValueError(f"{key}_token {name!r} of tokenizer_config.json is not in the vocabulary")
+                raise ValueError(f"{key}_token {quoted(name)} of tokenizer_config.json is not in the vocabulary")
             return ids[name]
         i = model_cfg.get(f"{key}_token_id")
         return i if type(i) is int and 0 <= i < n else default if key != "unk" else -1
@@ -236,7 +240,7 @@ def _specials(model, folder, ids, n, byte_level):
     bos, eos = special("bos"), special("eos")
     unk = ids.get(model["unk_token"], -1) if isinstance(model.get("unk_token"), str) else special("unk")
     if isinstance(model.get("unk_token"), str) and unk < 0:
-        raise ValueError(f"model.unk_token {model['unk_token']!r} is not in the vocabulary")
+        raise ValueError(f"model.unk_token {quoted(model['unk_token'])} is not in the vocabulary")
     return bos, eos, unk
 
 
@@ -263,7 +267,7 @@ def _template_bos(t, pieces):
         if kind == "ByteLevel":
             continue
         if kind != "TemplateProcessing":
-            raise ValueError(f"post_processor {kind!r} is not supported (TemplateProcessing or ByteLevel)")
+            raise ValueError(f"post_processor {quoted(kind)} is not supported (TemplateProcessing or ByteLevel)")
         table = step.get("special_tokens") or {}
         if not isinstance(table, dict):
             raise ValueError("the template's special_tokens is not an object")
@@ -271,13 +275,14 @@ def _template_bos(t, pieces):
             tids = spec.get("ids") if isinstance(spec, dict) else None
             if not (isinstance(tids, list) and len(tids) == 1 and type(tids[0]) is int and 0 <= tids[0] < n
                     and pieces[tids[0]] == name.encode("utf-8")):
-                raise ValueError(f"the template's special token {name!r} (ids {tids}) is not that token of the vocabulary")
+                raise ValueError(f"the template's special token {quoted(name)} (ids {quoted(tids)}) is not that token "
+                                 "of the vocabulary")
         single = step.get("single")
         if not isinstance(single, list):
             raise ValueError("the template has no 'single' list")
         for item in single:
             if "SpecialToken" in item and item["SpecialToken"].get("id") not in table:
-                raise ValueError(f"the template names {item['SpecialToken'].get('id')!r}, which its special_tokens lack")
+                raise ValueError(f"the template names {quoted(item['SpecialToken'].get('id'))}, which its special_tokens lack")
         shape = ["S" if "SpecialToken" in i else "A" if "Sequence" in i else "?" for i in single]
         if shape == ["S", "A"]:
             bos = table[single[0]["SpecialToken"]["id"]]["ids"][0]
@@ -304,7 +309,7 @@ def gpt2_tokenizer_json(vocab_path, merges_path):
         if line and not (k == 1 and line.startswith("#version")):
             pair = line.split(" ")
             if len(pair) != 2 or not all(pair):
-                raise ValueError(f"{merges_path}: line {k} is not a merge of two tokens: {line[:80]!r}")
+                raise ValueError(f"{merges_path}: line {k} is not a merge of two tokens: {quoted(line[:80])}")
             merges.append(pair)
     added = [{"id": vocab[GPT2_END], "content": GPT2_END, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": True, "special": True}] if type(vocab.get(GPT2_END)) is int else []

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fileio import MAX_FIELD
 from optim import Muon
 
 
@@ -44,7 +45,8 @@ def ffn_hidden_dim(args: ModelArgs) -> int:
 # claimed size (binfile.py's .bin reader, checkpoint.py, hf.py, gguf_file.py, all through check_args;
 # run.c restates them, pointing here). docs/formats.md, "Bounds", says them in words.
 
-MAX_FIELD = 1 << 24  # every shape field (dim, hidden_dim, n_layers, heads, vocab_size, max_seq_len) is below this
+# MAX_FIELD (fileio.py, with every other reader's bounds): every shape field (dim, hidden_dim, n_layers,
+# heads, vocab_size, max_seq_len) is below it
 # A context (max_seq_len) sizes the RoPE tables and the KV cache, not the file: a header can claim one
 # that no model of its size was trained for. A full-context cache (fp32 k and v of every layer) over
 # MAX_CACHE_BYTES that is also more than MAX_CACHE_RATIO times the model's fp32 weights is refused as a

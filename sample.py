@@ -90,7 +90,7 @@ def load_model(path, device, own_tokenizer=True):
     except (ValueError, OSError) as e:
         die(f"{path} is neither a train.py checkpoint (a zip or pickle file) nor a run.c .bin model ({e})")
     found = next((str(p) for p in T.beside(path, model.args.vocab_size) if p.is_file()), None)
-    if found is None:
+    if found is None and own_tokenizer:  # not when --tokenizer names one
         die(f"no tokenizer for {path}: looked for {' and '.join(map(str, T.beside(path, model.args.vocab_size)))} "
             "(export.py writes it beside the model); pass --tokenizer=PATH")
     return model.to(device), h["vocab_id"], found

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from checkpoint import check_shapes, checkpoint_tokenizer, load_weights, read_checkpoint
 from configurator import configure_or_exit, load_config_file
 import dataloader
-from fileio import atomic_write, temp_path
+from fileio import atomic_write, printable, temp_path
 from machine import cpu_reading, others_busy, peak_flops, use_free_cores
 from model import ModelArgs, Transformer, check_args, ffn_hidden_dim
 from pretrained import load_pretrained, pick_tokenizer
@@ -131,6 +131,36 @@ def die(msg, code=1):
     sys.exit(code)
 
 
+def resumable(ckpt, path):
+    """ckpt (read_checkpoint's dict) when it holds what a resumed run reads, else a one-line die naming
+    path and what is missing or malformed: the run's settings ("config", each of the type of train.py's
+    own setting), its optimizers' state, iteration and best loss, and the optional parts' types."""
+    def bad(what):
+        die(f"{path}: not a checkpoint train.py can resume: {what}")
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        bad("it holds no 'config' (the settings of its run)" if config is None else "its 'config' is not a dict")
+    for k, v in config.items():
+        if k not in defaults or k in SYSTEM_KEYS:
+            continue  # not read
+        want = none_types.get(k) if defaults[k] is None else type(defaults[k])
+        ok = (v is None and k in none_types) or type(v) is want or (want is float and type(v) is int)
+        if not ok:
+            bad(f"config {printable(k)}={printable(repr(v))} is not a {want.__name__}")
+    opt = ckpt.get("optimizer")
+    if not (isinstance(opt, dict) or isinstance(opt, list) and opt and all(isinstance(o, dict) for o in opt)):
+        bad("it holds no optimizer state ('optimizer': a dict or a list of them)")
+    if type(ckpt.get("iter_num")) is not int or ckpt["iter_num"] < 0:
+        bad("its 'iter_num' is not an iteration number")
+    if type(ckpt.get("best_val_loss")) not in (int, float):
+        bad("its 'best_val_loss' is not a number")
+    for key, kinds in (("train_seconds", (int, float)), ("scaler", dict), ("data_state", dict), ("rng", list),
+                       ("init_from", str)):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], kinds):
+            bad(f"its {key!r} is of type {type(ckpt[key]).__name__}")
+    return ckpt
+
+
 def given_settings(argv):
     """The settings the command line sets itself, by --key=value or in a config file (not by default)."""
     keys = set()
@@ -182,7 +212,7 @@ if config["init_from"] == "resume":
     if not os.path.isfile(ckpt_path):
         die(f"--init_from=resume: no checkpoint at {ckpt_path}")
     try:
-        ckpt = read_checkpoint(ckpt_path)
+        ckpt = resumable(read_checkpoint(ckpt_path), ckpt_path)
     except ValueError as e:
         die(str(e))
     recipe = {k: v for k, v in ckpt["config"].items() if k in defaults and k not in SYSTEM_KEYS}
@@ -406,11 +436,15 @@ if ckpt is not None:
     if len(saved) != len(optimizers):
         die(f"{ckpt_path} holds the state of {len(saved)} optimizers, --optimizer={optimizer} has "
             f"{len(optimizers)}: resume with the checkpoint's optimizer", 2)
-    for opt, state in zip(optimizers, saved):
-        opt.load_state_dict(state)
-    train_seconds = ckpt.get("train_seconds", 0.0)
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+    try:  # the states' insides (a malformed one raises any of these from torch)
+        for opt, state in zip(optimizers, saved):
+            opt.load_state_dict(state)
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        die(f"{ckpt_path}: its optimizer state does not fit this run's optimizers ({type(e).__name__}: "
+            f"{printable(str(e).strip().splitlines()[0] if str(e).strip() else '')})")
+    train_seconds = ckpt.get("train_seconds") or 0.0
 model = torch.compile(raw_model) if compile else raw_model
 eval_model = model  # evaluation runs on the master only: never through DDP and its collectives
 if ddp:
@@ -594,7 +628,10 @@ if ckpt is not None:
               "continue the old run's exactly")
     rngs = ckpt.get("rng") or []
     if len(rngs) == world_size:
-        set_rng_state(rngs[rank])
+        try:
+            set_rng_state(rngs[rank])
+        except (TypeError, KeyError, RuntimeError, ValueError) as e:
+            die(f"{ckpt_path}: its RNG state is malformed ({type(e).__name__})")
     elif master:
         print(f"note: the checkpoint holds RNG states for {len(rngs)} processes, this run has {world_size}")
     ckpt = None  # free the memory

@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fileio import atomic_write
+from fileio import MAX_FIELD, atomic_write
 
 # token types: sentencepiece's numbering, which GGUF uses too
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -145,6 +145,15 @@ def _proto(b):
     return out
 
 
+def _first(m, field, kind, default):
+    """The first value of a field of a _proto message, which must be of kind (int for a varint, bytes
+    for the rest); a hostile file can put any wire type under any field number."""
+    v = m.get(field, [default])[0]
+    if not isinstance(v, kind):
+        raise ValueError(f"field {field} is not a {'varint' if kind is int else 'length or fixed-size value'}")
+    return v
+
+
 def read_sentencepiece(path):
     """A sentencepiece .model -> Vocab. ModelProto: 1 pieces (1 text, 2 score, 3 type), 2 trainer_spec
     (3 model_type, 24 treat_whitespace_as_suffix, 35 byte_fallback), 3 normalizer_spec (2 precompiled
@@ -154,24 +163,28 @@ def read_sentencepiece(path):
     try:
         sp = SentencePieceProcessor(model_file=str(path))
         m = _proto(Path(path).read_bytes())
+        if not all(isinstance(p, bytes) for p in m.get(1, [])):
+            raise ValueError("a piece is not a message")
         pieces = [_proto(p) for p in m.get(1, [])]
-        trainer = _proto(m.get(2, [b""])[0])
-        norm = _proto(m.get(3, [b""])[0])
-    except (RuntimeError, OSError, ValueError, IndexError) as e:
+        trainer = _proto(_first(m, 2, bytes, b""))
+        norm = _proto(_first(m, 3, bytes, b""))
+        text = [_first(p, 1, bytes, b"").replace("\u2581".encode(), b" ") for p in pieces]
+        scores = [struct.unpack("<f", _first(p, 2, bytes, bytes(4)))[0] for p in pieces]
+        types = [_first(p, 3, int, NORMAL) for p in pieces]
+        collapse, fallback, dummy = _first(norm, 4, int, 1), _first(trainer, 35, int, 0), _first(norm, 3, int, 1)
+        kind, charsmap, suffix = _first(trainer, 3, int, 1), _first(norm, 2, bytes, b""), _first(trainer, 24, int, 0)
+    except (RuntimeError, OSError, ValueError, IndexError, struct.error) as e:
         # sentencepiece's own message is a multi-line C++ status; keep the first line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable"
         raise ValueError(f"{path}: not a sentencepiece model ({reason})") from None
-    text = [p.get(1, [b""])[0].replace("\u2581".encode(), b" ") for p in pieces]
-    scores = [struct.unpack("<f", p[2][0])[0] if 2 in p else 0.0 for p in pieces]
-    types = [p.get(3, [NORMAL])[0] for p in pieces]
     if len(text) != sp.vocab_size() or any(t not in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) for t in types):
         raise ValueError(f"{path}: not a sentencepiece model (bad pieces)")
-    flags = ADD_BOS | COLLAPSE * norm.get(4, [1])[0] | BYTE_FALLBACK * trainer.get(35, [0])[0]
+    flags = ADD_BOS | COLLAPSE * bool(collapse) | BYTE_FALLBACK * bool(fallback)
     v = Vocab(text, scores, types, [t == USER_DEFINED for t in types], sp.bos_id(), sp.eos_id(), sp.unk_id(),
-              find_end(text, types), PREFIX_TEXT if norm.get(3, [1])[0] else PREFIX_NONE, flags)
-    problem = ("it is not a BPE model (unigram and others are not implemented by run.c)" if trainer.get(3, [1])[0] != 2
-               else "its normalization rule is not identity" if norm.get(2, [b""])[0]
-               else "it treats whitespace as a suffix" if trainer.get(24, [0])[0] else "")
+              find_end(text, types), PREFIX_TEXT if dummy else PREFIX_NONE, flags)
+    problem = ("it is not a BPE model (unigram and others are not implemented by run.c)" if kind != 2
+               else "its normalization rule is not identity" if charsmap
+               else "it treats whitespace as a suffix" if suffix else "")
     return v, problem
 
 
@@ -193,9 +206,9 @@ def read_bin(path):
         version, n, bos, eos, unk, end, n_merges, n_classes, prefix, flags = struct.unpack_from("<8iBB", data, 4)
         if version != VERSION:
             raise bad(f"tokenizer file version {version}, this code reads version {VERSION}")
-        if not 0 < n < 1 << 24 or not all(-1 <= i < n for i in (bos, eos, unk, end)):
+        if not 0 < n < MAX_FIELD or not all(-1 <= i < n for i in (bos, eos, unk, end)):
             raise bad(f"vocab_size={n} or a special id (bos {bos}, eos {eos}, unk {unk}, end {end}) out of range")
-        if prefix > PREFIX_ALWAYS or flags & ~ALL_FLAGS or not 0 <= n_merges < 1 << 24 or not 0 <= n_classes <= 0x110000:
+        if prefix > PREFIX_ALWAYS or flags & ~ALL_FLAGS or not 0 <= n_merges < MAX_FIELD or not 0 <= n_classes <= 0x110000:
             raise bad(f"prefix={prefix}, flags={flags}, n_merges={n_merges} or n_classes={n_classes} out of range")
         if data[38:64] != bytes(26) or data[96:128] != bytes(32):
             raise bad("header bytes 38..63 and 96..127 must be zero")
@@ -488,14 +501,16 @@ def encode(v, text):
 
 def decode(v, ids):
     """Text of ids: control tokens are dropped, <0xHH> pieces become their byte, and the dummy prefix's
-    space comes off the first piece."""
+    space comes off the first piece. A byte-typed token not spelled <0xHH> (a GGUF may say so) is its
+    text, as run.c prints it."""
     out, first = bytearray(), True
     for i in ids:
         t = v.types[i]
         if t == CONTROL:
             continue
-        p = bytes([byte_value(v.pieces[i])]) if t == BYTE else v.pieces[i]
-        if first and v.prefix and not v.flags & BYTE_LEVEL and t != BYTE and p.startswith(b" "):
+        b = byte_value(v.pieces[i]) if t == BYTE else -1
+        p = bytes([b]) if b >= 0 else v.pieces[i]
+        if first and v.prefix and not v.flags & BYTE_LEVEL and b < 0 and p.startswith(b" "):
             p = p[1:]
         out += p
         first = False

@@ -86,6 +86,7 @@ def test_fuzzer_reports_every_kind_of_finding(seeds, tmp_path):
     assert "run_sanitize\" model.bin" in (one / "repro.sh").read_text()
 
 
+@pytest.mark.slow  # ~5-9 s: a forked worker per finding, and a CPU-second hang
 def test_python_fuzzer_reports_each_kind_of_finding(shared, tmp_path, monkeypatch):
     """fuzz/pyfuzz.py on planted bugs: a traceback-worthy exception, a hang and an allocation past the
     memory bound each become a saved finding that names input and cause; a clean refusal does not."""
@@ -99,7 +100,8 @@ def test_python_fuzzer_reports_each_kind_of_finding(shared, tmp_path, monkeypatc
         if kind == 1:
             raise KeyError("planted")
         if kind == 2:
-            time.sleep(30)
+            while True:  # a hang that spins (the limit counts CPU seconds; a sleep is caught by the clock)
+                pass
         bytearray(4 << 30)  # far past --memory_mb
 
     monkeypatch.setitem(pyfuzz.FORMATS, "toy", ("tok_bin", {"": lambda rng, d: bytes([rng.randrange(256)]) + d},

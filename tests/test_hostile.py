@@ -8,11 +8,13 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import re
 import resource
 import shutil
 import struct
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +35,7 @@ from hf import hf_export, hf_import, hf_sources
 from model import ModelArgs, Transformer
 
 SHAPE = dict(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
-SECONDS = 30 if SANITIZED else 5  # each refusal, with room for a busy machine
+SECONDS = 30 if SANITIZED else 10  # each refusal, with room for a busy machine (load 7 on 2 cores: 6 s seen)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +190,8 @@ def test_row4_checkpoint_context_and_sizes_bounded(tiny, capsys):
     torch.save({"model": {}, "model_args": {**dataclasses.asdict(tiny.model.args), "dim": 4096, "n_layers": 64,
                                             "n_heads": 32, "n_kv_heads": 32, "hidden_dim": 11008}}, big)
     with bounded():
-        one_line(refusal(load_checkpoint, big), str(big), "weights do not match its model_args: ", "is missing")
+        one_line(refusal(load_checkpoint, big), str(big), "weights do not match its model_args: n_layers=64 needs 578 "
+                 "weights, the checkpoint holds 0")
 
 
 def test_row6_f32_floats_survive_from_every_source(tiny, run_bin):
@@ -246,6 +249,231 @@ def test_row13_config_json_is_small(tiny):
 
 
 # -----------------------------------------------------------------------------
+# rows 1, 2: GGUF metadata nobody reads is stepped over, not built; a count past the bounds is refused
+
+
+def gguf_with_first_kv(tiny, name, kv_head, hole=0, tail=b""):
+    """The tiny GGUF with one more metadata entry in front: kv_head (its key, type and array head), then
+    hole bytes of zeros left unwritten (a sparse file: gigabytes that take no disk) and tail. kv_head
+    plus hole plus tail is made a multiple of 32, so the tensor data stays where the offsets say."""
+    data = (tiny.dir / "m.gguf").read_bytes()
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    assert (len(kv_head) + hole + len(tail)) % 32 == 0
+    with open(tiny.dir / name, "wb") as f:
+        f.write(data[:16] + struct.pack("<Q", n_kv + 1) + kv_head)
+        f.seek(hole, os.SEEK_CUR)
+        f.write(tail + data[24:])
+    return tiny.dir / name
+
+
+def string_array_kv(key, n):
+    return struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", GM.ARRAY, GM.STRING, n)
+
+
+def test_row1_long_key_over_a_string_array_is_linear(tiny):
+    """A metadata key as long as the file holding an array of strings took O(key length x elements)
+    in export.py --gguf and tokenizer.py -t (an error label was built for every element: 74-120 s for 8
+    MB). Now a key nobody reads is stepped over, its strings' lengths walked, nothing built: the model
+    and its vocabulary load as without it, in well under a second. Cut short, the file is refused in one
+    line that quotes the key's first characters, escaped."""
+    n = 400_000  # 9 bytes each: 3.6 MB, a multiple of 32, as is the entry's head with this key
+    key = b"\x1b[2J" + b"k" * ((4 << 20) + 4)
+    strings = b"".join(struct.pack("<Q", 1) + b"s" for _ in range(n))
+    path = gguf_with_first_kv(tiny, "longkey.gguf", string_array_kv(key, n), tail=strings)
+    with bounded(extra=256 << 20):
+        status, line = export_cli(tiny.dir / "longkey.bin", f"--gguf={path}")
+        tok = T.Tokenizer(path)
+    assert status == 0, line
+    assert export_cli(tiny.dir / "plain.bin", f"--gguf={tiny.dir / 'm.gguf'}")[0] == 0
+    assert (tiny.dir / "longkey.bin").read_bytes() == (tiny.dir / "plain.bin").read_bytes()
+    assert tok.vocab == T.Tokenizer(tiny.dir / "m.gguf").vocab
+    cut = tiny.dir / "longkey_cut.gguf"
+    cut.write_bytes(path.read_bytes()[:len(key) + 24 + 3_300_000])  # room for the count, not the strings
+    for read in (G.gguf_import, T.Tokenizer):
+        with bounded(extra=256 << 20):
+            msg = one_line(refusal(read, cut), f"{cut}: truncated: \\x1b[2Jkkk", "runs past the end of the file")
+        assert len(msg) < 300 and "\x1b" not in msg
+
+
+def test_row2_sparse_gguf_with_a_huge_array(tiny):
+    """A sparse GGUF (a few KB on disk, 2 GB apparent) with one big metadata array: every array was
+    materialised whatever its key (4 GB peak; 250M empty strings still running after 90 s). Now an
+    array under a key nobody reads is skipped by its length (the model loads, in bounded memory), and
+    any array of MAX_FIELD elements or more is refused at once, in one line, whatever its key.""" 
+    n = (1 << 24) - 1  # u64 x MAX_FIELD - 1: 128 MiB of zeros, under a key nobody reads
+    head = struct.pack("<Q", 16) + b"x" * 16 + struct.pack("<IIQ", GM.ARRAY, 10, n)  # 40 + 8n: a multiple of 32
+    path = gguf_with_first_kv(tiny, "sparse_u64.gguf", head, hole=8 * n)
+    assert path.stat().st_blocks * 512 < 16 << 20
+    with bounded(extra=(128 << 20) + (96 << 20)):  # the mmap of the file's 128 MiB, and 96 MB: no copy of it
+        model = G.gguf_import(path)
+    assert torch.equal(model.tok_embeddings.weight, tiny.model.tok_embeddings.weight)
+    head = struct.pack("<Q", 1) + b"x" + struct.pack("<IIQ", GM.ARRAY, 0, (1 << 31) + 7)  # u8 x 2 GiB
+    path = gguf_with_first_kv(tiny, "sparse_u8.gguf", head, hole=(1 << 31) + 7)
+    with bounded(extra=(2 << 30) + (96 << 20)):
+        one_line(refusal(G.gguf_import, path), f"{path}: x claims 2147483655 elements (at most 16777215)")
+    n = 250_000_000
+    for key in (b"x", b"tokenizer.ggml.tokens"):
+        head = string_array_kv(key, n)
+        hole = 8 * n + (-(len(head) + 8 * n) % 32)
+        path = gguf_with_first_kv(tiny, "sparse_strings.gguf", head, hole=hole)
+        for read in (G.gguf_import, T.Tokenizer):
+            with bounded(extra=(2 << 30) + (512 << 20)):
+                one_line(refusal(read, path), f"{path}: {key.decode()} claims {n} elements (at most 16777215)")
+        status, line = export_cli(tiny.dir / "sparse.bin", f"--gguf={path}")
+        assert status == 1
+        one_line(line, "export.py: error:", "claims 250000000 elements")
+
+
+def test_row7_sparse_token_id_is_refused(tmp_path, capsys):
+    """A 179-byte tokenizer.json with one id 16777215: the lists were sized by the largest id (2.9 GB
+    peak, a 168 MB tokenizer file written, rc 0). Ids must now count the tokens (at most half of the ids
+    below the largest unused): refused in one line naming the file and the id, nothing written."""
+    t = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 16777215}, "merges": []},
+         "pre_tokenizer": {"type": "ByteLevel"}, "added_tokens": []}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(t))
+    assert path.stat().st_size < 200
+    with bounded(extra=256 << 20):
+        assert T.main(["-t", str(path), "-o", str(tmp_path / "tok.bin")]) == 1
+    one_line(capsys.readouterr().err, f"error: {path}: token id 16777215 in a vocabulary of 2 ids")
+    assert not (tmp_path / "tok.bin").exists()
+    # a few unused ids (as real vocabularies have) are fine: ids 0, 1, 3 of 4
+    t["model"]["vocab"] = {"a": 0, "b": 1, "ab": 3}
+    path.write_text(json.dumps(t))
+    assert T.Tokenizer(path).vocab.pieces[:4] == [b"a", b"b", b"", b"ab"]
+
+
+def byte_typed_gguf(tiny, shared):
+    """A GGUF of tok512's vocabulary with one normal token (" the"-like: a leading space) typed byte;
+    returns (path, its id, tok512)."""
+    tok = T.Tokenizer(shared / "models" / "tok512.model")
+    k = next(i for i, p in enumerate(tok.vocab.pieces) if p.startswith(b" ") and len(p) > 3)
+    hacked = dataclasses.replace(tok.vocab, types=[GM.V.BYTE if i == k else t for i, t in enumerate(tok.vocab.types)])
+    kvs, _ = GM.tokenizer_kvs(hacked)
+    G.write(tiny.dir / "byte.gguf", (kvs, [], []), verify=False)
+    return tiny.dir / "byte.gguf", k, tok
+
+
+def test_row12_byte_token_not_spelled_0xHH_decodes_as_its_text(tiny, shared):
+    """A GGUF vocabulary with a byte-typed token that is not <0xHH>: sample.py died with a traceback in
+    decode (bytes([-1])). It is now its text, as run.c prints it (the next test runs both)."""
+    path, k, tok = byte_typed_gguf(tiny, shared)
+    v = T.Tokenizer(path)
+    assert v.vocab.types[k] == GM.V.BYTE and v.decode([k, k]) == (tok.vocab.pieces[k] * 2).decode()[1:]
+
+
+@pytest.mark.slow  # a sample.py process of its own
+def test_row12_byte_token_not_spelled_0xHH_decodes_as_run_c(tiny, run_bin, shared):
+    """run.c and sample.py print a byte-typed token that is not <0xHH> the same: a model that always
+    picks that token (its residual stream constant, the output row of that token the only one not zero)
+    generates through both, which must print the same story."""
+    path, k, tok = byte_typed_gguf(tiny, shared)
+    args = ModelArgs(**{**SHAPE, "tie_embeddings": False})
+    m = Transformer(args)
+    with torch.no_grad():
+        for name, w in m.named_parameters():
+            w.copy_(torch.ones_like(w) if name.startswith(("tok_embeddings", "norm", "layers.0.attention_norm",
+                                                               "layers.0.ffn_norm")) else torch.zeros_like(w))
+        m.output.weight[k] = 1.0
+    model_export(m, tiny.dir / "byte.bin")
+    T.Tokenizer(path).export(tiny.dir / "byte_tok.bin")
+    r = run_c(run_bin, SimpleNamespace(tok=tiny.dir / "byte_tok.bin"), tiny.dir / "byte.bin", "-t", "0", "-n", "8")
+    assert r.returncode == 0, r.stderr
+    r2 = subprocess.run([sys.executable, str(REPO / "sample.py"), f"--checkpoint={tiny.dir / 'byte.bin'}",
+                         f"--tokenizer={tiny.dir / 'byte.gguf'}", "--temperature=0", "--max_new_tokens=8",
+                         "--device=cpu", "--end_token="], capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0, r2.stderr
+    text = r.stdout.decode().splitlines()[0]
+    assert text == (tok.vocab.pieces[k] * 8).decode()[1:] and r2.stdout.splitlines()[0] == text, (r.stdout, r2.stdout)
+
+
+def resume(tmp_path, name, **ckpt):
+    """train.py --init_from=resume on a checkpoint of the tiny model holding ckpt's parts: (status, stderr)."""
+    out = tmp_path / name
+    out.mkdir()
+    torch.save(ckpt, out / "ckpt.pt")
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--init_from=resume", f"--out_dir={out}",
+                        "--device=cpu", "--max_iters=1", "--compile=False"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    return r.returncode, r.stderr, out / "ckpt.pt"
+
+
+@pytest.mark.slow  # a train.py process (torch's import: 4-8 s on a busy machine)
+def test_row5_resume_without_config_is_one_line(tiny, tmp_path):
+    """train.py --init_from=resume on a checkpoint with model and model_args but no `config` was a
+    traceback (KeyError). Now one line naming the file and what is missing."""
+    status, err, path = resume(tmp_path, "no_config", model=tiny.model.state_dict(),
+                               model_args=dataclasses.asdict(tiny.model.args))
+    assert status == 1
+    one_line(err, f"train.py: error: {path}: not a checkpoint train.py can resume: it holds no 'config'")
+
+
+@pytest.mark.slow  # a train.py process for each
+def test_row5_resume_with_a_malformed_checkpoint_is_one_line(tiny, tmp_path):
+    """A malformed `config` (not a dict, a setting of the wrong type), a missing optimizer state or a
+    malformed iteration was an AttributeError or a TypeError deep in the run: each is one line naming
+    the file, before any data is looked at."""
+    base = {"model": tiny.model.state_dict(), "model_args": dataclasses.asdict(tiny.model.args),
+            "config": {"batch_size": 2}, "optimizer": {}, "iter_num": 1, "best_val_loss": 9.0}
+    cases = [({"config": [1]}, "its 'config' is not a dict"),
+             ({"config": {"batch_size": "x\x1b[2J"}}, "config batch_size='x\\x1b[2J' is not a int"),
+             ({"optimizer": None}, "it holds no optimizer state"),
+             ({"iter_num": "7"}, "its 'iter_num' is not an iteration number")]
+    for i, (part, words) in enumerate(cases):
+        status, err, path = resume(tmp_path, f"bad{i}", **{**base, **part})
+        assert status == 1, err
+        one_line(err, f"train.py: error: {path}:", words)
+
+
+def safe_line(msg, *words):
+    """One line holding words and no control character (C0, DEL, C1: ESC, CR, NUL, newline among them)."""
+    one_line(msg, *words)
+    assert not re.search("[\x00-\x1f\x7f-\x9f]", msg.strip()), msg
+
+
+FORGED = "\x1b[2J\x1b[32mdownload complete\x1b[0m\rnote: fine\x00"  # clears the screen, forges a line
+FORGED_SHOWN = "\\x1b[2J\\x1b[32mdownload complete"
+
+
+def test_row8_untrusted_text_is_escaped_before_the_terminal(tiny):
+    """An HTTP reason phrase, a GGUF architecture or tensor name and a checkpoint's weight name holding
+    ESC/CR/NUL reached the terminal raw: a hostile mirror or model file could clear the screen and forge
+    a green "download complete" or a second note line. Every message quoting them now escapes them
+    (fileio.printable), and cuts them short."""
+    import socketserver
+    import threading
+    import download
+
+    class Hostile(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            self.wfile.write(f"HTTP/1.1 404 {FORGED}\r\nContent-Length: 0\r\n\r\n".encode("latin-1"))
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Hostile) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.server_address[1]}/x.txt"
+        with pytest.raises(download.DataError) as e:
+            download.http_download(url, tiny.dir / "dl.txt", retries=1, timeout=10)
+        srv.shutdown()
+    safe_line(str(e.value), f"download of {url} failed: HTTP 404 {FORGED_SHOWN}")
+    # a GGUF's architecture, and a tensor name
+    path = gguf_variant(tiny, "arch.gguf", {"general.architecture": (GM.STRING, FORGED)})
+    safe_line(refusal(G.gguf_import, path), f"{path}: architecture '{FORGED_SHOWN}")
+    status, line = export_cli(tiny.dir / "o.bin", f"--gguf={path}")
+    assert status == 1
+    safe_line(line, FORGED_SHOWN)
+    kvs, infos, _ = tiny.planned
+    G.write(tiny.dir / "name.gguf", (kvs, [(FORGED if i == len(infos) - 1 else n, *rest) for i, (n, *rest) in enumerate(infos)], []),
+            verify=False)
+    safe_line(refusal(G.gguf_import, tiny.dir / "name.gguf"), f"tensor {FORGED_SHOWN}")
+    # a checkpoint's weight name
+    ckpt = {"model": {**tiny.model.state_dict(), FORGED: torch.zeros(1)},
+            "model_args": dataclasses.asdict(tiny.model.args)}
+    torch.save(ckpt, tiny.dir / "name.pt")
+    safe_line(refusal(load_checkpoint, tiny.dir / "name.pt"), "weights do not match", FORGED_SHOWN)
+
+
+# -----------------------------------------------------------------------------
 # the smaller ones: overlapping tensors, a NUL in weight_map, a raw pickle
 
 
@@ -287,11 +515,28 @@ def test_nul_in_weight_map_names_the_index(tiny):
 def test_raw_pickle_weights_are_one_line(tiny):
     """A raw pickle as pytorch_model.bin is refused, and torch's 2-line warning about its protocol is
     not printed before the one line."""
-    import pickle
     d = hf_variant(tiny, "hf_pickle", files={"model.safetensors": None, "pytorch_model.bin": pickle.dumps({"a": 1})})
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         one_line(refusal(hf_import, d), "pytorch_model.bin: not a readable state dict")
+    assert not seen, [str(w.message) for w in seen]
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_raw_pickle_checkpoint_is_one_line(tiny, capsys, protocol):
+    """A raw pickle as ckpt.pt (not torch.save's zip) is refused by export.py and sample.py in one line,
+    with no warning of torch's printed before it."""
+    path = tiny.dir / f"raw{protocol}.pt"
+    path.write_bytes(pickle.dumps({"model": {}, "model_args": {}}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        one_line(refusal(load_checkpoint, path), f"{path}: not a readable train.py checkpoint")
+        status, line = export_cli(tiny.dir / "raw.bin", f"--checkpoint={path}")
+        assert status == 1
+        one_line(line, f"export.py: error: {path}: not a readable train.py checkpoint")
+        with pytest.raises(SystemExit):
+            sample.load_model(str(path), "cpu")
+        one_line(capsys.readouterr().err, f"sample.py: error: {path}")  # protocol 0 is no pickle to it: read as .bin
     assert not seen, [str(w.message) for w in seen]
 
 
@@ -398,3 +643,32 @@ def test_run_c_has_nothing_for_gcc_O1_to_warn_about():
     r = subprocess.run([cc, "-O1", "-Wall", "-Wextra", "-c", "-o", os.devnull, str(REPO / "run.c")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+# -----------------------------------------------------------------------------
+# what the Python fuzzer (fuzz/pyfuzz.py) found, each fixed
+
+
+def test_sentencepiece_field_of_the_wrong_wire_type(tmp_path, shared):
+    """pyfuzz sp_model input 89703: a .model with a varint where a piece (a message) belongs, which
+    sentencepiece skips, made our protobuf reader raise TypeError (a traceback). Every field is now
+    taken as the wire type it must have."""
+    path = tmp_path / "tok.model"
+    path.write_bytes((shared / "models" / "tok512.model").read_bytes() + b"\x08\x05")  # field 1 as a varint
+    one_line(refusal(T.Tokenizer, path), f"{path}: not a sentencepiece model (a piece is not a message)")
+
+
+def test_empty_weight_map_is_one_line(tiny):
+    """pyfuzz hf input 887: an index whose weight_map is {} was an IndexError (a traceback)."""
+    d = hf_variant(tiny, "hf_empty_index", files={"model.safetensors.index.json": b'{"weight_map": {}}'})
+    one_line(refusal(hf_import, d), f"{d}/model.safetensors.index.json: weight_map is empty")
+
+
+def test_checkpoint_with_many_layers_and_few_weights_is_quick(tiny):
+    """pyfuzz ckpt input 920 (and 8 more): model_args with n_layers=65535 beside the tiny model's weights
+    built 65535 layers on the meta device before any weight was compared (over a minute). The weight
+    count comes first now: refused at once."""
+    path = checkpoint_variant(tiny, "many_layers.pt", n_layers=65535)
+    with bounded(seconds=3):
+        one_line(refusal(load_checkpoint, path), f"{path}: weights do not match its model_args: n_layers=65535 "
+                 "needs 589817 weights, the checkpoint holds 12")
