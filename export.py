@@ -28,7 +28,7 @@ import gguf_file
 import tokenizer as T
 from binfile import WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_back, read_header
 from checkpoint import checkpoint_tokenizer, load_checkpoint
-from configurator import closest
+from configurator import one_line_errors
 from fileio import publish, temp_path
 from hf import hf_export, hf_import
 from model import ffn_hidden_dim
@@ -58,13 +58,6 @@ def calibration_tokens(train_config: dict, vocab_size: int, n: int, seq_len: int
         start = int(rng.integers(len(t) - seq_len))
         rows.append(np.asarray(t[start:start + seq_len], dtype=np.int64))
     return torch.from_numpy(np.stack(rows))
-
-
-def _closest_flags(parser, msg):
-    """'; closest: --checkpoint' for an unrecognised --flag in an argparse message, else ''."""
-    unknown = [w.split("=")[0] for w in msg.split() if w.startswith("--")] if "unrecognized" in msg else []
-    known = [o[2:] for act in parser._actions for o in act.option_strings if o.startswith("--")]
-    return closest(unknown[0][2:], known) if unknown else ""
 
 
 def model_tokenizer(a, model, model_id, ckpt_tokenizer, note):
@@ -127,7 +120,8 @@ def tokenizer_beside(out, tok):
 
 def parse_args(argv):
     """The command line, checked: one line on stderr and exit status 1 for anything it cannot do."""
-    p = argparse.ArgumentParser(description="Export models to .bin (v0..v3), a Hugging Face directory or a GGUF.")
+    p = argparse.ArgumentParser(prog="export.py",
+                                description="Export models to .bin (v0..v3), a Hugging Face directory or a GGUF.")
     p.add_argument("out", nargs="?", help="output .bin file (its run.c tokenizer is written beside it)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="train.py checkpoint (.pt)")
@@ -147,8 +141,7 @@ def parse_args(argv):
                    "--checkpoint's training shards")
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="export weights that hold NaN or inf (refused by default: a diverged run)")
-    p.error = lambda msg: sys.exit(f"export.py: error: {msg}{_closest_flags(p, msg)}")  # one line, no usage dump
-    a = p.parse_args(argv)
+    a = one_line_errors(p).parse_args(argv)
     if not (a.checkpoint or a.bin or a.hf or a.gguf):
         p.error("give a source: --checkpoint=CKPT.pt, --bin=IN.bin, --hf=DIR or --gguf=IN.gguf")
     if not (a.out or a.to_hf or a.to_gguf):

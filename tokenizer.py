@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gguf_meta
 import hf_tokenizer
+from configurator import one_line_errors
 from vocab import ADD_BOS, MAGIC, decode, encode, identity, read_bin, read_sentencepiece, write_bin
 
 
@@ -135,7 +136,7 @@ def main(argv=None):
     parser.add_argument("-o", "--output", default=None, help="output path (default: the model path with .bin)")
     parser.add_argument("--legacy", action="store_true", help="llama2.c's format (no token types, special tokens "
                         "or identity), byte-identical to the files llama2.c ships")
-    args = parser.parse_args(argv)
+    args = one_line_errors(parser).parse_args(argv)
     try:
         out = Tokenizer(args.tokenizer_model).export(args.output, args.legacy)
     except (OSError, ValueError) as e:

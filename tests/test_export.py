@@ -483,24 +483,25 @@ def test_cli_checkpoint_bin_and_errors(repo, tmp_path):
     assert rc == 0, err
     h = read_header(tmp_path / "b.bin")
     assert (h["version"], h["group_size"]) == (2, 8)  # 32 -> 8: hidden_dim 88 = 8*11
-    # errors: one line on stderr, exit status 1
+    # errors: one line on stderr, exit status 1 for a file, 2 for the command line (as argparse's)
     (tmp_path / "junk.bin").write_bytes(b"\x01" * 300)
-    for args, why in (([tmp_path / "c.bin", f"--bin={tmp_path / 'junk.bin'}"], "junk.bin"),
-                      ([tmp_path / "c.bin", f"--bin={tmp_path / 'missing.bin'}"], "missing.bin"),
-                      ([tmp_path / "c.bin", f"--checkpoint={tmp_path / 'junk.bin'}"], "junk.bin"),
-                      ([tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--dtype=int4"], "--dtype"),
-                      ([tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--version=1", "--dtype=bf16"], "dtype"),
-                      ([tmp_path / "c.bin"], "source"),
-                      ([f"--bin={tmp_path / 'a.bin'}"], "output")):
+    for args, why, status in (([tmp_path / "c.bin", f"--bin={tmp_path / 'junk.bin'}"], "junk.bin", 1),
+                              ([tmp_path / "c.bin", f"--bin={tmp_path / 'missing.bin'}"], "missing.bin", 1),
+                              ([tmp_path / "c.bin", f"--checkpoint={tmp_path / 'junk.bin'}"], "junk.bin", 1),
+                              ([tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--dtype=int4"], "--dtype", 2),
+                              ([tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--version=1", "--dtype=bf16"],
+                               "dtype", 1),
+                              ([tmp_path / "c.bin"], "source", 2),
+                              ([f"--bin={tmp_path / 'a.bin'}"], "output", 2)):
         rc, out, err = _cli(repo, *args)
-        assert rc == 1 and why in err and len(err.strip().splitlines()) == 1, (args, rc, err)
+        assert rc == status and why in err and len(err.strip().splitlines()) == 1, (args, rc, err)
     assert not (tmp_path / "c.bin").exists()
     # a misspelt flag gets the closest ones
     rc, out, err = _cli(repo, tmp_path / "c.bin", f"--chekpoint={tmp_path / 'ckpt.pt'}")
-    assert rc == 1 and err.strip().endswith("unrecognized arguments: --chekpoint=" + str(tmp_path / "ckpt.pt")
+    assert rc == 2 and err.strip().endswith("unrecognized arguments: --chekpoint=" + str(tmp_path / "ckpt.pt")
                                             + "; closest: --checkpoint"), err
     rc, out, err = _cli(repo, tmp_path / "c.bin", f"--bin={tmp_path / 'a.bin'}", "--group-size=32")
-    assert rc == 1 and "closest: --group_size" in err, err
+    assert rc == 2 and "closest: --group_size" in err, err
     # a missing output folder is created
     rc, out, err = _cli(repo, tmp_path / "new" / "dir" / "m.bin", f"--bin={tmp_path / 'a.bin'}", "--dtype=bf16")
     assert rc == 0 and (tmp_path / "new" / "dir" / "m.bin").read_bytes() == (tmp_path / "a.bin").read_bytes(), err

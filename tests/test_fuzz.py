@@ -64,6 +64,7 @@ int run_main(int argc, char **argv) {
 
 
 @pytest.mark.slow  # processes of their own
+@pytest.mark.ci  # sanitizer builds
 def test_fuzzer_reports_every_kind_of_finding(seeds, tmp_path):
     (tmp_path / "toy.c").write_text(TOY)
     san = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]

@@ -66,15 +66,16 @@ def cli_here(*args):
         try:
             export.main([str(a) for a in args])
             code = 0
-        except SystemExit as e:
-            code = 1 if e.code else 0
-            print(e.code, file=err)
+        except SystemExit as e:  # sys.exit(message), or a message printed and a status (2: the command line)
+            code = e.code if isinstance(e.code, int) else 1 if e.code else 0
+            if not isinstance(e.code, int):
+                print(e.code, file=err)
     return subprocess.CompletedProcess([], code, "", err.getvalue())
 
 
-def one_line_error(r, *words):
+def one_line_error(r, *words, status=1):
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.returncode == status and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert lines[0].startswith("export.py: error: ") and all(w in lines[0] for w in words), lines[0]
     return lines[0]
 
@@ -215,8 +216,9 @@ def test_cli_refusals(shared, tok512, tmp_path):
                  f"--tokenizer={shared / 'models' / 'tok512.model'}", "--dtype=q8_0")
     assert one_line_error(r) == ("export.py: error: q8_0 needs rows whose length is a multiple of 32: "
                                  "blk.0.ffn_down.weight has rows of hidden_dim=172, which is not; use --dtype=f16 or fp32")
-    one_line_error(cli_here(f"--to_gguf={tmp_path / 'm.gguf'}", f"--bin={src}", "--dtype=bf16"), "--to_gguf", "bf16")
-    one_line_error(cli_here(tmp_path / "m.bin", f"--bin={src}", "--dtype=f16"), "f16", ".bin")
+    one_line_error(cli_here(f"--to_gguf={tmp_path / 'm.gguf'}", f"--bin={src}", "--dtype=bf16"), "--to_gguf", "bf16",
+                   status=2)
+    one_line_error(cli_here(tmp_path / "m.bin", f"--bin={src}", "--dtype=f16"), "f16", ".bin", status=2)
     os.symlink(src, tmp_path / "alone.bin")  # no tokenizer beside it
     one_line_error(cli_here(f"--to_gguf={tmp_path / 'm.gguf'}", f"--bin={tmp_path / 'alone.bin'}"), "tokenizer")
     assert not list(tmp_path.glob("m.*"))
