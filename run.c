@@ -130,7 +130,12 @@ static int open_regular(const char *path, const char *what, size_t *size) {
     int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) { die("cannot open %s %s: %s", what, path, strerror(errno)); }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
+    int stated = fstat(fd, &st) == 0;
+    if (stated && S_ISDIR(st.st_mode) && !strcmp(what, "checkpoint")) {
+        die("%s: not a regular file (expected a %s; a Hugging Face folder becomes one with python export.py "
+            "model.bin --hf=%s)", path, what, path);
+    }
+    if (!stated || !S_ISREG(st.st_mode)) { die("%s: not a regular file (expected a %s)", path, what); }
     if ((uint64_t)st.st_size > SIZE_MAX / 2) {  // 32-bit builds (WebAssembly's): 4 GB of memory in all
         die("%s: %llu bytes is more than this %d-bit build can hold in memory (at most %zu)", path,
             (unsigned long long)st.st_size, (int)(8 * sizeof(size_t)), SIZE_MAX / 2);
@@ -317,8 +322,10 @@ static void refuse_export_sources(const unsigned char *h, size_t size, const cha
         die("%s is a GGUF file: python export.py model.bin --gguf=%s, then ./run model.bin", path, path);
     }
     if (size >= 9 && h[8] == '{' && rd_u32(h + 4) == 0) {
-        die("%s is a safetensors file: python export.py model.bin --hf=FOLDER (the Hugging Face folder holding it), "
-            "then ./run model.bin", path);
+        const char *slash = strrchr(path, '/');
+        int folder = slash ? (int)(slash - path) + (slash == path) : 1;  // "/x" -> "/", "x" -> "."
+        die("%s is a safetensors file: python export.py model.bin --hf=%.*s (the Hugging Face folder holding it), "
+            "then ./run model.bin", path, folder, slash ? path : ".");
     }
 }
 

@@ -145,7 +145,8 @@ def test_missing_empty_and_directory_checkpoints(run_bin, files):
     empty = files["dir"] / "empty.bin"
     empty.write_bytes(b"")
     expect_error(run_bin, [empty], "empty file")
-    expect_error(run_bin, [files["dir"]], "not a regular file")
+    expect_error(run_bin, [files["dir"]], f"not a regular file (expected a checkpoint; a Hugging Face folder becomes "
+                                          f"one with python export.py model.bin --hf={files['dir']})")
 
 
 def test_random_bytes_are_not_a_model(run_bin, files):
@@ -165,7 +166,7 @@ def test_files_export_reads_say_how_to_export_them(run_bin, files):
     (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     for name, command in (("ckpt.pt", f"python export.py model.bin --checkpoint={d / 'ckpt.pt'}, then ./run"),
                           ("m.gguf", f"python export.py model.bin --gguf={d / 'm.gguf'}, then ./run"),
-                          ("model.safetensors", "python export.py model.bin --hf=FOLDER")):
+                          ("model.safetensors", f"python export.py model.bin --hf={d} (the Hugging Face folder")):
         expect_error(run_bin, [d / name], command)
 
 
