@@ -422,6 +422,119 @@ TILE_INLINE void matmul4_q4_pairs(float *out, size_t os, const uint8_t *w, const
     }
     store_pairs(out, os, q, a, P);
 }
+
+// Packed q8_0 and q4 (AVX-512 VNNI): a matrix's rows in blocks of 16, side by side in 4-byte units,
+// so that one 64-byte load holds 4 bytes of each of 16 rows and one vpdpbusd against 4 bytes of x
+// (broadcast) adds a row's partial int sum in each lane: no horizontal sums, and each load of the
+// weights serves up to TILE_Q tokens. pack_block writes the layout once, when the model is loaded.
+// Every (row, token) result is the same arithmetic whatever T: per group, the exact int sum, then
+// one fma of it with w_scale * x_scale into the fp32 sum, group by group. So decode (T = 1) and a
+// prompt's tiles give the same bits; the plain twin (dot_q8_plain, dot_q4_plain) rounds otherwise.
+#define PACK_ROWS 16
+#define PACKS(type, gs) (((type) == W_Q8 || (type) == W_Q4) && (gs) % 4 == 0)
+#define TILE_Q 8  // tokens per packed call
+
+// bytes a packed row takes: q8_0 its n bytes; q4 a 4-byte unit per 8 weights (n / 2 rounded up to 4)
+static size_t packed_row_bytes(int type, int n) { return type == W_Q8 ? (size_t)n : ((size_t)n + 7) / 8 * 4; }
+
+// Rows r .. r + 15 of a matrix (n columns, group size gs) into dst in the packed layout: unit u of
+// the 16 rows at dst + 64u, row i's 4 bytes at + 4i. q8_0: unit u is bytes 4u .. 4u + 3, each + 128
+// (the unsigned operand of vpdpbusd). q4: unit u holds weights 8u .. 8u + 3 in its low nibbles and
+// 8u + 4 .. 8u + 7 in its high ones (the stored nibbles, + 8; past n: 8). Scales: dst_s[g * 16 + i]
+// = row i's of group g. src (row_bytes a row) and dst may be the same memory where the sizes agree.
+static void pack_block(uint8_t *dst, float *dst_s, const uint8_t *src, const float *src_s, size_t row_bytes, int n,
+                       int gs, int type) {
+    int ng = n / gs, half = gs / 2;
+    size_t units = packed_row_bytes(type, n) / 4;
+    uint8_t *w = xmalloc(16 * row_bytes), *wt = xmalloc((size_t)n + 8);
+    float *s = xmalloc(16 * (size_t)ng * sizeof(float));
+    memcpy(w, src, 16 * row_bytes);
+    memcpy(s, src_s, 16 * (size_t)ng * sizeof(float));
+    for (int i = 0; i < 16; i++) {
+        const uint8_t *row = w + i * row_bytes;
+        if (type == W_Q8) {
+            for (size_t u = 0; u < units; u++) {
+                uint32_t v;
+                memcpy(&v, row + 4 * u, 4);
+                v ^= 0x80808080u;
+                memcpy(dst + 64 * u + 4 * i, &v, 4);
+            }
+            continue;
+        }
+        for (int g = 0; g < ng; g++) {  // the row's nibbles in weight order, then 8s
+            for (int b = 0; b < half; b++) {
+                wt[g * gs + b] = row[g * half + b] & 15, wt[g * gs + half + b] = row[g * half + b] >> 4;
+            }
+        }
+        memset(wt + n, 8, 8);
+        for (size_t u = 0; u < units; u++) {
+            for (int j = 0; j < 4; j++) { dst[64 * u + 4 * i + j] = (uint8_t)(wt[8 * u + j] | wt[8 * u + 4 + j] << 4); }
+        }
+    }
+    for (int g = 0; g < ng; g++) {
+        for (int i = 0; i < 16; i++) { dst_s[g * 16 + i] = s[(size_t)i * ng + g]; }
+    }
+    free(w);
+    free(wt);
+    free(s);
+}
+
+// x's 4 bytes from q + i, in every lane
+static inline __m512i x4(const int8_t *q, size_t i) {
+    int32_t u;
+    memcpy(&u, q + i, 4);
+    return _mm512_set1_epi32(u);
+}
+
+// out[t * os + i] = row i of a packed block (w, ws) times x[t], for T tokens
+TILE_INLINE void matmul16_packed(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n,
+                                 int gs, int q4) {
+    int ng = n / gs;
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512 acc[TILE_Q];
+    for (int t = 0; t < T; t++) { acc[t] = _mm512_setzero_ps(); }
+    for (int g = 0; g < ng; g++) {
+        // the int sums start at minus what the stored offset adds: 8 (q4) or 128 (q8_0) times sum(x)
+        __m512i is[TILE_Q];
+        for (int t = 0; t < T; t++) { is[t] = _mm512_set1_epi32((q4 ? -8 : -128) * x[t].sum[g]); }
+        for (int k = g * gs; k < (g + 1) * gs; k += 4) {  // weights k .. k + 3 of each row
+            __m512i v;
+            if (q4) {
+                v = _mm512_loadu_si512(w + 64 * (k / 8));
+                v = _mm512_and_si512(k % 8 ? _mm512_srli_epi16(v, 4) : v, m4);
+            } else {
+                v = _mm512_loadu_si512(w + 16 * k);
+            }
+            for (int t = 0; t < T; t++) { is[t] = _mm512_dpbusd_epi32(is[t], v, x4(x[t].q, k)); }
+        }
+        __m512 s = _mm512_loadu_ps(ws + (size_t)g * 16);
+        for (int t = 0; t < T; t++) {
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[t]), _mm512_mul_ps(s, _mm512_set1_ps(x[t].s[g])), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) { _mm512_storeu_ps(out + t * os, acc[t]); }
+}
+
+// rows [r0, r1) of a packed matrix for nt tokens, r0 a multiple of 16; returns the first row it left
+// (the rows past the last full block are stored unpacked)
+static int matmul_packed(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    int q4 = m.type == W_Q4;
+    size_t row_bytes = packed_row_bytes(m.type, n), ng = n / gs;
+    for (; r0 + 16 <= r1; r0 += 16) {
+        const uint8_t *w = (const uint8_t *)m.pw + r0 * row_bytes;
+        const float *ws = m.ps + r0 * ng;
+        int t = 0;
+        for (; t + TILE_Q <= nt; t += TILE_Q) {
+            if (q4) { matmul16_packed(out + t * os + r0, os, w, ws, x + t, TILE_Q, n, gs, 1); }
+            else { matmul16_packed(out + t * os + r0, os, w, ws, x + t, TILE_Q, n, gs, 0); }
+        }
+        for (; t < nt; t++) {
+            if (q4) { matmul16_packed(out + t * os + r0, os, w, ws, x + t, 1, n, gs, 1); }
+            else { matmul16_packed(out + t * os + r0, os, w, ws, x + t, 1, n, gs, 0); }
+        }
+    }
+    return r0;
+}
 #endif
 
 // Group sizes 4, 8 and 16 (stories260K's 4: no larger one divides its hidden_dim 172) go one row at
@@ -685,6 +798,16 @@ static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Inpu
 #define VEC_Q8(gs) ((gs) % 16 == 0)
 #define VEC_Q4(gs) ((gs) % 32 == 0)
 #endif
+#ifndef PACK_ROWS  // this build reads every matrix row-major
+#define PACK_ROWS 0
+#define PACKS(type, gs) ((void)(type), (void)(gs), 0)
+static size_t packed_row_bytes(int type, int n) { (void)type; return (size_t)n; }
+static void pack_block(uint8_t *dst, float *dst_s, const uint8_t *src, const float *src_s, size_t row_bytes, int n,
+                       int gs, int type) {
+    (void)dst, (void)dst_s, (void)src, (void)src_s, (void)row_bytes, (void)n, (void)gs, (void)type;
+}
+#endif
+
 // ----------------------------------------------------------------------------
 // matmul inputs: what the vector kernels read besides the forms of x prepare_input_plain makes
 
@@ -699,7 +822,7 @@ static uint16_t bf16_round(float f) {  // round to nearest even; activations are
 static void prepare_input(Input *in, const float *x, int n, const Config *c) {
     prepare_input_plain(in, x, n, c);
 #ifdef HAVE_AVX2
-    if (c->wtype == W_Q4) {  // for matmul4_q4
+    if (quantised(c)) {  // for matmul4_q4 and the packed kernels
         int gs = c->group_size;
         for (int g = 0; g < n / gs; g++) {
             int32_t sum = 0;
@@ -781,11 +904,17 @@ TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T
 }
 
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
+#ifdef HAVE_VNNI
+    if (m.pw) { r0 = matmul_packed(out, 0, m, x, 1, n, r0, r1, gs); }
+#endif
     matmul_tile(out, 0, m, x, 1, n, r0, r1, gs);
 }
 
 static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
     (void)matmul_tokens_plain;  // the twin, which this build does not call
+#ifdef HAVE_VNNI
+    if (m.pw) { r0 = matmul_packed(out, os, m, x, nt, n, r0, r1, gs); }
+#endif
     int t = 0;
     for (; t + TILE_T <= nt; t += TILE_T) { matmul_tile(out + t * os, os, m, x + t, TILE_T, n, r0, r1, gs); }
     for (; t < nt; t++) { matmul_tile(out + t * os, os, m, x + t, 1, n, r0, r1, gs); }

@@ -196,6 +196,8 @@ typedef struct {
                      //   nibble and weight j + group_size/2 in the high one, each stored + 8
     const float *s;  // q8_0, q4: (rows * cols / group_size) scales, row-major groups; NULL otherwise
     int type;        // W_F32, W_BF16, W_Q8 or W_Q4
+    const void *pw;  // q8_0, q4 where kernels.h packs them: the full blocks of PACK_ROWS rows, packed
+    const float *ps; //   (pack_block), and their scales; the rows after them stay in w and s; else NULL
 } Mat;
 
 typedef struct {
@@ -246,22 +248,27 @@ static const void *take(Cursor *cur, uint64_t bytes) {
     return p;
 }
 
+// n bytes that t owns (freed with it)
+static void *own(Transformer *t, size_t n) {
+    void *p = xmalloc(n);
+    t->owned = realloc(t->owned, (t->n_owned + 1) * sizeof(void *));
+    if (!t->owned) { die("out of memory"); }
+    t->owned[t->n_owned++] = p;
+    return p;
+}
+
 static const float *take_f32(Cursor *cur, uint64_t n) {
     const float *p = take(cur, mul_sat(n, 4));
     if (!p || (uintptr_t)p % sizeof(float) == 0) { return p; }
     // a v2 file with tiny groups can leave scales off 4-byte alignment: copy those few arrays
-    Transformer *t = cur->t;
-    float *copy = xmalloc(n * sizeof(float));
+    float *copy = own(cur->t, n * sizeof(float));
     memcpy(copy, p, n * sizeof(float));
-    t->owned = realloc(t->owned, (t->n_owned + 1) * sizeof(void *));
-    if (!t->owned) { die("out of memory"); }
-    t->owned[t->n_owned++] = copy;
     return copy;
 }
 
 static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint64_t cols) {
     uint64_t n = mul_sat(rows, cols);
-    Mat m = {NULL, NULL, wtype};
+    Mat m = {NULL, NULL, wtype, NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
     else { m.w = take(cur, wtype == W_Q4 ? n / 2 : n); m.s = take_f32(cur, n / group_size); }
@@ -463,7 +470,12 @@ static void check_unchanged(const Transformer *t, int fd) {
 // copy on huge pages, which costs a pass over the file to make (and, when memory is fragmented, the
 // kernel's compaction of huge pages). So a run that reads the weights few times (-n below
 // HUGE_MIN_STEPS, the logits and tokenize modes) maps the file; a longer one copies it, in parallel
-// with threads. passes: how many tokens the run will generate, 0 for the whole context.
+// with threads. A model whose matrices kernels.h packs is always copied: packing reads them all
+// anyway, and in a copy it rewrites them in place. passes: how many tokens the run will generate, 0
+// for the whole context.
+static int packs(const Config *c);  // after kernels.h, whose layout they write
+static void pack_layers(Transformer *t);
+
 #ifndef HUGE_MIN_STEPS  // the WebAssembly build sets 0: there a mapping is a copy anyway, so it always copies
 #define HUGE_MIN_STEPS 64
 #endif
@@ -498,7 +510,7 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
             (unsigned long long)expected, t->c.version);
     }
     if (passes == 0) { passes = t->c.seq_len; }
-    t->mapped = passes < HUGE_MIN_STEPS;
+    t->mapped = passes < HUGE_MIN_STEPS && !packs(&t->c);
     if (t->mapped) {
         t->data = mmap(NULL, t->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (t->data == MAP_FAILED) { die("%s: cannot map %zu bytes: %s", path, t->file_size, strerror(errno)); }
@@ -521,6 +533,7 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
     close(fd);
     t->w.layers = xcalloc(t->c.n_layers, sizeof(Layer));
     walk_layout(t, t->data);
+    pack_layers(t);
 }
 
 // the end of a run that read the model: a mapped file must not have changed under it
@@ -831,6 +844,40 @@ static void attention_values_plain(float *out, const float *att, const void *vc,
 // matmul_rows, attention_scores, attention_values, argmax
 #include "kernels.h"
 
+static int packs(const Config *c) { return PACK_ROWS && PACKS(c->wtype, c->group_size); }
+
+// A layer's matrix into the layout of kernels.h's packed kernels, where it has them: in place (the
+// model is a copy: see build_transformer) when the layout takes the same bytes, else into memory of
+// its own (q4 rows of n % 8 == 4 weights).
+static void pack_mat(Transformer *t, Mat *m, int rows, int n) {
+    int gs = t->c.group_size, blocks = PACK_ROWS ? rows / PACK_ROWS : 0;
+    if (blocks == 0 || !PACKS(m->type, gs)) { return; }
+    size_t ng = n / gs, row_bytes = m->type == W_Q4 ? (size_t)n / 2 : (size_t)n, packed = packed_row_bytes(m->type, n);
+    uint8_t *w = (uint8_t *)m->w;
+    float *s = (float *)m->s;
+    if (packed != row_bytes) { w = own(t, blocks * PACK_ROWS * packed), s = own(t, blocks * PACK_ROWS * ng * sizeof(float)); }
+    OMP("omp parallel for")
+    for (int b = 0; b < blocks; b++) {
+        pack_block(w + b * PACK_ROWS * packed, s + b * PACK_ROWS * ng, (const uint8_t *)m->w + b * PACK_ROWS * row_bytes,
+                   m->s + b * PACK_ROWS * ng, row_bytes, n, gs, m->type);
+    }
+    m->pw = w, m->ps = s;
+}
+
+static void pack_layers(Transformer *t) {
+    const Config *c = &t->c;
+    for (int l = 0; l < c->n_layers; l++) {
+        Layer *ly = &t->w.layers[l];
+        pack_mat(t, &ly->wq, c->dim, c->dim);
+        pack_mat(t, &ly->wk, c->kv_dim, c->dim);
+        pack_mat(t, &ly->wv, c->kv_dim, c->dim);
+        pack_mat(t, &ly->wo, c->dim, c->dim);
+        pack_mat(t, &ly->w1, c->hidden_dim, c->dim);
+        pack_mat(t, &ly->w2, c->dim, c->hidden_dim);
+        pack_mat(t, &ly->w3, c->hidden_dim, c->dim);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // the forward pass: tokens at consecutive positions through the model, with a KV cache
 //
@@ -871,14 +918,15 @@ typedef struct {
     float *rope_sin;    // (max_pos, head_size / 2)
     int max_pos;        // positions this run can reach
     int cache_len;      // max_pos rounded up to a multiple of 16
-    int parallel;       // 1: big enough for threads (see build_run_state)
+    double work;        // multiply-adds per barrier of one token (see forward_batch)
     int nt;             // threads for the next forward pass (see free_cores)
     int adapt;          // 1: nt follows the free cores; 0: always n_threads
     CpuSample last;     // the last look at /proc/stat
 } RunState;
 
-// Below this many multiply-adds per barrier a model runs on one thread: a barrier then costs
-// more than the work it splits (stories260K's biggest matmul is 512 x 64).
+// Below this many multiply-adds per barrier a forward pass runs on one thread: a barrier then costs
+// more than the work it splits (stories260K's biggest matmul is 512 x 64: its tokens run on one
+// thread, its prompt batches on all).
 #define PAR_MIN_WORK 65536
 #define BATCH 64  // most prompt tokens per forward pass (see forward_tokens)
 
@@ -893,10 +941,10 @@ static void build_run_state(RunState *s, const Config *c, int max_pos, const Cpu
     s->n_threads = omp_get_max_threads();
     double macs = (double)c->n_layers * c->dim * (2.0 * c->dim + 2.0 * c->kv_dim + 3.0 * c->hidden_dim)
                 + (double)c->vocab_size * c->dim;
-    s->parallel = s->n_threads > 1 && macs / (5.0 * c->n_layers + 1) >= PAR_MIN_WORK;
+    s->work = macs / (5.0 * c->n_layers + 1);
     const char *dyn = getenv("OMP_DYNAMIC");
     s->nt = s->n_threads;
-    s->adapt = s->parallel && !(dyn && (!strcmp(dyn, "false") || !strcmp(dyn, "FALSE"))) && since;
+    s->adapt = s->n_threads > 1 && !(dyn && (!strcmp(dyn, "false") || !strcmp(dyn, "FALSE"))) && since;
     if (since) { s->last = *since; }
     s->batch = max_pos < BATCH ? max_pos : BATCH;
     size_t B = s->batch;
@@ -996,11 +1044,11 @@ static void embed(float *x, const Transformer *t, int token) {
     }
 }
 
-// The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 4
-// (which keeps RoPE pairs inside one thread's part).
+// The part of a matmul's rows that thread tid of nt computes: contiguous, split at multiples of 16
+// (packed blocks stay whole, and RoPE pairs inside one thread's part).
 static void thread_rows(int rows, int tid, int nt, int *lo, int *hi) {
-    *lo = (int)((long)rows * tid / nt) & ~3;
-    *hi = tid == nt - 1 ? rows : (int)((long)rows * (tid + 1) / nt) & ~3;
+    *lo = (int)((long)rows * tid / nt) & ~15;
+    *hi = tid == nt - 1 ? rows : (int)((long)rows * (tid + 1) / nt) & ~15;
 }
 
 // Rows [lo, hi) of W @ x for this thread, for each of nb inputs x[b] into out + b * rows; returns lo
@@ -1014,8 +1062,8 @@ static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int ro
     if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c->group_size); return; }
     double row_bytes = m.type == W_F32 ? 4.0 * n : m.type == W_BF16 ? 2.0 * n
                      : (m.type == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
-    int tile = (int)(TILE_BYTES / row_bytes) & ~3;
-    tile = tile < 4 ? 4 : tile;
+    int tile = (int)(TILE_BYTES / row_bytes) & ~15;
+    tile = tile < 16 ? 16 : tile;
     for (int r = *lo; r < *hi; r += tile) {
         int r1 = r + tile < *hi ? r + tile : *hi;
         matmul_tokens(out, rows, m, x, nb, n, r, r1, c->group_size);
@@ -1156,9 +1204,9 @@ static void forward_thread(const Transformer *t, RunState *s, const int *tokens,
 // small vectors (the residual stream, the normed input, the matmul input) and computes them
 // redundantly, which is cheaper than handing them over; each matmul's rows and the attention heads
 // are split between the threads, which meet at one barrier after each. They run on the cores other
-// jobs leave free (free_cores); a model too small for threads runs on one (s->parallel).
+// jobs leave free (free_cores); a batch too small for threads runs on one (PAR_MIN_WORK).
 static void forward_batch(const Transformer *t, RunState *s, const int *tokens, int nb, int pos, int all_logits) {
-    if (!s->parallel) { forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1); return; }
+    if (s->n_threads == 1 || nb * s->work < PAR_MIN_WORK) { forward_thread(t, s, tokens, nb, pos, all_logits, 0, 1); return; }
     free_cores(s);
     OMP("omp parallel num_threads(s->nt)")
     forward_thread(t, s, tokens, nb, pos, all_logits, omp_get_thread_num(), omp_get_num_threads());
