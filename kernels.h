@@ -819,8 +819,55 @@ static uint16_t bf16_round(float f) {  // round to nearest even; activations are
 }
 #endif
 
+#ifdef HAVE_AVX512
+// q = x * inv rounded half away from zero, as prepare_input_plain rounds, 16 lanes into 16 bytes
+static inline void quantise16(int8_t *q, __m512 v, __m512 inv, __mmask16 m) {
+    v = _mm512_mul_ps(v, inv);
+    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    v = _mm512_add_ps(v, _mm512_mask_blend_ps(neg, _mm512_set1_ps(0.5f), _mm512_set1_ps(-0.5f)));
+    _mm_mask_storeu_epi8(q, m, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+}
+
+// prepare_input_plain's q and s, 16 values at a time, for group sizes that are multiples of 16, or 4
+// and 8 (a group's max|x| spread over its lanes by permutes): the same operations on each value, so
+// the same bits. Returns 0 for other group sizes (and n % 16 != 0 but for groups of 4 and 8).
+static int quantise_input(Input *in, const float *x, int n, int gs) {
+    const __m512 zero = _mm512_setzero_ps();
+    if (gs % 16 == 0) {
+        for (int g = 0; g < n / gs; g++) {
+            const float *xg = x + (size_t)g * gs;
+            __m512 mx = zero;
+            for (int j = 0; j < gs; j += 16) { mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xg + j))); }
+            float scale = _mm512_reduce_max_ps(mx) / 127.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+            in->s[g] = scale;
+            for (int j = 0; j < gs; j += 16) { quantise16(in->q + (size_t)g * gs + j, _mm512_loadu_ps(xg + j), _mm512_set1_ps(inv), 0xFFFF); }
+        }
+        return 1;
+    }
+    if (gs != 4 && gs != 8) { return 0; }
+    __mmask16 firsts = gs == 4 ? 0x1111 : 0x0101;  // the lanes that start a group
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + j), a = _mm512_abs_ps(v);
+        a = _mm512_max_ps(a, _mm512_permute_ps(a, 0xB1));  // lanes 0 1 2 3 -> 1 0 3 2
+        a = _mm512_max_ps(a, _mm512_permute_ps(a, 0x4E));  // -> 2 3 0 1
+        if (gs == 8) { a = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0xB1)); }  // 128-bit halves swapped
+        __m512 scale = _mm512_div_ps(a, _mm512_set1_ps(127.0f));
+        __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(scale, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f), scale);
+        _mm512_mask_compressstoreu_ps(in->s + j / gs, firsts & m, scale);
+        quantise16(in->q + j, v, inv, m);
+    }
+    return 1;
+}
+#endif
+
 static void prepare_input(Input *in, const float *x, int n, const Config *c) {
+#ifdef HAVE_AVX512
+    if (quantised(c) && quantise_input(in, x, n, c->group_size)) { in->f = x; }
+    else { prepare_input_plain(in, x, n, c); }
+#else
     prepare_input_plain(in, x, n, c);
+#endif
 #ifdef HAVE_AVX2
     if (quantised(c)) {  // for matmul4_q4 and the packed kernels
         int gs = c->group_size;
