@@ -854,7 +854,9 @@ static int quantise_input(Input *in, const float *x, int n, int gs) {
         if (gs == 8) { a = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0xB1)); }  // 128-bit halves swapped
         __m512 scale = _mm512_div_ps(a, _mm512_set1_ps(127.0f));
         __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(scale, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f), scale);
-        _mm512_mask_compressstoreu_ps(in->s + j / gs, firsts & m, scale);
+        // compressed in a register and stored: vcompressps to memory is microcoded on AMD's Zen 4
+        __mmask16 f = firsts & m;
+        _mm512_mask_storeu_ps(in->s + j / gs, (__mmask16)((1u << __builtin_popcount(f)) - 1), _mm512_maskz_compress_ps(f, scale));
         quantise16(in->q + j, v, inv, m);
     }
     return 1;
