@@ -102,13 +102,17 @@ static inline void scale_add4(__m256 *a, const __m256i *i, const float *const *w
 }
 #endif
 
-// Tiles: every x86 kernel computes its four rows for T tokens at once (T <= TILE_T, a constant
+// Tiles: every kernel computes its four rows for T tokens at once (T <= TILE_T, a constant
 // wherever it is called, so that the compiler keeps the T x 4 sums in registers): out[t * os],
 // out[t * os + q], ... for input x[t]. Each load of the weights serves the T tokens, and each (row,
 // token) sum is accumulated in the same lanes, in the same order, as with T = 1, which is how one
 // decoded token is computed: a prompt's logits are the bits its tokens get one at a time.
 #ifndef TILE_T  // -DTILE_T=2 (or 3, 6) to time others
+#if defined(HAVE_NEON) || defined(HAVE_WASM)
+#define TILE_T 2    // 4-lane registers: two tokens' sums fill NEON's 32 (SIMD128's JIT has 16 on x86)
+#else
 #define TILE_T 4
+#endif
 #endif
 #define TILE_INLINE static inline __attribute__((always_inline))
 
@@ -716,37 +720,41 @@ static inline void store_sum4_4lanes(float *out, size_t q, V4 a, V4 b, V4 c, V4 
 #endif
 
 #if defined(HAVE_NEON) || defined(HAVE_WASM)
+// Tile kernels as on x86 (see TILE_T): four rows for T tokens, each load of the weights serving the
+// T tokens, each (row, token) sum in the lanes and order of T = 1.
+
 // rows of n fp32 or bf16 weights: two accumulators per row against the fma (or add) latency; the
 // last n % 8 columns are summed in scalar code and added to lane 0 before the rows are reduced
 #define F32_ROWS_4LANES(LOAD, TO_F32, wt)                                                           \
-    V4 s[8];                                                                                        \
-    for (int r = 0; r < 8; r++) { s[r] = v4_set1(0.0f); }                                           \
-    const wt *wr[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};                                          \
+    V4 s[TILE_T][8];                                                                                \
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 8; r++) { s[t][r] = v4_set1(0.0f); } }        \
+    const wt *wr[4] = {w, w + q * n, w + 2 * q * n, w + 3 * q * n};                                 \
     int j = 0;                                                                                      \
     for (; j + 8 <= n; j += 8) {                                                                    \
-        V4 x0 = v4_load(x + j), x1 = v4_load(x + j + 4);                                            \
         for (int r = 0; r < 4; r++) {                                                               \
-            s[r] = v4_fma(LOAD(wr[r] + j), x0, s[r]);                                               \
-            s[r + 4] = v4_fma(LOAD(wr[r] + j + 4), x1, s[r + 4]);                                   \
+            V4 w0 = LOAD(wr[r] + j), w1 = LOAD(wr[r] + j + 4);                                      \
+            for (int t = 0; t < T; t++) {                                                           \
+                s[t][r] = v4_fma(w0, v4_load(x[t].f + j), s[t][r]);                                 \
+                s[t][r + 4] = v4_fma(w1, v4_load(x[t].f + j + 4), s[t][r + 4]);                     \
+            }                                                                                       \
         }                                                                                           \
     }                                                                                               \
-    for (int r = 0; r < 4; r++) {                                                                   \
-        float t = 0.0f;                                                                             \
-        for (int k = j; k < n; k++) { t += TO_F32(wr[r][k]) * x[k]; }                               \
-        s[r] = v4_add(v4_add(s[r], s[r + 4]), v4_lane0(t));                                         \
-    }                                                                                               \
-    store_sum4_4lanes(out, q, s[0], s[1], s[2], s[3]);
+    for (int t = 0; t < T; t++) {                                                                   \
+        for (int r = 0; r < 4; r++) {                                                               \
+            float tail = 0.0f;                                                                      \
+            for (int k = j; k < n; k++) { tail += TO_F32(wr[r][k]) * x[t].f[k]; }                   \
+            s[t][r] = v4_add(v4_add(s[t][r], s[t][r + 4]), v4_lane0(tail));                         \
+        }                                                                                           \
+        store_sum4_4lanes(out + t * os, q, s[t][0], s[t][1], s[t][2], s[t][3]);                     \
+    }
 
 #define AS_F32(v) (v)
 
-static void matmul4_f32(float *out, const float *w, const float *x, int n, size_t q) {
-    size_t ws = q * n;
+TILE_INLINE void matmul4_f32(float *out, size_t os, const float *w, const Input *x, int T, int n, size_t q) {
     F32_ROWS_4LANES(v4_load, AS_F32, float)
 }
 
-static void matmul4_bf16(float *out, const uint16_t *w, const Input *in, int n, size_t q) {
-    const float *x = in->f;
-    size_t ws = q * n;
+TILE_INLINE void matmul4_bf16(float *out, size_t os, const uint16_t *w, const Input *x, int T, int n, size_t q) {
     F32_ROWS_4LANES(v4_load_bf16, bf16_to_f32, uint16_t)
 }
 #undef F32_ROWS_4LANES
@@ -754,46 +762,53 @@ static void matmul4_bf16(float *out, const uint16_t *w, const Input *in, int n, 
 
 // q8_0 (gs % 16 == 0) and q4 (gs % 32 == 0): the group's int sums in 4 lanes, then one scale
 // multiply per group; q4's nibbles minus 8 are signed bytes, so it needs no correction
-static inline void matmul4_q_4lanes(float *out, const void *w, const float *ws, const Input *x, int n, int gs, size_t q,
-                                    int q4) {
+TILE_INLINE void matmul4_q_4lanes(float *out, size_t os, const void *w, const float *ws, const Input *x, int T, int n,
+                                  int gs, size_t q, int q4) {
     int ng = n / gs;
     size_t row_bytes = q4 ? (size_t)n / 2 : (size_t)n;
     const uint8_t *wr[4];
     const float *wsr[4];
     for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
-    V4 acc[4];
-    for (int r = 0; r < 4; r++) { acc[r] = v4_set1(0.0f); }
+    V4 acc[TILE_T][4];
+    for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { acc[t][r] = v4_set1(0.0f); } }
     for (int g = 0; g < ng; g++) {
-        const int8_t *xg = x->q + (size_t)g * gs;
-        I4 isum[4];
-        for (int r = 0; r < 4; r++) { isum[r] = i4_zero(); }
+        size_t xo = (size_t)g * gs;
+        I4 isum[TILE_T][4];
+        for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { isum[t][r] = i4_zero(); } }
         if (q4) {
             int half = gs / 2;
             for (int b = 0; b < half; b += 16) {
-                XQ xlo = xq_load(xg + b), xhi = xq_load(xg + half + b);
                 for (int r = 0; r < 4; r++) {
-                    B16 wv = b16_load(wr[r] + (size_t)g * half + b);
-                    isum[r] = dot16(dot16(isum[r], nibbles_lo(wv), xlo), nibbles_hi(wv), xhi);
+                    B16 wv = b16_load(wr[r] + (size_t)g * half + b), lo = nibbles_lo(wv), hi = nibbles_hi(wv);
+                    for (int t = 0; t < T; t++) {
+                        isum[t][r] = dot16(dot16(isum[t][r], lo, xq_load(x[t].q + xo + b)), hi, xq_load(x[t].q + xo + half + b));
+                    }
                 }
             }
         } else {
             for (int j = 0; j < gs; j += 16) {
-                XQ xv = xq_load(xg + j);
-                for (int r = 0; r < 4; r++) { isum[r] = dot16(isum[r], b16_load(wr[r] + (size_t)g * gs + j), xv); }
+                for (int r = 0; r < 4; r++) {
+                    B16 wv = b16_load(wr[r] + xo + j);
+                    for (int t = 0; t < T; t++) { isum[t][r] = dot16(isum[t][r], wv, xq_load(x[t].q + xo + j)); }
+                }
             }
         }
-        float xs = x->s[g];
-        for (int r = 0; r < 4; r++) { acc[r] = v4_fma(i4_to_v4(isum[r]), v4_set1(wsr[r][g] * xs), acc[r]); }
+        for (int t = 0; t < T; t++) {
+            float xs = x[t].s[g];
+            for (int r = 0; r < 4; r++) { acc[t][r] = v4_fma(i4_to_v4(isum[t][r]), v4_set1(wsr[r][g] * xs), acc[t][r]); }
+        }
     }
-    store_sum4_4lanes(out, q, acc[0], acc[1], acc[2], acc[3]);
+    for (int t = 0; t < T; t++) { store_sum4_4lanes(out + t * os, q, acc[t][0], acc[t][1], acc[t][2], acc[t][3]); }
 }
 
-static void matmul4_q8(float *out, const int8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    matmul4_q_4lanes(out, w, ws, x, n, gs, q, 0);
+TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int T, int n, int gs,
+                            size_t q) {
+    matmul4_q_4lanes(out, os, w, ws, x, T, n, gs, q, 0);
 }
 
-static void matmul4_q4(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, size_t q) {
-    matmul4_q_4lanes(out, w, ws, x, n, gs, q, 1);
+TILE_INLINE void matmul4_q4(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n,
+                            int gs, size_t q) {
+    matmul4_q_4lanes(out, os, w, ws, x, T, n, gs, q, 1);
 }
 #define VEC_Q8(gs) ((gs) % 16 == 0)
 #define VEC_Q4(gs) ((gs) % 32 == 0)
@@ -921,8 +936,8 @@ static void prepare_input(Input *in, const float *x, int n, const Config *c) {
         size_t STRIDE = k_ < q_ ? (size_t)q_ : 0;                                                     \
         CALL;                                                                                         \
     }
-#if defined(HAVE_AVX2)
-// T tokens (a constant where it is inlined) through the x86 tile kernels
+#if defined(HAVE_AVX2) || defined(HAVE_NEON) || defined(HAVE_WASM)
+// T tokens (a constant where it is inlined) through the tile kernels
 TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T, int n, int r0, int r1, int gs) {
     if (m.type == W_F32) {
         const float *w = m.w;
@@ -946,8 +961,10 @@ TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T
         FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, os, w + i * rb, m.s + i * ng, x, T, n, gs, q))
     } else {
         for (int t = 0; t < T; t++) {
-            if (SMALL_GROUPS(gs)) { matmul_rows_small(out + t * os, m, &x[t], n, r0, r1, gs); }
-            else { matmul_rows_plain(out + t * os, m, &x[t], n, r0, r1, gs); }
+#ifdef HAVE_AVX2
+            if (SMALL_GROUPS(gs)) { matmul_rows_small(out + t * os, m, &x[t], n, r0, r1, gs); continue; }
+#endif
+            matmul_rows_plain(out + t * os, m, &x[t], n, r0, r1, gs);
         }
     }
 }
@@ -967,31 +984,6 @@ static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, 
     int t = 0;
     for (; t + TILE_T <= nt; t += TILE_T) { matmul_tile(out + t * os, os, m, x + t, TILE_T, n, r0, r1, gs); }
     for (; t < nt; t++) { matmul_tile(out + t * os, os, m, x + t, 1, n, r0, r1, gs); }
-}
-#elif defined(HAVE_NEON) || defined(HAVE_WASM)
-static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
-    if (m.type == W_F32) {
-        const float *w = m.w;
-        FOUR_ROWS(r0, r1, i, q, matmul4_f32(out + i, w + (size_t)i * n, x->f, n, q))
-    } else if (m.type == W_BF16) {
-        const uint16_t *w = m.w;
-        FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, w + (size_t)i * n, x, n, q))
-    } else if (m.type == W_Q8 && VEC_Q8(gs)) {
-        const int8_t *w = m.w;
-        size_t ng = n / gs;
-        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, w + (size_t)i * n, m.s + i * ng, x, n, gs, q))
-    } else if (m.type == W_Q4 && VEC_Q4(gs)) {
-        const uint8_t *w = m.w;
-        size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
-        FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, w + i * rb, m.s + i * ng, x, n, gs, q))
-    } else {
-        matmul_rows_plain(out, m, x, n, r0, r1, gs);
-    }
-}
-
-static void matmul_tokens(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
-    (void)matmul_tokens_plain;  // the twin, which this build does not call
-    for (int t = 0; t < nt; t++) { matmul_rows(out + t * os, m, &x[t], n, r0, r1, gs); }
 }
 #else
 static void matmul_rows(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
