@@ -483,13 +483,13 @@ def llama2c_sample(logits, temperature, topp, state):
 def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp, seed):
     """Each sampled token is what llama2.c's procedure picks from the logits run.c computes."""
     tok = shared / "models" / "tok512.bin"
-    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
-    r_plain = run_c(PLAIN_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 80)
+    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 40)
+    r_plain = run_c(PLAIN_BUILD, stories["v0"], "-z", tok, "-t", temperature, "-p", topp, "-s", seed, "-n", 40)
     assert r.stdout == r_plain.stdout
     # recover the ids: re-tokenising the text is not exact, so replay with the logits instead
     ids, state = [1], seed
     pieces = read_tokenizer(tok)
-    while len(ids) < 81:  # -n 80: 80 tokens after BOS
+    while len(ids) < 41:  # -n 40: 40 tokens after BOS (each step is a process: the quick tier's budget)
         logits = c_logits(VECTOR_BUILD, stories["v0"], ids, tmp_path)[-1]
         nxt, state = llama2c_sample(logits, temperature, topp, state)
         if nxt in (1, 2):
@@ -503,7 +503,7 @@ def test_sampler_is_llama2c(builds, stories, shared, tmp_path, temperature, topp
 def test_top_k_only_picks_top_k(builds, stories, shared, tmp_path):
     tok = shared / "models" / "tok512.bin"
     pieces = read_tokenizer(tok)
-    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 60)
+    r = run_c(VECTOR_BUILD, stories["v0"], "-z", tok, "-t", 1.5, "-k", 3, "-p", 1.0, "-s", 5, "-n", 30)
     # walk the text greedily through the top-3 candidates the logits allow at each step
     ids, rest = [1], r.stdout[:-1]
     while rest:
