@@ -606,6 +606,8 @@ def run_llama_cpp_table(a, threads):
     import llama_tools
     tools = llama_tools.find(a.llama_cpp)
     if not tools:
+        if a.tables == ["llamacpp"]:  # the only table asked for cannot run: an error, not a note
+            sys.exit(f"bench_run.py: error: {llama_tools.missing_message(a.llama_cpp)}")
         print(f"note: {llama_tools.missing_message(a.llama_cpp)}", file=sys.stderr)
         return
     build(["native"], None)  # ./run and the bandwidth kernel
@@ -660,8 +662,10 @@ def main():
                    help="also measure quantisation quality on this train.py checkpoint (repeatable)")
     a = p.parse_args()
     a.tables = a.tables.split(",")
-    if set(a.tables) - set(TABLES) or a.runs < 1:
-        p.error(f"--tables takes some of {','.join(TABLES)}; --runs at least 1")
+    if set(a.tables) - set(TABLES):
+        p.error(f"--tables={','.join(sorted(set(a.tables) - set(TABLES)))}: expected some of {','.join(TABLES)}")
+    if a.runs < 1:
+        p.error(f"--runs={a.runs}: expected at least 1")
     bad = set(a.models.split(",")) - {"stories260K", *SHAPES} or set(a.dtypes.split(",")) - set(QUALITY_DTYPES)
     if bad:
         p.error(f"{','.join(sorted(bad))}: --models takes stories260K,{','.join(SHAPES)}; "

@@ -60,7 +60,8 @@ def tools_in(folder):
 
 def missing_message(given=None):
     """The one line the benchmarks print when they find no llama.cpp."""
-    where = (f"{given} does not hold {', '.join(TOOLS)}" if given
+    where = (f"{given}: no such folder" if given and not Path(given).is_dir()
+             else f"{given} does not hold {', '.join(TOOLS)}" if given
              else f"llama.cpp's tools are not built in {cache_dir()}")
     return (f"{where}: build them with `python bench/llama_tools.py` (llama-cpp-python {version()}'s llama.cpp, "
             f"about 10 minutes on 2 cores) or pass --llama-cpp DIR (your own build's bin/)")

@@ -75,11 +75,30 @@ def test_tools_are_found_in_a_folder_its_bin_or_its_build_bin(tmp_path):
 
 
 def test_without_llama_cpp_the_benchmark_says_how_to_build_it(tmp_path, monkeypatch, capsys):
+    """Asked for the llama.cpp table alone, it fails in one line saying how to get the tools; beside other
+    tables, a note (the rest still runs)."""
     monkeypatch.setattr(sys, "argv", ["bench_run.py", "--tables", "llamacpp", "--llama-cpp", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        bench_run.main()
+    msg = str(e.value)
+    assert msg.startswith("bench_run.py: error: ") and "\n" not in msg, msg
+    assert "python bench/llama_tools.py" in msg and "--llama-cpp" in msg and f"{tmp_path} does not hold" in msg
+    monkeypatch.setattr(sys, "argv", ["bench_run.py", "--tables", "llamacpp", "--llama-cpp", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="nope: no such folder"):
+        bench_run.main()
+    monkeypatch.setattr(bench_run, "run_llama2c_tables", lambda a, threads: print("llama2c tables ran"))
+    monkeypatch.setattr(sys, "argv", ["bench_run.py", "--tables", "llamacpp,llama2c", "--llama-cpp", str(tmp_path)])
     bench_run.main()
-    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert len(note) == 1 and "python bench/llama_tools.py" in note[0] and "--llama-cpp" in note[0], note
-    assert str(tmp_path) in note[0]
+    out = capsys.readouterr()
+    note = [line for line in out.err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and str(tmp_path) in note[0] and "llama2c tables ran" in out.out, note
+
+
+def test_a_bad_table_is_named(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_run.py", "--tables", "llamacpp,lama2c"])
+    with pytest.raises(SystemExit) as e:
+        bench_run.main()
+    assert e.value.code == 2 and "--tables=lama2c: expected some of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 511, 512, 600])
