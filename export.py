@@ -120,7 +120,7 @@ def tokenizer_beside(out, tok):
 
 def parse_args(argv):
     """The command line, checked: one line on stderr and exit status 1 for anything it cannot do."""
-    p = argparse.ArgumentParser(prog="export.py",
+    p = argparse.ArgumentParser(prog="export.py", allow_abbrev=False,
                                 description="Export models to .bin (v0..v3), a Hugging Face directory or a GGUF.")
     p.add_argument("out", nargs="?", help="output .bin file (its run.c tokenizer is written beside it)")
     src = p.add_mutually_exclusive_group()

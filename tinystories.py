@@ -871,7 +871,7 @@ def _encode_files(files, model, workers, chunk_stories, write, bad=None):
 
 def make_parser():
     """The command line: one subcommand per data step."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -889,7 +889,7 @@ def make_parser():
                        help=f"{where} instead of Hugging Face's (default: $STORYLLAMA_SOURCE)")
         p.add_argument("--retries", type=int, default=3, help="resume an interrupted transfer this often")
 
-    p = sub.add_parser("download", help="fetch TinyStories (resumable, verified, extracted)", description="fetch TinyStories (resumable, verified, extracted)")
+    p = sub.add_parser("download", allow_abbrev=False, help="fetch TinyStories (resumable, verified, extracted)", description="fetch TinyStories (resumable, verified, extracted)")
     common(p)
     fetching(p, "mirror URL, local folder or local file")
     p.add_argument("--dataset", choices=["v1", "v2", "all", "instruct"], default="v1",
@@ -899,7 +899,7 @@ def make_parser():
                    "file's first N MiB (100 if N is left out), cut after its last whole story, as its name with "
                    ".head-{N}MiB.txt (TinyStoriesV2-GPT4-train.head-100MiB.txt); the valid file comes whole")
 
-    p = sub.add_parser("download_models", help="fetch llama2.c's trained models and the Llama 2 tokenizer",
+    p = sub.add_parser("download_models", allow_abbrev=False, help="fetch llama2.c's trained models and the Llama 2 tokenizer",
                        description="fetch llama2.c's trained tinyllamas models (with their run.c tokenizers) "
                                    "into data/models/ and Meta's Llama 2 tokenizer.model into data/")
     common(p)
@@ -907,7 +907,7 @@ def make_parser():
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help=f"which (default all): {' '.join(MODEL_SETS)}")
 
-    p = sub.add_parser("download_tokenizer", help="fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json",
+    p = sub.add_parser("download_tokenizer", allow_abbrev=False, help="fetch GPT-2's or GPT-Neo's tokenizer as data/NAME.json",
                        description="fetch GPT-2's (gpt2: tokenizer.json) or GPT-Neo's (gptneo: vocab.json and "
                                    "merges.txt) tokenizer from its Hugging Face repository as the tokenizer.json "
                                    "data/NAME.json, where --vocab_source=NAME finds it")
@@ -915,7 +915,7 @@ def make_parser():
     fetching(p, "mirror URL (a repository's resolve/main/), local folder holding the files, or gpt2's tokenizer.json")
     p.add_argument("names", nargs="+", metavar="NAME", help=f"which: {' '.join(TOKENIZER_FILES)}")
 
-    p = sub.add_parser("train_vocab", help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
+    p = sub.add_parser("train_vocab", allow_abbrev=False, help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
     inputs(p)
     p.add_argument("--vocab_size", type=int, required=True)
@@ -924,7 +924,7 @@ def make_parser():
     p.add_argument("--special_tokens", nargs="*", default=[], metavar="TOKEN",
                    help="extra unsplittable tokens, e.g. '<|start_story|>' '<|end_story|>'")
 
-    p = sub.add_parser("pretokenize", help="encode stories into uint16 token shards", description="encode stories into uint16 token shards")
+    p = sub.add_parser("pretokenize", allow_abbrev=False, help="encode stories into uint16 token shards", description="encode stories into uint16 token shards")
     common(p)
     inputs(p)
     p.add_argument("--vocab_source", default=None, metavar="NAME",

@@ -129,14 +129,17 @@ def beside(model_path, vocab_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write a tokenizer (.model, tokenizer.json, HF directory) as "
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Write a tokenizer (.model, tokenizer.json, HF directory) as "
                                      "run.c's tokenizer file")
-    parser.add_argument("-t", "--tokenizer-model", required=True, help="a sentencepiece .model, a tokenizer.json "
+    # checked after parsing, so that a misspelt flag is named rather than reported as -t missing
+    parser.add_argument("-t", "--tokenizer-model", help="(required) a sentencepiece .model, a tokenizer.json "
                         "or a Hugging Face directory")
     parser.add_argument("-o", "--output", default=None, help="output path (default: the model path with .bin)")
     parser.add_argument("--legacy", action="store_true", help="llama2.c's format (no token types, special tokens "
                         "or identity), byte-identical to the files llama2.c ships")
     args = one_line_errors(parser).parse_args(argv)
+    if args.tokenizer_model is None:
+        parser.error("the following arguments are required: -t/--tokenizer-model")
     try:
         out = Tokenizer(args.tokenizer_model).export(args.output, args.legacy)
     except (OSError, ValueError) as e:

@@ -118,3 +118,18 @@ def test_argparse_commands_answer_in_one_line(argv, words):
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert all(w in r.stderr for w in words), r.stderr
+
+
+@pytest.mark.parametrize("module,argv,closest", [
+    ("export", ["out.bin", "--checkpoint", "ckpt.pt", "--dtyp", "q8_0"], "--dtype"),
+    ("tokenizer", ["--tokenizer", "tok.model"], "--tokenizer-model"),
+    ("tinystories", ["pretokenize", "--vocab=512"], "--vocab_size"),
+])
+def test_abbreviated_flags_are_refused(module, argv, closest, capsys):
+    """argparse would take a prefix of a flag as the flag; like train.py and sample.py, every command names
+    the flag it meant instead of guessing."""
+    main = __import__(module).main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"closest: {closest}" in err and len(err.strip().splitlines()) == 1, err
