@@ -322,14 +322,17 @@ static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
 // is a zip archive; a safetensors file starts with its JSON header's 64-bit size): the command that
 // makes a .bin of it. No .bin starts so: as a v0 header, each would have a field out of range.
 static void refuse_export_sources(const unsigned char *h, size_t size, const char *path) {
+    const char *slash = strrchr(path, '/');
+    int dir = slash ? (int)(slash - path) + 1 : 0;  // the file's folder with its slash ("out/"), where model.bin goes
     if (size >= 4 && !memcmp(h, "PK\3\4", 4)) {
-        die("%s is a PyTorch checkpoint: python export.py model.bin --checkpoint=%s, then ./run model.bin", path, path);
+        die("%s is a PyTorch checkpoint: python export.py %.*smodel.bin --checkpoint=%s, then ./run %.*smodel.bin", path,
+            dir, path, path, dir, path);
     }
     if (size >= 4 && !memcmp(h, "GGUF", 4)) {
-        die("%s is a GGUF file: python export.py model.bin --gguf=%s, then ./run model.bin", path, path);
+        die("%s is a GGUF file: python export.py %.*smodel.bin --gguf=%s, then ./run %.*smodel.bin", path, dir, path, path,
+            dir, path);
     }
     if (size >= 9 && h[8] == '{' && rd_u32(h + 4) == 0) {
-        const char *slash = strrchr(path, '/');
         int folder = slash ? (int)(slash - path) + (slash == path) : 1;  // "/x" -> "/", "x" -> "."
         die("%s is a safetensors file: python export.py model.bin --hf=%.*s (the Hugging Face folder holding it), "
             "then ./run model.bin", path, folder, slash ? path : ".");

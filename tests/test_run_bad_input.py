@@ -164,8 +164,9 @@ def test_files_export_reads_say_how_to_export_them(run_bin, files):
     (d / "m.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
     header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
-    for name, command in (("ckpt.pt", f"python export.py model.bin --checkpoint={d / 'ckpt.pt'}, then ./run"),
-                          ("m.gguf", f"python export.py model.bin --gguf={d / 'm.gguf'}, then ./run"),
+    # the .bin goes beside the file it is made from (out/ckpt.pt: out/model.bin), not into the current folder
+    for name, command in (("ckpt.pt", f"python export.py {d}/model.bin --checkpoint={d / 'ckpt.pt'}, then ./run {d}/model.bin"),
+                          ("m.gguf", f"python export.py {d}/model.bin --gguf={d / 'm.gguf'}, then ./run {d}/model.bin"),
                           ("model.safetensors", f"python export.py model.bin --hf={d} (the Hugging Face folder")):
         expect_error(run_bin, [d / name], command)
 
