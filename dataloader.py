@@ -139,7 +139,9 @@ def prepare_commands(vocab_size, vocab_source="custom", data_dir=None, dataset="
     vocab = f"--vocab_size={vocab_size}" if vocab_source == "custom" else f"--vocab_source={vocab_source}"
     which = " --dataset=instruct" if dataset == "instruct" else ""
     if vocab_source not in ("custom", "llama2"):  # a named vocabulary: the user's stories and its tokenizer
-        return (f"python tinystories.py pretokenize{which} --tokenizer=TOKENIZER_FILE --input YOUR_STORIES{where} "
+        tok = tokenizer_path(vocab_size, vocab_source, data_dir)
+        tok = tok if tok.is_file() else "TOKENIZER_FILE"
+        return (f"python tinystories.py pretokenize{which} --tokenizer={tok} --input YOUR_STORIES{where} "
                 f"(the shards go to a folder named after the file: {vocab_source}/ for {vocab_source}.model, .json or "
                 f".bin; for GPT-2's or GPT-Neo's tokenizer, python tinystories.py download_tokenizer gpt2{where} "
                 "first), or pass --data_dir=FOLDER where they already are")

@@ -342,3 +342,12 @@ def test_train_export_and_run_with_a_gpt2_style_tokenizer(hf, shared, run_bin, t
     got = model.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1]:].tolist()
     got = got[:next((i for i, t in enumerate(got) if t in tok.stops()), len(got))]
     assert tok.decode(ids[0].tolist() + got) == stories[1]
+
+
+def test_no_shards_advice_names_the_tokenizer_file_it_knows(tmp_path):
+    """A named vocabulary without shards: the pretokenize command names data/NAME.json when it is there."""
+    cmd = dl.prepare_commands(512, "mytok", data_dir=str(tmp_path))
+    assert "--tokenizer=TOKENIZER_FILE" in cmd and f"--data_dir={tmp_path}" in cmd
+    (tmp_path / "mytok.json").write_text("{}")
+    cmd = dl.prepare_commands(512, "mytok", data_dir=str(tmp_path))
+    assert f"--tokenizer={tmp_path / 'mytok.json'} --input YOUR_STORIES" in cmd, cmd
