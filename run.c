@@ -3,12 +3,12 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
-Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4 with a q6 or q8_0 classifier;
-docs/formats.md has the byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
-sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and
-libm only; OpenMP is optional. The kernels here are plain C; kernels.h, included once below them,
-holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time (-DPLAIN: none), which
-the tests compare with these.
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4 with a q6 or q8_0
+classifier; docs/formats.md has the byte layouts), maps the weights or reads them onto huge pages, and
+generates with llama2.c's sampler: the same seed, temperature and top-p give the same tokens as
+llama2.c's run. Needs libc and libm only; OpenMP is optional. The kernels here are plain C; kernels.h,
+included once below them, holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time
+(-DPLAIN: none), which the tests compare with these.
 */
 
 #define _POSIX_C_SOURCE 200809L  // and with it sigaction's SA_SIGINFO, stat's st_mtim
@@ -286,7 +286,10 @@ static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint6
     Mat m = {NULL, NULL, wtype == W_Q6 ? W_Q8 : wtype, NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
-    else { m.w = take(cur, wtype == W_Q4 ? n / 2 : wtype == W_Q6 ? n / 4 * 3 : n); m.s = take_f32(cur, n / group_size); }
+    else {
+        m.w = take(cur, wtype == W_Q4 ? n / 2 : wtype == W_Q6 ? n / 4 * 3 : n);
+        m.s = take_f32(cur, n / group_size);
+    }
     if (wtype == W_Q6 && m.w) { m.w = expand_q6(cur->t, m.w, n); }
     return m;
 }

@@ -39,3 +39,16 @@ def test_q6_classifier_sits_between_q4_and_q8(tmp_path):
     n_cls = 2 * model.args.vocab_size * model.args.dim  # untied: embeddings and classifier
     saved = files["q4_q8"].stat().st_size - files["q4"].stat().st_size
     assert n_cls // 4 <= saved < n_cls // 4 + 4 * 64  # up to the 64-byte alignment padding
+
+
+def test_q4_file_to_hugging_face_carries_its_dequantised_weights(tmp_path):
+    """A Hugging Face export of a q4 .bin holds the weights load_bin reads, the q6 classifier's included."""
+    from hf import hf_export, hf_import
+    model = make_model(CONFIGS["mqa_untied_v131"])
+    model_export(model, tmp_path / "m.bin", version=3, dtype="q4")
+    stored = load_bin(tmp_path / "m.bin")
+    hf_export(stored, tmp_path / "hf")
+    back = hf_import(tmp_path / "hf").state_dict()
+    for name, w in stored.state_dict().items():
+        assert torch.equal(back[name], w), name
+    assert not torch.equal(back["output.weight"], model.state_dict()["output.weight"])  # rounded, not the original
