@@ -1,12 +1,12 @@
 """binfile.py: the .bin model file run.c reads, both ways: its header and layout, the weight encodings
-(bf16, Q8_0, q4 and GPTQ's q4 rounding), model_export to write one and read_header/load_bin to read one.
+(bf16, Q8_0, q6, q4 and GPTQ's q4 rounding), model_export to write one and read_header/load_bin to read one.
 
 .bin versions (every one is read and written; docs/formats.md has the byte layouts):
   v0  llama2.c legacy: 7 x int32 header, fp32 weights in Meta's order plus the RoPE tables
   v1  llama2.c: 256-byte header with magic, fp32 weights in "v1 order" (norms first)
   v2  llama2.c: v1 with Q8_0 weights (int8 in groups with one fp32 scale each)
-  v3  ours: v1 plus weight type (fp32, bf16, q8_0, q4), rope_theta, norm_eps and the vocabulary's
-      identity; 64-byte aligned arrays
+  v3  ours: v1 plus weight type (fp32, bf16, q8_0, q4 with a q6 classifier, or the older q4 with a
+      q8_0 one), rope_theta, norm_eps and the vocabulary's identity; 64-byte aligned arrays
 
 export.py is its command line; hf.py and gguf_file.py take its tensor order for their own shapes.
 Reading assumes a hostile file: the header is checked (model.check_args: every reader's bounds; the sizes)
@@ -26,10 +26,14 @@ from model import ModelArgs, Transformer, build, check_args, f32, ffn_hidden_dim
 MAGIC = 0x616B3432  # "ak42" in little-endian bytes, llama2.c's magic
 HEADER_BYTES = 256  # v1..v3 header size
 ALIGN = 64  # v3: every array starts at a multiple of this file offset
-WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}  # v3 header byte at offset 41
-QUANTISED = ("q8_0", "q4")  # the types stored in groups of group_size with one fp32 scale each
-# q4 files keep these in q8_0 (run.c: classifier_type): the logits lose the most to 4 bits (docs/export.md, q4 and GPTQ)
+# v3 header byte at offset 41. "q4_q8" (3) is the q4 that older exports wrote; "q4" (4) is what --dtype=q4 writes
+WEIGHT_TYPES = {"fp32": 0, "bf16": 1, "q8_0": 2, "q4_q8": 3, "q4": 4}
+QUANTISED = ("q8_0", "q4_q8", "q4")  # the types stored in groups of group_size with one fp32 scale each
+# q4 files keep these in more bits (run.c: classifier_type): the logits lose the most to 4 bits (docs/export.md,
+# q4 and GPTQ); 6 bits cost little more than 8 (docs/formats.md, weight type 4)
 CLASSIFIER = ("tok_embeddings.weight", "output.weight")
+Q4_CLASSIFIER = {"q4_q8": "q8_0", "q4": "q6"}  # q4 weight type -> how it stores CLASSIFIER (its layers: q4)
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "q8_0": 1, "q6": 3 / 4, "q4": 1 / 2}  # by storage kind, scales apart
 LEGACY_THETA, LEGACY_EPS = 10000.0, 1e-5  # what v0/v1/v2 readers (llama2.c's run.c) hard-code
 
 
@@ -63,7 +67,7 @@ def tensor_order(h: dict) -> list:
 
 
 def layout(h: dict):
-    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0 | q4."""
+    """[(name, shape, kind, data_offset, scales_offset)], total file size. kind: fp32 | bf16 | q8_0 | q6 | q4."""
     version, wtype, gs = h["version"], h["weight_type"], h["group_size"]
     off = 28 if version == 0 else HEADER_BYTES
     align = ALIGN if version == 3 else 1
@@ -71,12 +75,12 @@ def layout(h: dict):
     for name, shape in tensor_order(h):
         n = int(np.prod(shape))
         kind = "fp32" if (len(shape) == 1 or name.startswith("freq_cis")) else wtype
-        if kind == "q4" and name in CLASSIFIER:
-            kind = "q8_0"
+        if kind in Q4_CLASSIFIER:
+            kind = Q4_CLASSIFIER[kind] if name in CLASSIFIER else "q4"
         off = -(-off // align) * align
         data_off, scales_off = off, None
-        off += {"fp32": 4 * n, "bf16": 2 * n, "q8_0": n, "q4": n // 2}[kind]
-        if kind in QUANTISED:
+        off += int(n * BYTES_PER_WEIGHT[kind])  # q6 and q4: n is a multiple of group_size, itself of 4 or 2
+        if kind in ("q8_0", "q6", "q4"):
             off = -(-off // align) * align
             scales_off = off
             off += 4 * (n // gs)
@@ -102,7 +106,7 @@ def pick_group_size(requested: int, dim: int, hidden_dim: int) -> int:
 
 
 # -----------------------------------------------------------------------------
-# weight encodings: Q8_0 and q4 in groups with one fp32 scale each (q4 rounded to nearest, or by GPTQ);
+# weight encodings: Q8_0, q6 and q4 in groups with one fp32 scale each (q4 rounded to nearest, or by GPTQ);
 # bf16 is torch's own rounding
 
 
@@ -125,6 +129,31 @@ def dequantize_q80(q: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
     """int8 q, fp32 scales -> fp32 tensor of shape: q * s, the product run.c computes."""
     gs = q.numel() // s.numel()
     return (q.float().reshape(-1, gs) * s[:, None]).reshape(shape)
+
+
+def quantize_q6(w: torch.Tensor, group_size: int):
+    """Flattened w -> (uint8 packed, fp32 scales): 6-bit groups, scale = max|w|/31 per group, levels
+    round-half-even(w / scale) in -31..31 stored + 32, 4 in 3 bytes: the little-endian 24-bit word
+    v0 | v1 << 6 | v2 << 12 | v3 << 18 of 4 consecutive weights (group_size % 4 == 0).
+
+    Requantising a dequantised tensor gives back the same bytes, as for Q8_0: fl(fl(31*s)/31) == s for
+    every s of the form fl(x/31) (checked over all fp32 mantissas), and every level comes back.
+    """
+    w = w.detach().to("cpu", torch.float32).reshape(-1, group_size)
+    s = w.abs().amax(dim=1) / 31.0
+    q = torch.where(s[:, None] > 0, torch.round(w / s[:, None]), torch.zeros_like(w)).clamp(-31, 31)
+    v = (q.to(torch.int32) + 32).reshape(-1, 4)
+    word = v[:, 0] | (v[:, 1] << 6) | (v[:, 2] << 12) | (v[:, 3] << 18)
+    packed = torch.stack([word & 255, (word >> 8) & 255, word >> 16], dim=1).to(torch.uint8)
+    return packed.reshape(-1), s
+
+
+def dequantize_q6(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
+    """Packed 6-bit levels, fp32 scales -> fp32 tensor of shape: (v - 32) * s, what run.c's int8 copy gives."""
+    b = packed.to(torch.int32).reshape(-1, 3)
+    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    q = torch.stack([(word >> k) & 63 for k in (0, 6, 12, 18)], dim=1) - 32
+    return dequantize_q80(q, s, shape)
 
 
 def _q4_levels(w: torch.Tensor, k: float):
@@ -205,7 +234,7 @@ def gptq_q4(w: torch.Tensor, h: torch.Tensor, group_size: int, damp: float = 0.0
 
 
 def gptq_model(model, tokens: torch.Tensor, group_size: int):
-    """Every matrix of model except the token embeddings and the classifier (q8_0 in q4 files) replaced, in
+    """Every matrix of model except the token embeddings and the classifier (q6 or q8_0 in q4 files) replaced, in
     place, by its GPTQ q4 values, calibrated on one forward pass of tokens (B, T) through the fp32 model.
     The export then stores those values (requantising them finds them again, but for the rare group whose
     extreme weight moved off the scale's end, which takes the nearest q4 values)."""
@@ -260,6 +289,9 @@ def _header(model, version, dtype, group_size) -> dict:
         if h["group_size"] != group_size:
             print(f"export: group_size {group_size} -> {h['group_size']} so that it divides dim={args.dim} "
                   f"and hidden_dim={hidden}", file=sys.stderr)
+        if Q4_CLASSIFIER.get(dtype) == "q6" and h["group_size"] % 4:
+            raise ValueError(f"group_size {h['group_size']}: q4's q6 classifier packs 4 weights in 3 bytes, so it needs "
+                             f"a multiple of 4 dividing dim={args.dim} and hidden_dim={hidden} (use --dtype=q4_q8 or q8_0)")
     return h
 
 
@@ -281,8 +313,8 @@ def pack_header(h: dict, vocab_id=None) -> bytes:
 def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=None):
     """Write model to path as .bin version 0|1|2|3 (atomically; the model is never modified).
 
-    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0|q4.
-    group_size (q8_0, q4): the largest power of two <= it that divides dim and hidden_dim.
+    dtype: None picks the version's only/first type; v0 and v1 take fp32, v2 q8_0, v3 fp32|bf16|q8_0|q4_q8|q4.
+    group_size (quantised): the largest power of two <= it that divides dim and hidden_dim (q4: a multiple of 4).
     vocab_id (v3): the 32-byte identity of the model's vocabulary (tokenizer.identity), None: unknown.
     """
     model = unwrap(model)
@@ -305,7 +337,7 @@ def model_export(model, path, version=3, dtype=None, group_size=64, vocab_id=Non
             elif kind == "bf16":  # .to(bfloat16) rounds to nearest even, as the format says
                 f.write(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
             else:
-                q, s = (quantize_q80 if kind == "q8_0" else quantize_q4)(w, h["group_size"])
+                q, s = {"q8_0": quantize_q80, "q6": quantize_q6, "q4": quantize_q4}[kind](w, h["group_size"])
                 f.write(q.numpy().tobytes())
                 f.write(b"\0" * (scales_off - f.tell()))
                 f.write(s.numpy().tobytes())
@@ -363,7 +395,8 @@ def _min_size(h: dict) -> int:
     m = h["n_layers"] * (2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim)  # matrix weights
     m += h["vocab_size"] * dim * (1 if h["shared"] else 2)
     scales = 4 * (m // max(h["group_size"], 1))  # quantised types: one fp32 per group
-    weights = {"fp32": 4 * m, "bf16": 2 * m, "q8_0": m + scales, "q4": m // 2 + scales}[h["weight_type"]]
+    kind = "q4" if h["weight_type"] in Q4_CLASSIFIER else h["weight_type"]  # the classifier's more bits left out
+    weights = int(m * BYTES_PER_WEIGHT[kind]) + (scales if kind in QUANTISED else 0)
     norms = (2 * h["n_layers"] + 1) * dim
     return (28 if h["version"] == 0 else HEADER_BYTES) + weights + 4 * norms
 
@@ -404,7 +437,7 @@ def read_header(path) -> dict:
             h["group_size"], wt, theta, eps = struct.unpack_from("<iBff", head, 37)
             types = {v: k for k, v in WEIGHT_TYPES.items()}
             if wt not in types:
-                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0, 3 q4)")
+                raise ValueError(f"{path}: unknown weight_type {wt} (0 fp32, 1 bf16, 2 q8_0, 3 q4_q8, 4 q4)")
             # the shortest decimal that is this f32 (1e-05, not 9.99999974738e-06), so it re-exports the same
             h["weight_type"] = types[wt]
             h["rope_theta"], h["norm_eps"] = float(str(np.float32(theta))), float(str(np.float32(eps)))
@@ -414,9 +447,10 @@ def read_header(path) -> dict:
         if _sane(h):
             raise ValueError(f"{path}: header field {_sane(h)}")
         if h["weight_type"] in QUANTISED:
-            gs, q4 = h["group_size"], h["weight_type"] == "q4"
-            if gs < 1 or (q4 and gs % 2) or h["dim"] % gs or h["hidden_dim"] % gs:
-                raise ValueError(f"{path}: group_size={gs} must be positive{', even' if q4 else ''} and divide "
+            gs, cls = h["group_size"], Q4_CLASSIFIER.get(h["weight_type"])
+            whole = {"q8_0": (2, ", even"), "q6": (4, ", a multiple of 4")}.get(cls, (1, ""))  # q4 pairs, q6 fours
+            if gs < 1 or gs % whole[0] or h["dim"] % gs or h["hidden_dim"] % gs:
+                raise ValueError(f"{path}: group_size={gs} must be positive{whole[1]} and divide "
                                  f"dim={h['dim']} and hidden_dim={h['hidden_dim']} (re-export from the checkpoint)")
     h.setdefault("vocab_id", None)
     if size < _min_size(h):
@@ -430,7 +464,8 @@ def read_header(path) -> dict:
 
 
 def load_bin(path) -> Transformer:
-    """Read a .bin of any version into a Transformer (eval mode, fp32 weights exactly as stored)."""
+    """Read a .bin of any version into a Transformer (eval mode, fp32 weights exactly as stored: q8_0, q6 and
+    q4 dequantised)."""
     h = read_header(path)
     entries, _ = layout(h)
     data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -449,7 +484,8 @@ def load_bin(path) -> Transformer:
             if kind == "q8_0":
                 w = dequantize_q80(torch.from_numpy(np.frombuffer(data, np.int8, n, off).copy()), s, shape)
             else:
-                w = dequantize_q4(torch.from_numpy(np.frombuffer(data, np.uint8, n // 2, off).copy()), s, shape)
+                packed = torch.from_numpy(np.frombuffer(data, np.uint8, int(n * BYTES_PER_WEIGHT[kind]), off).copy())
+                w = (dequantize_q6 if kind == "q6" else dequantize_q4)(packed, s, shape)
         sd[name] = w.reshape(shape)
     del data
     if h["shared"]:

@@ -2,7 +2,7 @@
 (binfile.py), Hugging Face Llama directories (hf.py, no transformers needed) and GGUF files for
 llama.cpp (gguf_file.py).
 
-    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0|q4] [--group_size=64]
+    python export.py OUT.bin --checkpoint=out/ckpt.pt [--version=3] [--dtype=fp32|bf16|q8_0|q4|q4_q8] [--group_size=64]
     python export.py OUT.bin --checkpoint=out/ckpt.pt --dtype=q4 --gptq=128   4-bit, calibrated on its training data
     python export.py OUT.bin --bin=IN.bin ...          re-export a .bin in another version
     python export.py OUT.bin --hf=DIR ...              import a Hugging Face Llama directory (and its tokenizer)
@@ -26,7 +26,7 @@ import torch
 import dataloader
 import gguf_file
 import tokenizer as T
-from binfile import WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_back, read_header
+from binfile import Q4_CLASSIFIER, WEIGHT_TYPES, gptq_model, load_bin, model_export, pick_group_size, read_back, read_header
 from checkpoint import checkpoint_tokenizer, load_checkpoint
 from configurator import one_line_errors
 from fileio import publish, temp_path
@@ -134,7 +134,8 @@ def parse_args(argv):
                    "when the source does not say")
     p.add_argument("--version", type=int, default=3, choices=(0, 1, 2, 3))
     p.add_argument("--dtype", choices=(*WEIGHT_TYPES, "f16"), default=None,
-                   help="v3: fp32 (default), bf16, q8_0 or q4; v0/v1 are fp32, v2 is q8_0; GGUF: fp32, f16 or q8_0")
+                   help="v3: fp32 (default), bf16, q8_0, q4 (weight type 4: a q6 classifier) or q4_q8 (type 3, "
+                   "the older q4 with a q8_0 classifier); v0/v1 are fp32, v2 is q8_0; GGUF: fp32, f16 or q8_0")
     p.add_argument("--group_size", type=int, default=64)
     p.add_argument("--gptq", type=int, default=0, metavar="N",
                    help="q4: round by GPTQ instead of to nearest, calibrated on N windows (e.g. 128) of the "
@@ -148,11 +149,11 @@ def parse_args(argv):
         p.error("give an output: OUT.bin, --to_hf=DIR and/or --to_gguf=OUT.gguf")
     if a.to_gguf and a.dtype not in (None, "fp32", "f16", "q8_0"):
         p.error(f"--to_gguf takes --dtype=fp32, f16 or q8_0, not {a.dtype}")
-    if a.gptq < 0 or a.gptq and not (a.checkpoint and a.out and a.dtype == "q4" and a.version == 3):
+    if a.gptq < 0 or a.gptq and not (a.checkpoint and a.out and a.dtype in Q4_CLASSIFIER and a.version == 3):
         p.error(f"--gptq={a.gptq}: expected a number of windows >= 1, with --checkpoint (its training shards "
-                "calibrate it) and a v3 OUT.bin of --dtype=q4")
+                "calibrate it) and a v3 OUT.bin of --dtype=q4 (or q4_q8)")
     if a.out and a.dtype == "f16":
-        p.error("--dtype=f16 is for --to_gguf: a .bin takes fp32, bf16, q8_0 or q4")
+        p.error(f"--dtype=f16 is for --to_gguf: a .bin takes {', '.join(WEIGHT_TYPES)}")
     return a
 
 

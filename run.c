@@ -3,12 +3,12 @@ run.c: inference for storyllama and llama2.c Llama models in one dependency-free
 
     make run && ./run model.bin [options]            (./run with no arguments lists the options)
 
-Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4; docs/formats.md has the
-byte layouts), maps the weights or reads them onto huge pages, and generates with llama2.c's
-sampler: the same seed, temperature and top-p give the same tokens as llama2.c's run. Needs libc and
-libm only; OpenMP is optional. The kernels here are plain C; kernels.h, included once below them,
-holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time (-DPLAIN: none), which
-the tests compare with these.
+Reads every .bin version (v0 legacy, v1 fp32, v2 Q8_0, v3 fp32/bf16/q8_0/q4 with a q6 or q8_0
+classifier; docs/formats.md has the byte layouts), maps the weights or reads them onto huge pages, and
+generates with llama2.c's sampler: the same seed, temperature and top-p give the same tokens as
+llama2.c's run. Needs libc and libm only; OpenMP is optional. The kernels here are plain C; kernels.h,
+included once below them, holds their vector twins (AVX-512, AVX2, ARM NEON), chosen at compile time
+(-DPLAIN: none), which the tests compare with these.
 */
 
 #define _POSIX_C_SOURCE 200809L  // and with it sigaction's SA_SIGINFO, stat's st_mtim
@@ -167,8 +167,10 @@ static double time_s(void) {
 #define MAGIC 0x616b3432u   // "ak42" read as a little-endian u32
 #define HEADER_V1 256       // v1..v3 header bytes
 
-enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2, W_Q4 = 3 };  // v3 weight_type byte; v0/v1 are fp32, v2 q8_0
-static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0", "q4"};
+// v3 weight_type byte (v0/v1 are fp32, v2 q8_0): W_Q4_Q8 is the older q4 (q8_0 classifier), W_Q4_Q6 the q4
+// export.py writes now (q6 classifier). W_Q6 is no weight_type byte, only how W_Q4_Q6 stores its classifier.
+enum { W_F32 = 0, W_BF16 = 1, W_Q8 = 2, W_Q4 = 3, W_Q4_Q8 = 3, W_Q4_Q6 = 4, W_Q6 = 5 };
+static const char *WTYPE_NAME[] = {"fp32", "bf16", "q8_0", "q4_q8", "q4"};
 
 typedef struct {
     int version;      // 0..3, from the magic and version fields
@@ -182,8 +184,9 @@ typedef struct {
     int head_size;    // dim / n_heads
     int kv_dim;       // n_kv_heads * head_size
     int shared;       // 1: the classifier is the token embedding matrix
-    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4: the file's weight type (norms are always fp32;
-                      //   q4 files keep the embeddings and the classifier in q8_0: see classifier_type)
+    int file_wtype;   // the v3 weight_type byte (W_F32 .. W_Q4_Q6; v0..v2: W_F32 or W_Q8)
+    int wtype;        // W_F32, W_BF16, W_Q8 or W_Q4: the layers' weight type (norms are always fp32; both
+                      //   q4 file types keep the embeddings and the classifier in more bits: see classifier_type)
     int group_size;   // q8_0 and q4: weights per scale; 0 otherwise
     float rope_theta; // RoPE base
     float norm_eps;   // RMSNorm epsilon
@@ -266,25 +269,44 @@ static const float *take_f32(Cursor *cur, uint64_t n) {
     return copy;
 }
 
+// q6 (n, a multiple of 4, levels + 32 in 6 bits, 4 in the 24-bit little-endian word of 3 bytes) into
+// int8 levels -31..31 in memory t owns: exact, so with the same scales it is a q8_0 matrix
+static const int8_t *expand_q6(Transformer *t, const uint8_t *p, uint64_t n) {
+    int8_t *q = own(t, n);
+    for (uint64_t i = 0; i < n; i += 4, p += 3) {
+        uint32_t word = p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+        for (int k = 0; k < 4; k++) { q[i + k] = (int8_t)((word >> (6 * k) & 63) - 32); }
+    }
+    return q;
+}
+
+// a matrix stored as wtype (W_Q6 comes back as W_Q8, expanded)
 static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint64_t cols) {
     uint64_t n = mul_sat(rows, cols);
-    Mat m = {NULL, NULL, wtype, NULL, NULL};
+    Mat m = {NULL, NULL, wtype == W_Q6 ? W_Q8 : wtype, NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
-    else { m.w = take(cur, wtype == W_Q4 ? n / 2 : n); m.s = take_f32(cur, n / group_size); }
+    else {
+        m.w = take(cur, wtype == W_Q4 ? n / 2 : wtype == W_Q6 ? n / 4 * 3 : n);
+        m.s = take_f32(cur, n / group_size);
+    }
+    if (wtype == W_Q6 && m.w) { m.w = expand_q6(cur->t, m.w, n); }
     return m;
 }
 
-// the type of the token embeddings and the classifier in a file of weight type wtype: q4 files keep
-// them in q8_0, because the logits lose the most to 4 bits (docs/export.md: q4 and GPTQ); one fact, which
-// export.py's _layout mirrors
-static int classifier_type(int wtype) { return wtype == W_Q4 ? W_Q8 : wtype; }
+// how a file of weight_type file_wtype stores the token embeddings and the classifier: q4 files keep
+// them in more bits, because the logits lose the most to 4 bits (docs/export.md: q4 and GPTQ): W_Q4_Q8
+// in q8_0, W_Q4_Q6 in q6, which take_mat expands to q8_0 at load, so that the embedding lookup and the
+// classifier run as q8_0 in both; one fact, which binfile.py's Q4_CLASSIFIER mirrors
+static int classifier_type(int file_wtype) {
+    return file_wtype == W_Q4_Q8 ? W_Q8 : file_wtype == W_Q4_Q6 ? W_Q6 : file_wtype;
+}
 
 // every tensor in file order; also used with base == NULL to compute the expected file size
 static uint64_t walk_layout(Transformer *t, const unsigned char *base) {
     Config *c = &t->c;
     Weights *w = &t->w;
-    int L = c->n_layers, wt = c->wtype, ct = classifier_type(wt), gs = c->group_size;
+    int L = c->n_layers, wt = c->wtype, ct = classifier_type(c->file_wtype), gs = c->group_size;
     uint64_t dim = c->dim, hidden = c->hidden_dim, kv_dim = c->kv_dim, vocab = c->vocab_size;
     Cursor cur = {base, c->version == 0 ? 28 : HEADER_V1, c->version == 3 ? 64 : 1, t};
     Layer scratch;  // while measuring, every layer's pointers land here
@@ -367,7 +389,9 @@ static void read_header(Transformer *t) {
             c->wtype = h[41];
             c->rope_theta = rd_f32(h + 42);
             c->norm_eps = rd_f32(h + 46);
-            if (c->wtype > W_Q4) { die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0, 3 q4)", path, c->wtype); }
+            if (c->wtype > W_Q4_Q6) {
+                die("%s: unknown weight_type %d (0 fp32, 1 bf16, 2 q8_0, 3 q4_q8, 4 q4)", path, c->wtype);
+            }
             if (!(isfinite(c->rope_theta) && c->rope_theta > 0)) {
                 die("%s: rope_theta=%g out of range (expected a positive number)", path, c->rope_theta);
             }
@@ -411,11 +435,14 @@ static void read_header(Transformer *t) {
             path, magic, MAGIC, problem);
     }
     if (problem) { die("%s: header field %s", path, problem); }
-    int quantised = c->wtype == W_Q8 || c->wtype == W_Q4, gs = c->group_size;
-    if (quantised && (gs < 1 || (c->wtype == W_Q4 && gs % 2) || c->dim % gs || c->hidden_dim % gs)) {
+    int quantised = c->wtype >= W_Q8, gs = c->group_size;
+    int whole = c->wtype == W_Q4_Q6 ? 4 : c->wtype == W_Q4_Q8 ? 2 : 1;  // q4's pairs of weights a byte, q6's fours
+    if (quantised && (gs < 1 || gs % whole || c->dim % gs || c->hidden_dim % gs)) {
         die("%s: group_size=%d must be positive%s and divide dim=%d and hidden_dim=%d", path, gs,
-            c->wtype == W_Q4 ? ", even" : "", c->dim, c->hidden_dim);
+            whole == 4 ? ", a multiple of 4" : whole == 2 ? ", even" : "", c->dim, c->hidden_dim);
     }
+    c->file_wtype = c->wtype;
+    if (c->wtype == W_Q4_Q6) { c->wtype = W_Q4; }  // its layers are q4, like W_Q4_Q8's
     c->head_size = c->dim / c->n_heads;
     c->kv_dim = c->n_kv_heads * c->head_size;
 }

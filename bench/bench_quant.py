@@ -1,4 +1,5 @@
-"""Quality per bit: held-out bits per byte of run.c's fp32, q8_0, q4 and q4 GPTQ files against llama.cpp's
+"""Quality per bit: held-out bits per byte of run.c's fp32, q8_0, q4 (q6 classifier), q4_q8 (the older q4,
+q8_0 classifier) and q4 GPTQ files against llama.cpp's
 F32, Q8_0, Q6_K, Q5_0, Q4_K_M and Q4_0 of the same weights, each with its size in bits per weight.
 
     python bench/bench_quant.py                                   stories260K
@@ -16,11 +17,11 @@ and llama-quantize (bench/llama_tools.py) makes of it. Bits per weight: tensor b
 of 256: llama-quantize gives smaller rows another type, which the table names.
 stories260K has no training shards for GPTQ to calibrate on: its q4 GPTQ is calibrated on 128 windows of
 the shared TinyStories-train.head-2MiB.txt instead (not the held-out stories).
---classifier adds a second table: q4 layers with the classifier in fp32, q8_0, a q6-like format or q4
-(weights rounded in Python, scored through run.c's fp32 path), whether a smaller classifier pays.
+--classifier adds a second table: q4 layers with the classifier in fp32, q8_0, q6 or q4 (weights rounded
+by binfile's writers, scored through run.c's fp32 path), whether a smaller classifier pays.
 
-Last logged run: dev/LOG.md, "## 2026-12-07: run.c against llama.cpp (...) and quality per bit against Q4_0 / Q4_K_M
-(bench_quant)".
+Last logged run: dev/LOG.md, "## 2026-12-07: the q6 classifier in real files: q4 (weight_type 4) against the older
+q4_q8 (type 3) and llama.cpp (bench_quant)".
 """
 import argparse
 import importlib.util
@@ -94,7 +95,7 @@ def stories260k_files():
     import copy
 
     import sentencepiece as spm
-    from binfile import gptq_model, load_bin, model_export, pick_group_size
+    from binfile import gptq_model, load_bin, model_export, pick_group_size, read_header
     from model import ffn_hidden_dim
     tok = SHARED / "models" / "tok512.bin"
     paths = {d: stories_model(d) for d in ("q8_0", "q4")}
@@ -102,7 +103,7 @@ def stories260k_files():
     model = load_bin(SHARED / "models" / "stories260K.bin")
     if not paths["fp32"].exists():
         model_export(model, paths["fp32"], version=3, dtype="fp32")
-    if not paths["q4 gptq"].exists():
+    if not paths["q4 gptq"].exists() or read_header(paths["q4 gptq"])["weight_type"] != "q4":  # older: q4_q8
         sp = spm.SentencePieceProcessor(model_file=str(tok.with_suffix(".model")))
         text = (SHARED / "tinystories" / "TinyStories-train.head-2MiB.txt").read_text()[:1 << 20]
         ids = [i for story in text.split("<|endoftext|>") for i in [1] + sp.encode(story.strip())]
@@ -112,7 +113,16 @@ def stories260k_files():
         gs = pick_group_size(64, model.args.dim, ffn_hidden_dim(model.args))
         gptq_model(rounded, torch.tensor([ids[s:s + n] for s in starts]), gs)
         model_export(rounded, paths["q4 gptq"], version=3, dtype="q4", group_size=gs)
-    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, (tok, tok.with_suffix(".model"))
+    return old_q4(paths, "stories260K"), (tok, tok.with_suffix(".model"))
+
+
+def old_q4(paths, label):
+    """paths' fp32, q8_0, q4 and q4 GPTQ files, and the fp32 weights as the older q4 (weight type 3: its
+    classifier in q8_0, where q4's is q6) written to bench/out/<label>_q4_q8.bin beside them."""
+    from binfile import load_bin, model_export
+    out = dict(paths, q4_q8=OUT / f"{label}_q4_q8.bin")
+    model_export(load_bin(paths["fp32"]), out["q4_q8"], version=3, dtype="q4_q8")
+    return {d: out[d] for d in ("fp32", "q8_0", "q4_q8", "q4", "q4 gptq")}
 
 
 def checkpoint_files(ckpt):
@@ -126,12 +136,12 @@ def checkpoint_files(ckpt):
     if not tok.exists():  # train_vocab writes the .model; run.c reads the .bin export.py writes of it
         tok = OUT / f"{Path(ckpt).parent.name}_{tok.name}"
         vocab.write_bin(Tokenizer(tok_model).vocab, tok)
-    return {d: paths[d] for d in ("fp32", "q8_0", "q4", "q4 gptq")}, (tok, tok_model)
+    return old_q4(paths, Path(ckpt).parent.name), (tok, tok_model)
 
 
 def quant_rows(name, paths, toks, tools, n_texts):
     """The rows of one model: each of our files and each llama.cpp file of the same weights."""
-    from binfile import HEADER_BYTES, load_bin, read_header
+    from binfile import HEADER_BYTES, Q4_CLASSIFIER, load_bin, read_header
     tok, tok_model = toks
     texts = held_out_texts(n_texts)
     ctx = read_header(paths["fp32"])["max_seq_len"]
@@ -142,7 +152,8 @@ def quant_rows(name, paths, toks, tools, n_texts):
     rows = []
     for d, path in paths.items():
         size = os.path.getsize(path) - HEADER_BYTES
-        cls = "q8_0" if d.startswith("q4") else d
+        wt = read_header(path)["weight_type"]
+        cls = Q4_CLASSIFIER.get(wt, wt)
         rows.append([name, "run.c", d, cls, size, bpb_ours(path, tok, texts, seqs, ctx)])
         print(rows[-1], flush=True)
     if tools:
@@ -161,16 +172,15 @@ def quant_rows(name, paths, toks, tools, n_texts):
 
 
 def q6_round(w, group_size):
-    """w rounded to 6-bit levels -31..31 times one fp32 scale per group (max|w| / 31): what a q6-like
-    classifier format would hold (6 + 32 / group_size bits a weight)."""
-    g = w.detach().float().reshape(-1, group_size)
-    s = g.abs().amax(1, keepdim=True) / 31
-    return (torch.round(g / torch.where(s > 0, s, 1)).clamp(-31, 31) * s).reshape(w.shape)
+    """w as a q6 classifier holds it (binfile's writer, dequantised): levels -31..31 times one fp32 scale per
+    group, 6 + 32 / group_size bits a weight."""
+    from binfile import dequantize_q6, quantize_q6
+    return dequantize_q6(*quantize_q6(w, group_size), w.shape)
 
 
 def classifier_variants(fp32_bin, name):
     """One model as fp32 .bin files that hold its weights already rounded: every layer matrix as our q4
-    (round to nearest) and the classifier (tied: the embedding too) as fp32, q8_0, q6-like or q4. Run
+    (round to nearest) and the classifier (tied: the embedding too) as fp32, q8_0, q6 or q4. Run
     through the same fp32 path, their losses differ by the classifier's format alone.
     Returns {format: (path, bits per weight of the whole model)}."""
     import copy
@@ -207,7 +217,7 @@ def classifier_variants(fp32_bin, name):
 
 
 def classifier_rows(name, paths, toks, n_texts):
-    """The q6-like classifier question: q4 layers with each classifier format, through run.c's fp32 path."""
+    """The classifier question: q4 layers with each classifier format, through run.c's fp32 path."""
     from binfile import read_header
     tok = toks[0]
     texts = held_out_texts(n_texts)
@@ -234,7 +244,7 @@ def main():
     p.add_argument("--llama-cpp", default=None, metavar="DIR", help="a llama.cpp build's folder of tools")
     p.add_argument("--out", default=str(OUT / "quant_table.md"), help="where the table goes")
     p.add_argument("--classifier", action="store_true",
-                   help="also: q4 layers with an fp32/q8_0/q6-like/q4 classifier (rounded weights, run.c's fp32 path)")
+                   help="also: q4 layers with an fp32/q8_0/q6/q4 classifier (rounded weights, run.c's fp32 path)")
     a = p.parse_args()
     for c in a.checkpoint:
         if not Path(c).is_file():

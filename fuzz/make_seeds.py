@@ -49,6 +49,7 @@ MODELS = {
     "model_v3_q8_0_gs32.bin": (dict(dim=64, hidden_dim=64), dict(version=3, dtype="q8_0", group_size=32)),
     "model_v3_q4_gs4.bin": ({}, dict(version=3, dtype="q4", group_size=4)),
     "model_v3_q4_gs32.bin": (dict(dim=64, hidden_dim=64), dict(version=3, dtype="q4", group_size=32)),
+    "model_v3_q4_q8_gs2.bin": (dict(tie_embeddings=False), dict(version=3, dtype="q4_q8", group_size=2)),  # older q4
     "model_v3_vocab64.bin": (dict(vocab_size=64), dict(version=3)),  # no tokenizer of its size
     "model_v2_odd.bin": (ODD, dict(version=2, group_size=2)),  # the plain q8 kernel; v2 scales off 4-byte alignment
     "model_v3_fp32_odd.bin": ({**ODD, "tie_embeddings": False}, dict(version=3, dtype="fp32")),

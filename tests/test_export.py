@@ -20,7 +20,8 @@ CONFIGS = {
                                     max_seq_len=24, tie_embeddings=False),
     "mha_hidden172": ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=128, hidden_dim=172, max_seq_len=16),
 }
-FORMATS = [(0, None), (1, None), (2, None), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4")]
+FORMATS = [(0, None), (1, None), (2, None), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4_q8"), (3, "q4")]
+CLASSIFIER = ("tok_embeddings.weight", "output.weight")  # q4 files store these in q6 (q4) or q8_0 (q4_q8)
 
 
 def make_model(args, seed=0):
@@ -48,6 +49,20 @@ def ref_q80(w, gs):
     w = w.float().reshape(-1, gs)
     s = w.abs().max(dim=1).values / 127.0
     return torch.round(w / s[:, None]).to(torch.int8).reshape(-1), s
+
+
+def ref_q6(w, gs):
+    """The v3 q6 encoding written independently in numpy: scale = max|w|/31 per group, level =
+    round-half-even(w / scale) in -31..31, stored + 32, 4 consecutive levels in the little-endian 24-bit
+    word v0 | v1 << 6 | v2 << 12 | v3 << 18. (packed bytes, scales bytes, dequantised values)."""
+    w = w.detach().float().numpy().reshape(-1, gs)
+    s = np.abs(w).max(1) / np.float32(31)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        levels = np.where(s[:, None] > 0, np.rint(w / s[:, None]), 0).clip(-31, 31).astype(np.int64)
+    v = (levels + 32).reshape(-1, 4)
+    word = v[:, 0] | v[:, 1] << 6 | v[:, 2] << 12 | v[:, 3] << 18
+    packed = word.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    return packed, s.astype(np.float32).tobytes(), (levels * s[:, None]).astype(np.float32)
 
 
 def decode_q4(packed, scales, gs):
@@ -134,7 +149,7 @@ def test_v0_v1_v2_bytes_match_llama2c_definition(tmp_path, cfg):
     assert (tmp_path / "v2.bin").read_bytes() == exp2
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "q8_0", "q4"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "q8_0", "q4_q8", "q4"])
 def test_v3_header_and_aligned_arrays(tmp_path, dtype):
     args = CONFIGS["mqa_untied_vocab71"]
     args = ModelArgs(**{**args.__dict__, "rope_theta": 500000.0, "norm_eps": 1e-6})
@@ -147,8 +162,8 @@ def test_v3_header_and_aligned_arrays(tmp_path, dtype):
     shared, gs, wt, theta, eps = struct.unpack_from("<BiBff", b, 36)
     assert (magic, version) == (MAGIC, 3)
     assert params == [32, 88, 2, 4, 1, 71, 24]
-    assert shared == 0 and wt == {"fp32": 0, "bf16": 1, "q8_0": 2, "q4": 3}[dtype]
-    assert gs == (8 if dtype in ("q8_0", "q4") else 0)  # 88 = 8*11: the largest power of two <= 64 dividing 32 and 88
+    assert shared == 0 and wt == {"fp32": 0, "bf16": 1, "q8_0": 2, "q4_q8": 3, "q4": 4}[dtype]
+    assert gs == (8 if dtype in ("q8_0", "q4_q8", "q4") else 0)  # 88 = 8*11: the largest power of two <= 64 dividing 32 and 88
     assert theta == 500000.0 and eps == np.float32(1e-6)
     assert b[50:256] == bytes(206)
     off = 256
@@ -166,7 +181,11 @@ def test_v3_header_and_aligned_arrays(tmp_path, dtype):
             take(f32(w))
         elif dtype == "bf16":
             take(w.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
-        elif dtype == "q4" and n not in ("tok_embeddings.weight", "output.weight"):  # those two stay q8_0
+        elif dtype == "q4" and n in CLASSIFIER:
+            packed, scales, _ = ref_q6(w, gs)
+            take(packed)
+            take(scales)
+        elif dtype.startswith("q4") and n not in CLASSIFIER:
             start = -(-off // 64) * 64
             packed = b[start:start + w.numel() // 2]
             take(packed)
@@ -204,7 +223,9 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
             want = w
         elif dtype == "bf16":
             want = w.to(torch.bfloat16).float()
-        elif dtype == "q4" and name not in ("tok_embeddings.weight", "output.weight"):  # those two stay q8_0
+        elif dtype == "q4" and name in CLASSIFIER:
+            want = torch.from_numpy(ref_q6(w, gs)[2]).reshape(w.shape)
+        elif dtype in ("q4", "q4_q8") and name not in CLASSIFIER:  # q4_q8's classifier: q8_0 below
             from binfile import quantize_q4
             q, s = quantize_q4(w, gs)
             check_q4(q.numpy().tobytes(), s.numpy().tobytes(), w, gs)
@@ -217,7 +238,7 @@ def test_roundtrip_byte_identical(tmp_path, cfg, version, dtype):
     if version in (0, 1) or dtype == "fp32":
         assert torch.equal(lg, lg2)
     else:  # int4 weights move the logits more
-        assert (lg - lg2).abs().max() < (0.15 if dtype == "q4" else 0.05) * lg.abs().max()
+        assert (lg - lg2).abs().max() < (0.15 if dtype in ("q4", "q4_q8") else 0.05) * lg.abs().max()
 
 
 def test_q8_requantising_dequantised_weights_is_stable():
@@ -248,6 +269,45 @@ def test_q4_requantising_dequantised_weights_is_stable():
         assert torch.equal(d[5], torch.zeros(gs))
         q2, s2 = quantize_q4(d, gs)
         assert torch.equal(q2, q) and torch.equal(s2, s)
+
+
+def test_q6_requantising_dequantised_weights_is_stable():
+    """q6 groups are the format's bytes (ref_q6, also on exact ties: round half to even); dequantised,
+    they requantise to the same bytes, for scales over many binades and for zero groups."""
+    from binfile import dequantize_q6, quantize_q6
+    torch.manual_seed(3)
+    for gs in (4, 8, 64):
+        w = torch.randn(3000, gs) * torch.exp(torch.randn(3000, 1) * 3)
+        w[::5] = torch.randint(-62, 63, w[::5].shape).float() / 2  # levels on exact halves: ties
+        w[::5, 0] = 15.5  # scale 0.5: 2.5 steps -> 2, 3.5 -> 4
+        w[7] = 0.0
+        q, s = quantize_q6(w, gs)
+        packed, scales, vals = ref_q6(w, gs)
+        assert q.numpy().tobytes() == packed and s.numpy().tobytes() == scales
+        d = dequantize_q6(q, s, w.shape)
+        assert np.array_equal(d.numpy(), vals.reshape(w.shape))
+        assert torch.equal(d[7], torch.zeros(gs))
+        q2, s2 = quantize_q6(d, gs)
+        assert torch.equal(q2, q) and torch.equal(s2, s)
+
+
+def test_q4_group_size_not_a_multiple_of_4_is_refused(repo, tmp_path):
+    """q4's q6 classifier packs 4 weights in 3 bytes: a group size of 2 is one line, in model_export and
+    export.py; q4_q8 (its classifier in q8_0) still takes it."""
+    m = make_model(CONFIGS["gqa_tied_vocab67"])
+    with pytest.raises(ValueError, match="group_size 2: q4's q6 classifier packs 4 weights in 3 bytes"):
+        model_export(m, tmp_path / "a.bin", 3, "q4", group_size=2)
+    assert not (tmp_path / "a.bin").exists()
+    model_export(m, tmp_path / "b.bin", 3, "q4_q8", group_size=2)
+    assert read_header(tmp_path / "b.bin")["group_size"] == 2
+    b = tmp_path / "b.bin"
+    bad = tmp_path / "bad.bin"  # a q4_q8 file of group size 2 relabelled q4: refused before its size
+    bad.write_bytes(b.read_bytes()[:41] + bytes([4]) + b.read_bytes()[42:])
+    with pytest.raises(ValueError, match="group_size=2 must be positive, a multiple of 4"):
+        read_header(bad)
+    rc, _, err = _cli(repo, tmp_path / "c.bin", f"--bin={b}", "--dtype=q4", "--group_size=2")
+    assert rc == 1 and err.count("\n") == 1 and "a multiple of 4" in err, err
+    assert not (tmp_path / "c.bin").exists()
 
 
 def test_q8_zero_group_has_zero_scale(tmp_path):
@@ -584,7 +644,8 @@ def test_cli_gptq_q4_from_the_checkpoints_shards(repo, tmp_path):
     rc, _, err = _cli(repo, tmp_path / "r.bin", ck, "--dtype=q4")
     assert rc == 0, err
     g, r = load_bin(tmp_path / "g.bin").state_dict(), load_bin(tmp_path / "r.bin").state_dict()
-    assert torch.equal(g["tok_embeddings.weight"], r["tok_embeddings.weight"])  # q8_0 in both: not GPTQ's
+    assert read_header(tmp_path / "g.bin")["weight_type"] == read_header(tmp_path / "r.bin")["weight_type"] == "q4"
+    assert torch.equal(g["tok_embeddings.weight"], r["tok_embeddings.weight"])  # q6 in both: not GPTQ's
     assert not torch.equal(g["layers.0.feed_forward.w1.weight"], r["layers.0.feed_forward.w1.weight"])
     # GPTQ's file is a canonical q4 file: re-exporting it gives the same bytes
     rc, _, err = _cli(repo, tmp_path / "again.bin", f"--bin={tmp_path / 'g.bin'}", "--dtype=q4")

@@ -28,7 +28,7 @@ def test_seeds_cover_every_format_and_run(seeds):
     build(PLAIN_BUILD)
     headers = {p.name: read_header(p) for p in seeds.glob("model_*.bin")}
     kinds = {(h["version"], h["weight_type"]) for h in headers.values()}
-    assert kinds >= {(0, "fp32"), (1, "fp32"), (2, "q8_0"), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4")}, kinds
+    assert kinds >= {(0, "fp32"), (1, "fp32"), (2, "q8_0"), (3, "fp32"), (3, "bf16"), (3, "q8_0"), (3, "q4_q8"), (3, "q4")}, kinds
     toks = {int(p.stem.split("_")[1]): p for p in seeds.glob("tok_*.bin")}
     assert len(list(seeds.glob("tok_*.bin"))) >= 2
     deep = 0

@@ -28,7 +28,8 @@ def files(tmp_path_factory, shared):
     out = {"dir": d, "tok512": shared / "models" / "tok512.bin", "llama_tok": shared / "models" / "tokenizer.bin",
            "stories": shared / "models" / "stories260K.bin"}
     for name, version, dtype in (("v0", 0, None), ("v1", 1, None), ("v2", 2, None), ("v3", 3, "fp32"),
-                                 ("v3_q8", 3, "q8_0"), ("v3_bf16", 3, "bf16"), ("v3_q4", 3, "q4")):
+                                 ("v3_q8", 3, "q8_0"), ("v3_bf16", 3, "bf16"), ("v3_q4", 3, "q4"),
+                                 ("v3_q4_q8", 3, "q4_q8")):
         out[name] = d / f"tiny_{name}.bin"
         model_export(model, out[name], version=version, dtype=dtype)
     out["v32000"] = d / "tiny32000.bin"
@@ -102,9 +103,13 @@ CHECKPOINT_CASES = {
     "v3_norm_eps_zero": ("v3", dict(patch={46: f32(0.0)}), "norm_eps"),
     "v3_group_size_with_fp32": ("v3", dict(patch={37: i32(32)}), "group_size=32 but weight_type is fp32"),
     "v3_q8_group_size_zero": ("v3_q8", dict(patch={37: i32(0)}), "group_size=0"),
-    "v3_q4_group_size_odd": ("v3_q4", dict(patch={37: i32(1)}), "group_size=1 must be positive, even"),
+    "v3_q4_group_size_odd": ("v3_q4", dict(patch={37: i32(1)}), "group_size=1 must be positive, a multiple of 4"),
+    "v3_q4_group_size_2": ("v3_q4", dict(patch={37: i32(2)}), "group_size=2 must be positive, a multiple of 4"),
+    "v3_q4_q8_group_size_odd": ("v3_q4_q8", dict(patch={37: i32(1)}), "group_size=1 must be positive, even"),
     "v3_q4_truncated": ("v3_q4", dict(cut=-3), "truncated"),
     "v3_q4_weight_type_q8": ("v3_q4", dict(patch={41: b"\x02"}), "truncated"),  # q8_0 needs twice the bytes
+    "v3_q4_weight_type_q4_q8": ("v3_q4", dict(patch={41: b"\x03"}), "truncated"),  # a q8_0 classifier: 4/3 of q6's
+    "v3_q4_q8_weight_type_q4": ("v3_q4_q8", dict(patch={41: b"\x04"}), "does not match"),  # q6's: 3/4 of q8_0's
     "v0_garbage": ("v0", dict(patch={0: i32(-7), 4: i32(123456789)}), "bad magic"),
 }
 
@@ -173,7 +178,7 @@ def test_files_export_reads_say_how_to_export_them(run_bin, files):
 
 def test_good_files_still_run(run_bin, files):
     """The baseline for the cases above: the unbroken files run."""
-    for name in ("v0", "v1", "v2", "v3", "v3_q8", "v3_bf16"):
+    for name in ("v0", "v1", "v2", "v3", "v3_q8", "v3_bf16", "v3_q4", "v3_q4_q8"):
         r = subprocess.run([str(run_bin), files[name], "-z", files["tok512"], "-n", "8", "-t", "0"], capture_output=True)
         assert r.returncode == 0, r.stderr
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from binfile import load_bin, model_export, read_header
+from binfile import QUANTISED as QUANTISED_TYPES, load_bin, model_export, read_header
 from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD, build
 from model import ModelArgs, Transformer
 from prompts import prompts
@@ -127,7 +127,7 @@ def reference_for(path):
     run.c's activation quantisation and fp16 KV cache emulated for q8_0 and q4 files."""
     h = read_header(path)
     ref = load_bin(path)
-    if h["weight_type"] in ("q8_0", "q4"):
+    if h["weight_type"] in QUANTISED_TYPES:
         fake_quant_inputs(ref, h["group_size"])
         forward = ref.forward
 
