@@ -57,7 +57,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from binfile import load_bin, model_export, read_header  # noqa: E402
+from binfile import Q4_CLASSIFIER, load_bin, model_export, read_header  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -193,7 +193,8 @@ def stories_model(dtype):
         return src
     path = OUT / f"stories260K_{dtype}.bin"
     try:
-        read_header(path)  # raises when missing, or written by an older export.py (the size no longer matches)
+        if read_header(path)["weight_type"] != dtype:  # raises when missing or the size no longer matches
+            raise ValueError(f"{path}: an older export.py's {dtype}")
     except (OSError, ValueError):
         model_export(load_bin(src), path, version=3, dtype=dtype)
     return path
@@ -223,9 +224,10 @@ def weight_bytes_per_token(path):
     dim, hidden, L, V = h["dim"], h["hidden_dim"], h["n_layers"], h["vocab_size"]
     kv_dim = h["n_kv_heads"] * dim // h["n_heads"]
     scales = 4.0 / h["group_size"] if h["group_size"] else 0
-    size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales}
+    size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales, "q4_q8": 0.5 + scales}
     b = size[h["weight_type"]]
-    bc = size["q8_0" if h["weight_type"] == "q4" else h["weight_type"]]  # the classifier (see binfile.CLASSIFIER)
+    # the classifier (binfile.CLASSIFIER): both q4 types read it as q8_0 (run.c expands a q6 one at load)
+    bc = size["q8_0" if h["weight_type"] in Q4_CLASSIFIER else h["weight_type"]]
     matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
     return matrices * b + V * dim * bc + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * bc)
 
