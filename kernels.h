@@ -434,12 +434,17 @@ TILE_INLINE void matmul4_q4_pairs(float *out, size_t os, const uint8_t *w, const
 // Every (row, token) result is the same arithmetic whatever T: per group, the exact int sum, then
 // one fma of it with w_scale * x_scale into the fp32 sum, group by group. So decode (T = 1) and a
 // prompt's tiles give the same bits; the plain twin (dot_q8_plain, dot_q4_plain) rounds otherwise.
+// fp32 matrices are packed too, 16 rows side by side a weight at a time (a 64-byte vector of weight k
+// of the 16 rows): an fma against x[k] broadcast adds to 16 rows' sums, each row's sum one fma per k
+// in k's order, the same whatever the number of tokens and blocks a call takes.
 #define PACK_ROWS 16
-#define PACKS(type, gs) (((type) == W_Q8 || (type) == W_Q4) && (gs) % 4 == 0)
+#define PACKS(type, gs) ((type) == W_F32 || (((type) == W_Q8 || (type) == W_Q4) && (gs) % 4 == 0))
 #define TILE_Q 8  // tokens per packed call
 
-// bytes a packed row takes: q8_0 its n bytes; q4 a 4-byte unit per 8 weights (n / 2 rounded up to 4)
-static size_t packed_row_bytes(int type, int n) { return type == W_Q8 ? (size_t)n : ((size_t)n + 7) / 8 * 4; }
+// bytes a packed row takes: fp32 4n; q8_0 its n bytes; q4 a 4-byte unit per 8 weights (n / 2 rounded up to 4)
+static size_t packed_row_bytes(int type, int n) {
+    return type == W_F32 ? 4 * (size_t)n : type == W_Q8 ? (size_t)n : ((size_t)n + 7) / 8 * 4;
+}
 
 // Rows r .. r + 15 of a matrix (n columns, group size gs) into dst in the packed layout: unit u of
 // the 16 rows at dst + 64u, row i's 4 bytes at + 4i. q8_0: unit u is bytes 4u .. 4u + 3, each + 128
@@ -448,6 +453,15 @@ static size_t packed_row_bytes(int type, int n) { return type == W_Q8 ? (size_t)
 // = row i's of group g. src (row_bytes a row) and dst may be the same memory where the sizes agree.
 static void pack_block(uint8_t *dst, float *dst_s, const uint8_t *src, const float *src_s, size_t row_bytes, int n,
                        int gs, int type) {
+    if (type == W_F32) {  // dst[k * 16 + i] = row i's weight k
+        float *w = xmalloc(16 * row_bytes), *d = (float *)(void *)dst;
+        memcpy(w, src, 16 * row_bytes);
+        for (int k = 0; k < n; k++) {
+            for (int i = 0; i < 16; i++) { d[k * 16 + i] = w[(size_t)i * n + k]; }
+        }
+        free(w);
+        return;
+    }
     int ng = n / gs, half = gs / 2;
     size_t units = packed_row_bytes(type, n) / 4;
     uint8_t *w = xmalloc(16 * row_bytes), *wt = xmalloc((size_t)n + 8);
@@ -519,9 +533,48 @@ TILE_INLINE void matmul16_packed(float *out, size_t os, const uint8_t *w, const 
     for (int t = 0; t < T; t++) { _mm512_storeu_ps(out + t * os, acc[t]); }
 }
 
+// fp32: B blocks of 16 rows (bs floats apart) for T tokens, B * T <= 8 sums in registers
+TILE_INLINE void matmul16_f32_packed(float *out, size_t os, const float *w, size_t bs, int B, const Input *x, int T,
+                                     int n) {
+    __m512 acc[8];
+    for (int i = 0; i < B * T; i++) { acc[i] = _mm512_setzero_ps(); }
+    for (int k = 0; k < n; k++) {
+        for (int b = 0; b < B; b++) {
+            __m512 v = _mm512_loadu_ps(w + b * bs + 16 * (size_t)k);
+            for (int t = 0; t < T; t++) { acc[b * T + t] = _mm512_fmadd_ps(v, _mm512_set1_ps(x[t].f[k]), acc[b * T + t]); }
+        }
+    }
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) { _mm512_storeu_ps(out + t * os + 16 * b, acc[b * T + t]); }
+    }
+}
+
+// fp32 rows [r0, r1): decoding, four blocks at a time (four chains of fmas in flight); a prompt's
+// tokens eight at a time on one block, and its last few four or one at a time on two
+static int matmul_packed_f32(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1) {
+    size_t bs = 16 * (size_t)n;
+    for (; r0 + 16 <= r1;) {
+        const float *w = (const float *)m.pw + (size_t)r0 * n;
+        int B = r1 - r0 >= 64 && nt == 1 ? 4 : r1 - r0 >= 32 && nt < TILE_Q ? 2 : 1, t = 0;
+        if (B == 4) { matmul16_f32_packed(out + r0, os, w, bs, 4, x, 1, n); r0 += 64; continue; }
+        for (; B == 1 && t + TILE_Q <= nt; t += TILE_Q) { matmul16_f32_packed(out + t * os + r0, os, w, bs, 1, x + t, TILE_Q, n); }
+        for (; t + 4 <= nt; t += 4) {
+            if (B == 2) { matmul16_f32_packed(out + t * os + r0, os, w, bs, 2, x + t, 4, n); }
+            else { matmul16_f32_packed(out + t * os + r0, os, w, bs, 1, x + t, 4, n); }
+        }
+        for (; t < nt; t++) {
+            if (B == 2) { matmul16_f32_packed(out + t * os + r0, os, w, bs, 2, x + t, 1, n); }
+            else { matmul16_f32_packed(out + t * os + r0, os, w, bs, 1, x + t, 1, n); }
+        }
+        r0 += 16 * B;
+    }
+    return r0;
+}
+
 // rows [r0, r1) of a packed matrix for nt tokens, r0 a multiple of 16; returns the first row it left
 // (the rows past the last full block are stored unpacked)
 static int matmul_packed(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1, int gs) {
+    if (m.type == W_F32) { return matmul_packed_f32(out, os, m, x, nt, n, r0, r1); }
     int q4 = m.type == W_Q4;
     size_t row_bytes = packed_row_bytes(m.type, n), ng = n / gs;
     for (; r0 + 16 <= r1; r0 += 16) {

@@ -882,14 +882,16 @@ static int packs(const Config *c) { return PACK_ROWS && PACKS(c->wtype, c->group
 static void pack_mat(Transformer *t, Mat *m, int rows, int n) {
     int gs = t->c.group_size, blocks = PACK_ROWS ? rows / PACK_ROWS : 0;
     if (blocks == 0 || !PACKS(m->type, gs)) { return; }
-    size_t ng = n / gs, row_bytes = m->type == W_Q4 ? (size_t)n / 2 : (size_t)n, packed = packed_row_bytes(m->type, n);
+    size_t ng = gs ? n / gs : 0, packed = packed_row_bytes(m->type, n);
+    size_t row_bytes = m->type == W_F32 ? 4 * (size_t)n : m->type == W_Q4 ? (size_t)n / 2 : (size_t)n;
     uint8_t *w = (uint8_t *)m->w;
     float *s = (float *)m->s;
     if (packed != row_bytes) { w = own(t, blocks * PACK_ROWS * packed), s = own(t, blocks * PACK_ROWS * ng * sizeof(float)); }
     OMP("omp parallel for")
     for (int b = 0; b < blocks; b++) {
-        pack_block(w + b * PACK_ROWS * packed, s + b * PACK_ROWS * ng, (const uint8_t *)m->w + b * PACK_ROWS * row_bytes,
-                   m->s + b * PACK_ROWS * ng, row_bytes, n, gs, m->type);
+        size_t at = (size_t)b * PACK_ROWS;  // the block's first row
+        pack_block(w + at * packed, s ? s + at * ng : NULL, (const uint8_t *)m->w + at * row_bytes, m->s ? m->s + at * ng : NULL,
+                   row_bytes, n, gs, m->type);
     }
     m->pw = w, m->ps = s;
 }
