@@ -549,14 +549,13 @@ TILE_INLINE void matmul16_f32_packed(float *out, size_t os, const float *w, size
     }
 }
 
-// fp32 rows [r0, r1): decoding, four blocks at a time (four chains of fmas in flight); a prompt's
-// tokens eight at a time on one block, and its last few four or one at a time on two
+// fp32 rows [r0, r1): a block at a time (one stream of weights: decoding is memory-bound); a prompt's
+// tokens eight at a time, and its last few four or one at a time on two blocks
 static int matmul_packed_f32(float *out, size_t os, Mat m, const Input *x, int nt, int n, int r0, int r1) {
     size_t bs = 16 * (size_t)n;
     for (; r0 + 16 <= r1;) {
         const float *w = (const float *)m.pw + (size_t)r0 * n;
-        int B = r1 - r0 >= 64 && nt == 1 ? 4 : r1 - r0 >= 32 && nt < TILE_Q ? 2 : 1, t = 0;
-        if (B == 4) { matmul16_f32_packed(out + r0, os, w, bs, 4, x, 1, n); r0 += 64; continue; }
+        int B = r1 - r0 >= 32 && nt > 1 && nt < TILE_Q ? 2 : 1, t = 0;
         for (; B == 1 && t + TILE_Q <= nt; t += TILE_Q) { matmul16_f32_packed(out + t * os + r0, os, w, bs, 1, x + t, TILE_Q, n); }
         for (; t + 4 <= nt; t += 4) {
             if (B == 2) { matmul16_f32_packed(out + t * os + r0, os, w, bs, 2, x + t, 4, n); }
