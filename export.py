@@ -19,6 +19,8 @@ import argparse
 import copy
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,7 +116,11 @@ def tokenizer_beside(out, tok):
         except (OSError, ValueError):
             old = None
         if old is None or not old.checkable or V.identity(old) != tok.identity:
-            raise ValueError(f"{dest} exists and holds another tokenizer: remove it, or export to another folder")
+            # a vocabulary without identity (llama2.c's files): the same if it is the very file we would write
+            with tempfile.TemporaryDirectory() as d:
+                V.write_bin(tok.vocab, Path(d) / "tok.bin")
+                if (Path(d) / "tok.bin").read_bytes() != dest.read_bytes():
+                    raise ValueError(f"{dest} exists and holds another tokenizer: remove it, or export to another folder")
     return dest
 
 

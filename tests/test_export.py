@@ -653,3 +653,14 @@ def test_cli_gptq_q4_from_the_checkpoints_shards(repo, tmp_path):
     for bad in (["--gptq=8"], ["--dtype=q8_0", "--gptq=8"], ["--dtype=q4", "--gptq=-1"]):
         rc, _, err = _cli(repo, tmp_path / "x.bin", ck, *bad)
         assert rc != 0 and "--gptq" in err and "\n" not in err.strip(), (bad, err)
+
+
+def test_llama2c_model_exports_twice_into_one_folder(shared, tmp_path, capsys):
+    """stories260K's tokenizer (llama2.c's file) carries no identity: the file export writes beside the model
+    is the same bytes each time, so a second export into the folder (another dtype, or the same again)
+    goes through, where it used to be refused as "another tokenizer"."""
+    import export
+    src = shared / "models" / "stories260K.bin"
+    for dtype in ("q8_0", "q4", "q4"):
+        assert export.main([str(tmp_path / f"s_{dtype}.bin"), f"--bin={src}", f"--dtype={dtype}"]) in (0, None)
+    assert (tmp_path / "tok512.bin").exists() and (tmp_path / "s_q4.bin").exists()
