@@ -14,6 +14,7 @@ through vocab.py's BPE encoder, which run.c's encoder mirrors step for step.
 import argparse
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import gguf_meta
@@ -97,11 +98,13 @@ class Tokenizer:
                 raise ValueError(f"end token {end!r} is not a token of {self.path}")
         return tuple(sorted({i for i in (self.bos_id, self.eos_id, end_id) if i >= 0}))
 
+    def bin_path(self):
+        """Where export writes by default: the tokenizer's path with .bin (a directory: tok{N}.bin in it)."""
+        return self.path / f"tok{self.n_words}.bin" if self.path.is_dir() else self.path.with_suffix(".bin")
+
     def export(self, path=None, legacy=False):
         """Write the run.c tokenizer file (default: the tokenizer's path with .bin); returns its path."""
-        if path is None:
-            path = self.path / f"tok{self.n_words}.bin" if self.path.is_dir() else self.path.with_suffix(".bin")
-        path = Path(path)
+        path = Path(path or self.bin_path())
         if self.problem and not legacy:
             raise ValueError(f"{self.path}: run.c cannot encode like this tokenizer: {self.problem} "
                              "(--legacy writes llama2.c's file anyway)")
@@ -141,9 +144,15 @@ def main(argv=None):
     if args.tokenizer_model is None:
         parser.error("the following arguments are required: -t/--tokenizer-model")
     try:
-        out = Tokenizer(args.tokenizer_model).export(args.output, args.legacy)
+        tok = Tokenizer(args.tokenizer_model)
+        if args.output is None and tok.bin_path().exists():  # never replace another file unasked
+            with tempfile.TemporaryDirectory() as d:
+                if tok.export(Path(d) / "tok.bin", args.legacy).read_bytes() != tok.bin_path().read_bytes():
+                    raise ValueError(f"{tok.bin_path()} exists and holds another file: pass -o PATH to write "
+                                     "elsewhere, or remove it")
+        out = tok.export(args.output, args.legacy)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"tokenizer.py: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -151,6 +151,14 @@ def test_cli_writes_both_formats(shared, repo, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "new.bin").read_bytes()[:4] == b"SLTK"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.bin", "tok512.bin", "tok512.model"]  # no temp left
+    # the default output holds llama2.c's file: ours is not written over it unasked (a newcomer lost a shared
+    # file so); the same bytes again are fine
+    before = (tmp_path / "tok512.bin").read_bytes()
+    r = run("-t", model)
+    assert r.returncode == 1 and r.stderr.strip() == (f"tokenizer.py: error: {tmp_path / 'tok512.bin'} exists and holds "
+                                                      "another file: pass -o PATH to write elsewhere, or remove it")
+    assert (tmp_path / "tok512.bin").read_bytes() == before
+    assert run("-t", model, "--legacy").returncode == 0
 
 
 @pytest.mark.parametrize("content", [None, b"this is not a sentencepiece model"])
@@ -162,7 +170,7 @@ def test_bad_model_path_is_one_line_error(repo, tmp_path, content):
                        capture_output=True, text=True, timeout=60)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr
-    assert lines[0].startswith(f"error: {model}: ")
+    assert lines[0].startswith(f"tokenizer.py: error: {model}: ")
     assert not (tmp_path / "bad.bin").exists()
     with pytest.raises((FileNotFoundError, ValueError), match="bad.model"):
         Tokenizer(model)
