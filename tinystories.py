@@ -918,7 +918,7 @@ def make_parser():
     p = sub.add_parser("train_vocab", allow_abbrev=False, help="train a sentencepiece BPE vocabulary: data/tok{N}.model", description="train a sentencepiece BPE vocabulary: data/tok{N}.model")
     common(p)
     inputs(p)
-    p.add_argument("--vocab_size", type=int, required=True)
+    p.add_argument("--vocab_size", type=int, help="(required) checked after parsing, so that a misspelt flag is named")
     p.add_argument("--max_stories", type=int, default=100_000,
                    help="train on the first this many training stories (default 100000)")
     p.add_argument("--special_tokens", nargs="*", default=[], metavar="TOKEN",
@@ -964,7 +964,11 @@ def _pretokenize_vocab(args):
 
 
 def main(argv=None):
-    args = one_line_errors(make_parser()).parse_args(argv)
+    parser = make_parser()
+    args = one_line_errors(parser).parse_args(argv)
+    if args.command == "train_vocab" and args.vocab_size is None:
+        print("tinystories.py train_vocab: error: the following arguments are required: --vocab_size", file=sys.stderr)
+        return 2
     try:
         if args.command == "download":
             download(args.dataset, args.data_dir, args.source, args.retries, args.max_mb)

@@ -124,6 +124,7 @@ def test_argparse_commands_answer_in_one_line(argv, words):
     ("export", ["out.bin", "--checkpoint", "ckpt.pt", "--dtyp", "q8_0"], "--dtype"),
     ("tokenizer", ["--tokenizer", "tok.model"], "--tokenizer-model"),
     ("tinystories", ["pretokenize", "--vocab=512"], "--vocab_size"),
+    ("tinystories", ["train_vocab", "--vocab-size=512"], "--vocab_size"),
 ])
 def test_abbreviated_flags_are_refused(module, argv, closest, capsys):
     """argparse would take a prefix of a flag as the flag; like train.py and sample.py, every command names
