@@ -960,7 +960,7 @@ typedef struct {
 // more than the work it splits (stories260K's biggest matmul is 512 x 64: its tokens run on one
 // thread, its prompt batches on all).
 #define PAR_MIN_WORK 65536
-#define BATCH 64  // most prompt tokens per forward pass (see forward_tokens)
+#define BATCH 128  // most prompt tokens per forward pass (see forward_tokens)
 
 // since: a look at /proc/stat from the start of the program (see free_cores), if there was one
 static void build_run_state(RunState *s, const Config *c, int max_pos, const CpuSample *since) {

@@ -302,7 +302,7 @@ def check_logits(binaries, model, path, fmt, tmp_path):
 
 
 def check_prompt_batches(binaries, model, path, tmp_path):
-    """-m logits runs the ids as batches of up to 64 tokens, through the tile kernels (4 tokens at a time,
+    """-m logits runs the ids as batches of up to 128 tokens, through the tile kernels (several tokens at a time,
     the rest one by one); each position's logits are the same bits as when that position is the last
     of a shorter run (other batches, other tiles, another split over threads)."""
     T = model.args.max_seq_len
