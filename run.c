@@ -553,7 +553,7 @@ static void build_transformer(Transformer *t, const char *path, int passes) {
     } else {
         t->data = big_alloc(t->file_size, path);
         size_t chunk = (size_t)32 << 20, n_chunks = (t->file_size + chunk - 1) / chunk;
-        OMP("omp parallel for schedule(dynamic)")
+        OMP("omp parallel for schedule(dynamic) if(n_chunks > 1)")  // threads only for work worth waking them
         for (size_t i = 0; i < n_chunks; i++) {
             size_t off = i * chunk, n = t->file_size - off < chunk ? t->file_size - off : chunk;
             read_fully(fd, t->data + off, n, (off_t)off, path);
@@ -887,7 +887,7 @@ static void pack_mat(Transformer *t, Mat *m, int rows, int n) {
     uint8_t *w = (uint8_t *)m->w;
     float *s = (float *)m->s;
     if (packed != row_bytes) { w = own(t, blocks * PACK_ROWS * packed), s = own(t, blocks * PACK_ROWS * ng * sizeof(float)); }
-    OMP("omp parallel for")
+    OMP("omp parallel for if(blocks * packed > ((size_t)1 << 20))")
     for (int b = 0; b < blocks; b++) {
         size_t at = (size_t)b * PACK_ROWS;  // the block's first row
         pack_block(w + at * packed, s ? s + at * ng : NULL, (const uint8_t *)m->w + at * row_bytes, m->s ? m->s + at * ng : NULL,
