@@ -291,6 +291,7 @@ def test_q6_requantising_dequantised_weights_is_stable():
         assert torch.equal(q2, q) and torch.equal(s2, s)
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_q4_group_size_not_a_multiple_of_4_is_refused(repo, tmp_path):
     """q4's q6 classifier packs 4 weights in 3 bytes: a group size of 2 is one line, in model_export and
     export.py; q4_q8 (its classifier in q8_0) still takes it."""

@@ -147,6 +147,7 @@ def test_tokenizer_checks(sources, tok, shared, tmp_path):
         pick_tokenizer(load_pretrained(lone), "", lone, notes.append)
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_a_setting_that_changes_the_shape_is_refused(sources, tmp_path):
     path = sources[1]["bin"]
     r = train(f"--init_from={path}", "--dim=64", f"--out_dir={tmp_path / 'out'}", ok=False)

@@ -221,6 +221,7 @@ def test_unsupported_or_broken_tokenizer_is_one_line(hf_tokenizers, tmp_path, ca
     assert not (tmp_path / "t.bin").exists()
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_model_vocab_larger_than_tokenizer_is_padded(hf_tokenizers, run_bin, tmp_path):
     """HF models often have more embedding rows than tokens: the rest become unused tokens."""
     d = tmp_path / "hf"

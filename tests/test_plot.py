@@ -36,6 +36,7 @@ def test_minutes_and_tokens_with_a_resume(tmp_path):
                                                                          (30, 30000, 0.31, 1.8)]
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_png_for_several_runs(tmp_path):
     pytest.importorskip("matplotlib")
     a = write_run(tmp_path / "a", [ev(0, 6.0), log(10, 500, 5.0), ev(10, 5.1)])

@@ -183,6 +183,7 @@ def test_export_writes_the_tokenizer_run_and_sample_find(shared, run_bin, tmp_pa
     assert r.returncode == 1 and "tokens, the model 512" in r.stderr
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_sample_py_says_what_a_file_is(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"hello, this is not a model at all" * 10)

@@ -77,6 +77,7 @@ def twin(shared, tmp_path_factory):
     return hf_dir, out / "model.bin", tok, ids, before
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_template_ids_agree(twin, run_bin):
     from tokenizer import Tokenizer
     hf_dir, model_bin, tok, ids, _ = twin
@@ -90,6 +91,7 @@ def test_template_ids_agree(twin, run_bin):
     assert Tokenizer(hf_dir).identity == mine.identity  # the same vocabulary, read from tokenizer.json or our file
 
 
+@pytest.mark.slow  # its model (the module's fixture) takes 3 s to build: the quick tier keeps under a minute
 def test_logits_agree(twin, run_bin, tmp_path):
     import binfile
     hf_dir, model_bin, _, ids, _ = twin

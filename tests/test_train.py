@@ -55,6 +55,7 @@ def load(out_dir):
     return torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)
 
 
+@pytest.mark.slow  # over 2 s: the quick tier keeps under a minute
 def test_no_data_says_how_to_prepare_it(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "--dim=64", "--n_layers=5", "--n_kv_heads=4"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
