@@ -319,114 +319,6 @@ TILE_INLINE void matmul4_q4(float *out, size_t os, const uint8_t *w, const float
 #define VEC_Q4(gs) ((gs) % 64 == 0 || (gs) == 32)
 
 #ifdef HAVE_VNNI
-// AVX-512 VNNI: q8_0 and q4 for an even number of tokens, two tokens side by side in each 512-bit
-// register: lanes 0..7 hold what matmul4_q8/q4's 8 lanes hold for token 2p, lanes 8..15 for token
-// 2p + 1, and every lane does the same operations in the same order (the scale w_s * x_s is the
-// same product whether formed in a scalar or a vector), so each token gets its bits from T = 1
-// while the conversions, scales and fmas, which outweigh the int8 dot products at these group
-// sizes, run once per two tokens.
-static inline __m512i pair_i(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
-static inline __m256i load_i(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-static inline __m512 pair_set1(float a, float b) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
-}
-static inline __m256 high8(__m512 a) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)); }
-
-// the pairs' fp32 sums a[p][r] += (int sums i[p][r]) * (row r's group scale ws[r][g]) * x's scales xs[p]
-static inline void scale_add_pairs(__m512 (*a)[4], __m512i (*i)[4], int P, const float *const *ws, int g, const __m512 *xs) {
-    for (int r = 0; r < 4; r++) {
-        __m512 w = _mm512_set1_ps(ws[r][g]);
-        for (int p = 0; p < P; p++) { a[p][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i[p][r]), _mm512_mul_ps(w, xs[p]), a[p][r]); }
-    }
-}
-
-static inline void store_pairs(float *out, size_t os, size_t q, __m512 (*a)[4], int P) {
-    for (int p = 0; p < P; p++) {
-        store_sum4(out + 2 * p * os, q, _mm512_castps512_ps256(a[p][0]), _mm512_castps512_ps256(a[p][1]),
-                   _mm512_castps512_ps256(a[p][2]), _mm512_castps512_ps256(a[p][3]));
-        store_sum4(out + (2 * p + 1) * os, q, high8(a[p][0]), high8(a[p][1]), high8(a[p][2]), high8(a[p][3]));
-    }
-}
-
-#define TILE_P (TILE_T / 2)  // token pairs per call
-
-TILE_INLINE void matmul4_q8_pairs(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int P, int n,
-                                  int gs, size_t q) {
-    int ng = n / gs;
-    const uint8_t *wr[4];
-    const float *wsr[4];
-    quarter_rows(wr, wsr, w, ws, q, n, ng);
-    __m512 a[TILE_P][4];
-    for (int p = 0; p < P; p++) { for (int r = 0; r < 4; r++) { a[p][r] = _mm512_setzero_ps(); } }
-    for (int g = 0; g < ng; g++) {
-        __m512i i[TILE_P][4];
-        __m512 xs[TILE_P];
-        for (int p = 0; p < P; p++) {
-            __m512i corr = pair_i(load_i(x[2 * p].corr + g * 8), load_i(x[2 * p + 1].corr + g * 8));
-            for (int r = 0; r < 4; r++) { i[p][r] = corr; }
-            xs[p] = pair_set1(x[2 * p].s[g], x[2 * p + 1].s[g]);
-        }
-        for (int j = g * gs; j < (g + 1) * gs; j += 32) {
-            __m512i wv[4];
-            for (int r = 0; r < 4; r++) { wv[r] = _mm512_xor_si512(_mm512_broadcast_i64x4(load_i(wr[r] + j)), _mm512_set1_epi8((char)0x80)); }
-            for (int p = 0; p < P; p++) {
-                __m512i xq = pair_i(load_i(x[2 * p].q + j), load_i(x[2 * p + 1].q + j));
-                for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(i[p][r], wv[r], xq); }
-            }
-        }
-        scale_add_pairs(a, i, P, wsr, g, xs);
-    }
-    store_pairs(out, os, q, a, P);
-}
-
-TILE_INLINE void matmul4_q4_pairs(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int P, int n,
-                                  int gs, size_t q) {
-    int ng = n / gs, half = gs / 2;
-    const uint8_t *wr[4];
-    const float *wsr[4];
-    quarter_rows(wr, wsr, w, ws, q, n / 2, ng);
-    const __m512i m4 = _mm512_set1_epi8(15);
-    __m512 a[TILE_P][4];
-    for (int p = 0; p < P; p++) { for (int r = 0; r < 4; r++) { a[p][r] = _mm512_setzero_ps(); } }
-    for (int g = 0; g < ng; g++) {
-        __m512i i[TILE_P][4];
-        __m512 xs[TILE_P];
-        for (int p = 0; p < P; p++) {
-            __m512i init = pair_i(_mm256_setr_epi32(-8 * x[2 * p].sum[g], 0, 0, 0, 0, 0, 0, 0),
-                                  _mm256_setr_epi32(-8 * x[2 * p + 1].sum[g], 0, 0, 0, 0, 0, 0, 0));
-            for (int r = 0; r < 4; r++) { i[p][r] = init; }
-            xs[p] = pair_set1(x[2 * p].s[g], x[2 * p + 1].s[g]);
-        }
-        size_t o = (size_t)g * half, xo = (size_t)g * gs;
-        if (gs == 32) {
-            __m512i wv[4];
-            for (int r = 0; r < 4; r++) {
-                __m128i b = _mm_loadu_si128((const __m128i *)(wr[r] + o));
-                wv[r] = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_set_m128i(_mm_srli_epi16(b, 4), b)), m4);
-            }
-            for (int p = 0; p < P; p++) {
-                __m512i xv = pair_i(load_i(x[2 * p].q + xo), load_i(x[2 * p + 1].q + xo));
-                for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(i[p][r], wv[r], xv); }
-            }
-        } else {
-            for (int b = 0; b < half; b += 32) {
-                __m512i lo[4], hi[4];
-                for (int r = 0; r < 4; r++) {
-                    __m512i wv = _mm512_broadcast_i64x4(load_i(wr[r] + o + b));
-                    lo[r] = _mm512_and_si512(wv, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
-                }
-                for (int p = 0; p < P; p++) {
-                    const int8_t *x0 = x[2 * p].q + xo, *x1 = x[2 * p + 1].q + xo;
-                    __m512i xlo = pair_i(load_i(x0 + b), load_i(x1 + b)), xhi = pair_i(load_i(x0 + half + b), load_i(x1 + half + b));
-                    for (int r = 0; r < 4; r++) { i[p][r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(i[p][r], lo[r], xlo), hi[r], xhi); }
-                }
-            }
-        }
-        scale_add_pairs(a, i, P, wsr, g, xs);
-    }
-    store_pairs(out, os, q, a, P);
-}
-
 // Packed q8_0 and q4 (AVX-512 VNNI): a matrix's rows in blocks of 16, side by side in 4-byte units,
 // so that one 64-byte load holds 4 bytes of each of 16 rows and one vpdpbusd against 4 bytes of x
 // (broadcast) adds a row's partial int sum in each lane: no horizontal sums, and each load of the
@@ -1000,16 +892,10 @@ TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T
     } else if (m.type == W_Q8 && VEC_Q8(gs)) {
         const int8_t *w = m.w;
         size_t ng = n / gs;
-#ifdef HAVE_VNNI
-        if (T > 1) { FOUR_ROWS(r0, r1, i, q, matmul4_q8_pairs(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T / 2, n, gs, q)) return; }
-#endif
         FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T, n, gs, q))
     } else if (m.type == W_Q4 && VEC_Q4(gs)) {
         const uint8_t *w = m.w;
         size_t ng = n / gs, rb = n / 2;  // rb: bytes per row
-#ifdef HAVE_VNNI
-        if (T > 1) { FOUR_ROWS(r0, r1, i, q, matmul4_q4_pairs(out + i, os, w + i * rb, m.s + i * ng, x, T / 2, n, gs, q)) return; }
-#endif
         FOUR_ROWS(r0, r1, i, q, matmul4_q4(out + i, os, w + i * rb, m.s + i * ng, x, T, n, gs, q))
     } else {
         for (int t = 0; t < T; t++) {
