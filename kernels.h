@@ -1,6 +1,6 @@
 /*
 kernels.h: run.c's vector kernels, for the instruction set the compiler targets (-march=native, ...):
-AVX-512 (F/BW/VL, VNNI, BF16), AVX2 + FMA (+ AVX-VNNI), ARM NEON (+ dot product) or WebAssembly
+AVX-512 (F/BW/VL, VNNI, BF16, VBMI), AVX2 + FMA (+ AVX-VNNI), ARM NEON (+ dot product) or WebAssembly
 SIMD128 (make wasm).
 
 run.c includes this file once, after its plain C kernels, and calls what it defines: prepare_input,
@@ -24,6 +24,9 @@ quantised, bf16_to_f32 and the plain twins.
 #define HAVE_AVX512 1       // fp32 matmul: 16-lane fma
 #if defined(__AVX512VNNI__)
 #define HAVE_VNNI 1         // q8_0 matmul: int8 dot products (vpdpbusd)
+#if defined(__AVX512VBMI__)
+#define HAVE_VBMI 1         // q6 classifier read in 6 bits: bytes gathered (vpermb), bit fields cut (vpmultishiftqb)
+#endif
 #endif
 #if defined(__AVX512BF16__)
 #define HAVE_BF16 1         // bf16 matmul: bf16 pair dot products (vdpbf16ps)
@@ -224,16 +227,32 @@ static inline void quarter_rows(const uint8_t **wr, const float **wsr, const voi
     for (int r = 0; r < 4; r++) { wr[r] = (const uint8_t *)w + r * q * row_bytes, wsr[r] = ws + r * q * ng; }
 }
 
+#ifdef HAVE_VBMI
+// 32 weights of a q6 row from its 24 bytes (4 weights in each 3, weight k at bit 6k of their
+// little-endian word), each level + 32 in a byte: 6 bytes (8 weights) into each 8-byte lane, then
+// byte k of a lane is the lane's bits 6k .. 6k + 7, less the top two.
+static inline __m256i q6_unpack32(const uint8_t *p) {
+    const __m256i from = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8, 9, 10, 11, 11, 11,
+                                          12, 13, 14, 15, 16, 17, 17, 17, 18, 19, 20, 21, 22, 23, 23, 23);
+    const __m256i bits = _mm256_set1_epi64x(0x2A241E18120C0600);  // 0, 6, 12, ..., 42
+    __m256i v = _mm256_permutexvar_epi8(from, _mm256_maskz_loadu_epi8(0xFFFFFF, p));
+    return _mm256_and_si256(_mm256_multishift_epi64_epi8(bits, v), _mm256_set1_epi8(63));
+}
+#endif
+
 // q8_0 with gs % 32 == 0, four rows sharing each load of x (and its correction) and its scale.
 // With AVX-512 VNNI, vpdpbusd takes the weight with its top bit flipped, w + 128 as unsigned, and
 // the extra 128 * sum(x) per lane comes off through x->corr (see prepare_input); otherwise the
-// unsigned operand is |w|, times x with w's sign.
-TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int T, int n,
-                            int gs, size_t q) {
+// unsigned operand is |w|, times x with w's sign. q6 (HAVE_VBMI): the rows are q4 files' q6 classifier
+// as stored (3 bytes a 4 weights), each level + 32 the unsigned operand, 32 * sum(x) a lane, a quarter
+// of x->corr, coming off: every lane's int sum is the q8_0 one of the same levels, so the bits equal
+// the expanded matrix's (expand_q6, which builds without VBMI run).
+TILE_INLINE void matmul4_q8(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n,
+                            int gs, size_t q, int q6) {
     int ng = n / gs;
     const uint8_t *wr[4];
     const float *wsr[4];
-    quarter_rows(wr, wsr, w, ws, q, n, ng);
+    quarter_rows(wr, wsr, w, ws, q, q6 ? (size_t)n / 4 * 3 : (size_t)n, ng);
     __m256 a[TILE_T][4];
     for (int t = 0; t < T; t++) { for (int r = 0; r < 4; r++) { a[t][r] = _mm256_setzero_ps(); } }
     for (int g = 0; g < ng; g++) {
@@ -241,6 +260,7 @@ TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float 
         for (int t = 0; t < T; t++) {
 #ifdef HAVE_VNNI
             __m256i corr = _mm256_loadu_si256((const __m256i *)(x[t].corr + g * 8));
+            if (q6) { corr = _mm256_srai_epi32(corr, 2); }  // exact: corr is -128 times an int
 #else
             __m256i corr = _mm256_setzero_si256();
 #endif
@@ -248,10 +268,17 @@ TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float 
         }
         for (int j = g * gs; j < (g + 1) * gs; j += 32) {
             __m256i wv[4];
-            for (int r = 0; r < 4; r++) { wv[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + j)); }
-#ifdef HAVE_VNNI
-            for (int r = 0; r < 4; r++) { wv[r] = _mm256_xor_si256(wv[r], _mm256_set1_epi8((char)0x80)); }
+#ifdef HAVE_VBMI
+            if (q6) {
+                for (int r = 0; r < 4; r++) { wv[r] = q6_unpack32(wr[r] + j / 4 * 3); }
+            } else
 #endif
+            {
+                for (int r = 0; r < 4; r++) { wv[r] = _mm256_loadu_si256((const __m256i *)(wr[r] + j)); }
+#ifdef HAVE_VNNI
+                for (int r = 0; r < 4; r++) { wv[r] = _mm256_xor_si256(wv[r], _mm256_set1_epi8((char)0x80)); }
+#endif
+            }
             for (int t = 0; t < T; t++) {
                 __m256i xq = _mm256_loadu_si256((const __m256i *)(x[t].q + j));
                 for (int r = 0; r < 4; r++) {
@@ -396,11 +423,39 @@ static inline __m512i x4(const int8_t *q, size_t i) {
     return _mm512_set1_epi32(u);
 }
 
+// weights k .. k + 3 of the 16 rows of a packed block, unsigned (stored + 8 or + 128)
+static inline __m512i unit16(const uint8_t *w, int k, int q4) {
+    if (!q4) { return _mm512_loadu_si512(w + 16 * (size_t)k); }
+    __m512i v = _mm512_loadu_si512(w + 64 * (size_t)(k / 8));
+    return _mm512_and_si512(k % 8 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
+}
+
+// Decode (one token): the same sums as matmul16_packed's T = 1, each group's int sum split over four
+// registers: one chain of vpdpbusd waits on each add's latency, four run side by side. Int sums are
+// exact, so the bits equal a prompt tile's.
+TILE_INLINE void matvec16_packed(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, int q4) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < n / gs; g++) {
+        __m512i a = _mm512_set1_epi32((q4 ? -8 : -128) * x->sum[g]), b = _mm512_setzero_si512(), c = b, d = b;
+        int k = g * gs, end = k + gs;
+        for (; k + 16 <= end; k += 16) {
+            a = _mm512_dpbusd_epi32(a, unit16(w, k, q4), x4(x->q, k));
+            b = _mm512_dpbusd_epi32(b, unit16(w, k + 4, q4), x4(x->q, k + 4));
+            c = _mm512_dpbusd_epi32(c, unit16(w, k + 8, q4), x4(x->q, k + 8));
+            d = _mm512_dpbusd_epi32(d, unit16(w, k + 12, q4), x4(x->q, k + 12));
+        }
+        for (; k < end; k += 4) { a = _mm512_dpbusd_epi32(a, unit16(w, k, q4), x4(x->q, k)); }
+        __m512i is = _mm512_add_epi32(_mm512_add_epi32(a, b), _mm512_add_epi32(c, d));
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(ws + (size_t)g * 16), _mm512_set1_ps(x->s[g]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), s, acc);
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
 // out[t * os + i] = row i of a packed block (w, ws) times x[t], for T tokens
 TILE_INLINE void matmul16_packed(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n,
                                  int gs, int q4) {
     int ng = n / gs;
-    const __m512i m4 = _mm512_set1_epi8(15);
     __m512 acc[TILE_Q];
     for (int t = 0; t < T; t++) { acc[t] = _mm512_setzero_ps(); }
     for (int g = 0; g < ng; g++) {
@@ -408,13 +463,7 @@ TILE_INLINE void matmul16_packed(float *out, size_t os, const uint8_t *w, const 
         __m512i is[TILE_Q];
         for (int t = 0; t < T; t++) { is[t] = _mm512_set1_epi32((q4 ? -8 : -128) * x[t].sum[g]); }
         for (int k = g * gs; k < (g + 1) * gs; k += 4) {  // weights k .. k + 3 of each row
-            __m512i v;
-            if (q4) {
-                v = _mm512_loadu_si512(w + 64 * (k / 8));
-                v = _mm512_and_si512(k % 8 ? _mm512_srli_epi16(v, 4) : v, m4);
-            } else {
-                v = _mm512_loadu_si512(w + 16 * k);
-            }
+            __m512i v = unit16(w, k, q4);
             for (int t = 0; t < T; t++) { is[t] = _mm512_dpbusd_epi32(is[t], v, x4(x[t].q, k)); }
         }
         __m512 s = _mm512_loadu_ps(ws + (size_t)g * 16);
@@ -477,8 +526,8 @@ static int matmul_packed(float *out, size_t os, Mat m, const Input *x, int nt, i
             else { matmul16_packed(out + t * os + r0, os, w, ws, x + t, TILE_Q, n, gs, 0); }
         }
         for (; t < nt; t++) {
-            if (q4) { matmul16_packed(out + t * os + r0, os, w, ws, x + t, 1, n, gs, 1); }
-            else { matmul16_packed(out + t * os + r0, os, w, ws, x + t, 1, n, gs, 0); }
+            if (q4) { matvec16_packed(out + t * os + r0, w, ws, x + t, n, gs, 1); }
+            else { matvec16_packed(out + t * os + r0, w, ws, x + t, n, gs, 0); }
         }
     }
     return r0;
@@ -745,8 +794,9 @@ TILE_INLINE void matmul4_q_4lanes(float *out, size_t os, const void *w, const fl
     for (int t = 0; t < T; t++) { store_sum4_4lanes(out + t * os, q, acc[t][0], acc[t][1], acc[t][2], acc[t][3]); }
 }
 
-TILE_INLINE void matmul4_q8(float *out, size_t os, const int8_t *w, const float *ws, const Input *x, int T, int n, int gs,
-                            size_t q) {
+TILE_INLINE void matmul4_q8(float *out, size_t os, const uint8_t *w, const float *ws, const Input *x, int T, int n, int gs,
+                            size_t q, int q6) {  // q6: always 0 here (KEEPS_Q6)
+    (void)q6;
     matmul4_q_4lanes(out, os, w, ws, x, T, n, gs, q, 0);
 }
 
@@ -757,6 +807,12 @@ TILE_INLINE void matmul4_q4(float *out, size_t os, const uint8_t *w, const float
 #define VEC_Q8(gs) ((gs) % 16 == 0)
 #define VEC_Q4(gs) ((gs) % 32 == 0)
 #endif
+#ifdef HAVE_VBMI
+#define KEEPS_Q6(gs) VEC_Q8(gs)  // q4 files' q6 classifier stays in 6 bits (matmul4_q8)
+#else
+#define KEEPS_Q6(gs) ((void)(gs), 0)  // expanded to q8_0 at load (expand_q6)
+#endif
+
 #ifndef PACK_ROWS  // this build reads every matrix row-major
 #define PACK_ROWS 0
 #define PACKS(type, gs) ((void)(type), (void)(gs), 0)
@@ -890,9 +946,15 @@ TILE_INLINE void matmul_tile(float *out, size_t os, Mat m, const Input *x, int T
         const uint16_t *w = m.w;
         FOUR_ROWS(r0, r1, i, q, matmul4_bf16(out + i, os, w + (size_t)i * n, x, T, n, q))
     } else if (m.type == W_Q8 && VEC_Q8(gs)) {
-        const int8_t *w = m.w;
+        const uint8_t *w = m.w;
         size_t ng = n / gs;
-        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T, n, gs, q))
+        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, os, w + (size_t)i * n, m.s + i * ng, x, T, n, gs, q, 0))
+#ifdef HAVE_VBMI
+    } else if (m.type == W_Q6) {  // only where KEEPS_Q6(gs)
+        const uint8_t *w = m.w;
+        size_t ng = n / gs, rb = (size_t)n / 4 * 3;
+        FOUR_ROWS(r0, r1, i, q, matmul4_q8(out + i, os, w + i * rb, m.s + i * ng, x, T, n, gs, q, 1))
+#endif
     } else if (m.type == W_Q4 && VEC_Q4(gs)) {
         const uint8_t *w = m.w;
         size_t ng = n / gs, rb = n / 2;  // rb: bytes per row

@@ -198,7 +198,8 @@ typedef struct {
                      //   (rows * cols / 2) bytes: byte j of a group holds its weight j in the low
                      //   nibble and weight j + group_size/2 in the high one, each stored + 8
     const float *s;  // q8_0, q4: (rows * cols / group_size) scales, row-major groups; NULL otherwise
-    int type;        // W_F32, W_BF16, W_Q8 or W_Q4
+    int type;        // W_F32, W_BF16, W_Q8 or W_Q4; W_Q6 (q4 files' embeddings and classifier, 3 bytes a 4
+                     //   weights) only where kernels.h reads it (keeps_q6), else expanded to W_Q8 at load
     const void *pw;  // q8_0, q4 where kernels.h packs them: the full blocks of PACK_ROWS rows, packed
     const float *ps; //   (pack_block), and their scales; the rows after them stay in w and s; else NULL
 } Mat;
@@ -269,28 +270,36 @@ static const float *take_f32(Cursor *cur, uint64_t n) {
     return copy;
 }
 
-// q6 (n, a multiple of 4, levels + 32 in 6 bits, 4 in the 24-bit little-endian word of 3 bytes) into
-// int8 levels -31..31 in memory t owns: exact, so with the same scales it is a q8_0 matrix
+// q6: 4 weights in the 24-bit little-endian word of 3 bytes p, each its level (-31..31) + 32 in 6 bits
+static inline void q6_levels(int8_t q[4], const uint8_t *p) {
+    uint32_t word = p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+    for (int k = 0; k < 4; k++) { q[k] = (int8_t)((word >> (6 * k) & 63) - 32); }
+}
+
+// q6 (n, a multiple of 4) into int8 levels in memory t owns: exact, so with the same scales it is a
+// q8_0 matrix
 static const int8_t *expand_q6(Transformer *t, const uint8_t *p, uint64_t n) {
     int8_t *q = own(t, n);
-    for (uint64_t i = 0; i < n; i += 4, p += 3) {
-        uint32_t word = p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
-        for (int k = 0; k < 4; k++) { q[i + k] = (int8_t)((word >> (6 * k) & 63) - 32); }
-    }
+    for (uint64_t i = 0; i < n; i += 4, p += 3) { q6_levels(q + i, p); }
     return q;
 }
 
-// a matrix stored as wtype (W_Q6 comes back as W_Q8, expanded)
+static int keeps_q6(int group_size);  // after kernels.h, which says where it reads q6
+
+// a matrix stored as wtype (W_Q6 comes back as W_Q8, expanded, unless kernels.h reads it as it is)
 static Mat take_mat(Cursor *cur, int wtype, int group_size, uint64_t rows, uint64_t cols) {
     uint64_t n = mul_sat(rows, cols);
-    Mat m = {NULL, NULL, wtype == W_Q6 ? W_Q8 : wtype, NULL, NULL};
+    Mat m = {NULL, NULL, wtype, NULL, NULL};
     if (wtype == W_F32) { m.w = take_f32(cur, n); }
     else if (wtype == W_BF16) { m.w = take(cur, mul_sat(n, 2)); }
     else {
         m.w = take(cur, wtype == W_Q4 ? n / 2 : wtype == W_Q6 ? n / 4 * 3 : n);
         m.s = take_f32(cur, n / group_size);
     }
-    if (wtype == W_Q6 && m.w) { m.w = expand_q6(cur->t, m.w, n); }
+    if (wtype == W_Q6 && !keeps_q6(group_size)) {
+        m.type = W_Q8;
+        if (m.w) { m.w = expand_q6(cur->t, m.w, n); }
+    }
     return m;
 }
 
@@ -802,7 +811,8 @@ static float dot_q4_plain(const uint8_t *w, const float *ws, const Input *x, int
     return sum;
 }
 
-// rows [r0, r1) of W @ x; gs: the group size of q8_0 and q4
+// rows [r0, r1) of W @ x; gs: the group size of q8_0 and q4 (W_Q6 never comes here: it stays q6 only
+// where kernels.h reads it, keeps_q6)
 static void matmul_rows_plain(float *out, Mat m, const Input *x, int n, int r0, int r1, int gs) {
     for (int r = r0; r < r1; r++) {
         if (m.type == W_F32) { out[r] = dot_plain((const float *)m.w + (size_t)r * n, x->f, n); }
@@ -875,6 +885,7 @@ static void attention_values_plain(float *out, const float *att, const void *vc,
 #include "kernels.h"
 
 static int packs(const Config *c) { return PACK_ROWS && PACKS(c->wtype, c->group_size); }
+static int keeps_q6(int group_size) { return KEEPS_Q6(group_size); }
 
 // A layer's matrix into the layout of kernels.h's packed kernels, where it has them: in place (the
 // model is a copy: see build_transformer) when the layout takes the same bytes, else into memory of
@@ -1070,6 +1081,12 @@ static void embed(float *x, const Transformer *t, int token) {
         memcpy(x, (const float *)e.w + off, c->dim * sizeof(float));
     } else if (e.type == W_BF16) {
         for (int i = 0; i < c->dim; i++) { x[i] = bf16_to_f32(((const uint16_t *)e.w)[off + i]); }
+    } else if (e.type == W_Q6) {  // q4 files' embeddings, where kept in 6 bits (keeps_q6)
+        for (int i = 0; i < c->dim; i += 4) {
+            int8_t q[4];
+            q6_levels(q, (const uint8_t *)e.w + (off + i) / 4 * 3);
+            for (int k = 0; k < 4; k++) { x[i + k] = q[k] * e.s[(off + i + k) / c->group_size]; }
+        }
     } else {  // q8_0, also in q4 files (see classifier_type)
         const int8_t *q = e.w;
         for (int i = 0; i < c->dim; i++) { x[i] = q[off + i] * e.s[(off + i) / c->group_size]; }
@@ -1093,7 +1110,7 @@ static void matmul_part(float *out, Mat m, const Input *x, int nb, int n, int ro
     thread_rows(rows, tid, nt, lo, hi);
     if (nb == 1) { matmul_rows(out, m, x, n, *lo, *hi, c->group_size); return; }
     double row_bytes = m.type == W_F32 ? 4.0 * n : m.type == W_BF16 ? 2.0 * n
-                     : (m.type == W_Q8 ? n : n / 2.0) + 4.0 * n / c->group_size;
+                     : (m.type == W_Q8 ? n : m.type == W_Q6 ? 0.75 * n : n / 2.0) + 4.0 * n / c->group_size;
     int tile = (int)(TILE_BYTES / row_bytes) & ~15;
     tile = tile < 16 ? 16 : tile;
     for (int r = *lo; r < *hi; r += tile) {

@@ -217,6 +217,13 @@ def llama2c_model(name, dtype):
     return path
 
 
+def cpu_flags():
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
 def weight_bytes_per_token(path):
     """Bytes of weights one token reads: every matrix of every layer, the classifier, the norms and one
     embedding row (the whole table only when it is also the classifier)."""
@@ -224,10 +231,15 @@ def weight_bytes_per_token(path):
     dim, hidden, L, V = h["dim"], h["hidden_dim"], h["n_layers"], h["vocab_size"]
     kv_dim = h["n_kv_heads"] * dim // h["n_heads"]
     scales = 4.0 / h["group_size"] if h["group_size"] else 0
-    size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q4": 0.5 + scales, "q4_q8": 0.5 + scales}
+    size = {"fp32": 4.0, "bf16": 2.0, "q8_0": 1.0 + scales, "q6": 0.75 + scales, "q4": 0.5 + scales,
+            "q4_q8": 0.5 + scales}
     b = size[h["weight_type"]]
-    # the classifier (binfile.CLASSIFIER): both q4 types read it as q8_0 (run.c expands a q6 one at load)
-    bc = size["q8_0" if h["weight_type"] in Q4_CLASSIFIER else h["weight_type"]]
+    # the classifier (binfile.CLASSIFIER) as `make run` (-march=native) reads it: a q6 one in 6 bits on
+    # AVX-512 VNNI + VBMI at group sizes of 32 and more (kernels.h's KEEPS_Q6), else expanded to q8_0
+    kind = Q4_CLASSIFIER.get(h["weight_type"], h["weight_type"])
+    if kind == "q6" and not ({"avx512_vnni", "avx512vbmi"} <= cpu_flags() and h["group_size"] % 32 == 0):
+        kind = "q8_0"
+    bc = size[kind]
     matrices = L * (2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
     return matrices * b + V * dim * bc + (2 * L + 1) * dim * 4 + (0 if h["shared"] else dim * bc)
 

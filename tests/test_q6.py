@@ -2,11 +2,12 @@
 the classifier in q8_0), which stay readable: both run.c's logits against PyTorch's for the same file,
 and the q6 classifier's place between the two in size and error. (test_run_c runs weight_type 4 as its
 "v3_q4" format in every config and build; test_export has its bytes; test_run_bad_input its bad headers.)"""
+import numpy as np
 import pytest
 import torch
 
-from binfile import load_bin, model_export, read_header
-from test_run_c import CONFIGS, builds, check_logits, make_model  # noqa: F401 (builds: a fixture)
+from binfile import CLASSIFIER, layout, load_bin, model_export, read_header
+from test_run_c import CONFIGS, builds, c_logits, check_logits, make_model  # noqa: F401 (builds: a fixture)
 
 
 @pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mqa_untied_v131"])
@@ -19,6 +20,41 @@ def test_q4_files_old_and_new_match_pytorch(builds, cfg, dtype, tmp_path):
     model_export(model, path, version=3, dtype=dtype)
     assert read_header(path)["weight_type"] == dtype
     check_logits(builds, model, path, "v3_q4", tmp_path)
+
+
+def q6_as_q8_0(q4_path, out):
+    """out: a weight_type 3 file (q8_0 classifier) holding q4_path's q6 levels and scales exactly, the
+    matrix run.c's expand_q6 makes; out must already be the q4_q8 export of the same model (same layers)."""
+    a, b = bytearray(q4_path.read_bytes()), bytearray(out.read_bytes())
+    at, gs = {e[0]: e for e in layout(read_header(q4_path))[0]}, read_header(out)["group_size"]
+    for name, shape, kind, data_off, scales_off in layout(read_header(out))[0]:
+        if name not in CLASSIFIER:
+            continue
+        n = shape[0] * shape[1]
+        _, _, kind_a, data_a, scales_a = at[name]
+        assert (kind, kind_a) == ("q8_0", "q6")
+        packed = np.frombuffer(bytes(a[data_a:data_a + n // 4 * 3]), np.uint8).reshape(-1, 3).astype(np.int32)
+        word = packed[:, 0] | packed[:, 1] << 8 | packed[:, 2] << 16
+        levels = np.stack([(word >> k) & 63 for k in (0, 6, 12, 18)], axis=1) - 32
+        b[data_off:data_off + n] = levels.astype(np.int8).tobytes()
+        b[scales_off:scales_off + n // gs * 4] = a[scales_a:scales_a + n // gs * 4]
+    out.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("cfg", ["gqa_tied_v97", "mha_gs32_theta", "mqa_untied_v131"])
+def test_q6_read_in_6_bits_gives_the_bits_of_its_q8_0_expansion(builds, cfg, tmp_path):
+    """Where kernels.h reads the q6 classifier as stored (AVX-512 VBMI, group sizes of 32 and more), every
+    logit is the same bits as for the q8_0 matrix of the same levels that other builds expand it into:
+    the int sums are exact and scaled in the same order. Embedding lookups included (the tied config)."""
+    model = make_model(CONFIGS[cfg])
+    q4, q8 = tmp_path / "q6.bin", tmp_path / "q8.bin"
+    model_export(model, q4, version=3, dtype="q4")
+    model_export(model, q8, version=3, dtype="q4_q8")
+    q6_as_q8_0(q4, q8)
+    ids = torch.randint(0, model.args.vocab_size, (model.args.max_seq_len,), generator=torch.Generator().manual_seed(5)).tolist()
+    for b in builds:
+        assert np.array_equal(c_logits(b, q4, ids, tmp_path), c_logits(b, q8, ids, tmp_path)), b
+        assert np.array_equal(c_logits(b, q4, ids[:3], tmp_path), c_logits(b, q8, ids[:3], tmp_path)), b  # decode
 
 
 def test_q6_classifier_sits_between_q4_and_q8(tmp_path):
