@@ -432,13 +432,20 @@ static inline __m512i unit16(const uint8_t *w, int k, int q4) {
 
 // Decode (one token): the same sums as matmul16_packed's T = 1, each group's int sum split over four
 // registers: one chain of vpdpbusd waits on each add's latency, four run side by side. Int sums are
-// exact, so the bits equal a prompt tile's.
+// exact, so the bits equal a prompt tile's. q4 weights are prefetched Q4_AHEAD bytes ahead (q8_0's
+// prefetch did not help: dev/LOG.md).
+#define Q4_AHEAD 4096
 TILE_INLINE void matvec16_packed(float *out, const uint8_t *w, const float *ws, const Input *x, int n, int gs, int q4) {
     __m512 acc = _mm512_setzero_ps();
     for (int g = 0; g < n / gs; g++) {
         __m512i a = _mm512_set1_epi32((q4 ? -8 : -128) * x->sum[g]), b = _mm512_setzero_si512(), c = b, d = b;
         int k = g * gs, end = k + gs;
         for (; k + 16 <= end; k += 16) {
+            if (q4) {  // the hardware prefetcher alone leaves one core's q4 stream short of its bandwidth
+                const char *ahead = (const char *)w + 64 * (size_t)(k / 8) + Q4_AHEAD;
+                _mm_prefetch(ahead, _MM_HINT_T0);
+                _mm_prefetch(ahead + 64, _MM_HINT_T0);
+            }
             a = _mm512_dpbusd_epi32(a, unit16(w, k, q4), x4(x->q, k));
             b = _mm512_dpbusd_epi32(b, unit16(w, k + 4, q4), x4(x->q, k + 4));
             c = _mm512_dpbusd_epi32(c, unit16(w, k + 8, q4), x4(x->q, k + 8));
