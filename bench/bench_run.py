@@ -5,6 +5,7 @@
     python bench/bench_run.py --tables llamacpp --models 15M,110M --threads 1 --runs 2   (a quick look)
     python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0,q4 --builds native,avx2 --runs 5
     python bench/bench_run.py --llama2c ~/llama2.c   (a checkout of karpathy/llama2.c; never committed)
+    python bench/bench_run.py --tables against --against HEAD~1 --models 42M --dtypes q4   (a kernel change)
 
 Against llama.cpp (--tables llamacpp; its tools from bench/llama_tools.py's build of the pinned source, or
 --llama-cpp DIR): per model, our fp32/q8_0/q4 and llama.cpp's F32/Q8_0/Q4_0+Q4_K_M of the same weights
@@ -643,6 +644,49 @@ def run_llama_cpp_table(a, threads):
     print(f"\nwrote {a.llama_out}")
 
 
+def run_against(a, threads):
+    """run.c against itself at git revision a.against (built from that revision's run.c and kernels.h with
+    `make run`'s flags, into bench/out/against/): decode and prefill tok/s, interleaved round by round,
+    and the median of the per-round ratios: how a change to the kernels moved each model and type."""
+    if not a.against:
+        sys.exit("bench_run.py: error: --tables against needs --against REV (a git revision to time ./run against)")
+    old = OUT / "against"
+    old.mkdir(parents=True, exist_ok=True)
+    for f in ("run.c", "kernels.h"):
+        r = subprocess.run(["git", "-C", str(REPO), "show", f"{a.against}:{f}"], capture_output=True)
+        if r.returncode != 0:
+            sys.exit(f"bench_run.py: error: --against {a.against}: git show {a.against}:{f} failed: "
+                     f"{r.stderr.decode(errors='replace').strip()}")
+        (old / f).write_bytes(r.stdout)
+    cc = os.environ.get("CC", "cc")
+    sh([cc, "-O3", "-march=native", "-fopenmp", "-o", str(old / "run"), str(old / "run.c"), "-lm"])
+    sh(["make", "-C", str(REPO), "run"])
+    bins = {"ours": REPO / "run", a.against: old / "run"}
+    print(f"\n./run against ./run at {a.against}; {header_lines(a)}\n"
+          f"decode: tok/s at -t 0 -n {N_DECODE} from BOS; prefill: prompt tok/s over a ~210-token prompt; "
+          f"OMP_NUM_THREADS=T OMP_PROC_BIND=true; x: the median over rounds of the ratio within a round\n")
+    head = ["model", "dtype", "T", f"decode tok/s (ours / {a.against})", "x", "prefill tok/s", "x"]
+    rows = []
+    for name in a.models.split(","):
+        tok = SHARED / "models" / ("tok512.bin" if name == "stories260K" else "tokenizer.bin")
+        for d in a.dtypes.split(","):
+            path = stories_model(d) if name == "stories260K" else random_model(name, d)
+            jobs = [(b, t, what) for t in threads for b in bins for what in ("decode", "prefill")]
+            samples = {}
+            for r in range(a.runs):
+                for b, t, what in rotated(jobs, r):
+                    v = speed(bins[b], path, tok, t)[0] if what == "decode" else prompt_speed(bins[b], path, tok, t, True)
+                    samples.setdefault((b, t, what), []).append(v)
+            for t in threads:
+                row = [name, d, t]
+                for what in ("decode", "prefill"):
+                    ours, theirs, x = compare(samples[("ours", t, what)], samples[(a.against, t, what)])
+                    row += [f"{ours:,.0f} / {theirs:,.0f}", f"{x:.2f}x"]
+                rows.append(row)
+                print("| " + " | ".join(map(str, row)) + " |", flush=True)
+    print("\n" + markdown_table(head, rows))
+
+
 def run_quality(a):
     models = [("stories260K", {d: stories_model(d) for d in QUALITY_DTYPES}, SHARED / "models" / "tok512.model")]
     models += [(c, *checkpoint_models(c)) for c in a.quality_checkpoint]
@@ -656,12 +700,13 @@ def run_quality(a):
                   f"loss {loss:.4f} ({100 * (loss - ref_loss) / ref_loss:+.2f}%)")
 
 
-TABLES = ("llamacpp", "llama2c", "busy", "quality")
+TABLES = ("llamacpp", "llama2c", "busy", "quality", "against")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tables", default=",".join(TABLES), help=f"which parts to run, of {','.join(TABLES)}")
+    p.add_argument("--tables", default=",".join(TABLES[:4]),
+                   help=f"which parts to run, of {','.join(TABLES)} (default: all but against)")
     p.add_argument("--models", default="stories260K,15M,42M,110M")
     p.add_argument("--dtypes", default="fp32,bf16,q8_0,q4", help="(llama.cpp's table: fp32, q8_0 and q4 of these)")
     p.add_argument("--builds", default="native,avx2", help="native, avx2 (-march=haswell)")
@@ -672,6 +717,8 @@ def main():
     p.add_argument("--llama-out", default=str(OUT / "llama_cpp_table.md"), help="where the llama.cpp table goes")
     p.add_argument("--llama2c", default=os.environ.get("LLAMA2C", "/tmp/llama2c"),
                    help="a checkout of karpathy/llama2.c (run.c, runq.c); default $LLAMA2C or /tmp/llama2c")
+    p.add_argument("--against", default=None, metavar="REV",
+                   help="(--tables against) a git revision whose run.c and kernels.h ./run is timed against")
     p.add_argument("--quality-checkpoint", action="append", default=[], metavar="CKPT",
                    help="also measure quantisation quality on this train.py checkpoint (repeatable)")
     a = p.parse_args()
@@ -693,6 +740,8 @@ def main():
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     if "quality" in a.tables:
         run_quality(a)
+    if "against" in a.tables:
+        run_against(a, threads)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,18 @@ def test_a_bad_table_is_named(monkeypatch, capsys):
     assert e.value.code == 2 and "--tables=lama2c: expected some of" in capsys.readouterr().err
 
 
+def test_against_needs_a_revision_it_can_read(monkeypatch):
+    """--tables against times ./run against a git revision's: without one, or with one git does not know,
+    a one-line error naming the flag (before anything is built)."""
+    for argv, want in ((["--tables", "against"], "--tables against needs --against REV"),
+                       (["--tables", "against", "--against", "no-such-rev"], "--against no-such-rev: git show")):
+        monkeypatch.setattr(sys, "argv", ["bench_run.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            bench_run.main()
+        msg = str(e.value.code)
+        assert msg.startswith("bench_run.py: error: ") and want in msg and "\n" not in msg, msg
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 511, 512, 600])
 def test_windows_score_every_token_after_the_first_once(n):
     ids = list(range(n))
