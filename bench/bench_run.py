@@ -5,7 +5,7 @@
     python bench/bench_run.py --tables llamacpp --models 15M,110M --threads 1 --runs 2   (a quick look)
     python bench/bench_run.py --models 15M,110M --dtypes fp32,q8_0,q4 --builds native,avx2 --runs 5
     python bench/bench_run.py --llama2c ~/llama2.c   (a checkout of karpathy/llama2.c; never committed)
-    python bench/bench_run.py --tables against --against HEAD~1 --models 42M --dtypes q4   (a kernel change)
+    python bench/bench_run.py --against HEAD~1 --models 42M --dtypes q4 --runs 5   (a kernel change, quiet machine)
 
 Against llama.cpp (--tables llamacpp; its tools from bench/llama_tools.py's build of the pinned source, or
 --llama-cpp DIR): per model, our fp32/q8_0/q4 and llama.cpp's F32/Q8_0/Q4_0+Q4_K_M of the same weights
@@ -646,8 +646,9 @@ def run_llama_cpp_table(a, threads):
 
 def run_against(a, threads):
     """run.c against itself at git revision a.against (built from that revision's run.c and kernels.h with
-    `make run`'s flags, into bench/out/against/): decode and prefill tok/s, interleaved round by round,
-    and the median of the per-round ratios: how a change to the kernels moved each model and type."""
+    `make run`'s flags, into bench/out/against/; ours: the working tree's, uncommitted edits included):
+    decode and prefill tok/s, interleaved round by round, and the median of the per-round ratios: how a
+    change to the kernels moved each model and type."""
     if not a.against:
         sys.exit("bench_run.py: error: --tables against needs --against REV (a git revision to time ./run against)")
     old = OUT / "against"
@@ -665,7 +666,7 @@ def run_against(a, threads):
     print(f"\n./run against ./run at {a.against}; {header_lines(a)}\n"
           f"decode: tok/s at -t 0 -n {N_DECODE} from BOS; prefill: prompt tok/s over a ~210-token prompt; "
           f"OMP_NUM_THREADS=T OMP_PROC_BIND=true; x: the median over rounds of the ratio within a round\n")
-    head = ["model", "dtype", "T", f"decode tok/s (ours / {a.against})", "x", "prefill tok/s", "x"]
+    head = ["model", "dtype", "T", f"decode tok/s (ours / {a.against})", "x", f"prefill tok/s (ours / {a.against})", "x"]
     rows = []
     for name in a.models.split(","):
         tok = SHARED / "models" / ("tok512.bin" if name == "stories260K" else "tokenizer.bin")
@@ -684,7 +685,7 @@ def run_against(a, threads):
                     row += [f"{ours:,.0f} / {theirs:,.0f}", f"{x:.2f}x"]
                 rows.append(row)
                 print("| " + " | ".join(map(str, row)) + " |", flush=True)
-    print("\n" + markdown_table(head, rows))
+    print("\n" + markdown_table(head, rows) + f"\n\nload average at end {os.getloadavg()[0]:.2f}")
 
 
 def run_quality(a):
@@ -705,8 +706,9 @@ TABLES = ("llamacpp", "llama2c", "busy", "quality", "against")
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tables", default=",".join(TABLES[:4]),
-                   help=f"which parts to run, of {','.join(TABLES)} (default: all but against)")
+    p.add_argument("--tables", default=None,
+                   help=f"which parts to run, of {','.join(TABLES)} (default: all but against; against alone "
+                        "when --against is given)")
     p.add_argument("--models", default="stories260K,15M,42M,110M")
     p.add_argument("--dtypes", default="fp32,bf16,q8_0,q4", help="(llama.cpp's table: fp32, q8_0 and q4 of these)")
     p.add_argument("--builds", default="native,avx2", help="native, avx2 (-march=haswell)")
@@ -722,7 +724,7 @@ def main():
     p.add_argument("--quality-checkpoint", action="append", default=[], metavar="CKPT",
                    help="also measure quantisation quality on this train.py checkpoint (repeatable)")
     a = p.parse_args()
-    a.tables = a.tables.split(",")
+    a.tables = a.tables.split(",") if a.tables else ["against"] if a.against else list(TABLES[:4])
     if set(a.tables) - set(TABLES):
         p.error(f"--tables={','.join(sorted(set(a.tables) - set(TABLES)))}: expected some of {','.join(TABLES)}")
     if a.runs < 1:
@@ -737,7 +739,7 @@ def main():
         run_llama_cpp_table(a, threads)
     if "llama2c" in a.tables or "busy" in a.tables:
         run_llama2c_tables(a, threads)
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+        print(f"\nload average at end {os.getloadavg()[0]:.2f}")
     if "quality" in a.tables:
         run_quality(a)
     if "against" in a.tables:

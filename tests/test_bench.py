@@ -105,7 +105,8 @@ def test_against_needs_a_revision_it_can_read(monkeypatch):
     """--tables against times ./run against a git revision's: without one, or with one git does not know,
     a one-line error naming the flag (before anything is built)."""
     for argv, want in ((["--tables", "against"], "--tables against needs --against REV"),
-                       (["--tables", "against", "--against", "no-such-rev"], "--against no-such-rev: git show")):
+                       (["--tables", "against", "--against", "no-such-rev"], "--against no-such-rev: git show"),
+                       (["--against", "no-such-rev"], "--against no-such-rev: git show")):  # --against alone: that table
         monkeypatch.setattr(sys, "argv", ["bench_run.py", *argv])
         with pytest.raises(SystemExit) as e:
             bench_run.main()
