@@ -148,12 +148,16 @@ def quantize_q6(w: torch.Tensor, group_size: int):
     return packed.reshape(-1), s
 
 
-def dequantize_q6(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
-    """Packed 6-bit levels, fp32 scales -> fp32 tensor of shape: (v - 32) * s, what run.c's int8 copy gives."""
+def q6_levels(packed: torch.Tensor) -> torch.Tensor:
+    """Packed 6-bit values -> their int32 levels v - 32, flattened: the int8 matrix run.c's expand_q6 makes."""
     b = packed.to(torch.int32).reshape(-1, 3)
     word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-    q = torch.stack([(word >> k) & 63 for k in (0, 6, 12, 18)], dim=1) - 32
-    return dequantize_q80(q, s, shape)
+    return (torch.stack([(word >> k) & 63 for k in (0, 6, 12, 18)], dim=1) - 32).reshape(-1)
+
+
+def dequantize_q6(packed: torch.Tensor, s: torch.Tensor, shape) -> torch.Tensor:
+    """Packed 6-bit levels, fp32 scales -> fp32 tensor of shape: (v - 32) * s, what run.c's int8 copy gives."""
+    return dequantize_q80(q6_levels(packed), s, shape)
 
 
 def _q4_levels(w: torch.Tensor, k: float):

@@ -1,10 +1,20 @@
-"""machine.py: what the machine running train.py or sample.py offers: its peak FLOP/s (for MFU) and
-the CPU cores other processes leave free (torch's thread count).
+"""machine.py: what the machine running train.py or sample.py offers: its peak FLOP/s (for MFU), the
+CPU cores other processes leave free (torch's thread count) and the CPU's instruction-set flags (which
+of run.c's kernels a -march=native build gets: the benchmarks and tests ask).
 """
 import os
 import time
 
 import torch
+
+
+def cpu_flags():
+    """The CPU's feature flags as Linux lists them (/proc/cpuinfo), e.g. avx512vbmi; empty elsewhere."""
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return set()
+
 
 # -----------------------------------------------------------------------------
 # peak FLOP/s, the denominator of MFU

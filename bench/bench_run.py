@@ -59,6 +59,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from binfile import Q4_CLASSIFIER, load_bin, model_export, read_header  # noqa: E402
+from machine import cpu_flags  # noqa: E402
 from model import ModelArgs, Transformer  # noqa: E402
 
 OUT = REPO / "bench" / "out"
@@ -216,13 +217,6 @@ def llama2c_model(name, dtype):
         src = stories_model("fp32") if name == "stories260K" else random_model(name, "fp32")
         model_export(load_bin(src), path, version=version)
     return path
-
-
-def cpu_flags():
-    try:
-        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return set()
 
 
 def weight_bytes_per_token(path):
@@ -645,22 +639,21 @@ def run_llama_cpp_table(a, threads):
 
 
 def run_against(a, threads):
-    """run.c against itself at git revision a.against (built from that revision's run.c and kernels.h with
-    `make run`'s flags, into bench/out/against/; ours: the working tree's, uncommitted edits included):
+    """run.c against itself at git revision a.against (that revision's run.c, kernels.h and Makefile, built
+    by its `make run` in bench/out/against/; ours: the working tree's, uncommitted edits included):
     decode and prefill tok/s, interleaved round by round, and the median of the per-round ratios: how a
     change to the kernels moved each model and type."""
     if not a.against:
         sys.exit("bench_run.py: error: --tables against needs --against REV (a git revision to time ./run against)")
     old = OUT / "against"
     old.mkdir(parents=True, exist_ok=True)
-    for f in ("run.c", "kernels.h"):
+    for f in ("run.c", "kernels.h", "Makefile"):
         r = subprocess.run(["git", "-C", str(REPO), "show", f"{a.against}:{f}"], capture_output=True)
         if r.returncode != 0:
             sys.exit(f"bench_run.py: error: --against {a.against}: git show {a.against}:{f} failed: "
                      f"{r.stderr.decode(errors='replace').strip()}")
         (old / f).write_bytes(r.stdout)
-    cc = os.environ.get("CC", "cc")
-    sh([cc, "-O3", "-march=native", "-fopenmp", "-o", str(old / "run"), str(old / "run.c"), "-lm"])
+    sh(["make", "-B", "-C", str(old), "run"])  # with that revision's own flags
     sh(["make", "-C", str(REPO), "run"])
     bins = {"ours": REPO / "run", a.against: old / "run"}
     print(f"\n./run against ./run at {a.against}; {header_lines(a)}\n"
@@ -672,6 +665,8 @@ def run_against(a, threads):
         tok = SHARED / "models" / ("tok512.bin" if name == "stories260K" else "tokenizer.bin")
         for d in a.dtypes.split(","):
             path = stories_model(d) if name == "stories260K" else random_model(name, d)
+            for b in bins:  # warm the page cache: the first round's first run would read the file from disk
+                speed(bins[b], path, tok, max(threads))
             jobs = [(b, t, what) for t in threads for b in bins for what in ("decode", "prefill")]
             samples = {}
             for r in range(a.runs):

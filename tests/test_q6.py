@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from binfile import CLASSIFIER, layout, load_bin, model_export, read_header
+from binfile import CLASSIFIER, layout, load_bin, model_export, q6_levels, read_header
 from test_run_c import CONFIGS, builds, c_logits, check_logits, make_model  # noqa: F401 (builds: a fixture)
 
 
@@ -33,10 +33,8 @@ def q6_as_q8_0(q4_path, out):
         n = shape[0] * shape[1]
         _, _, kind_a, data_a, scales_a = at[name]
         assert (kind, kind_a) == ("q8_0", "q6")
-        packed = np.frombuffer(bytes(a[data_a:data_a + n // 4 * 3]), np.uint8).reshape(-1, 3).astype(np.int32)
-        word = packed[:, 0] | packed[:, 1] << 8 | packed[:, 2] << 16
-        levels = np.stack([(word >> k) & 63 for k in (0, 6, 12, 18)], axis=1) - 32
-        b[data_off:data_off + n] = levels.astype(np.int8).tobytes()
+        packed = torch.frombuffer(bytearray(a[data_a:data_a + n // 4 * 3]), dtype=torch.uint8)
+        b[data_off:data_off + n] = q6_levels(packed).to(torch.int8).numpy().tobytes()
         b[scales_off:scales_off + n // gs * 4] = a[scales_a:scales_a + n // gs * 4]
     out.write_bytes(bytes(b))
 

@@ -28,17 +28,11 @@ import torch
 
 from binfile import QUANTISED as QUANTISED_TYPES, load_bin, model_export, read_header
 from conftest import PLAIN_BUILD, SANITIZED, VECTOR_BUILD, build
+from machine import cpu_flags
 from model import ModelArgs, Transformer
 from prompts import prompts
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_flags():
-    try:
-        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return set()
 
 
 FLAGS = cpu_flags()
